@@ -1,0 +1,45 @@
+"""Zero-downtime, crash-safe release deploys by atomic symlink switch."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AtomicDeployError,
+    InterruptedBySignal,
+    InvalidInput,
+    LockHeld,
+    OperationFailed,
+)
+from .operations import (
+    ActivateResult,
+    DeployResult,
+    PruneResult,
+    activate,
+    deploy,
+    prepare,
+    prune,
+    rollback,
+)
+from .query import ReleaseInfo, Status, list_releases, status
+
+__all__ = [
+    "ActivateResult",
+    "AtomicDeployError",
+    "DeployResult",
+    "InterruptedBySignal",
+    "InvalidInput",
+    "LockHeld",
+    "OperationFailed",
+    "PruneResult",
+    "ReleaseInfo",
+    "Status",
+    "__version__",
+    "activate",
+    "deploy",
+    "list_releases",
+    "prepare",
+    "prune",
+    "rollback",
+    "status",
+]

@@ -1,0 +1,144 @@
+"""The append-only history, and everything derived from it: deploy order, bad marks, targets.
+
+Order and marks come from this log and from what ``current`` points to, never from mtimes or
+ctimes, which copying, backups and clock changes rewrite.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ._jsonfile import append_json_line, read_json_lines
+from ._layout import Layout, looks_generated
+
+SCHEMA = 1
+CREATING_OPS = ("deploy", "prepare")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): the uid is still useful
+        return str(os.getuid())
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "v": SCHEMA,
+        "time": now_iso(),
+        "op": op,
+        "outcome": outcome,
+        "user": _user(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    rec.update({k: v for k, v in fields.items() if v is not None})
+    append_json_line(layout.history, rec)
+    return rec
+
+
+@dataclass
+class History:
+    records: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, layout: Layout) -> History:
+        return cls(read_json_lines(layout.history))
+
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("outcome") == "ok"]
+
+    def committed(self, op_id: str) -> bool:
+        return any(r.get("op_id") == op_id for r in self.ok())
+
+    def created(self) -> dict[str, int]:
+        """Release id -> position of the record that created it."""
+        seen: dict[str, int] = {}
+        for i, r in enumerate(self.records):
+            rel = r.get("release")
+            if r.get("op") in CREATING_OPS and r.get("outcome") == "ok" and isinstance(rel, str):
+                seen.setdefault(rel, i)
+        return seen
+
+    def known(self) -> set[str]:
+        return set(self.created())
+
+    def order(self, names: list[str]) -> list[str]:
+        """Deploy order, oldest first.
+
+        Our ids are allocated under the lock strictly above every id in releases/ and in this
+        log, so for them name order is deploy order, including a release whose deploy was cut
+        short before its record was written. Other names (made by hand or another tool) count as
+        older than every generated id, in log order where logged, else in natural name order.
+        """
+        created = self.created()
+
+        def key(n: str) -> tuple[int, int, list[tuple[int, object]], str]:
+            if looks_generated(n):
+                return (1, 0, [], n)
+            natural = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", n) if p]
+            return (0, created.get(n, -1), natural, n)
+
+        return sorted(names, key=key)
+
+    def bad(self) -> set[str]:
+        marked: set[str] = set()
+        for r in self.ok():
+            op = r.get("op")
+            if op == "rollback" and isinstance(r.get("previous"), str):
+                marked.add(r["previous"])
+            if op in ("rollback", "activate", "deploy") and isinstance(r.get("release"), str):
+                marked.discard(r["release"])
+        return marked
+
+    def info(self, release: str) -> dict[str, Any] | None:
+        idx = self.created().get(release)
+        return self.records[idx] if idx is not None else None
+
+
+def rollback_target(ordered: list[str], bad: set[str], current: str) -> str | None:
+    """Newest good release deployed before ``current`` (Nix/Deployer semantics)."""
+    if current not in ordered:
+        return None
+    for name in reversed(ordered[: ordered.index(current)]):
+        if name not in bad:
+            return name
+    return None
+
+
+def prune_victims(
+    ordered: list[str],
+    bad: set[str],
+    keep: int,
+    protected: set[str],
+    known: set[str],
+) -> list[str]:
+    """What ``prune --keep`` deletes, oldest first.
+
+    Keeps the ``keep`` newest good releases, every protected one (current, rollback target) and
+    bad releases newer than the oldest kept good one (recent evidence). Bad releases never count
+    toward ``keep``. Folders neither named like a release id nor in the log are never deleted.
+    """
+    good = [n for n in ordered if n not in bad]
+    kept_good = set(good[-keep:]) if keep > 0 else set()
+    oldest_kept = min((ordered.index(n) for n in kept_good), default=len(ordered))
+    victims = []
+    for i, name in enumerate(ordered):
+        if name in kept_good or name in protected:
+            continue
+        if not (looks_generated(name) or name in known):
+            continue
+        if name in bad and i > oldest_kept:
+            continue
+        victims.append(name)
+    return victims

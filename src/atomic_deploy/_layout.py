@@ -1,0 +1,278 @@
+"""Where things live inside ROOT, release ids, and the only code allowed to delete anything."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+
+from .errors import InvalidInput
+
+STATE_DIR = ".atomic-deploy"
+RELEASES = "releases"
+CURRENT = "current"
+# Half-built and half-deleted releases sit in releases/ under these hidden names, so a rename
+# stays inside one folder (one filesystem) and nothing under them is ever reachable via current.
+STAGING_PREFIX = ".atomic-deploy-staging."
+TRASH_PREFIX = ".atomic-deploy-trash."
+ID_FORMAT = "%Y%m%d%H%M%S"
+_ID_RE = re.compile(r"^\d{14}$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+
+    @property
+    def releases(self) -> str:
+        return os.path.join(self.root, RELEASES)
+
+    @property
+    def current(self) -> str:
+        return os.path.join(self.root, CURRENT)
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.root, STATE_DIR)
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.state, "lock")
+
+    @property
+    def holder(self) -> str:
+        return os.path.join(self.state, "holder.json")
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.state, "journal.json")
+
+    @property
+    def history(self) -> str:
+        return os.path.join(self.state, "history.jsonl")
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.state, "tmp")
+
+    def release(self, release_id: str) -> str:
+        return os.path.join(self.releases, release_id)
+
+
+def show(path: str) -> str:
+    """A path for a one-line message: control characters (newlines) escaped, nothing else touched."""
+    if path.isprintable():
+        return path
+    return repr(path)[1:-1]
+
+
+def valid_release_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not name.startswith(".") and "/" not in name \
+        and "\0" not in name
+
+
+def looks_generated(name: str) -> bool:
+    """Names this tool (or Capistrano) generates; only these may be pruned when not in history."""
+    return bool(_ID_RE.match(name))
+
+
+def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
+    """UTC timestamp, bumped a second past the newest id so ids stay unique and in deploy order.
+
+    Two deploys in one second, or a clock stepped backwards, therefore get ids slightly ahead of the
+    wall clock rather than colliding or sorting before an older release.
+    """
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    candidate = now.replace(microsecond=0, tzinfo=None)
+    newest = max((n for n in existing if _ID_RE.match(n)), default=None)
+    if newest is not None:
+        floor = _dt.datetime.strptime(newest, ID_FORMAT) + _dt.timedelta(seconds=1)
+        candidate = max(candidate, floor)
+    return candidate.strftime(ID_FORMAT)
+
+
+def random_suffix() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class CurrentLink:
+    """What ``ROOT/current`` is, read without following it."""
+
+    kind: str  # "absent", "symlink", "directory", "file", "other"
+    target: str | None = None  # link text, exactly as stored
+    release: str | None = None  # release id when the link points into releases/
+    resolves: bool = False  # the link leads to an existing folder
+
+    @property
+    def healthy(self) -> bool:
+        return self.kind == "symlink" and self.release is not None and self.resolves
+
+
+def release_of_target(layout: Layout, target: str) -> str | None:
+    """Map link text (relative, as we write it, or absolute, as Capistrano writes it) to an id."""
+    if os.path.isabs(target):
+        parent, name = os.path.split(os.path.normpath(target))
+        try:
+            if not os.path.samefile(parent, layout.releases):
+                return None
+        except OSError:
+            return None
+    else:
+        parent, name = os.path.split(os.path.normpath(target))
+        if parent != RELEASES:
+            return None
+    return name if valid_release_name(name) else None
+
+
+def read_current(layout: Layout) -> CurrentLink:
+    try:
+        st = os.lstat(layout.current)
+    except FileNotFoundError:
+        return CurrentLink("absent")
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(layout.current)
+        release = release_of_target(layout, target)
+        resolves = release is not None and is_release_dir(layout, release)
+        return CurrentLink("symlink", target, release, resolves)
+    if stat.S_ISDIR(st.st_mode):
+        return CurrentLink("directory")
+    if stat.S_ISREG(st.st_mode):
+        return CurrentLink("file")
+    return CurrentLink("other")
+
+
+def is_release_dir(layout: Layout, name: str) -> bool:
+    """A real folder (not a symlink) directly inside releases/."""
+    if not valid_release_name(name):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(layout.release(name)).st_mode)
+    except OSError:
+        return False
+
+
+def release_dirs(layout: Layout) -> list[str]:
+    """Names of real folders in releases/; hidden entries, files and symlinks are not releases."""
+    try:
+        entries = list(os.scandir(layout.releases))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name for e in entries if valid_release_name(e.name) and e.is_dir(follow_symlinks=False)
+    )
+
+
+def leftovers(layout: Layout) -> list[str]:
+    """Our own hidden staging/trash folders and temp links left behind by a crash."""
+    found: list[str] = []
+    try:
+        for e in os.scandir(layout.releases):
+            if e.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                found.append(os.path.join(RELEASES, e.name))
+    except FileNotFoundError:
+        pass
+    try:
+        for e in os.scandir(layout.tmp):
+            found.append(os.path.join(STATE_DIR, "tmp", e.name))
+    except FileNotFoundError:
+        pass
+    return sorted(found)
+
+
+def check_root_for_write(root: str, create: bool) -> Layout:
+    """Validate ROOT for a mutating command and make its folders; raise InvalidInput if unusable.
+
+    Only deploy and prepare (``create``) may create ROOT itself; the others need an existing root.
+    """
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise InvalidInput(f"ROOT {show(root)} is not a directory", "nothing was changed")
+    if not create and not os.path.isdir(root):
+        raise InvalidInput(f"ROOT {show(root)} does not exist", "nothing was changed")
+    layout = Layout(os.path.abspath(root))
+    try:
+        os.makedirs(layout.root, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot create ROOT {show(root)}: {exc.strerror}", "nothing was changed"
+        ) from exc
+    if not os.access(layout.root, os.W_OK | os.X_OK):
+        raise InvalidInput(f"ROOT {show(root)} is not writable", "nothing was changed")
+    check_current_is_link(layout)
+    for path in (layout.state, layout.releases, layout.tmp):
+        try:
+            os.mkdir(path, 0o755 if path != layout.tmp else 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise InvalidInput(
+                    f"{show(path)} exists but is not a directory", "nothing was changed"
+                ) from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {show(path)}: {exc.strerror}") from exc
+    return layout
+
+
+def check_current_is_link(layout: Layout) -> None:
+    cur = read_current(layout)
+    if cur.kind == "directory":
+        raise InvalidInput(
+            f"{show(layout.current)} is a real directory, not a symlink; to migrate, move it into "
+            f"releases/ and activate it: mv {show(layout.current)} "
+            f"{show(layout.release('legacy'))} && atomic-deploy activate {show(layout.root)} legacy",
+            "nothing was changed",
+        )
+    if cur.kind in ("file", "other"):
+        raise InvalidInput(
+            f"{show(layout.current)} is not a symlink; move it out of the way (it is not a release) "
+            "and deploy again",
+            "nothing was changed",
+        )
+
+
+def existing_root(root: str) -> Layout:
+    """For read-only commands: ROOT must exist; nothing is created."""
+    if not os.path.isdir(root):
+        raise InvalidInput(f"ROOT {show(root)} is not a directory", "nothing was changed")
+    return Layout(os.path.abspath(root))
+
+
+def remove_entry(parent: str, name: str) -> None:
+    """Delete ``parent/name`` without ever following a symlink, and only directly inside parent.
+
+    A symlink is unlinked (never what it points to); a folder is removed with shutil.rmtree, whose
+    fd-based walk does not follow links inside it either.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"refusing to delete {name!r}")
+    path = os.path.join(parent, name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def hide_release_dir(layout: Layout, name: str) -> str | None:
+    """Rename a release to a hidden trash name (its new name), so a half-deleted tree is never a
+    release; None if it was already gone."""
+    if not is_release_dir(layout, name):
+        return None
+    trash = f"{TRASH_PREFIX}{name}.{random_suffix()}"
+    try:
+        os.rename(layout.release(name), os.path.join(layout.releases, trash))
+    except FileNotFoundError:
+        return None
+    return trash
+
+
+def discard_release_dir(layout: Layout, name: str) -> None:
+    trash = hide_release_dir(layout, name)
+    if trash:
+        remove_entry(layout.releases, trash)

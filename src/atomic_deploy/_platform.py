@@ -1,0 +1,86 @@
+"""Every platform difference lives here, behind plain functions.
+
+- macOS: ``fsync`` does not flush the drive cache; ``F_FULLFSYNC`` does, but fails on some network
+  and FUSE filesystems, where plain ``fsync`` is the fallback.
+- Linux: one ``syncfs`` flushes a whole filesystem, far cheaper than one ``fsync`` per file.
+- Elsewhere (BSDs): ``fsync`` each file and folder; ``sync(2)`` may return before data is on disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import sys
+from functools import lru_cache
+
+IS_MACOS = sys.platform == "darwin"
+IS_LINUX = sys.platform.startswith("linux")
+
+_F_FULLFSYNC: int | None = getattr(__import__("fcntl"), "F_FULLFSYNC", None)
+
+
+def fsync_fd(fd: int) -> None:
+    """Flush one open file or folder to stable storage."""
+    if _F_FULLFSYNC is not None:
+        import fcntl
+
+        try:
+            fcntl.fcntl(fd, _F_FULLFSYNC)
+            return
+        except OSError:
+            pass  # not supported by this filesystem: plain fsync below
+    os.fsync(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make renames and creations inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fsync_fd(fd)
+    except OSError as exc:
+        # Some filesystems refuse fsync on a folder; the rename itself is still atomic there.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def _syncfs() -> object | None:
+    if not IS_LINUX:
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def can_sync_filesystem() -> bool:
+    """True where one call flushes a whole filesystem and reports its errors (Linux ``syncfs``)."""
+    return _syncfs() is not None
+
+
+def sync_filesystem(path: str) -> None:
+    """Flush every dirty page of the filesystem holding ``path``; raise OSError on I/O error."""
+    fn = _syncfs()
+    if fn is None:  # pragma: no cover - callers check can_sync_filesystem() first
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if fn(fd) != 0:  # type: ignore[operator]
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def same_filesystem(a: str, b: str) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev

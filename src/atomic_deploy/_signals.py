@@ -1,0 +1,120 @@
+"""Deferred signals and the fault-injection seam.
+
+SIGINT, SIGTERM and SIGHUP only record that they arrived; the operation notices at its next
+checkpoint and rolls back from there. An exception can therefore never land in the middle of a
+rename or of the rollback itself, and a second signal during cleanup is ignored (the handler acts
+once).
+
+``ATOMIC_DEPLOY_FAULT=STEP:ACTION`` makes the process hurt itself at the named checkpoint, so
+tests cover every step deterministically. ACTION is a signal name (KILL, TERM, INT, HUP), an errno
+name (EIO, ENOSPC, ...) raised as OSError, or ``PAUSE:FILE``: create ``FILE.paused``, then wait
+until ``FILE`` exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from .errors import InterruptedBySignal
+
+FAULT_ENV = "ATOMIC_DEPLOY_FAULT"
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Every checkpoint name, in the order a deploy passes them (activate and rollback pass the
+# switch steps). Tests iterate over this list, so a new step is covered as soon as it is added.
+DEPLOY_STEPS = (
+    "lock-acquired",
+    "journal-written",
+    "staging-created",
+    "copy-file",
+    "copied",
+    "flushed",
+    "release-renamed",
+    "release-synced",
+    "temp-link-created",
+    "switched",
+    "switch-synced",
+    "committed",
+)
+SWITCH_STEPS = ("lock-acquired", "journal-written", "temp-link-created", "switched",
+                "switch-synced", "committed")
+PRUNE_STEPS = ("lock-acquired", "journal-written", "victim-hidden", "victim-removed", "committed")
+
+
+class SignalGuard:
+    """Installed for the length of one mutating operation (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> SignalGuard:
+        global _active
+        if threading.current_thread() is threading.main_thread():
+            for sig in HANDLED:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        self._outer = _active
+        _active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _active
+        _active = self._outer
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+_active: SignalGuard | None = None
+
+
+def pending_signal() -> int | None:
+    return _active.received if _active is not None else None
+
+
+def checkpoint(step: str) -> None:
+    """Inject the configured fault at ``step``, then raise if a signal has arrived."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        _inject(spec, step)
+    signum = pending_signal()
+    if signum is not None:
+        raise InterruptedBySignal(signum)
+
+
+_fired: set[str] = set()
+
+
+def _inject(spec: str, step: str) -> None:
+    name, _, action = spec.partition(":")
+    if name != step or step in _fired:
+        return
+    _fired.add(step)  # a step passed many times (copy-file) faults once
+    if action.startswith("PAUSE:"):
+        path = action[len("PAUSE:"):]
+        with open(path + ".paused", "w") as f:
+            f.write(str(os.getpid()))
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return
+    sig = getattr(signal, "SIG" + action, None)
+    if isinstance(sig, int):
+        os.kill(os.getpid(), sig)
+        # The Python-level handler runs at the next bytecode boundary; wait until it has.
+        deadline = time.monotonic() + 5
+        while pending_signal() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return
+    code = getattr(errno, action, None)
+    if isinstance(code, int):
+        raise OSError(code, f"{os.strerror(code)} (injected at {step})")
+    raise ValueError(f"{FAULT_ENV}: unknown action {action!r}")

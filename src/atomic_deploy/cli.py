@@ -1,0 +1,260 @@
+"""Command-line interface: the only module that prints or knows exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import AtomicDeployError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+JSON_SCHEMA = 1
+
+COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "demo")
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    the operation failed (current left as it was, or switched back)
+  2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
+  3    another process holds the root's lock (the message names it)
+  129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
+
+The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
+"""
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another process's lock (default: fail at once)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomic-deploy",
+        description="Zero-downtime, crash-safe release deploys: copy a build into "
+                    "ROOT/releases/<id> and switch the ROOT/current symlink with one rename(2).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help="afterwards prune to N good releases (current and rollback target kept)")
+    p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
+    _add_wait(p)
+    _add_json(p)
+
+    p = sub.add_parser("prepare", help="stage a complete release, print its id, do not switch")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
+    _add_wait(p)
+    _add_json(p)
+
+    p = sub.add_parser("activate", help="switch current to an existing complete release")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("release", metavar="RELEASE_ID")
+    _add_wait(p)
+    _add_json(p)
+
+    p = sub.add_parser("rollback", help="switch back to the newest good release before current")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--to", metavar="RELEASE_ID", help="roll back to this release instead")
+    _add_wait(p)
+    _add_json(p)
+
+    p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
+    p.add_argument("root", metavar="ROOT")
+    _add_json(p)
+
+    p = sub.add_parser("list", help="releases in deploy order with their state")
+    p.add_argument("root", metavar="ROOT")
+    _add_json(p)
+
+    p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--keep", type=int, required=True, metavar="N",
+                   help="number of good releases to keep (bad ones do not count)")
+    _add_wait(p)
+    _add_json(p)
+
+    p = sub.add_parser("demo", help="deploy a bundled example site into a temporary root")
+    p.add_argument("--root", metavar="DIR", help="use this (new or empty) folder as the demo root")
+    return parser
+
+
+def version_text() -> str:
+    return (f"atomic-deploy {__version__} (Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()} {platform.machine()})")
+
+
+def _normalize(argv: list[str]) -> list[str]:
+    """Accept the original tool's `atomic-deploy SOURCE ROOT` form."""
+    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        return ["deploy", *argv]
+    return argv
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"atomic-deploy: {record.getMessage()}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": True, **data},
+                         sort_keys=True))
+    elif text:
+        print(text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import operations, query
+
+    cmd = args.command
+    command_line = "atomic-deploy " + " ".join(sys.argv[1:])
+    if cmd in ("deploy", "prepare"):
+        fn = operations.deploy if cmd == "deploy" else operations.prepare
+        extra = {"keep": args.keep} if cmd == "deploy" else {}
+        r = fn(args.source, args.root, wait=args.wait, message=args.message,
+               command=command_line, **extra)
+        if cmd == "prepare":
+            _emit(args, r.to_dict(), r.release)
+            return EXIT_OK
+        text = (f"deployed {r.release} (previous: {r.previous or 'none'}; {r.files} files, "
+                f"{_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
+        if r.pruned:
+            text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
+        _emit(args, r.to_dict(), text)
+    elif cmd == "activate":
+        a = operations.activate(args.root, args.release, wait=args.wait, command=command_line)
+        _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
+    elif cmd == "rollback":
+        a = operations.rollback(args.root, args.to, wait=args.wait, command=command_line)
+        _emit(args, a.to_dict(), f"rolled back to {a.release} ({a.marked_bad} marked bad)")
+    elif cmd == "prune":
+        p = operations.prune(args.root, args.keep, wait=args.wait, command=command_line)
+        text = (f"pruned {len(p.deleted)}: {', '.join(p.deleted)}" if p.deleted
+                else "nothing to prune") + f"; {len(p.kept)} kept"
+        _emit(args, p.to_dict(), text)
+    elif cmd == "status":
+        s = query.status(args.root)
+        _emit(args, s.to_dict(), format_status(s))
+    elif cmd == "list":
+        rels = query.list_releases(args.root)
+        _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))
+    elif cmd == "demo":
+        from ._demo import run_demo
+
+        return run_demo(args.root, main)
+    return EXIT_OK
+
+
+def format_status(s: Any) -> str:
+    cur = s.current or "none"
+    if s.current_state != "ok":
+        cur = f"{cur} ({s.current_state}" + (f": {s.current_target}" if s.current_target else "") \
+            + ")"
+    rows = [
+        ("root", s.root),
+        ("current", cur),
+        ("previous", s.previous or "none"),
+        ("releases", f"{s.releases}" + (f" ({len(s.bad)} bad: {', '.join(s.bad)})" if s.bad else "")),
+    ]
+    h = s.lock_holder
+    rows.append(("lock", f"held by pid {h['pid']} on {h['host']} since {h['started']}: "
+                 f"{h['command']}" if h else "free"))
+    j = s.interrupted
+    rows.append(("interrupted", "none" if j is None else
+                 f"{j.get('op')} of {j.get('release', '?')} by pid {j.get('pid', '?')} "
+                 "(the next deploy, activate, rollback or prune recovers it)"))
+    if s.leftovers:
+        rows.append(("leftovers", ", ".join(s.leftovers)))
+    if s.stray:
+        rows.append(("stray", ", ".join(s.stray) + " (ignored)"))
+    if s.last:
+        rows.append(("last", f"{s.last.get('op')} {s.last.get('release', '')} "
+                     f"{s.last.get('outcome')} at {s.last.get('time')}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def format_list(rels: list[Any]) -> str:
+    if not rels:
+        return "no releases"
+    rows = [("", "RELEASE", "STATE", "DEPLOYED", "MESSAGE")]
+    for r in rels:
+        mark = "*" if r.current else "<" if r.rollback_target else ""
+        state = r.state + ("" if r.managed else " (unmanaged)")
+        when = (r.deployed_at or "-")[:19].replace("T", " ")
+        rows.append((mark, r.id, state, when, (r.message or "").replace("\n", " ")))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
+             for row in rows]
+    lines.append("(* current, < rollback target)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = _normalize(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    log = logging.getLogger("atomic_deploy")
+    if not log.handlers:
+        log.addHandler(_StderrHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        return _run(args)
+    except AtomicDeployError as exc:
+        print(f"atomic-deploy: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
+                              "error": exc.message, "state": exc.state,
+                              "exit_code": exc.exit_code}, sort_keys=True))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Reader went away (`| head`): nothing to report; avoid a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"atomic-deploy: error: {exc.strerror or exc}"
+              + (f" ({exc.filename})" if exc.filename else ""), file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,50 @@
+"""Typed errors. The CLI maps each class to one exit code; the library never exits or prints."""
+
+from __future__ import annotations
+
+import signal
+
+
+class AtomicDeployError(Exception):
+    """Base class. ``state`` says, in words, what the root looks like after the failure."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, state: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.state = state
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.state}" if self.state else self.message
+
+
+class OperationFailed(AtomicDeployError):
+    """The operation failed; ``current`` was left as it was or switched back."""
+
+    exit_code = 1
+
+
+class InvalidInput(AtomicDeployError):
+    """Bad path, unknown release, nothing to roll back to: nothing was changed."""
+
+    exit_code = 2
+
+
+class LockHeld(AtomicDeployError):
+    """Another process holds the root's lock."""
+
+    exit_code = 3
+
+
+class InterruptedBySignal(AtomicDeployError):
+    """A signal arrived; the operation was rolled back before this was raised."""
+
+    def __init__(self, signum: int, state: str | None = None) -> None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:  # pragma: no cover - only for unknown numbers
+            name = f"signal {signum}"
+        super().__init__(f"interrupted by {name}", state)
+        self.signum = signum
+        self.exit_code = 128 + signum
