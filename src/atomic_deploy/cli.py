@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import AtomicDeployError
+from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 JSON_SCHEMA = 1
 
-COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "demo")
+COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "demo", "race")
 
 EPILOG = """\
 exit codes:
@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="deploy a bundled example site into a temporary root")
     p.add_argument("--root", metavar="DIR", help="use this (new or empty) folder as the demo root")
+
+    p = sub.add_parser("race", help="show the ln -sfn race next to atomic-deploy's switch",
+                       description="Reader processes read <tmp>/current/version in a loop while a "
+                       "writer switches current between two releases, once per strategy: naive "
+                       "(unlink + symlink, what ln -sfn does on macOS, BSD and busybox), ln (this "
+                       "system's ln -sfn), atomic (atomic-deploy's own switch). Exits 1 if the "
+                       "atomic strategy saw any error.")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
+    p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
+    _add_json(p)
     return parser
 
 
@@ -171,11 +181,38 @@ def _run(args: argparse.Namespace) -> int:
     elif cmd == "list":
         rels = query.list_releases(args.root)
         _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))
+    elif cmd == "race":
+        return _race(args)
     elif cmd == "demo":
         from ._demo import run_demo
 
         return run_demo(args.root, main)
     return EXIT_OK
+
+
+def _race(args: argparse.Namespace) -> int:
+    from ._race import run_race
+
+    if args.seconds <= 0 or args.readers < 1:
+        raise InvalidInput("--seconds must be positive and --readers at least 1")
+    results = run_race(args.seconds, args.readers)
+    atomic_errors = sum(r.errors for r in results if r.strategy == "atomic")
+    rows = [("strategy", "switches", "reads", "ENOENT", "torn", "error rate")]
+    for r in results:
+        rows.append((r.strategy, str(r.switches), str(r.reads), str(r.enoent), str(r.torn),
+                     f"{r.error_rate:.2%}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    for r in results:
+        if r.strategy == "ln":
+            verdict = "atomic here" if r.errors == 0 else "NOT atomic here"
+            lines.append(f"ln on this system: {r.note}: {verdict}")
+    lines.append("atomic: no reader ever saw a missing or torn file" if atomic_errors == 0
+                 else f"atomic: {atomic_errors} reader errors: this is a bug, please report it")
+    _emit(args, {"results": [r.to_dict() for r in results], "seconds": args.seconds,
+                 "readers": args.readers}, "\n".join(lines))
+    return EXIT_OK if atomic_errors == 0 else EXIT_FAILED
 
 
 def format_status(s: Any) -> str:

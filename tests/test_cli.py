@@ -1,0 +1,173 @@
+"""The command surface: commands, output, JSON, history, exit codes, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from atomic_deploy import __version__
+from atomic_deploy._layout import new_release_id
+from conftest import cli_env, current_target, history, release_names, run_cli
+
+Builds = Callable[[str], Path]
+
+
+def test_deploy_creates_relative_current_and_complete_release(builds: Builds, root: Path) -> None:
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    (rid,) = release_names(root)
+    assert current_target(root) == f"releases/{rid}"
+    assert (root / "current" / "version.txt").read_text() == "v1\n"
+    assert (root / "current" / "assets" / "app.js").exists()
+    assert rid in r.stdout
+
+
+def test_original_two_argument_form_is_deploy(builds: Builds, root: Path) -> None:
+    r = run_cli(builds("v1"), root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "current" / "version.txt").read_text() == "v1\n"
+
+
+def test_python_dash_m_and_console_script_agree(builds: Builds, root: Path) -> None:
+    r = run_cli("--version")
+    assert r.returncode == 0
+    assert __version__ in r.stdout and "Python" in r.stdout
+    exe = shutil.which("atomic-deploy", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("console script not installed next to this Python (not a pip install)")
+    r2 = subprocess.run([exe, "--version"], capture_output=True, text=True, env=cli_env())
+    assert r2.stdout == r.stdout
+
+
+def test_help_lists_every_command_and_exit_codes() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for word in ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "demo",
+                 "143", "129", "130"):
+        assert word in r.stdout
+
+
+def test_no_command_is_a_usage_error() -> None:
+    r = run_cli()
+    assert r.returncode == 2
+
+
+def test_release_ids_unique_and_ordered_within_one_second(builds: Builds, root: Path) -> None:
+    ids = []
+    for v in ("v1", "v2", "v3", "v4"):
+        r = run_cli("deploy", builds(v), root, "--json")
+        assert r.returncode == 0, r.stderr
+        ids.append(json.loads(r.stdout)["release"])
+    assert len(set(ids)) == 4
+    assert ids == sorted(ids)
+    assert release_names(root) == ids
+    assert all(len(i) == 14 and i.isdigit() for i in ids)
+
+
+def test_new_release_id_bumps_past_newest_even_if_clock_went_back() -> None:
+    import datetime as dt
+
+    t = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert new_release_id(set(), t) == "20260102030405"
+    assert new_release_id({"20260102030405"}, t) == "20260102030406"
+    assert new_release_id({"20270101000000"}, t) == "20270101000001"
+    assert new_release_id({"legacy", "20200101000000"}, t) == "20260102030405"
+
+
+def test_prepare_stages_without_switching_then_activate(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    before = current_target(root)
+    r = run_cli("prepare", builds("v2"), root)
+    assert r.returncode == 0, r.stderr
+    rid = r.stdout.strip()
+    assert (root / "releases" / rid / "version.txt").read_text() == "v2\n"
+    assert current_target(root) == before
+    r = run_cli("activate", root, rid)
+    assert r.returncode == 0, r.stderr
+    assert current_target(root) == f"releases/{rid}"
+
+
+def test_history_records_every_operation(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root, "-m", "first").returncode == 0
+    assert run_cli("deploy", builds("v2"), root, "--message", "second").returncode == 0
+    assert run_cli("rollback", root).returncode == 0
+    assert run_cli("prune", root, "--keep", "1").returncode == 0
+    ops = [(h["op"], h["outcome"]) for h in history(root)]
+    assert ops == [("deploy", "ok"), ("deploy", "ok"), ("rollback", "ok"), ("prune", "ok")]
+    first, second, rb, _ = history(root)
+    for rec in (first, second):
+        for key in ("time", "user", "host", "release", "source", "message", "outcome"):
+            assert key in rec, key
+    assert second["previous"] == first["release"]
+    assert second["message"] == "second"
+    assert rb["release"] == first["release"] and rb["previous"] == second["release"]
+
+
+def test_status_and_list_json(builds: Builds, root: Path) -> None:
+    run_cli("deploy", builds("v1"), root)
+    run_cli("deploy", builds("v2"), root)
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["schema"] == 1 and s["ok"] is True
+    a, b = release_names(root)
+    assert s["current"] == b and s["previous"] == a and s["current_state"] == "ok"
+    assert s["lock_holder"] is None and s["interrupted"] is None
+    rels = json.loads(run_cli("list", root, "--json").stdout)["releases"]
+    assert [(r["id"], r["state"], r["current"], r["rollback_target"]) for r in rels] == [
+        (a, "good", False, True), (b, "current", True, False)]
+    text = run_cli("list", root).stdout
+    assert "* " in text and b in text
+
+
+def test_status_of_missing_root_is_invalid_input(tmp_path: Path) -> None:
+    r = run_cli("status", tmp_path / "nope")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("atomic-deploy: error:")
+
+
+def test_json_error_object(tmp_path: Path) -> None:
+    r = run_cli("rollback", tmp_path, "--json")
+    assert r.returncode == 2
+    out = json.loads(r.stdout)
+    assert out["ok"] is False and out["exit_code"] == 2
+
+
+def test_root_can_be_moved_because_current_is_relative(builds: Builds, tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    run_cli("deploy", builds("v1"), root)
+    moved = tmp_path / "b"
+    os.rename(root, moved)
+    assert (moved / "current" / "version.txt").read_text() == "v1\n"
+    assert run_cli("deploy", builds("v2"), moved).returncode == 0
+    assert (moved / "current" / "version.txt").read_text() == "v2\n"
+
+
+def test_capistrano_absolute_current_is_understood_and_made_relative(
+        builds: Builds, root: Path) -> None:
+    run_cli("deploy", builds("v1"), root)
+    run_cli("deploy", builds("v2"), root)
+    a, b = release_names(root)
+    os.unlink(root / "current")
+    os.symlink(str(root / "releases" / b), root / "current")
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["current"] == b and s["current_state"] == "ok" and s["previous"] == a
+    assert run_cli("rollback", root).returncode == 0
+    assert current_target(root) == f"releases/{a}"
+
+
+def test_demo_runs_and_says_where_its_root_is(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    r = run_cli("demo", "--root", demo)
+    assert r.returncode == 0, r.stderr
+    assert str(demo) in r.stdout
+    www = demo / "www"
+    assert len(release_names(www)) == 3
+    assert (www / "current" / "version.txt").read_text() == "v2\n"
+    assert "rolled back" in r.stdout and "RELEASE" in r.stdout

@@ -1,0 +1,105 @@
+"""Readers hammering ROOT/current during hundreds of switches see no gap and no torn read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import atomic_deploy
+from conftest import make_build, wait_for
+
+SIZE = 64 * 1024
+
+# Each reader loops until STOP exists: reads current/data by path (must be one release's byte
+# repeated, never missing), and current/a + current/b through one directory fd (must agree).
+READER = r"""
+import errno, json, os, sys
+root, stop, ready, out = sys.argv[1:5]
+cur = os.path.join(root, "current")
+reads = enoent = torn = 0
+seen = set()
+open(ready, "w").close()
+while not os.path.exists(stop):
+    try:
+        with open(os.path.join(cur, "data"), "rb") as f:
+            data = f.read()
+        dfd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            a = os.read(fa := os.open("a", os.O_RDONLY, dir_fd=dfd), 64); os.close(fa)
+            b = os.read(fb := os.open("b", os.O_RDONLY, dir_fd=dfd), 64); os.close(fb)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            enoent += 1
+            if enoent == 1:
+                open(out + ".gap", "w").close()
+            continue
+        raise
+    reads += 1
+    if len(data) != %(size)d or data.count(data[:1]) != len(data) or a != b:
+        torn += 1
+    seen.add(data[:1].decode())
+json.dump({"reads": reads, "enoent": enoent, "torn": torn, "seen": sorted(seen)}, open(out, "w"))
+""".replace("%(size)d", str(SIZE))
+
+
+def _release(tmp: Path, name: str, byte: str) -> Path:
+    return make_build(tmp / "builds" / name,
+                      {"data": byte * SIZE, "a": name, "b": name})
+
+
+def _run_readers(tmp: Path, root: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], Path]:
+    stop = tmp / "stop"
+    procs = []
+    for i in range(n):
+        procs.append(subprocess.Popen([sys.executable, "-c", READER, str(root), str(stop),
+                                       str(tmp / f"ready{i}"), str(tmp / f"out{i}")]))
+    wait_for(lambda: all((tmp / f"ready{i}").exists() for i in range(n)), what="readers to start")
+    return procs, stop
+
+
+def _collect(tmp: Path, procs: list[subprocess.Popen[bytes]], stop: Path) -> list[dict[str, object]]:
+    stop.touch()
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    return [json.loads((tmp / f"out{i}").read_text()) for i in range(len(procs))]
+
+
+def test_four_readers_see_no_gap_and_no_torn_read_during_200_switches(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
+    b = atomic_deploy.deploy(str(_release(tmp_path, "B", "B")), str(root)).release
+    procs, stop = _run_readers(tmp_path, root, 4)
+    try:
+        for _ in range(120):  # 240 switches through the real activate path (lock, journal, history)
+            atomic_deploy.activate(str(root), a)
+            atomic_deploy.activate(str(root), b)
+        # and real deploys too, each adding a release with its own byte
+        for i, byte in enumerate("CDEFGHIJ"):
+            atomic_deploy.deploy(str(_release(tmp_path, f"R{i}", byte)), str(root))
+    finally:
+        results = _collect(tmp_path, procs, stop)
+    total = sum(int(r["reads"]) for r in results)  # type: ignore[call-overload]
+    assert total > 1000, results
+    assert [r["enoent"] for r in results] == [0, 0, 0, 0], results
+    assert [r["torn"] for r in results] == [0, 0, 0, 0], results
+    seen = set().union(*(set(r["seen"]) for r in results))  # type: ignore[call-overload]
+    assert {"A", "B"} <= seen, "readers never saw a switch happen"
+    assert os.readlink(root / "current").startswith("releases/")
+
+
+def test_reader_harness_counts_a_gap(tmp_path: Path) -> None:
+    """The harness above can fail: a missing current is counted as ENOENT."""
+    root = tmp_path / "www"
+    atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root))
+    procs, stop = _run_readers(tmp_path, root, 1)
+    saved = os.readlink(root / "current")
+    os.unlink(root / "current")
+    wait_for(lambda: (tmp_path / "out0.gap").exists(), what="the reader to hit the gap")
+    os.symlink(saved, root / "current")
+    results = _collect(tmp_path, procs, stop)
+    assert results[0]["enoent"] > 0
