@@ -8,6 +8,7 @@ Three strategies, each for the same time with the same readers:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from ._layout import Layout
 from ._switch import point_current
@@ -93,10 +94,8 @@ def _switcher(strategy: str, layout: Layout) -> Callable[[str], None]:
     cur = layout.current
     if strategy == "naive":
         def naive(target: str) -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(cur)
-            except FileNotFoundError:
-                pass
             os.symlink(target, cur)
         return naive
     if strategy == "ln":
@@ -114,8 +113,8 @@ def _switcher(strategy: str, layout: Layout) -> Callable[[str], None]:
 def run_race(
     seconds: float = 2.0,
     readers: int = 4,
-    strategies: Optional[tuple[str, ...]] = None,
-    workdir: Optional[str] = None,
+    strategies: tuple[str, ...] | None = None,
+    workdir: str | None = None,
 ) -> list[RaceResult]:
     strategies = strategies or STRATEGIES
     base = tempfile.mkdtemp(prefix="atomic-deploy-race-", dir=workdir)

@@ -1,0 +1,648 @@
+"""Bad input: one clear error line, the right exit code, and the root left as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from conftest import (
+    SRC,
+    cli_env,
+    current_target,
+    hidden_entries,
+    history,
+    make_build,
+    release_names,
+    run_cli,
+    snapshot,
+)
+
+Builds = Callable[[str], Path]
+
+# The holder file is the lock's own bookkeeping ("who holds the lock"), rewritten every time the
+# lock is taken. Errors that can only be detected under the lock (unknown release id, nothing to
+# roll back to) therefore change it and nothing else; everything else must be byte-identical.
+HOLDER = os.path.join(".atomic-deploy", "holder.json")
+
+
+def error_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The process printed exactly one line on stderr, an atomic-deploy error; return it."""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
+    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
+    return lines[0]
+
+
+def deploy(src: Path, root: Path, *extra: str) -> str:
+    r = run_cli("deploy", src, root, "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return str(json.loads(r.stdout)["release"])
+
+
+def without_holder(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in snap.items() if k != HOLDER}
+
+
+def tree(path: Path) -> dict[str, tuple[str, object]]:
+    """Content view of a deployed tree: relative path -> (kind, bytes or link text)."""
+    out: dict[str, tuple[str, object]] = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, path)
+            if os.path.islink(p):
+                out[rel] = ("link", os.readlink(p))
+            elif os.path.isdir(p):
+                out[rel] = ("dir", None)
+            else:
+                out[rel] = ("file", Path(p).read_bytes())
+    return out
+
+
+# --------------------------------------------------------------------------- source problems
+
+
+def test_source_missing(tmp_path: Path, root: Path) -> None:
+    r = run_cli("deploy", tmp_path / "no-such-build", root)
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "does not exist" in line and "no-such-build" in line
+    assert not os.path.lexists(root)
+
+
+def test_source_is_a_file(tmp_path: Path, root: Path) -> None:
+    f = tmp_path / "build.tar"
+    f.write_text("not a folder")
+    r = run_cli("deploy", f, root)
+    assert r.returncode == 2
+    assert "not a directory" in error_line(r)
+    assert not os.path.lexists(root)
+    assert f.read_text() == "not a folder"
+
+
+def test_source_empty(tmp_path: Path, root: Path) -> None:
+    src = tmp_path / "empty"
+    src.mkdir()
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    assert "empty" in error_line(r)
+    assert not os.path.lexists(root)
+
+
+def test_source_empty_keeps_existing_root(tmp_path: Path, builds: Builds, root: Path) -> None:
+    rid = deploy(builds("v1"), root)
+    src = tmp_path / "empty"
+    src.mkdir()
+    before = snapshot(root)
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    assert "empty" in error_line(r)
+    assert snapshot(root) == before
+    assert current_target(root) == f"releases/{rid}"
+
+
+def test_source_equal_to_root(builds: Builds, root: Path) -> None:
+    deploy(builds("v1"), root)
+    before = snapshot(root)
+    r = run_cli("deploy", root, root)
+    assert r.returncode == 2
+    assert "same directory" in error_line(r)
+    assert snapshot(root) == before
+
+
+def test_source_equal_to_root_via_symlink(tmp_path: Path, builds: Builds, root: Path) -> None:
+    deploy(builds("v1"), root)
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)
+    before = snapshot(root)
+    r = run_cli("deploy", alias, root)
+    assert r.returncode == 2
+    error_line(r)
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("inside", ["current", "releases/{rid}", "releases/{rid}/assets"])
+def test_source_inside_root(builds: Builds, root: Path, inside: str) -> None:
+    rid = deploy(builds("v1"), root)
+    before = snapshot(root)
+    r = run_cli("deploy", root / inside.format(rid=rid), root)
+    assert r.returncode == 2
+    assert "inside ROOT" in error_line(r)
+    assert snapshot(root) == before
+    assert len(release_names(root)) == 1
+
+
+def test_source_containing_root(tmp_path: Path) -> None:
+    src = make_build(tmp_path / "site", version="v1")
+    root = src / "www"
+    before = snapshot(src)
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    assert "would contain itself" in error_line(r)
+    assert not os.path.lexists(root)
+    assert snapshot(src) == before
+
+
+def test_source_sibling_with_common_prefix_is_fine(tmp_path: Path) -> None:
+    # "/x/www-build" is not inside "/x/www": the containment check must compare path components.
+    root = tmp_path / "www"
+    src = make_build(tmp_path / "www-build", version="v1")
+    rid = deploy(src, root)
+    assert (root / "releases" / rid / "version.txt").read_text() == "v1\n"
+
+
+# --------------------------------------------------------------------------- ROOT problems
+
+
+def test_root_is_a_regular_file(builds: Builds, tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.write_text("I am a file\n")
+    src = builds("v1")
+    before = snapshot(tmp_path)
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    assert "not a directory" in error_line(r)
+    assert snapshot(tmp_path) == before
+    assert root.read_text() == "I am a file\n"
+
+
+@pytest.mark.parametrize("cmd", [["activate", "{root}", "20260101000000"], ["rollback", "{root}"],
+                                 ["prune", "{root}", "--keep", "1"]])
+def test_root_is_a_regular_file_other_commands(tmp_path: Path, cmd: list[str]) -> None:
+    root = tmp_path / "www"
+    root.write_text("I am a file\n")
+    before = snapshot(tmp_path)
+    r = run_cli(*[c.format(root=root) for c in cmd])
+    assert r.returncode == 2
+    assert "not a directory" in error_line(r)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("cmd", [["activate", "{root}", "20260101000000"], ["rollback", "{root}"],
+                                 ["prune", "{root}", "--keep", "1"]])
+def test_missing_root_is_not_created_by_other_commands(root: Path, cmd: list[str]) -> None:
+    r = run_cli(*[c.format(root=root) for c in cmd])
+    assert r.returncode == 2
+    assert "does not exist" in error_line(r)
+    assert not os.path.lexists(root)
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder the unprivileged user can traverse. pytest's tmp_path lives under a 0700
+    /tmp/pytest-of-root, which 'nobody' cannot enter, so this one is made world-traversable."""
+    d = Path(tempfile.mkdtemp(prefix="atomic-deploy-nobody-"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
+    return subprocess.run(
+        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-m", "atomic_deploy", *map(str, args)],
+        env=cli_env(), capture_output=True, text=True, timeout=60,
+    )
+
+
+def require_unprivileged_runs() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the CLI as an unprivileged user with setpriv")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    probe = run_as_nobody("--version")
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with PYTHONPATH={SRC}: "
+                    f"{probe.stderr.strip()[-300:]}")
+
+
+def make_readable_build(base: Path) -> Path:
+    src = make_build(base / "build", version="v2")
+    for dirpath, dirnames, filenames in os.walk(src):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    os.chmod(src, 0o755)
+    return src
+
+
+def test_root_not_writable(shared_dir: Path) -> None:
+    require_unprivileged_runs()
+    root = shared_dir / "www"
+    deploy(make_build(shared_dir / "v1", version="v1"), root)  # owned by root, mode 0755
+    os.chmod(root, 0o755)
+    src = make_readable_build(shared_dir)
+    before = snapshot(root)
+    r = run_as_nobody("deploy", src, root)
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert "not writable" in line, line
+    assert snapshot(root) == before
+
+
+def test_root_cannot_be_created(shared_dir: Path) -> None:
+    require_unprivileged_runs()
+    parent = shared_dir / "locked"
+    parent.mkdir(mode=0o755)
+    os.chmod(parent, 0o755)
+    root = parent / "www"
+    src = make_readable_build(shared_dir)
+    r = run_as_nobody("deploy", src, root)
+    assert r.returncode == 2, r.stderr
+    assert "cannot create ROOT" in error_line(r)
+    assert not os.path.lexists(root)
+
+
+# --------------------------------------------------------------------------- a bad `current`
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+@pytest.mark.parametrize("cmd", ["deploy", "activate", "rollback", "prune"])
+def test_current_not_a_symlink(builds: Builds, root: Path, kind: str, cmd: str) -> None:
+    src = builds("v1")
+    root.mkdir()
+    if kind == "directory":
+        (root / "current").mkdir()
+        (root / "current" / "index.html").write_text("legacy site\n")
+    else:
+        (root / "current").write_text("legacy\n")
+    before = snapshot(root)
+    args = {"deploy": ["deploy", src, root], "activate": ["activate", root, "20260101000000"],
+            "rollback": ["rollback", root], "prune": ["prune", root, "--keep", "1"]}[cmd]
+    r = run_cli(*args)
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "current" in line and "not a symlink" in line
+    # It says how to migrate, in terms of releases/.
+    assert "releases/" in line, line
+    assert snapshot(root) == before
+
+
+def _status(root: Path) -> dict[str, Any]:
+    r = run_cli("status", root, "--json")
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+@pytest.mark.parametrize(("target", "state"), [
+    ("releases/20200101000000", "dangling"),
+    ("releases/gone-by-hand", "dangling"),
+    ("{outside}", "outside-releases"),
+    ("../elsewhere", "outside-releases"),
+    ("/", "outside-releases"),
+])
+def test_bad_current_link_reported_and_repaired_by_deploy(
+    tmp_path: Path, builds: Builds, root: Path, target: str, state: str
+) -> None:
+    old = deploy(builds("v1"), root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("outside\n")
+    text = target.format(outside=outside)
+    os.unlink(root / "current")
+    os.symlink(text, root / "current")
+
+    st = _status(root)
+    assert st["current_state"] == state
+    assert st["current_target"] == text
+    before = snapshot(root)
+    r = run_cli("status", root)
+    assert r.returncode == 0
+    assert state in r.stdout
+    assert snapshot(root) == before  # status touches nothing
+
+    rid = deploy(builds("v2"), root)
+    assert current_target(root) == f"releases/{rid}"
+    assert (root / "current" / "version.txt").read_text() == "v2\n"
+    assert _status(root)["current_state"] == "ok"
+    assert sorted(release_names(root)) == sorted([old, rid])
+    assert (outside / "keep.txt").read_text() == "outside\n"
+    assert hidden_entries(root) == []
+
+
+def test_rollback_refuses_dangling_current(builds: Builds, root: Path) -> None:
+    deploy(builds("v1"), root)
+    deploy(builds("v2"), root)
+    os.unlink(root / "current")
+    os.symlink("releases/20200101000000", root / "current")
+    before = snapshot(root)
+    r = run_cli("rollback", root)
+    assert r.returncode == 2
+    assert "nothing to roll back from" in error_line(r)
+    assert without_holder(snapshot(root)) == without_holder(before)
+
+
+# --------------------------------------------------------------------------- stray entries
+
+
+def test_stray_entries_in_releases_are_ignored_and_never_deleted(
+    tmp_path: Path, builds: Builds, root: Path
+) -> None:
+    first = deploy(builds("v1"), root)
+    rel = root / "releases"
+    (rel / "README.txt").write_text("do not delete\n")
+    (rel / "20200101000000").write_text("a file named like an id\n")
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "sentinel").write_text("outside\n")
+    os.symlink(outside, rel / "link")
+    os.symlink(outside, rel / "20200101000001")  # a symlink named like an id
+    notes = rel / "notes"  # a hand-made folder: unmanaged, never deleted
+    notes.mkdir()
+    (notes / "todo.txt").write_text("notes\n")
+    strays = {n: snapshot(rel)[n] for n in ("README.txt", "20200101000000", "link", "20200101000001")}
+
+    ids = [first] + [deploy(builds(f"v{i}"), root) for i in (2, 3, 4)]
+    ids.append(deploy(builds("v5"), root, "--keep", "1"))
+    r = run_cli("prune", root, "--keep", "1")
+    assert r.returncode == 0, r.stderr
+
+    r = run_cli("list", root, "--json")
+    assert r.returncode == 0, r.stderr
+    listed = {x["id"]: x for x in json.loads(r.stdout)["releases"]}
+    for name in ("README.txt", "link", "20200101000000", "20200101000001"):
+        assert name not in listed
+    # A hand-made folder is shown as an unmanaged release (design: "made by hand or another tool").
+    assert listed["notes"]["managed"] is False
+    assert set(listed) == {"notes", ids[-2], ids[-1]}
+
+    snap = snapshot(rel)
+    for name, entry in strays.items():
+        assert snap[name] == entry
+    assert (notes / "todo.txt").read_text() == "notes\n"
+    assert (outside / "sentinel").read_text() == "outside\n"
+    assert sorted(_status(root)["stray"]) == sorted(strays)
+
+
+# --------------------------------------------------------------------------- release ids
+
+
+def test_activate_unknown_release_id(builds: Builds, root: Path) -> None:
+    rid = deploy(builds("v1"), root)
+    before = snapshot(root)
+    r = run_cli("activate", root, "20000101000000")
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "unknown release id" in line and "20000101000000" in line
+    assert without_holder(snapshot(root)) == without_holder(before)
+    assert current_target(root) == f"releases/{rid}"
+
+
+def test_rollback_to_unknown_release_id(builds: Builds, root: Path) -> None:
+    deploy(builds("v1"), root)
+    rid = deploy(builds("v2"), root)
+    before = snapshot(root)
+    r = run_cli("rollback", root, "--to", "20000101000000")
+    assert r.returncode == 2
+    assert "unknown release id" in error_line(r)
+    assert without_holder(snapshot(root)) == without_holder(before)
+    assert current_target(root) == f"releases/{rid}"
+
+
+BAD_IDS = ["../x", "..", ".", ".atomic-deploy", "", "releases/x", "/etc", "a/b", "../releases",
+           ".atomic-deploy-staging.x"]
+
+
+@pytest.mark.parametrize("how", ["activate", "rollback --to"])
+def test_malformed_release_ids_rejected(tmp_path: Path, builds: Builds, root: Path, how: str) -> None:
+    deploy(builds("v1"), root)
+    rid = deploy(builds("v2"), root)
+    # Things those names could reach if they were used as paths.
+    (tmp_path / "x").mkdir()
+    (root / "releases" / "x").mkdir()
+    (root / "releases" / ".atomic-deploy-staging.x").mkdir()
+    before = snapshot(root)
+    for bad in BAD_IDS:
+        args = ["activate", root, bad] if how == "activate" else ["rollback", root, "--to", bad]
+        r = run_cli(*args)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "unknown release id" in error_line(r), bad
+        assert current_target(root) == f"releases/{rid}", bad
+    assert without_holder(snapshot(root)) == without_holder(before)
+
+
+def test_rollback_with_a_single_release(builds: Builds, root: Path) -> None:
+    rid = deploy(builds("v1"), root)
+    before = snapshot(root)
+    r = run_cli("rollback", root)
+    assert r.returncode == 2
+    assert "nothing to roll back to" in error_line(r)
+    assert without_holder(snapshot(root)) == without_holder(before)
+    assert current_target(root) == f"releases/{rid}"
+
+
+def test_rollback_on_an_empty_root(root: Path) -> None:
+    root.mkdir()
+    r = run_cli("rollback", root)
+    assert r.returncode == 2
+    assert "nothing to roll back" in error_line(r)
+    # Nothing was there, and nothing may be left behind (no state folder, no releases/).
+    assert snapshot(root) == {}
+
+
+# --------------------------------------------------------------------------- disk full, I/O error
+
+
+@pytest.mark.parametrize(("fault", "cause"), [
+    ("copy-file:ENOSPC", os.strerror(28)),
+    ("copy-file:EIO", os.strerror(5)),
+    ("flushed:EIO", os.strerror(5)),
+])
+def test_io_error_during_copy_removes_staged_release(
+    builds: Builds, root: Path, fault: str, cause: str
+) -> None:
+    rid = deploy(builds("v1"), root)
+    rel_before = snapshot(root / "releases")
+    r = run_cli("deploy", builds("v2"), root, fault=fault)
+    assert r.returncode == 1, r.stderr
+    line = error_line(r)
+    assert cause in line, line
+    assert hidden_entries(root) == []
+    assert release_names(root) == [rid]
+    assert snapshot(root / "releases") == rel_before
+    assert current_target(root) == f"releases/{rid}"
+    assert (root / "current" / "version.txt").read_text() == "v1\n"
+    assert not (root / ".atomic-deploy" / "journal.json").exists()
+    assert history(root)[-1]["outcome"] == "failed"
+
+
+@pytest.mark.parametrize("fault", ["copy-file:ENOSPC", "flushed:EIO"])
+def test_io_error_on_first_deploy_leaves_no_release(builds: Builds, root: Path, fault: str) -> None:
+    r = run_cli("deploy", builds("v1"), root, fault=fault)
+    assert r.returncode == 1
+    error_line(r)
+    assert release_names(root) == []
+    assert hidden_entries(root) == []
+    assert not os.path.lexists(root / "current")
+
+
+# --------------------------------------------------------------------------- awkward names
+
+AWKWARD = "my site \u00fcn\u00efc\u00f8d\u00e9 \u2713\nsecond line"
+
+
+def test_awkward_paths_deploy_correctly(tmp_path: Path) -> None:
+    files = {
+        "plain.txt": "plain\n",
+        "with space.txt": "space\n",
+        "\u00fcn\u00efc\u00f8d\u00e9/\u65e5\u672c\u8a9e \u2713.html": "unicode\n",
+        "new\nline.txt": "newline\n",
+        "dir with\nnewline/inner\tfile": "tab\n",
+        "-starts-with-dash": "dash\n",
+    }
+    src = make_build(tmp_path / f"build {AWKWARD}", files=files)
+    root = tmp_path / f"root {AWKWARD}"
+    rid = deploy(src, root)
+    assert current_target(root) == f"releases/{rid}"
+    assert tree(root / "current") == tree(src)
+    for rel, text in files.items():
+        assert (root / "current" / rel).read_text() == text
+    rid2 = deploy(src, root)
+    r = run_cli("rollback", root)
+    assert r.returncode == 0, r.stderr
+    assert current_target(root) == f"releases/{rid}"
+    r = run_cli("list", root)
+    assert r.returncode == 0
+    assert rid2 in r.stdout
+
+
+def test_awkward_paths_keep_errors_on_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / f"missing {AWKWARD}"
+    r = run_cli("deploy", missing, tmp_path / "www")
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "\\n" in line  # the newline is shown escaped
+    assert "\u2713" in line  # printable unicode is shown as is
+
+    file_root = tmp_path / f"file root {AWKWARD}"
+    file_root.write_text("x")
+    r = run_cli("deploy", make_build(tmp_path / "b1"), file_root)
+    assert r.returncode == 2
+    error_line(r)
+
+    empty = tmp_path / f"empty {AWKWARD}"
+    empty.mkdir()
+    r = run_cli("deploy", empty, tmp_path / "www")
+    assert r.returncode == 2
+    error_line(r)
+
+    root = tmp_path / f"root {AWKWARD}"
+    deploy(make_build(tmp_path / "b2"), root)
+    (root / "releases" / "20200101000000").mkdir()
+    os.symlink(f"releases/gone {AWKWARD}", root / "current.tmp")
+    os.replace(root / "current.tmp", root / "current")
+    r = run_cli("rollback", root)
+    assert r.returncode == 2
+    error_line(r)
+    r = run_cli("activate", root, f"bad {AWKWARD}")
+    assert r.returncode == 2
+    error_line(r)
+
+    # A FIFO with a newline in its name: refused, named, on one line.
+    src = make_build(tmp_path / f"fifo build {AWKWARD}")
+    os.mkfifo(src / "pipe\nname")
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "FIFO" in line and "pipe\\nname" in line
+    assert hidden_entries(root) == []
+
+
+def test_awkward_root_error_during_copy_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / f"root {AWKWARD}"
+    rid = deploy(make_build(tmp_path / "b1", version="v1"), root)
+    r = run_cli("deploy", make_build(tmp_path / f"b2 {AWKWARD}", version="v2"), root,
+                fault="copy-file:ENOSPC")
+    assert r.returncode == 1
+    error_line(r)
+    assert current_target(root) == f"releases/{rid}"
+    assert hidden_entries(root) == []
+
+
+def test_socket_in_source_is_refused(tmp_path: Path, builds: Builds, root: Path) -> None:
+    rid = deploy(builds("v1"), root)
+    src = builds("v2")
+    sock_path = src / "s"
+    if len(str(sock_path)) > 100:
+        pytest.skip("socket path too long for AF_UNIX")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(str(sock_path))
+    finally:
+        s.close()
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    r = run_cli("deploy", src, root)
+    assert r.returncode == 2
+    line = error_line(r)
+    assert "socket" in line and str(sock_path) in line
+    assert current_target(root) == f"releases/{rid}"
+    assert release_names(root) == [rid]
+    assert hidden_entries(root) == []
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("cmd", [["deploy", "{src}", "{root}", "--keep", "0"],
+                                 ["deploy", "{src}", "{root}", "--keep", "-3"],
+                                 ["prune", "{root}", "--keep", "0"]])
+def test_keep_zero_rejected(builds: Builds, root: Path, cmd: list[str]) -> None:
+    src = builds("v1")
+    r = run_cli(*[c.format(src=src, root=root) for c in cmd])
+    assert r.returncode == 2
+    assert "--keep" in error_line(r)
+    assert not os.path.lexists(root)
+
+
+def test_keep_zero_rejected_on_existing_root(builds: Builds, root: Path) -> None:
+    deploy(builds("v1"), root)
+    deploy(builds("v2"), root)
+    before = snapshot(root)
+    for args in (["prune", root, "--keep", "0"], ["deploy", builds("v3"), root, "--keep", "0"]):
+        r = run_cli(*args)
+        assert r.returncode == 2
+        error_line(r)
+        assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("cmd", [
+    [],
+    ["deploy"],
+    ["deploy", "{src}"],
+    ["deploy", "{src}", "{root}", "--bogus"],
+    ["deploy", "{src}", "{root}", "--keep"],
+    ["deploy", "{src}", "{root}", "--keep", "abc"],
+    ["deploy", "{src}", "{root}", "extra"],
+    ["activate", "{root}"],
+    ["rollback"],
+    ["prune", "{root}"],
+    ["status"],
+    ["list"],
+    ["frobnicate"],
+    ["--no-such-option"],
+])
+def test_usage_errors(builds: Builds, root: Path, cmd: list[str]) -> None:
+    src = builds("v1")
+    r = run_cli(*[c.format(src=src, root=root) for c in cmd])
+    assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+    assert r.stderr.strip()
+    assert not os.path.lexists(root)

@@ -1,0 +1,558 @@
+"""Signals and crashes at every step, with the real CLI in a subprocess.
+
+A signal (INT, TERM, HUP) at any checkpoint rolls the operation back once and exits 128 + signal;
+``kill -9`` at any checkpoint leaves a complete release behind ``current`` (or none on a first
+deploy), ``status`` reports the journal without touching anything, and the next mutating command
+recovers. Steps come from ``atomic_deploy._signals`` so a new checkpoint is covered at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from atomic_deploy._signals import DEPLOY_STEPS, PRUNE_STEPS, SWITCH_STEPS
+from conftest import (
+    current_target,
+    hidden_entries,
+    history,
+    release_names,
+    run_cli,
+    snapshot,
+    start_cli,
+    wait_for,
+)
+
+Builds = Callable[[str], Path]
+
+SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
+# Steps at which a journal exists: written after the lock, removed just before "committed".
+NO_JOURNAL_STEPS = ("lock-acquired", "committed")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def journal_path(root: Path) -> Path:
+    return root / ".atomic-deploy" / "journal.json"
+
+
+def current_release(root: Path) -> str | None:
+    """The release id ``current`` names, asserting it is one of ours and not dangling."""
+    target = current_target(root)
+    if target is None:
+        assert not os.path.lexists(root / "current"), "current exists but is not a symlink"
+        return None
+    assert target.startswith("releases/"), target
+    rid = target[len("releases/"):]
+    assert rid in release_names(root), f"current -> {target} is dangling"
+    assert (root / "current").is_dir()
+    return rid
+
+
+def deploy_ok(root: Path, build: Path) -> str:
+    r = run_cli("deploy", build, root)
+    assert r.returncode == 0, r.stderr
+    rid = current_release(root)
+    assert rid is not None
+    return rid
+
+
+def assert_release_is(root: Path, rid: str, build: Path) -> None:
+    """Complete: exactly the build's entries, with the same content."""
+    got = snapshot(root / "releases" / rid)
+    assert got, f"release {rid} is empty or missing"
+    assert got == snapshot(build), f"release {rid} is not a complete copy of {build.name}"
+
+
+def matching_build(root: Path, rid: str, builds: list[Path]) -> Path:
+    snap = snapshot(root / "releases" / rid)
+    found = [b for b in builds if snapshot(b) == snap]
+    assert len(found) == 1, f"release {rid} matches {len(found)} builds (incomplete or mixed)"
+    return found[0]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got: {stderr!r}"
+    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
+    return lines[0]
+
+
+def assert_clean(root: Path) -> None:
+    assert hidden_entries(root) == []
+    assert not journal_path(root).exists()
+
+
+def records(root: Path, op: str) -> list[dict[str, Any]]:
+    return [h for h in history(root) if h.get("op") == op]
+
+
+def assert_status_reports_without_changing(root: Path, op: str, journaled: bool) -> dict[str, Any]:
+    """`status` (text and --json) shows the interrupted journal and changes nothing on disk."""
+    before = snapshot(root)
+    text = run_cli("status", root)
+    js = run_cli("status", root, "--json")
+    assert snapshot(root) == before, "status changed the root"
+    assert text.returncode == 0, text.stderr
+    assert js.returncode == 0, js.stderr
+    data = json.loads(js.stdout)
+    interrupted_row = [ln for ln in text.stdout.splitlines() if ln.startswith("interrupted")]
+    assert len(interrupted_row) == 1, text.stdout
+    if journaled:
+        journal = json.loads(journal_path(root).read_text())
+        assert data["interrupted"] is not None
+        assert data["interrupted"]["op"] == op
+        assert data["interrupted"]["op_id"] == journal["op_id"]
+        assert op in interrupted_row[0]
+        if journal.get("release"):
+            assert data["interrupted"]["release"] == journal["release"]
+            assert journal["release"] in interrupted_row[0]
+    else:
+        assert data["interrupted"] is None
+        assert interrupted_row[0].split()[-1] == "none"
+    # leftovers (staging/trash folders, temp links) are reported too, one per hidden entry
+    assert len(data["leftovers"]) == len(hidden_entries(root))
+    return data
+
+
+def assert_recovered(result: subprocess.CompletedProcess[str], root: Path, op: str,
+                     journaled: bool) -> None:
+    """The mutating command after a crash succeeded and recovered the crashed one."""
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    recovered = [ln for ln in lines if ln.startswith(f"atomic-deploy: recovered interrupted {op}")]
+    recover_recs = [h for h in records(root, "recover") if h.get("outcome") == "ok"]
+    if journaled:
+        assert len(recovered) == 1, result.stderr
+        assert len(recover_recs) == 1, history(root)
+        assert recover_recs[0].get("interrupted") == op
+    assert_clean(root)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; any still running at the end is killed (by its own pid)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+
+
+# --------------------------------------------------------------------------------------------
+# signals through the fault seam
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS))
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_deploy_signal_at_every_step(builds: Builds, root: Path, step: str, sig: str) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+    old = deploy_ok(root, v1)
+
+    r = run_cli("deploy", v2, root, fault=f"{step}:{sig}")
+
+    assert r.returncode == 128 + SIGNALS[sig], (r.returncode, r.stderr)
+    line = one_error_line(r.stderr)
+    assert f"SIG{sig}" in line
+    assert_clean(root)
+    cur = current_release(root)
+    deploys = records(root, "deploy")
+    not_ok = [d for d in deploys if d["outcome"] != "ok"]
+    if step == "committed":
+        # the deploy had completed: the new release stays
+        assert cur is not None and cur != old
+        assert release_names(root) == sorted([old, cur])
+        assert_release_is(root, cur, v2)
+        assert deploys[-1]["outcome"] == "ok" and deploys[-1]["release"] == cur
+        assert not_ok == []
+    else:
+        assert cur == old
+        assert release_names(root) == [old]
+        assert_release_is(root, old, v1)
+        assert [d["outcome"] for d in deploys if d["outcome"] == "ok"] == ["ok"]
+        # the rollback ran exactly once (no journal yet at lock-acquired: nothing to undo)
+        assert [d["outcome"] for d in not_ok] == ([] if step == "lock-acquired" else ["interrupted"])
+
+
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_first_deploy_sigterm_leaves_no_current(builds: Builds, root: Path, step: str) -> None:
+    v1 = builds("v1")
+
+    r = run_cli("deploy", v1, root, fault=f"{step}:TERM")
+
+    assert r.returncode == 143, (r.returncode, r.stderr)
+    one_error_line(r.stderr)
+    assert_clean(root)
+    if step == "committed":
+        cur = current_release(root)
+        assert cur is not None
+        assert release_names(root) == [cur]
+        assert_release_is(root, cur, v1)
+    else:
+        assert not os.path.lexists(root / "current")
+        rel = root / "releases"
+        assert not rel.exists() or os.listdir(rel) == []
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS))
+@pytest.mark.parametrize("step", SWITCH_STEPS)
+@pytest.mark.parametrize("op", ["activate", "rollback"])
+def test_switch_signal_at_every_step(builds: Builds, root: Path, op: str, step: str,
+                                     sig: str) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+    r1 = deploy_ok(root, v1)
+    r2 = deploy_ok(root, v2)
+    args = ("activate", root, r1) if op == "activate" else ("rollback", root)
+
+    r = run_cli(*args, fault=f"{step}:{sig}")
+
+    assert r.returncode == 128 + SIGNALS[sig], (r.returncode, r.stderr)
+    assert f"SIG{sig}" in one_error_line(r.stderr)
+    assert_clean(root)
+    assert release_names(root) == [r1, r2]
+    assert_release_is(root, r1, v1)
+    assert_release_is(root, r2, v2)
+    ok = [h for h in records(root, op) if h["outcome"] == "ok"]
+    if step == "committed":
+        assert current_release(root) == r1
+        assert len(ok) == 1
+    else:
+        assert current_release(root) == r2
+        assert ok == []  # in particular a rollback that was undone marks nothing bad
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS))
+@pytest.mark.parametrize("step", PRUNE_STEPS)
+def test_prune_signal_at_every_step(builds: Builds, root: Path, step: str, sig: str) -> None:
+    bs = [builds(f"v{i}") for i in range(1, 5)]
+    ids = [deploy_ok(root, b) for b in bs]
+
+    r = run_cli("prune", root, "--keep", "1", fault=f"{step}:{sig}")
+
+    assert r.returncode == 128 + SIGNALS[sig], (r.returncode, r.stderr)
+    one_error_line(r.stderr)
+    assert_clean(root)
+    # never the current release or its rollback target
+    assert current_release(root) == ids[3]
+    left = release_names(root)
+    assert ids[2] in left and ids[3] in left
+    assert set(left) <= set(ids)
+    for rid in left:
+        assert_release_is(root, rid, bs[ids.index(rid)])
+    if step in ("lock-acquired", "journal-written"):
+        assert left == ids
+    if step == "committed":
+        assert left == ids[2:]
+
+
+# --------------------------------------------------------------------------------------------
+# real signals from outside
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def wait_signal_handled(pid: int, signum: int) -> None:
+    """Wait until the kernel has delivered ``signum`` and the process went back to sleep.
+
+    The paused process sleeps in a loop; after the C-level handler ran, Python runs the
+    Python-level handler before the next sleep, which counts as a voluntary context switch.
+    """
+    bit = 1 << (signum - 1)
+
+    def delivered() -> bool:
+        st = _proc_status(pid)
+        return not (int(st["SigPnd"], 16) & bit or int(st["ShdPnd"], 16) & bit)
+
+    wait_for(delivered, what=f"signal {signum} delivered to {pid}")
+    n = int(_proc_status(pid)["voluntary_ctxt_switches"])
+    wait_for(lambda: int(_proc_status(pid)["voluntary_ctxt_switches"]) > n,
+             what=f"pid {pid} back asleep after signal {signum}")
+
+
+def _start_paused_deploy(procs: list[subprocess.Popen[str]], build: Path, root: Path,
+                         gate: Path, step: str = "copy-file") -> subprocess.Popen[str]:
+    proc = start_cli("deploy", build, root, fault=f"{step}:PAUSE:{gate}")
+    procs.append(proc)
+    paused = Path(f"{gate}.paused")
+    wait_for(lambda: paused.exists() or proc.poll() is not None, what="deploy to pause")
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def test_real_sigint_mid_copy_rolls_back(builds: Builds, root: Path, tmp_path: Path,
+                                         procs: list[subprocess.Popen[str]]) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+    old = deploy_ok(root, v1)
+    gate = tmp_path / "gate"
+    proc = _start_paused_deploy(procs, v2, root, gate)
+    # really in the middle of copying: a hidden staging folder exists
+    assert any(h.startswith("releases/.atomic-deploy-staging.") for h in hidden_entries(root))
+
+    proc.send_signal(signal.SIGINT)
+    gate.touch()
+    _out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    assert "SIGINT" in one_error_line(err)
+    assert current_release(root) == old
+    assert release_names(root) == [old]
+    assert_release_is(root, old, v1)
+    assert_clean(root)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+def test_two_real_signals_first_wins_and_handler_acts_once(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+    old = deploy_ok(root, v1)
+    gate = tmp_path / "gate"
+    proc = _start_paused_deploy(procs, v2, root, gate)
+
+    proc.send_signal(signal.SIGTERM)
+    wait_signal_handled(proc.pid, signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    wait_signal_handled(proc.pid, signal.SIGINT)
+    gate.touch()
+    _out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in one_error_line(err)
+    assert current_release(root) == old
+    assert release_names(root) == [old]
+    assert_clean(root)
+    interrupted = [d for d in records(root, "deploy") if d["outcome"] != "ok"]
+    assert len(interrupted) == 1  # rolled back once
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 at every step, then status, list and the next mutating command
+
+
+def _list_ids(root: Path) -> list[str]:
+    r = run_cli("list", root, "--json")
+    assert r.returncode == 0, r.stderr
+    return [rel["id"] for rel in json.loads(r.stdout)["releases"]]
+
+
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_deploy_killed_at_every_step_then_status_list_and_deploy_recover(
+        builds: Builds, root: Path, step: str) -> None:
+    v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
+    old = deploy_ok(root, v1)
+
+    r = run_cli("deploy", v2, root, fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    journaled = step not in NO_JOURNAL_STEPS
+    assert journal_path(root).exists() == journaled
+    cur = current_release(root)
+    assert cur is not None
+    switched = DEPLOY_STEPS.index(step) >= DEPLOY_STEPS.index("switched")
+    if switched:
+        assert cur != old
+        assert_release_is(root, cur, v2)
+    else:
+        assert cur == old
+    assert_release_is(root, old, v1)
+
+    # list shows only complete releases
+    listed = _list_ids(root)
+    assert sorted(listed) == release_names(root)
+    for rid in listed:
+        matching_build(root, rid, [v1, v2])
+
+    assert_status_reports_without_changing(root, "deploy", journaled)
+    killed_release = json.loads(journal_path(root).read_text())["release"] if journaled else None
+
+    r = run_cli("deploy", v3, root)
+
+    assert_recovered(r, root, "deploy", journaled)
+    new = current_release(root)
+    assert new is not None and new not in (old, cur, killed_release)
+    assert_release_is(root, new, v3)
+    assert_release_is(root, old, v1)
+    if step == "committed":
+        assert release_names(root) == sorted([old, cur, new])
+    else:
+        assert release_names(root) == sorted([old, new])  # the interrupted release is gone
+
+
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_first_deploy_killed_at_every_step(builds: Builds, root: Path, step: str) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+
+    r = run_cli("deploy", v1, root, fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    journaled = step not in NO_JOURNAL_STEPS
+    assert journal_path(root).exists() == journaled
+    first = current_release(root)
+    if DEPLOY_STEPS.index(step) >= DEPLOY_STEPS.index("switched"):
+        assert first is not None
+        assert_release_is(root, first, v1)
+    else:
+        assert first is None
+    for rid in _list_ids(root):
+        assert_release_is(root, rid, v1)
+
+    r = run_cli("deploy", v2, root)
+
+    assert_recovered(r, root, "deploy", journaled)
+    new = current_release(root)
+    assert new is not None and new != first
+    assert_release_is(root, new, v2)
+    if step == "committed":
+        assert first is not None
+        assert release_names(root) == sorted([first, new])
+    else:
+        assert release_names(root) == [new]
+
+
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_deploy_killed_then_activate_rollback_or_prune_recovers(
+        builds: Builds, root: Path, tmp_path: Path, step: str) -> None:
+    v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
+    r1 = deploy_ok(root, v1)
+    r2 = deploy_ok(root, v2)
+    r = run_cli("deploy", v3, root, fault=f"{step}:KILL")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    journaled = step not in NO_JOURNAL_STEPS
+    assert journal_path(root).exists() == journaled
+    committed = step == "committed"
+    r3 = current_release(root) if committed else None
+
+    # The same crashed root, once per follow-up command (copied as is, links not followed).
+    for cmd in ("activate", "rollback", "prune"):
+        work = tmp_path / f"after-{cmd}"
+        shutil.copytree(root, work, symlinks=True)
+        args = {"activate": ("activate", work, r1), "rollback": ("rollback", work),
+                "prune": ("prune", work, "--keep", "1")}[cmd]
+
+        res = run_cli(*args)
+
+        assert_recovered(res, work, "deploy", journaled)
+        expected = {"activate": r1, "rollback": r2 if committed else r1,
+                    "prune": r3 if committed else r2}[cmd]
+        assert current_release(work) == expected, cmd
+        for rid in release_names(work):
+            matching_build(work, rid, [v1, v2, v3])
+        if not committed:
+            assert release_names(work) == [r1, r2]  # the interrupted release is gone
+        elif cmd == "prune":
+            assert r3 is not None and release_names(work) == [r2, r3]
+        else:
+            assert r3 is not None and release_names(work) == [r1, r2, r3]
+
+
+@pytest.mark.parametrize("step", SWITCH_STEPS)
+@pytest.mark.parametrize("op", ["activate", "rollback"])
+def test_switch_killed_at_every_step_then_deploy_recovers(builds: Builds, root: Path, op: str,
+                                                         step: str) -> None:
+    v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
+    r1 = deploy_ok(root, v1)
+    r2 = deploy_ok(root, v2)
+    args = ("activate", root, r1) if op == "activate" else ("rollback", root)
+
+    r = run_cli(*args, fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    journaled = step not in NO_JOURNAL_STEPS
+    assert journal_path(root).exists() == journaled
+    assert current_release(root) in (r1, r2)
+    assert release_names(root) == [r1, r2]
+    assert_release_is(root, r1, v1)
+    assert_release_is(root, r2, v2)
+    assert_status_reports_without_changing(root, op, journaled)
+
+    r = run_cli("deploy", v3, root)
+
+    assert_recovered(r, root, op, journaled)
+    new = current_release(root)
+    assert new is not None and new not in (r1, r2)
+    assert_release_is(root, new, v3)
+    assert release_names(root) == [r1, r2, new]
+    ok = [h for h in records(root, op) if h["outcome"] == "ok"]
+    assert len(ok) == (1 if step == "committed" else 0)
+
+
+@pytest.mark.parametrize("step", PRUNE_STEPS)
+def test_prune_killed_at_every_step_then_deploy_recovers(builds: Builds, root: Path,
+                                                        step: str) -> None:
+    bs = [builds(f"v{i}") for i in range(1, 6)]
+    ids = [deploy_ok(root, b) for b in bs[:4]]
+
+    r = run_cli("prune", root, "--keep", "1", fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    journaled = step not in NO_JOURNAL_STEPS
+    assert journal_path(root).exists() == journaled
+    assert current_release(root) == ids[3]
+    left = release_names(root)
+    assert ids[2] in left and set(left) <= set(ids)
+    for rid in left:
+        assert_release_is(root, rid, bs[ids.index(rid)])
+    assert_status_reports_without_changing(root, "prune", journaled)
+
+    r = run_cli("deploy", bs[4], root)
+
+    assert_recovered(r, root, "prune", journaled)
+    new = current_release(root)
+    assert new is not None and new not in ids
+    assert_release_is(root, new, bs[4])
+    assert release_names(root) == sorted([*left, new])
+    for rid in left:
+        assert_release_is(root, rid, bs[ids.index(rid)])
+
+
+# --------------------------------------------------------------------------------------------
+# stale leftovers can never publish the wrong release
+
+
+@pytest.mark.parametrize("kill_step", ["lock-acquired", "staging-created", "temp-link-created",
+                                       "switched"])
+def test_stale_leftovers_never_publish_the_wrong_release(builds: Builds, root: Path,
+                                                         kill_step: str) -> None:
+    v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
+    old = deploy_ok(root, v1)
+    # a journal (and whatever else) left by a real crash
+    r = run_cli("deploy", v2, root, fault=f"{kill_step}:KILL")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    crashed = json.loads(journal_path(root).read_text()) if journal_path(root).exists() else None
+    assert (crashed is None) == (kill_step == "lock-acquired")
+    # planted: a temp link to the old release and a junk staging folder
+    tmp = root / ".atomic-deploy" / "tmp"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "current.deadbeef").symlink_to(f"releases/{old}")
+    stale = root / "releases" / ".atomic-deploy-staging.20990101000000.cafe"
+    stale.mkdir()
+    (stale / "index.html").write_text("<h1>junk</h1>\n")
+    (stale / "version.txt").write_text("junk\n")
+
+    r = run_cli("deploy", v3, root)
+
+    assert r.returncode == 0, r.stderr
+    assert "recovered interrupted deploy" in r.stderr or crashed is None
+    new = current_release(root)
+    assert new is not None and new != old
+    assert crashed is None or new != crashed["release"]
+    assert_release_is(root, new, v3)
+    assert (root / "current" / "version.txt").read_text() == "v3\n"
+    assert release_names(root) == sorted([old, new])
+    assert_clean(root)
+    assert not os.path.lexists(tmp / "current.deadbeef")
+    assert not os.path.lexists(stale)
