@@ -213,7 +213,25 @@ def check_root_for_write(root: str, create: bool) -> Layout:
                 ) from None
         except OSError as exc:
             raise InvalidInput(f"cannot create {show(path)}: {exc.strerror}") from exc
+    for path in (layout.state, layout.tmp):
+        check_trusted(path, os.lstat(path))
     return layout
+
+
+def check_trusted(path: str, st: os.stat_result) -> None:
+    """Refuse state that another unprivileged user could have planted or could tamper with."""
+    uid = os.geteuid()
+    if st.st_uid not in (0, uid):
+        raise InvalidInput(
+            f"{show(path)} is owned by uid {st.st_uid}, not by this user (uid {uid}) or root; "
+            "refusing to use it (run as its owner)",
+            "nothing was changed",
+        )
+    if st.st_mode & stat.S_IWOTH:
+        raise InvalidInput(
+            f"{show(path)} is writable by every user; refusing to use it (chmod o-w it)",
+            "nothing was changed",
+        )
 
 
 def check_current_is_link(layout: Layout) -> None:

@@ -11,13 +11,14 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from ._jsonfile import write_json_atomic
-from ._layout import Layout, show
+from ._layout import Layout, check_trusted, show
 from .errors import InvalidInput, LockHeld
 
 POLL_SECONDS = 0.05
@@ -51,11 +52,23 @@ def read_holder(layout: Layout) -> Holder:
 def _open_lock_file(layout: Layout) -> int:
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(layout.lock, flags, 0o644)
+        fd = os.open(layout.lock, flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InvalidInput(f"{show(layout.lock)} is a symlink; refusing to use it") from exc
-        raise InvalidInput(f"cannot open lock file {show(layout.lock)}: {exc.strerror}") from exc
+            raise InvalidInput(f"{show(layout.lock)} is a symlink; refusing to use it",
+                               "nothing was changed") from exc
+        raise InvalidInput(f"cannot open lock file {show(layout.lock)}: {exc.strerror}",
+                           "nothing was changed") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput(f"{show(layout.lock)} is not a regular file; refusing to use it",
+                               "nothing was changed")
+        check_trusted(layout.lock, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class RootLock:
