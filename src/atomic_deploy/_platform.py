@@ -84,3 +84,51 @@ def sync_filesystem(path: str) -> None:
 
 def same_filesystem(a: str, b: str) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_SWAP = 0x2  # macOS sys/stdio.h
+_AT_FDCWD = -100
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
+def exchange_name() -> str | None:
+    """The atomic two-path swap this system offers, by name, or None."""
+    libc = _libc()
+    if libc is None:
+        return None
+    if IS_LINUX and hasattr(libc, "renameat2"):
+        return "renameat2(RENAME_EXCHANGE)"
+    if IS_MACOS and hasattr(libc, "renamex_np"):
+        return "renamex_np(RENAME_SWAP)"
+    return None
+
+
+def exchange(a: str, b: str) -> None:
+    """Atomically swap the paths ``a`` and ``b`` (both must exist, same filesystem).
+
+    Raises OSError: ENOSYS/EINVAL/ENOTSUP where the system or filesystem cannot do it.
+    """
+    libc = _libc()
+    name = exchange_name()
+    if libc is None or name is None:
+        raise OSError(errno.ENOSYS, "no atomic exchange on this system")
+    ea, eb = os.fsencode(a), os.fsencode(b)
+    if name.startswith("renameat2"):
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(_AT_FDCWD, ea, _AT_FDCWD, eb, _RENAME_EXCHANGE)
+    else:
+        fn = libc.renamex_np
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(ea, eb, _RENAME_SWAP)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a, None, b)
