@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from .errors import (
     AtomicDeployError,
+    CheckFailed,
     InterruptedBySignal,
     InvalidInput,
     LockHeld,
@@ -13,9 +14,12 @@ from .errors import (
 )
 from .operations import (
     ActivateResult,
+    AdoptResult,
+    DeployOptions,
     DeployResult,
     PruneResult,
     activate,
+    adopt,
     deploy,
     prepare,
     prune,
@@ -25,7 +29,10 @@ from .query import ReleaseInfo, Status, list_releases, status
 
 __all__ = [
     "ActivateResult",
+    "AdoptResult",
     "AtomicDeployError",
+    "CheckFailed",
+    "DeployOptions",
     "DeployResult",
     "InterruptedBySignal",
     "InvalidInput",
@@ -36,6 +43,7 @@ __all__ = [
     "Status",
     "__version__",
     "activate",
+    "adopt",
     "deploy",
     "list_releases",
     "prepare",

@@ -58,34 +58,43 @@ class History:
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("outcome") == "ok"]
 
-    def committed(self, op_id: str) -> bool:
-        return any(r.get("op_id") == op_id for r in self.ok())
+    def finished(self, op_id: str) -> bool:
+        """The operation wrote its final record: kept as done, never undone by recovery."""
+        return any(r.get("op_id") == op_id and r.get("outcome") in ("ok", "unhealthy")
+                   for r in self.records)
 
     def created(self) -> dict[str, int]:
         """Release id -> position of the record that created it."""
         seen: dict[str, int] = {}
         for i, r in enumerate(self.records):
             rel = r.get("release")
-            if r.get("op") in CREATING_OPS and r.get("outcome") == "ok" and isinstance(rel, str):
+            if (r.get("op") in CREATING_OPS and r.get("outcome") in ("ok", "unhealthy")
+                    and isinstance(rel, str)):
                 seen.setdefault(rel, i)
         return seen
 
     def known(self) -> set[str]:
         return set(self.created())
 
+    def used_ids(self) -> set[str]:
+        """Every release id the log mentions, failed deploys included: never handed out again,
+        so a record can only ever mean one release."""
+        return {r["release"] for r in self.records if isinstance(r.get("release"), str)}
+
     def order(self, names: list[str]) -> list[str]:
         """Deploy order, oldest first.
 
         Our ids are allocated under the lock strictly above every id in releases/ and in this
-        log, so for them name order is deploy order, including a release whose deploy was cut
-        short before its record was written. Other names (made by hand or another tool) count as
-        older than every generated id, in log order where logged, else in natural name order.
+        log, so for them numeric order is deploy order, including a release whose deploy was
+        cut short before its record was written; Capistrano's timestamps and Deployer's counters
+        sort the same way. Other names (made by hand) count as older than every generated id,
+        in log order where logged, else in natural name order.
         """
         created = self.created()
 
         def key(n: str) -> tuple[int, int, list[tuple[int, object]], str]:
-            if looks_generated(n):
-                return (1, 0, [], n)
+            if looks_generated(n):  # timestamps and Deployer's counters: numeric order
+                return (1, int(n), [], n)
             natural = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", n) if p]
             return (0, created.get(n, -1), natural, n)
 
@@ -93,7 +102,11 @@ class History:
 
     def bad(self) -> set[str]:
         marked: set[str] = set()
-        for r in self.ok():
+        for r in self.records:
+            if r.get("outcome") == "unhealthy" and isinstance(r.get("release"), str):
+                marked.add(r["release"])  # failed its health check after the switch
+            if r.get("outcome") != "ok":
+                continue
             op = r.get("op")
             if op == "rollback" and isinstance(r.get("previous"), str):
                 marked.add(r["previous"])

@@ -76,8 +76,9 @@ def valid_release_name(name: str) -> bool:
 
 
 def looks_generated(name: str) -> bool:
-    """Names this tool (or Capistrano) generates; only these may be pruned when not in history."""
-    return bool(_ID_RE.match(name))
+    """Names a deploy tool generates (our and Capistrano's timestamps, Deployer's counters);
+    only these may be pruned when not in the history."""
+    return name.isascii() and name.isdigit()
 
 
 def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
@@ -184,7 +185,7 @@ def leftovers(layout: Layout) -> list[str]:
     return sorted(found)
 
 
-def check_root_for_write(root: str, create: bool) -> Layout:
+def check_root_for_write(root: str, create: bool, allow_current_dir: bool = False) -> Layout:
     """Validate ROOT for a mutating command and make its folders; raise InvalidInput if unusable.
 
     Only deploy and prepare (``create``) may create ROOT itself; the others need an existing root.
@@ -202,7 +203,8 @@ def check_root_for_write(root: str, create: bool) -> Layout:
         ) from exc
     if not os.access(layout.root, os.W_OK | os.X_OK):
         raise InvalidInput(f"ROOT {show(root)} is not writable", "nothing was changed")
-    check_current_is_link(layout)
+    if not allow_current_dir:
+        check_current_is_link(layout)
     for path in (layout.state, layout.releases, layout.tmp):
         try:
             os.mkdir(path, 0o755 if path != layout.tmp else 0o700)
@@ -238,9 +240,8 @@ def check_current_is_link(layout: Layout) -> None:
     cur = read_current(layout)
     if cur.kind == "directory":
         raise InvalidInput(
-            f"{show(layout.current)} is a real directory, not a symlink; to migrate, move it into "
-            f"releases/ and activate it: mv {show(layout.current)} "
-            f"{show(layout.release('legacy'))} && atomic-deploy activate {show(layout.root)} legacy",
+            f"{show(layout.current)} is a real directory, not a symlink; migrate it with "
+            f"`atomic-deploy adopt {show(layout.root)}` (moves it into releases/ atomically)",
             "nothing was changed",
         )
     if cur.kind in ("file", "other"):

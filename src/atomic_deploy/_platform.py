@@ -82,6 +82,21 @@ def sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: str) -> None:
+    """fsync every file and folder under ``path`` (where no filesystem-wide sync exists)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                fsync_fd(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
 def same_filesystem(a: str, b: str) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 

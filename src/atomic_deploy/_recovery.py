@@ -59,7 +59,9 @@ def remove_leftovers(layout: Layout) -> list[str]:
     removed = []
     for parent, prefixes in ((layout.releases, (STAGING_PREFIX, TRASH_PREFIX)), (layout.tmp, ("",))):
         try:
-            names = [e.name for e in os.scandir(parent) if e.name.startswith(prefixes)]
+            names = [e.name for e in os.scandir(parent) if e.name.startswith(prefixes)
+                     # tmp/ holds temp links only; a folder there is a live tree mid-adopt.
+                     and (parent != layout.tmp or not e.is_dir(follow_symlinks=False))]
         except FileNotFoundError:
             continue
         for name in names:
@@ -114,7 +116,11 @@ def recover(layout: Layout, history: History) -> str | None:
         os.replace(layout.journal, f"{layout.journal}.corrupt-{int(time.time())}")
         remove_leftovers(layout)
         action = "found an unreadable journal (kept aside); current left as it was"
-    elif op == "prune" or history.committed(str(journal.get("op_id"))):
+    elif op == "adopt":
+        from ._adopt import finish_adopt
+
+        action = finish_adopt(layout, journal)
+    elif op == "prune" or history.finished(str(journal.get("op_id"))):
         # Committed work is kept; an interrupted prune only loses its half-deleted folder
         # (already hidden under a trash name), the remaining releases stay.
         remove_leftovers(layout)

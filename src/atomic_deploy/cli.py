@@ -20,7 +20,8 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 JSON_SCHEMA = 1
 
-COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "demo", "race")
+COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "adopt", "demo",
+            "race")
 
 EPILOG = """\
 exit codes:
@@ -28,6 +29,7 @@ exit codes:
   1    the operation failed (current left as it was, or switched back)
   2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
   3    another process holds the root's lock (the message names it)
+  4    a check, hook or health check failed (release removed, or switched back and marked bad)
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -44,12 +46,78 @@ def _human_bytes(n: int) -> str:
 
 
 def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object on stdout")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file (default: ROOT/atomic-deploy.toml if it exists)")
+
+
+def _add_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+
+
+def _add_switch_hooks(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("after the switch")
+    g.add_argument("--after-switch", action="append", metavar="CMD",
+                   help="run after the switch, e.g. reload a service (sh -c; repeatable)")
+    g.add_argument("--on-failure", action="append", metavar="CMD",
+                   help="run when the operation fails or is rolled back (sh -c; repeatable)")
+    g.add_argument("--health-check", metavar="CMD",
+                   help="after the switch; non-zero exit switches back and marks the release bad")
+    g.add_argument("--health-url", metavar="URL",
+                   help="after the switch; a non-2xx answer switches back and marks it bad")
+    g.add_argument("--health-timeout", type=float, metavar="SECONDS",
+                   help="per attempt (default 10)")
+    g.add_argument("--health-retries", type=int, metavar="N",
+                   help="extra attempts before giving up (default 3)")
+    g.add_argument("--health-interval", type=float, metavar="SECONDS",
+                   help="pause between attempts (default 1)")
+    g.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+                   help="kill a hook (and its process group) after this long (default 600)")
+
+
+def _add_stage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", nargs="?",
+                   help="build folder or tarball (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz)")
+    p.add_argument("root", metavar="ROOT", nargs="?")
+    p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
+    g = p.add_argument_group("sources")
+    g.add_argument("--git", metavar="REPO", help="export a git revision instead of SOURCE")
+    g.add_argument("--ref", metavar="REF", help="revision for --git (default HEAD)")
+    g.add_argument("--strip-components", type=int, metavar="N",
+                   help="drop N leading path components from tarball members")
+    g.add_argument("--revision", metavar="TEXT",
+                   help="record this revision in the history and a REVISION file")
+    g = p.add_argument_group("shared data (kept in ROOT/shared, linked into every release)")
+    g.add_argument("--shared-dir", action="append", metavar="PATH", dest="shared_dirs",
+                   help="relative folder; seeded from the release on first use (repeatable)")
+    g.add_argument("--shared-file", action="append", metavar="PATH", dest="shared_files",
+                   help="relative file; must exist in ROOT/shared (repeatable)")
+    g.add_argument("--create-missing", action="store_true", default=None,
+                   help="create missing shared files empty instead of failing")
+    g = p.add_argument_group("checks")
+    g.add_argument("--check", action="append", metavar="CMD",
+                   help="run inside the new release before the switch; failure aborts (exit 4)")
+    g = p.add_argument_group("copying")
+    g.add_argument("--link-unchanged", action="store_true", default=None,
+                   help="hard-link files identical to the current release instead of copying")
+    g.add_argument("--checksum", action="store_true", default=None,
+                   help="with --link-unchanged, compare contents too")
+    g.add_argument("--link-writable", action="store_true", default=None,
+                   help="with --link-unchanged, also link group/other-writable files")
+    g.add_argument("--jobs", type=int, metavar="N", help="parallel copy threads")
+    g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
+                   help="skip flushing to disk before the switch (faster, not crash-safe)")
+    _add_wait(p)
+    _add_config(p)
+    _add_json(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,31 +132,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("root", metavar="ROOT")
+    _add_stage_options(p)
     p.add_argument("--keep", type=int, metavar="N",
                    help="afterwards prune to N good releases (current and rollback target kept)")
-    p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
-    _add_wait(p)
-    _add_json(p)
+    _add_switch_hooks(p)
+    _add_dry_run(p)
 
     p = sub.add_parser("prepare", help="stage a complete release, print its id, do not switch")
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
-    _add_wait(p)
-    _add_json(p)
+    _add_stage_options(p)
+    p.add_argument("--on-failure", action="append", metavar="CMD",
+                   help="run when preparing fails (sh -c; repeatable)")
+    p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+                   help="kill a hook (and its process group) after this long (default 600)")
+    _add_dry_run(p)
 
     p = sub.add_parser("activate", help="switch current to an existing complete release")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("release", metavar="RELEASE_ID")
+    _add_switch_hooks(p)
     _add_wait(p)
+    _add_config(p)
     _add_json(p)
 
     p = sub.add_parser("rollback", help="switch back to the newest good release before current")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--to", metavar="RELEASE_ID", help="roll back to this release instead")
+    _add_switch_hooks(p)
     _add_wait(p)
+    _add_config(p)
+    _add_dry_run(p)
     _add_json(p)
 
     p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
@@ -101,8 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
     p.add_argument("root", metavar="ROOT")
-    p.add_argument("--keep", type=int, required=True, metavar="N",
+    p.add_argument("--keep", type=int, metavar="N",
                    help="number of good releases to keep (bad ones do not count)")
+    _add_wait(p)
+    _add_config(p)
+    _add_dry_run(p)
+    _add_json(p)
+
+    p = sub.add_parser("adopt", help="migrate a root whose current is a real folder")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--id", metavar="RELEASE_ID", help="name for the adopted release")
+    p.add_argument("--no-exchange", action="store_true",
+                   help="use the two-step rename even where an atomic exchange exists")
     _add_wait(p)
     _add_json(p)
 
@@ -146,35 +228,98 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
         print(text)
 
 
-def _run(args: argparse.Namespace) -> int:
+# Option name -> (config key, default when neither flag nor config gives one).
+_SETTINGS: dict[str, Any] = {
+    "keep": None, "wait": 0.0, "message": None, "git": None, "ref": "HEAD",
+    "strip_components": 0, "revision": None, "shared_dirs": [], "shared_files": [],
+    "create_missing": False, "check": [], "after_switch": [], "on_failure": [],
+    "health_check": None, "health_url": None, "health_timeout": 10.0, "health_retries": 3,
+    "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,
+    "link_writable": False, "jobs": None, "fsync": True,
+}
+_HOOK_LISTS = ("check", "after_switch", "on_failure")
+
+
+def _options(args: argparse.Namespace, root: str | None) -> Any:
+    """DeployOptions from flags, then the config file, then defaults."""
+    from . import _config
+    from .operations import DeployOptions
+
+    config = _config.load(root or ".", getattr(args, "config", None)) if root else {}
+    values: dict[str, Any] = {}
+    for key, default in _SETTINGS.items():
+        flag = getattr(args, key, None)
+        value = flag if flag is not None else config.get(key, default)
+        if key in _HOOK_LISTS and isinstance(value, (str, list)) and key in config \
+                and flag is None:
+            value = [value]  # a config hook is one command: a shell string or an argv list
+        values[key] = value
+    values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
+    values["on_output"] = lambda line: print(f"  | {line}", file=sys.stderr, flush=True)
+    return DeployOptions(**values)
+
+
+def _stage_paths(args: argparse.Namespace, parser_error: Any) -> tuple[str | None, str]:
+    if args.git is not None:
+        if args.root is None and args.source is not None:
+            return None, str(args.source)
+        parser_error("with --git give only ROOT")
+    if args.source is None or args.root is None:
+        parser_error("SOURCE and ROOT are required")
+    return str(args.source), str(args.root)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import operations, query
 
     cmd = args.command
-    command_line = "atomic-deploy " + " ".join(sys.argv[1:])
     if cmd in ("deploy", "prepare"):
+        source, root = _stage_paths(args, parser.error)
+        opts = _options(args, root)
+        if args.dry_run:
+            from ._plan import plan_deploy
+
+            return _plan(args, plan_deploy(source, root, opts, cmd == "deploy"))
         fn = operations.deploy if cmd == "deploy" else operations.prepare
-        extra = {"keep": args.keep} if cmd == "deploy" else {}
-        r = fn(args.source, args.root, wait=args.wait, message=args.message,
-               command=command_line, **extra)
+        r = fn(source, root, opts)
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release)
             return EXIT_OK
-        text = (f"deployed {r.release} (previous: {r.previous or 'none'}; {r.files} files, "
-                f"{_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
+        linked = f", {r.linked} hard-linked" if r.linked else ""
+        text = (f"deployed {r.release} (previous: {r.previous or 'none'}; {r.files} files"
+                f"{linked}, {_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
         _emit(args, r.to_dict(), text)
     elif cmd == "activate":
-        a = operations.activate(args.root, args.release, wait=args.wait, command=command_line)
+        a = operations.activate(args.root, args.release, _options(args, args.root))
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
     elif cmd == "rollback":
-        a = operations.rollback(args.root, args.to, wait=args.wait, command=command_line)
+        opts = _options(args, args.root)
+        if args.dry_run:
+            from ._plan import plan_rollback_steps
+
+            return _plan(args, plan_rollback_steps(args.root, args.to, opts))
+        a = operations.rollback(args.root, args.to, opts)
         _emit(args, a.to_dict(), f"rolled back to {a.release} ({a.marked_bad} marked bad)")
     elif cmd == "prune":
-        p = operations.prune(args.root, args.keep, wait=args.wait, command=command_line)
+        opts = _options(args, args.root)
+        if opts.keep is None:
+            parser.error("prune needs --keep N (or keep = N in the config file)")
+        if args.dry_run:
+            from ._plan import plan_prune_steps
+
+            if opts.keep < 1:
+                raise InvalidInput("--keep must be at least 1", "nothing was changed")
+            return _plan(args, plan_prune_steps(args.root, opts.keep))
+        p = operations.prune(args.root, opts.keep, wait=opts.wait, command=opts.command)
         text = (f"pruned {len(p.deleted)}: {', '.join(p.deleted)}" if p.deleted
                 else "nothing to prune") + f"; {len(p.kept)} kept"
         _emit(args, p.to_dict(), text)
+    elif cmd == "adopt":
+        ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
+                              use_exchange=not args.no_exchange)
+        _emit(args, ad.to_dict(), f"adopted the folder as releases/{ad.release} using {ad.method}")
     elif cmd == "status":
         s = query.status(args.root)
         _emit(args, s.to_dict(), format_status(s))
@@ -187,6 +332,12 @@ def _run(args: argparse.Namespace) -> int:
         from ._demo import run_demo
 
         return run_demo(args.root, main)
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace, steps: list[str]) -> int:
+    _emit(args, {"dry_run": True, "plan": steps},
+          "dry run, nothing changed; would:\n" + "\n".join(f"  {s}" for s in steps))
     return EXIT_OK
 
 
@@ -276,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     try:
-        return _run(args)
+        return _run(args, parser)
     except AtomicDeployError as exc:
         print(f"atomic-deploy: error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):

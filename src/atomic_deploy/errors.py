@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 class AtomicDeployError(Exception):
@@ -23,6 +24,19 @@ class OperationFailed(AtomicDeployError):
     """The operation failed; ``current`` was left as it was or switched back."""
 
     exit_code = 1
+
+
+class CheckFailed(OperationFailed):
+    """A check, hook or health check failed: the release was removed, or switched away from
+    and marked bad. ``hooks`` holds what ran, with the tail of each one's output."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, state: str | None = None,
+                 hooks: list[dict[str, Any]] | None = None, rolled_back: bool = False) -> None:
+        super().__init__(message, state)
+        self.hooks = hooks
+        self.rolled_back = rolled_back
 
 
 class InvalidInput(AtomicDeployError):

@@ -1,4 +1,4 @@
-"""The mutating operations: deploy, prepare, activate, rollback, prune.
+"""The mutating operations: deploy, prepare, activate, rollback, prune, adopt.
 
 Each runs inside a session: signals deferred, the root's lock held, any interrupted operation
 recovered first. Each writes a journal before changing anything and commits by appending its
@@ -8,11 +8,12 @@ history record; any failure or signal before that undoes the operation from the 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
@@ -33,11 +34,56 @@ from ._layout import (
 )
 from ._lock import RootLock
 from ._recovery import Journal, clear_journal, describe_current, recover, undo, write_journal
-from ._signals import SignalGuard, checkpoint
-from ._switch import switch_to_release
-from .errors import AtomicDeployError, InterruptedBySignal, InvalidInput, OperationFailed
+from ._signals import SignalGuard, checkpoint, pending_signal
+from ._switch import link_text, point_current, switch_to_release
+from .errors import (
+    AtomicDeployError,
+    CheckFailed,
+    InterruptedBySignal,
+    InvalidInput,
+    OperationFailed,
+)
 
 T = TypeVar("T")
+Hook = Union[str, list[str]]
+log = logging.getLogger("atomic_deploy")
+
+
+@dataclass
+class DeployOptions:
+    """Everything a deploy can be told; the CLI, the config file and the API all fill this."""
+
+    keep: int | None = None
+    wait: float = 0.0
+    message: str | None = None
+    command: str | None = None
+    # sources
+    git: str | None = None  # repository; SOURCE is then not used
+    ref: str = "HEAD"
+    strip_components: int = 0
+    revision: str | None = None
+    # shared data
+    shared_dirs: list[str] = field(default_factory=list)
+    shared_files: list[str] = field(default_factory=list)
+    create_missing: bool = False
+    # hooks and checks
+    check: list[Hook] = field(default_factory=list)
+    after_switch: list[Hook] = field(default_factory=list)
+    on_failure: list[Hook] = field(default_factory=list)
+    health_check: Hook | None = None
+    health_url: str | None = None
+    health_timeout: float = 10.0
+    health_retries: int = 3
+    health_interval: float = 1.0
+    hook_timeout: float | None = 600.0
+    on_output: Callable[[str], None] | None = None
+    # copying
+    link_unchanged: bool = False
+    checksum: bool = False
+    link_writable: bool = False
+    jobs: int | None = None
+    fsync: bool = True
+    progress: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -48,7 +94,11 @@ class DeployResult:
     activated: bool
     files: int = 0
     bytes: int = 0
+    linked: int = 0
     seconds: float = 0.0
+    revision: str | None = None
+    shared: list[str] = field(default_factory=list)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
 
@@ -61,6 +111,7 @@ class ActivateResult:
     release: str
     previous: str | None
     marked_bad: str | None = None
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     recovered: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +128,24 @@ class PruneResult:
         return asdict(self)
 
 
+@dataclass
+class AdoptResult:
+    release: str
+    method: str
+    recovered: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Unhealthy(Exception):
+    """Raised inside an operation whose post-switch hook or health check failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
     """The typed error to raise once ``exc`` has been dealt with and the root is in ``state``."""
     if isinstance(exc, InterruptedBySignal):
@@ -86,7 +155,8 @@ def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
 
         return InterruptedBySignal(signal.SIGINT, state)
     if isinstance(exc, AtomicDeployError):
-        return type(exc)(exc.message, state)
+        exc.state = state
+        return exc
     if isinstance(exc, OSError):
         where = f" ({show(exc.filename)})" if exc.filename else ""
         return OperationFailed(f"{op} failed: {exc.strerror or exc}{where}", state)
@@ -102,6 +172,10 @@ class _Session:
         self._lock = RootLock(layout, wait, command, checkpoint=lambda: checkpoint("lock-wait"))
         self.history = History([])
         self.recovered: str | None = None
+        self.on_failure: list[Hook] = []
+        self.hook_release: tuple[str, str | None] = ("", None)  # (release, previous) for env
+        self.hook_timeout: float | None = None
+        self.on_output: Callable[[str], None] | None = None
 
     def __enter__(self) -> _Session:
         self._guard.__enter__()
@@ -138,17 +212,22 @@ class _Session:
         self,
         op: str,
         journal: Journal,
-        body: Callable[[], tuple[T, dict[str, Any]]],
+        body: Callable[[str], tuple[T, dict[str, Any]]],
     ) -> T:
-        """Journal, run ``body``, commit its history record; undo on any failure or signal."""
+        """Journal, run ``body(op_id)``, commit its history record; undo on failure or signal."""
         op_id = secrets.token_hex(8)
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
         write_journal(self.layout, journal)
         try:
             checkpoint("journal-written")
-            value, fields = body()
+            value, fields = body(op_id)
             record(self.layout, op, "ok", op_id=op_id, **fields)  # the commit point
+        except CheckFailed as exc:
+            if not exc.rolled_back:
+                raise self._abort(op, op_id, journal, exc) from None
+            clear_journal(self.layout)  # already switched back and recorded by the body
+            raise
         except BaseException as exc:
             raise self._abort(op, op_id, journal, exc) from None
         clear_journal(self.layout)
@@ -170,98 +249,270 @@ class _Session:
                 f"{op} failed ({exc}) and rolling back failed too ({undo_exc})",
                 "the next atomic-deploy command on this root will finish the rollback",
             )
-        outcome = "interrupted" if isinstance(exc, (InterruptedBySignal, KeyboardInterrupt)) \
-            else "failed"
+        interrupted = isinstance(exc, (InterruptedBySignal, KeyboardInterrupt))
         try:
-            record(self.layout, op, outcome, op_id=op_id, release=journal.get("release"),
-                   previous_target=journal.get("previous"), error=str(exc) or type(exc).__name__)
+            record(self.layout, op, "interrupted" if interrupted else "failed", op_id=op_id,
+                   release=journal.get("release"), previous_target=journal.get("previous"),
+                   error=str(exc) or type(exc).__name__)
             clear_journal(self.layout)
         except OSError:
             pass  # disk full: the journal stays, and the next run's recovery is a no-op undo
+        if not interrupted:
+            # A signal means "stop now": on-failure hooks run only for real failures.
+            self.run_on_failure(str(exc))
         return _error_for(exc, op, state)
 
+    def run_hooks(self, phase: str, hooks: list[Hook], cwd: str,
+                  **extra: str) -> list[dict[str, Any]]:
+        """Run ``hooks`` in order; raise HookFailed at the first failure, InterruptedBySignal
+        if a signal arrived while one ran."""
+        from . import _hooks
 
-def _stage_and_maybe_switch(
-    source: str,
-    root: str,
-    *,
-    activate: bool,
-    keep: int | None,
-    wait: float,
-    message: str | None,
-    command: str | None,
-) -> DeployResult:
-    if keep is not None and keep < 1:
+        release, previous = self.hook_release
+        env = _hooks.hook_env(self.layout.root, release, self.layout.release(release), previous,
+                              phase, **extra)
+        done: list[dict[str, Any]] = []
+        for cmd in hooks:
+            res = _hooks.run_hook(phase, cmd, cwd=cwd, env=env, timeout=self.hook_timeout,
+                                  on_output=self.on_output)
+            done.append({"phase": phase, "command": cmd, "returncode": res.returncode,
+                         "status": _hooks.describe_status(res.status),
+                         "seconds": round(res.seconds, 3), "tail": res.tail})
+            checkpoint(f"hook-{phase}")
+            if not res.ok:
+                err = _hooks.HookFailed.from_result(res)
+                err.hooks = done
+                raise err
+        return done
+
+    def run_on_failure(self, error: str) -> None:
+        if not self.on_failure:
+            return
+        try:
+            self.run_hooks("on-failure", self.on_failure, self.layout.root, error=error)
+        except AtomicDeployError as exc:
+            log.warning("on-failure hook failed too: %s", exc.message)
+
+
+def _show_hook(cmd: Hook) -> str:
+    return repr(cmd if isinstance(cmd, str) else " ".join(cmd))
+
+
+def _flush_tree(path: str, fsync: bool) -> None:
+    if not fsync:
+        return
+    if _platform.can_sync_filesystem():
+        _platform.sync_filesystem(path)
+    else:
+        _platform.fsync_tree(path)
+
+
+def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
+                      hooks: list[dict[str, Any]]) -> None:
+    """After-switch hooks, then the health check; raise _Unhealthy (after noting why)."""
+    try:
+        hooks += s.run_hooks("after-switch", opts.after_switch, cwd)
+    except CheckFailed as exc:
+        raise _Unhealthy(exc.message) from None
+    if opts.health_check is None and opts.health_url is None:
+        return
+    from . import _hooks
+
+    release, previous = s.hook_release
+    env = _hooks.hook_env(s.layout.root, release, s.layout.release(release), previous,
+                          "health-check")
+    res = _hooks.run_health_check(
+        opts.health_check, opts.health_url, retries=opts.health_retries,
+        timeout=opts.health_timeout, interval=opts.health_interval, cwd=cwd, env=env,
+        on_output=opts.on_output)
+    hooks.append({"phase": "health-check", "ok": res.ok, "attempts": res.attempts,
+                  "last_status": res.last_status, "last_error": res.last_error,
+                  "tail": res.hook.tail if res.hook is not None else []})
+    checkpoint("health-checked")
+    if not res.ok:
+        raise _Unhealthy(f"{_hooks.HookFailed.from_health(res).message} "
+                         f"after {res.attempts} attempt(s)")
+
+
+def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions,
+                           release: str, previous_release: str | None,
+                           previous_target: str | None, reason: str,
+                           hooks: list[dict[str, Any]], extra: dict[str, Any]) -> CheckFailed:
+    """Put current back, keep the release marked bad, tell the service, run on-failure."""
+    layout = s.layout
+    point_current(layout, previous_target)
+    record(layout, op, "unhealthy", op_id=op_id, release=release, previous=previous_release,
+           error=reason, hooks=hooks, **extra)
+    state = (f"switched back, {describe_current(layout)}; {release} kept and marked bad")
+    if previous_release is not None and opts.after_switch:
+        # The service was told about the bad release: tell it about the restored one.
+        try:
+            s.hook_release = (previous_release, release)
+            s.run_hooks("after-switch", opts.after_switch, layout.release(previous_release))
+        except AtomicDeployError as exc:
+            state += f"; after-switch hook on the restored release failed: {exc.message}"
+    s.run_on_failure(reason)
+    return CheckFailed(f"{op} of {release} rolled back: {reason}", state, hooks=hooks,
+                       rolled_back=True)
+
+
+def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[str, str]:
+    """('dir' | 'tar' | 'git', absolute source) after validating it; nothing touched."""
+    if opts.git is not None:
+        if opts.ref.startswith("-"):
+            raise InvalidInput(f"invalid git ref {opts.ref!r}", "nothing was changed")
+        return "git", opts.git
+    if source is None:
+        raise InvalidInput("no SOURCE given (a folder, a tarball, or --git REPO)",
+                           "nothing was changed")
+    if os.path.isfile(source):
+        from ._sources import tarball_kind
+
+        if tarball_kind(source) is None:
+            raise InvalidInput(f"source {show(source)} is a file but not a tar archive "
+                               "(.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz)", "nothing was changed")
+        return "tar", os.path.abspath(source)
+    if opts.strip_components:
+        raise InvalidInput("--strip-components applies to tarball sources only",
+                           "nothing was changed")
+    return "dir", check_source(source, root)
+
+
+def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
+          link_dest: str | None) -> tuple[CopyStats, str | None]:
+    """Put the build into the staging folder; returns stats and the revision to record."""
+    revision = opts.revision
+    if kind == "dir":
+        stats = copy_tree(src, spath, checkpoint,
+                          fsync_each=opts.fsync and not _platform.can_sync_filesystem(),
+                          **_copy_options(opts, link_dest))
+    elif kind == "tar":
+        from ._sources import extract_tarball
+
+        ex = extract_tarball(src, spath, opts.strip_components, checkpoint)
+        stats = CopyStats(files=ex.files, dirs=ex.dirs, symlinks=ex.symlinks, bytes=ex.bytes)
+    else:
+        from ._sources import export_git
+
+        commit = export_git(src, opts.ref, spath, checkpoint)
+        stats = CopyStats()
+        for _dirpath, _dirs, files in os.walk(spath):
+            stats.files += len(files)
+        revision = revision or commit
+    if revision:
+        from ._sources import write_revision
+
+        write_revision(spath, revision)
+    return stats, revision
+
+
+def _copy_options(opts: DeployOptions, link_dest: str | None) -> dict[str, Any]:
+    """Only the copy options actually in use, so the plain path needs nothing extra."""
+    extra: dict[str, Any] = {}
+    if opts.link_unchanged and link_dest:
+        extra.update(link_dest=link_dest, checksum=opts.checksum,
+                     link_writable=opts.link_writable)
+    if opts.jobs is not None:
+        extra["jobs"] = opts.jobs
+    if opts.progress is not None:
+        extra["progress"] = opts.progress
+    return extra
+
+
+def deploy(source: str | None, root: str, options: DeployOptions | None = None,
+           **kwargs: Any) -> DeployResult:
+    """Copy ``source`` (a folder, a tarball, or ``git=REPO``) into a new release and switch
+    ``current`` to it atomically. Keyword arguments are DeployOptions fields."""
+    opts = options or DeployOptions(**kwargs)
+    return _stage(source, root, opts, activate=True)
+
+
+def prepare(source: str | None, root: str, options: DeployOptions | None = None,
+            **kwargs: Any) -> DeployResult:
+    """Stage a complete release (checks included) without switching; ``activate`` it later."""
+    opts = options or DeployOptions(**kwargs)
+    return _stage(source, root, opts, activate=False)
+
+
+def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
+    if opts.keep is not None and opts.keep < 1:
         raise InvalidInput("--keep must be at least 1", "nothing was changed")
-    src = check_source(source, root)
+    if opts.strip_components < 0:
+        raise InvalidInput("--strip-components must be 0 or more", "nothing was changed")
+    from ._shared import check_files_exist, link_shared, normalize
+
+    for p in opts.shared_dirs + opts.shared_files:
+        normalize(p)
+    kind, src = _source_kind(source, root, opts)
     layout = check_root_for_write(root, create=True)
+    check_files_exist(layout, opts.shared_files, opts.create_missing)
     op = "deploy" if activate else "prepare"
-    with _Session(layout, wait, command) as s:
+    with _Session(layout, opts.wait, opts.command) as s:
         started = time.monotonic()
         cur = read_current(layout)
         previous = cur.release if cur.resolves else None
-        rid = new_release_id(set(release_dirs(layout)) | s.history.known())
+        rid = new_release_id(set(release_dirs(layout)) | s.history.used_ids())
         staging = f"{STAGING_PREFIX}{rid}.{random_suffix()}"
         journal = {"release": rid, "staging": staging, "previous": cur.target,
                    "creates_release": True, "source": src}
+        s.hook_release, s.on_failure = (rid, previous), list(opts.on_failure)
+        s.hook_timeout, s.on_output = opts.hook_timeout, opts.on_output
+        shared: list[str] = []
+        hooks: list[dict[str, Any]] = []
+        link_dest = layout.release(previous) if previous else None
 
-        def body() -> tuple[CopyStats, dict[str, Any]]:
+        def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
-            syncfs = _platform.can_sync_filesystem()
-            stats = copy_tree(src, spath, checkpoint, fsync_each=not syncfs)
+            stats, revision = _fill(layout, kind, src, spath, opts, link_dest)
+            shared.extend(link_shared(
+                layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
+                lambda a, b: copy_tree(a, b, checkpoint,
+                                       fsync_each=not _platform.can_sync_filesystem())))
             checkpoint("copied")
-            if syncfs:
-                _platform.sync_filesystem(spath)
+            _flush_tree(spath, opts.fsync)
             checkpoint("flushed")
             if os.path.lexists(layout.release(rid)):  # cannot happen under the lock; never merge
                 raise OperationFailed(f"release {rid} appeared while staging")
             os.rename(spath, layout.release(rid))
             checkpoint("release-renamed")
-            _platform.fsync_dir(layout.releases)
+            if opts.fsync:
+                _platform.fsync_dir(layout.releases)
             checkpoint("release-synced")
+            if opts.check:
+                hooks.extend(s.run_hooks("check", opts.check, layout.release(rid)))
+                _flush_tree(layout.release(rid), opts.fsync)  # checks may have written files
+            fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
+                      "message": opts.message, "files": stats.files, "bytes": stats.bytes,
+                      "revision": revision, "shared": shared or None}
             if activate:
                 switch_to_release(layout, rid, checkpoint)
-            return stats, {"release": rid, "previous": previous, "source": src,
-                           "message": message, "files": stats.files, "bytes": stats.bytes}
+                try:
+                    _healthy_or_raise(s, opts, layout.release(rid), hooks)
+                except _Unhealthy as exc:
+                    raise _switch_back_unhealthy(
+                        s, op, op_id, opts, rid, previous, cur.target, exc.message, hooks,
+                        {"source": src, "message": opts.message, "revision": revision},
+                    ) from None
+            fields["hooks"] = hooks or None
+            return (stats, revision), fields
 
-        stats = s.run(op, journal, body)
+        try:
+            stats, revision = s.run(op, journal, body)
+        except CheckFailed as exc:
+            if exc.hooks is None:
+                exc.hooks = hooks
+            raise
         result = DeployResult(
             release=rid, path=layout.release(rid), previous=previous, activated=activate,
-            files=stats.files, bytes=stats.bytes, recovered=s.recovered,
+            files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
+            revision=revision, shared=shared, hooks=hooks, recovered=s.recovered,
         )
-        if keep is not None:
-            result.pruned = _prune_locked(s, keep).deleted
+        if opts.keep is not None:
+            result.pruned = _prune_locked(s, opts.keep).deleted
         result.seconds = round(time.monotonic() - started, 3)
         return result
-
-
-def deploy(
-    source: str,
-    root: str,
-    *,
-    keep: int | None = None,
-    wait: float = 0.0,
-    message: str | None = None,
-    command: str | None = None,
-) -> DeployResult:
-    """Copy ``source`` into a new release and switch ``current`` to it atomically."""
-    return _stage_and_maybe_switch(source, root, activate=True, keep=keep, wait=wait,
-                                   message=message, command=command)
-
-
-def prepare(
-    source: str,
-    root: str,
-    *,
-    wait: float = 0.0,
-    message: str | None = None,
-    command: str | None = None,
-) -> DeployResult:
-    """Stage a complete release without switching; ``activate`` it later."""
-    return _stage_and_maybe_switch(source, root, activate=False, keep=None, wait=wait,
-                                   message=message, command=command)
 
 
 def _check_release(layout: Layout, release: str) -> None:
@@ -272,63 +523,80 @@ def _check_release(layout: Layout, release: str) -> None:
 
 
 def _switch_op(s: _Session, op: str, release: str, previous: str | None,
-               previous_target: str | None) -> None:
+               previous_target: str | None, opts: DeployOptions) -> list[dict[str, Any]]:
     layout = s.layout
     journal = {"release": release, "previous": previous_target, "creates_release": False}
+    s.hook_release, s.on_failure = (release, previous), list(opts.on_failure)
+    s.hook_timeout, s.on_output = opts.hook_timeout, opts.on_output
+    hooks: list[dict[str, Any]] = []
 
-    def body() -> tuple[None, dict[str, Any]]:
+    def body(op_id: str) -> tuple[None, dict[str, Any]]:
         switch_to_release(layout, release, checkpoint)
-        return None, {"release": release, "previous": previous}
+        try:
+            _healthy_or_raise(s, opts, layout.release(release), hooks)
+        except _Unhealthy as exc:
+            raise _switch_back_unhealthy(s, op, op_id, opts, release, previous,
+                                         previous_target, exc.message, hooks, {}) from None
+        return None, {"release": release, "previous": previous, "hooks": hooks or None}
 
     s.run(op, journal, body)
+    return hooks
 
 
-def activate(root: str, release: str, *, wait: float = 0.0,
-             command: str | None = None) -> ActivateResult:
+def activate(root: str, release: str, options: DeployOptions | None = None,
+             **kwargs: Any) -> ActivateResult:
     """Switch ``current`` to an existing complete release (clears a bad mark)."""
+    opts = options or DeployOptions(**kwargs)
     layout = check_root_for_write(root, create=False)
-    with _Session(layout, wait, command) as s:
+    with _Session(layout, opts.wait, opts.command) as s:
         _check_release(layout, release)
         cur = read_current(layout)
         previous = cur.release if cur.resolves else None
-        _switch_op(s, "activate", release, previous, cur.target)
-        return ActivateResult(release, previous, recovered=s.recovered)
+        hooks = _switch_op(s, "activate", release, previous, cur.target, opts)
+        return ActivateResult(release, previous, hooks=hooks, recovered=s.recovered)
 
 
-def rollback(root: str, to: str | None = None, *, wait: float = 0.0,
-             command: str | None = None) -> ActivateResult:
+def plan_rollback(s_history: History, layout: Layout, to: str | None) -> tuple[str, str]:
+    """(target, current) for a rollback, or InvalidInput saying why there is none."""
+    cur = read_current(layout)
+    if not cur.healthy or cur.release is None:
+        raise InvalidInput(
+            f"nothing to roll back from: {describe_current(layout)}"
+            + (" (dangling)" if cur.kind == "symlink" else ""),
+            "nothing was changed; use activate ROOT RELEASE_ID",
+        )
+    if to is not None:
+        _check_release(layout, to)
+        target: str | None = to
+    else:
+        ordered = s_history.order(release_dirs(layout))
+        target = rollback_target(ordered, s_history.bad(), cur.release)
+    if target is None:
+        raise InvalidInput(f"nothing to roll back to: no good release older than {cur.release}",
+                           "nothing was changed")
+    if target == cur.release:
+        raise InvalidInput(f"{target} is already current", "nothing was changed")
+    return target, cur.release
+
+
+def rollback(root: str, to: str | None = None, options: DeployOptions | None = None,
+             **kwargs: Any) -> ActivateResult:
     """Go back to the newest good release deployed before the current one (or ``to``); the
-    release rolled away from is marked bad."""
+    release rolled away from is marked bad. After-switch hooks and health checks run as for
+    a deploy."""
+    opts = options or DeployOptions(**kwargs)
     layout = check_root_for_write(root, create=False)
-    with _Session(layout, wait, command) as s:
-        cur = read_current(layout)
-        if not cur.healthy or cur.release is None:
-            raise InvalidInput(
-                f"nothing to roll back from: {describe_current(layout)}"
-                + (" (dangling)" if cur.kind == "symlink" else ""),
-                "nothing was changed; use activate ROOT RELEASE_ID",
-            )
-        if to is not None:
-            _check_release(layout, to)
-            target: str | None = to
-        else:
-            ordered = s.history.order(release_dirs(layout))
-            target = rollback_target(ordered, s.history.bad(), cur.release)
-        if target is None:
-            raise InvalidInput(
-                f"nothing to roll back to: no good release older than {cur.release}",
-                "nothing was changed",
-            )
-        if target == cur.release:
-            raise InvalidInput(f"{target} is already current", "nothing was changed")
-        _switch_op(s, "rollback", target, cur.release, cur.target)
-        return ActivateResult(target, cur.release, marked_bad=cur.release, recovered=s.recovered)
+    with _Session(layout, opts.wait, opts.command) as s:
+        target, current = plan_rollback(s.history, layout, to)
+        hooks = _switch_op(s, "rollback", target, current, read_current(layout).target, opts)
+        return ActivateResult(target, current, marked_bad=current, hooks=hooks,
+                              recovered=s.recovered)
 
 
-def _prune_locked(s: _Session, keep: int) -> PruneResult:
-    layout = s.layout
-    ordered = s.history.order(release_dirs(layout))
-    bad = s.history.bad()
+def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], list[str]]:
+    """(victims, ordered releases) for ``prune --keep``."""
+    ordered = history.order(release_dirs(layout))
+    bad = history.bad()
     cur = read_current(layout)
     protected = set()
     if cur.release is not None and cur.resolves:
@@ -336,11 +604,17 @@ def _prune_locked(s: _Session, keep: int) -> PruneResult:
         target = rollback_target(ordered, bad, cur.release)
         if target:
             protected.add(target)
-    victims = prune_victims(ordered, bad, keep, protected, s.history.known())
-    deleted: list[str] = []
-    journal = {"victims": victims, "previous": cur.target, "creates_release": False}
+    return prune_victims(ordered, bad, keep, protected, history.used_ids()), ordered
 
-    def body() -> tuple[None, dict[str, Any]]:
+
+def _prune_locked(s: _Session, keep: int) -> PruneResult:
+    layout = s.layout
+    victims, ordered = plan_prune(s.history, layout, keep)
+    deleted: list[str] = []
+    journal = {"victims": victims, "previous": read_current(layout).target,
+               "creates_release": False}
+
+    def body(op_id: str) -> tuple[None, dict[str, Any]]:
         for name in victims:
             trash = hide_release_dir(layout, name)
             checkpoint("victim-hidden")
@@ -364,3 +638,27 @@ def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None
     with _Session(layout, wait, command) as s:
         return _prune_locked(s, keep)
 
+
+def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
+          command: str | None = None, use_exchange: bool = True) -> AdoptResult:
+    """Move a ``current`` that is a real folder into ``releases/`` and make ``current`` a link.
+
+    With an atomic exchange (Linux ``renameat2``, macOS ``renamex_np``) readers never see a
+    gap; elsewhere it is a journaled two-step rename with a short gap.
+    """
+    from ._adopt import adopt_locked, check_adoptable
+
+    layout = check_adoptable(root, release)
+    with _Session(layout, wait, command) as s:
+        if release is not None and (not valid_release_name(release)
+                                    or os.path.lexists(layout.release(release))):
+            raise InvalidInput(f"release id {show(release)!r} is invalid or taken",
+                               "nothing was changed")
+        rid = release or new_release_id(set(release_dirs(layout)) | s.history.used_ids())
+        method = adopt_locked(s, rid, use_exchange)
+        return AdoptResult(rid, method, recovered=s.recovered)
+
+
+__all__ = ["ActivateResult", "AdoptResult", "DeployOptions", "DeployResult", "PruneResult",
+           "activate", "adopt", "deploy", "link_text", "pending_signal", "prepare", "prune",
+           "rollback"]

@@ -1,0 +1,93 @@
+"""``--dry-run``: what deploy, rollback and prune would do, computed without changing anything
+(no lock taken, no folder created)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ._history import History
+from ._layout import Layout, new_release_id, read_current, release_dirs, show
+from ._shared import SHARED, normalize
+
+if TYPE_CHECKING:
+    from .operations import DeployOptions, Hook
+
+
+def _hook_text(cmd: Hook) -> str:
+    return cmd if isinstance(cmd, str) else " ".join(cmd)
+
+
+def _hooks_plan(phase: str, hooks: list[Hook]) -> list[str]:
+    return [f"run {phase} hook: {_hook_text(h)}" for h in hooks]
+
+
+def _health_plan(opts: DeployOptions) -> list[str]:
+    steps = _hooks_plan("after-switch", opts.after_switch)
+    if opts.health_check is not None:
+        steps.append(f"run health check: {_hook_text(opts.health_check)} "
+                     f"({opts.health_retries} retries, {opts.health_timeout:g}s timeout)")
+    if opts.health_url is not None:
+        steps.append(f"check {opts.health_url} ({opts.health_retries} retries)")
+    if steps:
+        steps.append("if any of these fail: switch back and mark the new release bad")
+    return steps
+
+
+def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bool) -> list[str]:
+    from .operations import _source_kind, plan_prune
+
+    kind, src = _source_kind(source, root, opts)
+    layout = Layout(os.path.abspath(root))
+    history = History.load(layout)
+    rid = new_release_id(set(release_dirs(layout)) | history.used_ids())
+    steps = []
+    if not os.path.isdir(layout.root):
+        steps.append(f"create ROOT {show(layout.root)}")
+    what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
+            "git": f"export {opts.ref} of git repository {show(src)}"}[kind]
+    if kind == "dir":
+        files = sum(len(f) for _d, _s, f in os.walk(src))
+        what += f" ({files} files)"
+    steps.append(f"{what} into a hidden staging folder, flush it, rename it to releases/{rid}")
+    if opts.revision:
+        steps.append(f"write REVISION {opts.revision}")
+    for d in opts.shared_dirs:
+        rel = normalize(d)
+        exists = os.path.isdir(os.path.join(layout.root, SHARED, rel))
+        steps.append(f"link {rel} -> {SHARED}/{rel}" + ("" if exists else " (seed it first)"))
+    for f in opts.shared_files:
+        rel = normalize(f)
+        exists = os.path.isfile(os.path.join(layout.root, SHARED, rel))
+        steps.append(f"link {rel} -> {SHARED}/{rel}" + (
+            "" if exists else " (create it empty)" if opts.create_missing else " (MISSING: error)"))
+    steps += _hooks_plan("check", opts.check)
+    if activate:
+        cur = read_current(layout)
+        steps.append(f"switch current from {cur.target or 'nothing'} to releases/{rid}")
+        steps += _health_plan(opts)
+        if opts.keep is not None:
+            victims, _ = plan_prune(history, layout, opts.keep)
+            steps.append(f"prune to {opts.keep}: delete {', '.join(victims) or 'nothing'}"
+                         " (before counting the new release)")
+    return steps
+
+
+def plan_rollback_steps(root: str, to: str | None, opts: DeployOptions) -> list[str]:
+    from ._layout import existing_root
+    from .operations import plan_rollback
+
+    layout = existing_root(root)
+    target, current = plan_rollback(History.load(layout), layout, to)
+    return [f"switch current from releases/{current} to releases/{target}",
+            f"mark {current} bad", *_health_plan(opts)]
+
+
+def plan_prune_steps(root: str, keep: int) -> list[str]:
+    from ._layout import existing_root
+    from .operations import plan_prune
+
+    layout = existing_root(root)
+    victims, ordered = plan_prune(History.load(layout), layout, keep)
+    kept = [n for n in ordered if n not in victims]
+    return [f"delete releases/{v}" for v in victims] + [f"keep {', '.join(kept) or 'nothing'}"]

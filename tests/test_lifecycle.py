@@ -1,0 +1,275 @@
+"""Shared data, config file, dry run, adopting existing roots (Capistrano, Deployer, legacy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import atomic_deploy
+from atomic_deploy import _platform
+from conftest import current_target, history, make_build, release_names, run_cli, snapshot
+
+Builds = Callable[[str], Path]
+
+
+# ---------------------------------------------------------------- shared data
+
+def test_shared_dir_seeded_from_first_release_then_linked(tmp_path: Path, root: Path) -> None:
+    b1 = make_build(tmp_path / "b1", {"index.html": "v1", "storage/seed.txt": "from v1",
+                                      "storage/sub/x": "x"})
+    r = run_cli("deploy", b1, root, "--shared-dir", "storage")
+    assert r.returncode == 0, r.stderr
+    shared = root / "shared" / "storage"
+    assert (shared / "seed.txt").read_text() == "from v1"  # seeded (Deployer behaviour)
+    link = root / "current" / "storage"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))  # relative link
+    (shared / "upload.bin").write_text("user data")
+    b2 = make_build(tmp_path / "b2", {"index.html": "v2", "storage/seed.txt": "from v2"})
+    assert run_cli("deploy", b2, root, "--shared-dir", "storage").returncode == 0
+    # not reseeded: the release's own copy was dropped inside the staged release only
+    assert (root / "current" / "storage" / "seed.txt").read_text() == "from v1"
+    assert (root / "current" / "storage" / "upload.bin").read_text() == "user data"
+    assert (b2 / "storage" / "seed.txt").read_text() == "from v2"  # source untouched
+
+
+def test_shared_dir_without_release_copy_is_created_empty(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root, "--shared-dir", "var/log").returncode == 0
+    assert (root / "shared" / "var" / "log").is_dir()
+    assert (root / "current" / "var" / "log").is_symlink()
+
+
+def test_missing_shared_file_fails_before_anything(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    before = snapshot(root)
+    r = run_cli("deploy", builds("v2"), root, "--shared-file", ".env")
+    assert r.returncode == 2
+    assert "shared" in r.stderr and "--create-missing" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert snapshot(root) == before
+
+
+def test_shared_file_linked_and_create_missing(builds: Builds, root: Path) -> None:
+    r = run_cli("deploy", builds("v1"), root, "--shared-file", "config/.env", "--create-missing")
+    assert r.returncode == 0, r.stderr
+    assert (root / "shared" / "config" / ".env").read_text() == ""
+    (root / "shared" / "config" / ".env").write_text("SECRET=1")
+    assert run_cli("deploy", builds("v2"), root, "--shared-file", "config/.env").returncode == 0
+    assert (root / "current" / "config" / ".env").read_text() == "SECRET=1"
+
+
+def test_shared_data_survives_prune_rollback_and_failed_deploy(builds: Builds, root: Path) -> None:
+    for v in ("v1", "v2", "v3"):
+        assert run_cli("deploy", builds(v), root, "--shared-dir", "data").returncode == 0
+    (root / "shared" / "data" / "keep.txt").write_text("precious")
+    assert run_cli("rollback", root).returncode == 0
+    assert run_cli("prune", root, "--keep", "1").returncode == 0
+    r = run_cli("deploy", builds("v4"), root, "--shared-dir", "data", fault="flushed:EIO")
+    assert r.returncode == 1
+    assert (root / "shared" / "data" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("bad", ["/etc", "../up", "..", "", "a/../../b", ".atomic-deploy"])
+def test_invalid_shared_paths_rejected(builds: Builds, root: Path, bad: str) -> None:
+    r = run_cli("deploy", builds("v1"), root, "--shared-dir", bad)
+    assert r.returncode == 2, r.stderr
+    assert not root.exists()
+
+
+def test_shared_path_through_a_symlink_in_the_release_is_refused(tmp_path: Path,
+                                                                 root: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    b = make_build(tmp_path / "b", {"index.html": "x"})
+    (b / "app").symlink_to(outside)
+    r = run_cli("deploy", b, root, "--shared-dir", "app/storage")
+    assert r.returncode == 2
+    assert list(outside.iterdir()) == []
+    assert release_names(root) == []
+
+
+# ---------------------------------------------------------------- config file
+
+def _needs_toml() -> None:
+    if sys.version_info < (3, 11):
+        try:
+            import tomli  # noqa: F401
+        except ImportError:
+            pytest.skip("TOML needs Python 3.11+ or tomli")
+
+
+def test_config_file_in_root_supplies_settings_and_flags_win(tmp_path: Path, builds: Builds,
+                                                             root: Path) -> None:
+    _needs_toml()
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(
+        'keep = 2\nshared_dirs = ["storage"]\nmessage = "from config"\n')
+    for v in ("v1", "v2", "v3", "v4"):
+        assert run_cli("deploy", builds(v), root).returncode == 0
+    assert len(release_names(root)) == 2  # keep = 2 from the file
+    assert (root / "current" / "storage").is_symlink()
+    assert history(root)[-2]["message"] == "from config"
+    assert run_cli("deploy", builds("v5"), root, "-m", "flag").returncode == 0
+    assert [h for h in history(root) if h["op"] == "deploy"][-1]["message"] == "flag"
+
+
+def test_explicit_config_and_errors(tmp_path: Path, builds: Builds, root: Path) -> None:
+    _needs_toml()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("bogus = 1\n")
+    r = run_cli("deploy", builds("v1"), root, "--config", cfg)
+    assert r.returncode == 2 and "unknown setting" in r.stderr and r.stderr.count("\n") == 1
+    cfg.write_text("keep = 'two'\n")
+    r = run_cli("deploy", builds("v1"), root, "--config", cfg)
+    assert r.returncode == 2 and "wrong type" in r.stderr
+    cfg.write_text("keep = [\n")
+    r = run_cli("deploy", builds("v1"), root, "--config", cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run_cli("deploy", builds("v1"), root, "--config", tmp_path / "missing.toml")
+    assert r.returncode == 2
+    assert not root.exists()
+
+
+def test_config_without_toml_support_is_one_clear_line(tmp_path: Path, builds: Builds,
+                                                       root: Path) -> None:
+    """Simulate Python < 3.11 without tomli: both modules unimportable."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("keep = 1\n")
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tomllib'] = None\nsys.modules['tomli'] = None\n")
+    r = run_cli("deploy", builds("v1"), root, "--config", cfg,
+                env={"PYTHONPATH": f"{blocker}{os.pathsep}" + os.environ.get("PYTHONPATH", "")})
+    assert r.returncode == 2, r.stderr
+    assert "Python 3.11+" in r.stderr and "tomli" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- dry run
+
+def test_dry_run_deploy_rollback_prune_change_nothing(builds: Builds, root: Path) -> None:
+    r = run_cli("deploy", builds("v1"), root, "--dry-run", "--shared-dir", "storage")
+    assert r.returncode == 0 and "would" in r.stdout and "switch current" in r.stdout
+    assert not root.exists()
+    for v in ("v1", "v2", "v3"):
+        run_cli("deploy", builds(v), root)
+    before = snapshot(root)
+    a, b, c = release_names(root)
+    r = run_cli("deploy", builds("v4"), root, "--dry-run", "--keep", "1", "--json")
+    plan = json.loads(r.stdout)["plan"]
+    assert any("switch current from releases/" + c in s for s in plan)
+    assert any("delete" in s and a in s for s in plan)
+    r = run_cli("rollback", root, "--dry-run")
+    assert r.returncode == 0 and f"releases/{b}" in r.stdout and f"mark {c} bad" in r.stdout
+    r = run_cli("prune", root, "--keep", "1", "--dry-run", "--json")
+    assert json.loads(r.stdout)["plan"][0] == f"delete releases/{a}"
+    assert snapshot(root) == before
+
+
+# ---------------------------------------------------------------- adopting roots
+
+def _legacy_root(root: Path) -> None:
+    (root / "current").mkdir(parents=True)
+    (root / "current" / "index.html").write_text("legacy")
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_adopt_moves_a_real_current_folder_into_releases(root: Path, builds: Builds,
+                                                         exchange: bool) -> None:
+    _legacy_root(root)
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 2 and "adopt" in r.stderr
+    args = ["adopt", root, "--id", "legacy", "--json"] + ([] if exchange else ["--no-exchange"])
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if exchange and _platform.exchange_name():
+        assert out["method"] == _platform.exchange_name()
+    else:
+        assert "two-step" in out["method"]
+    assert current_target(root) == "releases/legacy"
+    assert (root / "current" / "index.html").read_text() == "legacy"
+    assert os.listdir(root / ".atomic-deploy" / "tmp") == []
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    assert run_cli("rollback", root).returncode == 0
+    assert (root / "current" / "index.html").read_text() == "legacy"
+
+
+def test_adopt_exchange_never_leaves_a_gap(root: Path, tmp_path: Path) -> None:
+    """Readers during adopt-by-exchange: every read of current/index.html succeeds."""
+    if not _platform.exchange_name():
+        pytest.skip("no atomic exchange on this system")
+    from test_readers import _collect, _run_readers
+
+    _legacy_root(root)
+    (root / "current" / "data").write_text("L" * 65536)
+    (root / "current" / "a").write_text("x")
+    (root / "current" / "b").write_text("x")
+    procs, stop = _run_readers(tmp_path, root, 2)
+    try:
+        atomic_deploy.adopt(str(root), "legacy")
+    finally:
+        results = _collect(tmp_path, procs, stop)
+    assert [r["enoent"] for r in results] == [0, 0]
+    assert current_target(root) == "releases/legacy"
+
+
+@pytest.mark.parametrize("step", ["adopt-links-made", "adopt-exchanged", "adopt-moved"])
+def test_adopt_killed_at_any_step_is_finished_by_the_next_command(root: Path, builds: Builds,
+                                                                  step: str) -> None:
+    _legacy_root(root)
+    r = run_cli("adopt", root, "--id", "legacy", fault=f"{step}:KILL")
+    assert r.returncode == -9
+    # whatever the state, the legacy content is reachable or still in place
+    assert (root / "current" / "index.html").read_text() == "legacy"
+    r = run_cli("adopt", root, "--id", "legacy2")  # a retry, or any other command
+    if r.returncode != 0:
+        r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "releases").is_dir()
+    contents = {n: (root / "releases" / n / "index.html").read_text()
+                for n in release_names(root) if (root / "releases" / n / "index.html").exists()}
+    assert "legacy" in contents.values()
+    assert os.listdir(root / ".atomic-deploy" / "tmp") == []
+
+
+def test_capistrano_root_is_understood(tmp_path: Path, builds: Builds) -> None:
+    root = tmp_path / "cap"
+    rel = root / "releases"
+    for name in ("20240101000000", "20240102000000", "20240103000000"):
+        make_build(rel / name, {"index.html": name})
+    (root / "shared").mkdir()
+    (root / "revisions.log").write_text("Branch main (at abc) deployed as release 20240103000000\n")
+    os.symlink(str(rel / "20240103000000"), root / "current")  # absolute, as Capistrano does
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["current"] == "20240103000000" and s["previous"] == "20240102000000"
+    assert run_cli("rollback", root).returncode == 0
+    assert current_target(root) == "releases/20240102000000"  # now relative
+    assert run_cli("prune", root, "--keep", "1").returncode == 0
+    # current and the rollback target stay; the bad one is newer than the kept good one: kept
+    assert release_names(root) == ["20240101000000", "20240102000000", "20240103000000"]
+    assert run_cli("deploy", builds("v1"), root, "--keep", "2").returncode == 0
+    assert "20240101000000" not in release_names(root)
+
+
+def test_deployer_numbered_releases_are_ordered_numerically(tmp_path: Path,
+                                                            builds: Builds) -> None:
+    root = tmp_path / "dep"
+    for n in ("1", "2", "10", "9"):
+        make_build(root / "releases" / n, {"index.html": n})
+    (root / ".dep").mkdir()
+    (root / ".dep" / "releases_log").write_text("")
+    os.symlink("releases/10", root / "current")
+    rels = json.loads(run_cli("list", root, "--json").stdout)["releases"]
+    assert [r["id"] for r in rels] == ["1", "2", "9", "10"]
+    assert run_cli("rollback", root).returncode == 0
+    assert current_target(root) == "releases/9"
+    assert run_cli("deploy", builds("v1"), root, "--keep", "2").returncode == 0
+    # keep 2 good: the new one and 9 (the rollback target); 10 is bad and newer than 9: kept
+    assert release_names(root)[-1] > "2"
+    assert "1" not in release_names(root) and "2" not in release_names(root)
