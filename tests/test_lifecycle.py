@@ -273,3 +273,72 @@ def test_deployer_numbered_releases_are_ordered_numerically(tmp_path: Path,
     # keep 2 good: the new one and 9 (the rollback target); 10 is bad and newer than 9: kept
     assert release_names(root)[-1] > "2"
     assert "1" not in release_names(root) and "2" not in release_names(root)
+
+
+# ---------------------------------------------------------------- tarball and git sources
+
+def test_deploy_from_tarball_with_strip_components(tmp_path: Path, root: Path) -> None:
+    import tarfile
+
+    b = make_build(tmp_path / "app-1.0", {"index.html": "tar", "js/app.js": "x"})
+    archive = tmp_path / "app.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(b, arcname="app-1.0")
+    r = run_cli("deploy", archive, root, "--strip-components", "1", "--revision", "v1.0")
+    assert r.returncode == 0, r.stderr
+    assert (root / "current" / "index.html").read_text() == "tar"
+    assert (root / "current" / "REVISION").read_text() == "v1.0\n"
+    assert history(root)[-1]["revision"] == "v1.0"
+
+
+def test_hostile_tarball_is_refused_and_changes_nothing(tmp_path: Path, root: Path,
+                                                        builds: Builds) -> None:
+    import io
+    import tarfile
+
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    before = snapshot(root)
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"evil"))
+    r = run_cli("deploy", archive, root)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+    def outside_state(snap: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in snap.items() if not k.startswith(".atomic-deploy/")}
+    assert outside_state(snapshot(root)) == outside_state(before)
+    assert history(root)[-1]["outcome"] == "failed"  # the attempt is logged
+    assert not (root.parent / "escape.txt").exists()
+
+
+def test_deploy_from_git_records_the_commit(tmp_path: Path, root: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    make_build(repo, {"index.html": "one"})
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "-C",
+                               str(repo), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    (repo / "index.html").write_text("two")
+    git("commit", "-qam", "two")
+    r = run_cli("deploy", "--git", repo, "--ref", first, root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "current" / "index.html").read_text() == "one"
+    assert (root / "current" / "REVISION").read_text().strip() == first
+    assert not (root / "current" / ".git").exists()
+    assert history(root)[-1]["revision"] == first
+    r = run_cli("deploy", "--git", repo, "--ref", "no-such-ref", root)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    r = run_cli("deploy", "--git", repo, "--ref", "--upload-pack=touch x", root)
+    assert r.returncode == 2

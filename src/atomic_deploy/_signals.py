@@ -14,6 +14,7 @@ until ``FILE`` exists.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ from types import FrameType
 from .errors import InterruptedBySignal
 
 FAULT_ENV = "ATOMIC_DEPLOY_FAULT"
+_log = logging.getLogger("atomic_deploy")
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Every checkpoint name, in the order a deploy passes them (activate and rollback pass the
@@ -83,6 +85,8 @@ def pending_signal() -> int | None:
 
 def checkpoint(step: str) -> None:
     """Inject the configured fault at ``step``, then raise if a signal has arrived."""
+    if step != "copy-file":
+        _log.debug("step %s", step)
     spec = os.environ.get(FAULT_ENV)
     if spec:
         _inject(spec, step)

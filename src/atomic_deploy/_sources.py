@@ -52,13 +52,6 @@ _SUFFIXES = (
     (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
     (".tar", "tar"),
 )
-# Compression is chosen by these magic bytes, never by the name (which may lie).
-_MAGIC = (
-    (b"\x1f\x8b", "tar.gz"),
-    (b"BZh", "tar.bz2"),
-    (b"\xfd7zXZ\x00", "tar.xz"),
-    (b"\x5d\x00\x00", "tar.xz"),  # legacy .lzma; lzma.LZMAFile reads both
-)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _CHUNK = 1 << 20
@@ -90,6 +83,18 @@ def _no_checkpoint(step: str) -> None:
     return None
 
 
+def _sniff(head: bytes) -> str:
+    """The archive flavour from its first 10 bytes, never from its name (which may lie). The
+    signatures are tarfile's own: long enough that no tar member's name can look like them."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return "tar.gz"
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        return "tar.bz2"
+    if head.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")):  # xz, legacy lzma (LZMAFile reads both)
+        return "tar.xz"
+    return "tar"
+
+
 class _Readable(Protocol):
     def read(self, n: int = ..., /) -> bytes: ...
 
@@ -112,10 +117,10 @@ def tarball_kind(path: str) -> str | None:
         if not tarfile.is_tarfile(path):
             return None
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(10)
     except (OSError, EOFError, tarfile.TarError):
         return None
-    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), "tar")
+    return _sniff(head)
 
 
 class _Prefixed:
@@ -186,14 +191,14 @@ class _Feed:
 
 def _decoder(raw: _Readable, label: str) -> _Feed:
     head = b""
-    while len(head) < 6:
-        more = raw.read(6 - len(head))
+    while len(head) < 10:
+        more = raw.read(10 - len(head))
         if not more:
             break
         head += more
     src: _Readable = _Prefixed(head, raw)
     errors: tuple[type[BaseException], ...] = (EOFError,)
-    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), "tar")
+    kind = _sniff(head)
     if head.startswith(_ZSTD_MAGIC):
         raise InvalidInput(f"{label} is zstd-compressed, which this Python cannot read; "
                            "use .tar.gz, .tar.bz2 or .tar.xz")
@@ -230,12 +235,15 @@ def _ns(mtime: float) -> int:
 
 
 def _set_mtime(target: str | int, mtime: float, follow: bool = True) -> None:
-    ns = _ns(mtime)
     try:
+        ns = _ns(mtime)  # a pax header may say "nan" or "1e400"
         os.utime(target, ns=(ns, ns), follow_symlinks=follow)
     except (OverflowError, ValueError) as exc:
         # tarfile, too, only warns: a nonsense date is no reason to refuse a release.
         log.warning("cannot set mtime %r on %s: %s", mtime, target, exc)
+
+
+_WORDS = {"dir": "folder", "implied": "folder", "file": "file", "link": "symlink"}
 
 
 class _Extractor:
@@ -347,7 +355,7 @@ class _Extractor:
                 self.stats.dirs += 1
             elif existing not in ("dir", "implied"):
                 raise self.refuse(name, f"is a folder but {show(key)} was already extracted "
-                                  f"as a {existing}")
+                                  f"as a {_WORDS[existing]}")
             self.kinds[key] = "dir"
             self.dirs[key] = (_mode_of_dir(m.mode), m.mtime)
         elif m.isreg():
@@ -355,7 +363,7 @@ class _Extractor:
                 os.unlink(path)  # a later copy of a file wins, as with tar
             elif existing is not None:
                 raise self.refuse(name, f"is a file but {show(key)} was already extracted as a "
-                                  f"{'folder' if existing == 'implied' else existing}")
+                                  f"{_WORDS[existing]}")
             self.write_file(tf, m, path)
             self.kinds[key] = "file"
             self.stats.files += 1
@@ -457,12 +465,10 @@ def _extract(raw: _Readable, dest: str, strip: int, checkpoint: Callable[[str], 
     ex = _Extractor(dest, strip, checkpoint, fsync_each, label)
     try:
         with tarfile.open(fileobj=cast(IO[bytes], feed), mode="r|") as tf:
-            # Stream mode still keeps every header it has read; drop them as we go.
+            # Stream mode still keeps every header it has read; drop them as we go (iteration
+            # then always asks next(), which is what stream mode wants anyway).
             seen = getattr(tf, "members", None)
-            while True:
-                m = tf.next()
-                if m is None:
-                    break
+            for m in tf:
                 ex.add(tf, m)
                 if isinstance(seen, list):
                     seen.clear()
@@ -571,6 +577,13 @@ def export_git(
     """
     commit = resolve_git_ref(repo, ref)
     label = f"git tree of {show(ref)} ({commit[:12]}) in {show(repo)}"
+    # An empty tree comes out as a lone pax header, which tarfile calls corrupt: ask git first.
+    top = subprocess.run(["git", "-C", repo, "ls-tree", "-z", "--name-only", commit],
+                         stdin=subprocess.DEVNULL, capture_output=True, env=_git_env(), check=False)
+    if top.returncode != 0:
+        raise InvalidInput(f"cannot read git repository {show(repo)}: {_first_line(top.stderr)}")
+    if not top.stdout:
+        raise InvalidInput(f"{label} is empty")
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: git can never block on stderr
         try:
             proc = subprocess.Popen(

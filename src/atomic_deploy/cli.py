@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from . import __version__
 from .errors import AtomicDeployError, InvalidInput
@@ -120,9 +120,24 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     _add_json(p)
 
 
+def _common() -> argparse.ArgumentParser:
+    """-q/-v/--no-color, accepted before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="print only errors and warnings (and --json data)")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also print each step as it happens")
+    g.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                   help="no colour (also: NO_COLOR=1 in the environment)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common()
     parser = argparse.ArgumentParser(
         prog="atomic-deploy",
+        parents=[common],
         description="Zero-downtime, crash-safe release deploys: copy a build into "
                     "ROOT/releases/<id> and switch the ROOT/current symlink with one rename(2).",
         epilog=EPILOG,
@@ -130,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
     _add_stage_options(p)
@@ -190,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="deploy a bundled example site into a temporary root")
     p.add_argument("--root", metavar="DIR", help="use this (new or empty) folder as the demo root")
+    _add_json(p)
 
     p = sub.add_parser("race", help="show the ln -sfn race next to atomic-deploy's switch",
                        description="Reader processes read <tmp>/current/version in a loop while a "
@@ -217,14 +239,41 @@ def _normalize(argv: list[str]) -> list[str]:
 
 class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"atomic-deploy: {record.getMessage()}", file=sys.stderr)
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            msg = _err("yellow", msg)
+        elif record.levelno < logging.INFO:
+            msg = _err("dim", msg)
+        print(f"atomic-deploy: {msg}", file=sys.stderr)
+
+
+class _Style:
+    """ANSI colour for one stream: only on a terminal, never with NO_COLOR or --no-color."""
+
+    CODES: ClassVar[dict[str, str]] = {
+        "red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
+
+    def __init__(self, stream: Any, args: argparse.Namespace | None) -> None:
+        self.on = (
+            not getattr(args, "no_color", False)
+            and not os.environ.get("NO_COLOR")
+            and os.environ.get("TERM") != "dumb"
+            and hasattr(stream, "isatty") and stream.isatty()
+        )
+
+    def __call__(self, color: str, text: str) -> str:
+        return f"\033[{self.CODES[color]}m{text}\033[0m" if self.on else text
+
+
+_out = _Style(None, None)
+_err = _Style(None, None)
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": True, **data},
                          sort_keys=True))
-    elif text:
+    elif text and not getattr(args, "quiet", False):
         print(text)
 
 
@@ -255,7 +304,9 @@ def _options(args: argparse.Namespace, root: str | None) -> Any:
             value = [value]  # a config hook is one command: a shell string or an argv list
         values[key] = value
     values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
-    values["on_output"] = lambda line: print(f"  | {line}", file=sys.stderr, flush=True)
+    if not getattr(args, "quiet", False):
+        values["on_output"] = lambda line: print(_err("dim", "  | ") + line, file=sys.stderr,
+                                                 flush=True)
     return DeployOptions(**values)
 
 
@@ -286,8 +337,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _emit(args, r.to_dict(), r.release)
             return EXIT_OK
         linked = f", {r.linked} hard-linked" if r.linked else ""
-        text = (f"deployed {r.release} (previous: {r.previous or 'none'}; {r.files} files"
-                f"{linked}, {_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
+        text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "
+                f"(previous: {r.previous or 'none'}; {r.files} files{linked}, "
+                f"{_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
         _emit(args, r.to_dict(), text)
@@ -421,15 +473,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    global _out, _err
+    _out, _err = _Style(sys.stdout, args), _Style(sys.stderr, args)
     log = logging.getLogger("atomic_deploy")
-    if not log.handlers:
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         log.addHandler(_StderrHandler())
-        log.setLevel(logging.INFO)
         log.propagate = False
+    log.setLevel(logging.DEBUG if getattr(args, "verbose", False)
+                 else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return _run(args, parser)
     except AtomicDeployError as exc:
-        print(f"atomic-deploy: error: {exc}", file=sys.stderr)
+        print(f"atomic-deploy: {_err('red', 'error:')} {exc}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
                               "error": exc.message, "state": exc.state,

@@ -298,12 +298,22 @@ def _show_hook(cmd: Hook) -> str:
     return repr(cmd if isinstance(cmd, str) else " ".join(cmd))
 
 
-def _flush_tree(path: str, fsync: bool) -> None:
-    if not fsync:
+def _per_file_fsync(opts: DeployOptions) -> bool:
+    """Flush each file as it is written: only where no filesystem-wide sync exists."""
+    return opts.fsync and not _platform.can_sync_filesystem()
+
+
+def _flush_tree(path: str, opts: DeployOptions, written_by_us: bool) -> None:
+    """Make everything under ``path`` durable before it is renamed or switched to.
+
+    Linux: one syncfs. Elsewhere our own writes were fsynced as they were made, so only what
+    others wrote (check hooks) needs a walk; folders of shared links are synced by the caller.
+    """
+    if not opts.fsync:
         return
     if _platform.can_sync_filesystem():
         _platform.sync_filesystem(path)
-    else:
+    elif not written_by_us:
         _platform.fsync_tree(path)
 
 
@@ -384,17 +394,18 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
     revision = opts.revision
     if kind == "dir":
         stats = copy_tree(src, spath, checkpoint,
-                          fsync_each=opts.fsync and not _platform.can_sync_filesystem(),
+                          fsync_each=_per_file_fsync(opts),
                           **_copy_options(opts, link_dest))
     elif kind == "tar":
         from ._sources import extract_tarball
 
-        ex = extract_tarball(src, spath, opts.strip_components, checkpoint)
+        ex = extract_tarball(src, spath, opts.strip_components, checkpoint,
+                             fsync_each=_per_file_fsync(opts))
         stats = CopyStats(files=ex.files, dirs=ex.dirs, symlinks=ex.symlinks, bytes=ex.bytes)
     else:
         from ._sources import export_git
 
-        commit = export_git(src, opts.ref, spath, checkpoint)
+        commit = export_git(src, opts.ref, spath, checkpoint, fsync_each=_per_file_fsync(opts))
         stats = CopyStats()
         for _dirpath, _dirs, files in os.walk(spath):
             stats.files += len(files)
@@ -402,7 +413,7 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
     if revision:
         from ._sources import write_revision
 
-        write_revision(spath, revision)
+        write_revision(spath, revision, fsync=_per_file_fsync(opts))
     return stats, revision
 
 
@@ -469,9 +480,13 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             shared.extend(link_shared(
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
-                                       fsync_each=not _platform.can_sync_filesystem())))
+                                       fsync_each=_per_file_fsync(opts))))
+            if _per_file_fsync(opts):
+                for rel in opts.shared_dirs + opts.shared_files:
+                    _platform.fsync_dir(os.path.dirname(os.path.join(spath, rel)) or spath)
+                _platform.fsync_dir(spath)
             checkpoint("copied")
-            _flush_tree(spath, opts.fsync)
+            _flush_tree(spath, opts, written_by_us=True)
             checkpoint("flushed")
             if os.path.lexists(layout.release(rid)):  # cannot happen under the lock; never merge
                 raise OperationFailed(f"release {rid} appeared while staging")
@@ -482,7 +497,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             checkpoint("release-synced")
             if opts.check:
                 hooks.extend(s.run_hooks("check", opts.check, layout.release(rid)))
-                _flush_tree(layout.release(rid), opts.fsync)  # checks may have written files
+                _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
             fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
                       "message": opts.message, "files": stats.files, "bytes": stats.bytes,
                       "revision": revision, "shared": shared or None}
