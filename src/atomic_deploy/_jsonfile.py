@@ -14,9 +14,15 @@ from ._layout import random_suffix
 def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{random_suffix()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o644)
+    for attempt in range(100):  # a name already taken (planted, or a crash's) is skipped
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{random_suffix()}")
+        try:
+            fd = os.open(tmp, flags, 0o644)
+            break
+        except FileExistsError:
+            if attempt == 99:
+                raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, sort_keys=True)

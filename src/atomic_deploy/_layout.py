@@ -185,6 +185,20 @@ def leftovers(layout: Layout) -> list[str]:
     return sorted(found)
 
 
+def _makedirs(path: str) -> None:
+    """mkdir -p with 0755 at every level, whatever the umask allows beyond that."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def check_root_for_write(root: str, create: bool, allow_current_dir: bool = False) -> Layout:
     """Validate ROOT for a mutating command and make its folders; raise InvalidInput if unusable.
 
@@ -196,28 +210,52 @@ def check_root_for_write(root: str, create: bool, allow_current_dir: bool = Fals
         raise InvalidInput(f"ROOT {show(root)} does not exist", "nothing was changed")
     layout = Layout(os.path.abspath(root))
     try:
-        os.makedirs(layout.root, exist_ok=True)
+        _makedirs(layout.root)
     except OSError as exc:
         raise InvalidInput(
             f"cannot create ROOT {show(root)}: {exc.strerror}", "nothing was changed"
         ) from exc
     if not os.access(layout.root, os.W_OK | os.X_OK):
-        raise InvalidInput(f"ROOT {show(root)} is not writable", "nothing was changed")
+        why = "read-only filesystem" if _read_only(layout.root) else "permission denied"
+        raise InvalidInput(f"ROOT {show(root)} is not writable ({why})", "nothing was changed")
+    st = os.stat(layout.root)
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        # Any local user could rename something over current or move releases/ aside.
+        raise InvalidInput(f"ROOT {show(root)} is writable by every user; refusing to deploy "
+                           "there (chmod o-w it)", "nothing was changed")
     if not allow_current_dir:
         check_current_is_link(layout)
+    if not create and not allow_current_dir and not os.path.isdir(layout.releases):
+        raise InvalidInput(f"nothing deployed in {show(root)} yet (no releases/ folder); nothing "
+                           "to roll back to, activate or prune", "nothing was changed")
     for path in (layout.state, layout.releases, layout.tmp):
         try:
             os.mkdir(path, 0o755 if path != layout.tmp else 0o700)
         except FileExistsError:
-            if not os.path.isdir(path) or os.path.islink(path):
+            if os.path.islink(path):
+                raise InvalidInput(f"{show(path)} is a symlink; refusing to use it",
+                                   "nothing was changed") from None
+            if not os.path.isdir(path):
                 raise InvalidInput(
                     f"{show(path)} exists but is not a directory", "nothing was changed"
                 ) from None
         except OSError as exc:
-            raise InvalidInput(f"cannot create {show(path)}: {exc.strerror}") from exc
+            raise InvalidInput(f"cannot create {show(path)}: {exc.strerror}",
+                               "nothing was changed") from exc
     for path in (layout.state, layout.tmp):
         check_trusted(path, os.lstat(path))
+    for path in (layout.history, layout.journal, layout.holder):
+        if os.path.islink(path):
+            raise InvalidInput(f"{show(path)} is a symlink; refusing to use it (remove it)",
+                               "nothing was changed")
     return layout
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_trusted(path: str, st: os.stat_result) -> None:
@@ -246,8 +284,9 @@ def check_current_is_link(layout: Layout) -> None:
         )
     if cur.kind in ("file", "other"):
         raise InvalidInput(
-            f"{show(layout.current)} is not a symlink; move it out of the way (it is not a release) "
-            "and deploy again",
+            f"{show(layout.current)} is not a symlink but a {cur.kind}; releases are folders in "
+            f"releases/: move it out of the way (mv {show(layout.current)} "
+            f"{show(layout.current)}.old) and deploy again",
             "nothing was changed",
         )
 

@@ -23,6 +23,7 @@ from ._layout import (
     discard_release_dir,
     read_current,
     remove_entry,
+    show,
 )
 from ._switch import point_current
 
@@ -95,7 +96,7 @@ def describe_current(layout: Layout) -> str:
     if cur.kind == "absent":
         return "there is no current release"
     if cur.kind == "symlink":
-        return f"current -> {cur.target}"
+        return f"current -> {show(cur.target or '')}"
     return f"current is a {cur.kind}"
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from . import __version__
+from ._layout import show
 from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0
@@ -484,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, parser)
     except AtomicDeployError as exc:
-        print(f"atomic-deploy: {_err('red', 'error:')} {exc}", file=sys.stderr)
+        # show(): a newline inside a path or id must not split the one error line.
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
                               "error": exc.message, "state": exc.state,
