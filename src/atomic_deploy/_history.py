@@ -119,6 +119,16 @@ class History:
         return self.records[idx] if idx is not None else None
 
 
+def bad_releases(history: History, layout: Layout, names: list[str]) -> set[str]:
+    """Bad marks from the log, plus Deployer's ``BAD_RELEASE`` file in releases the log does not
+    know (an adopted Deployer root keeps what Deployer knew)."""
+    used = history.used_ids()
+    return history.bad() | {
+        n for n in names
+        if n not in used and os.path.lexists(os.path.join(layout.release(n), "BAD_RELEASE"))
+    }
+
+
 def rollback_target(ordered: list[str], bad: set[str], current: str) -> str | None:
     """Newest good release deployed before ``current`` (Nix/Deployer semantics)."""
     if current not in ordered:

@@ -232,8 +232,10 @@ def version_text() -> str:
 
 
 def _normalize(argv: list[str]) -> list[str]:
-    """Accept the original tool's `atomic-deploy SOURCE ROOT` form."""
-    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+    """Accept the original tool's `atomic-deploy SOURCE ROOT` form (SOURCE must exist, so a
+    mistyped command is reported as one rather than as a missing source)."""
+    if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
+            and os.path.exists(argv[0])):
         return ["deploy", *argv]
     return argv
 

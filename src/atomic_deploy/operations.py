@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
-from ._history import History, prune_victims, record, rollback_target
+from ._history import History, bad_releases, prune_victims, record, rollback_target
 from ._layout import (
     STAGING_PREFIX,
     Layout,
@@ -407,8 +407,11 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
 
         commit = export_git(src, opts.ref, spath, checkpoint, fsync_each=_per_file_fsync(opts))
         stats = CopyStats()
-        for _dirpath, _dirs, files in os.walk(spath):
-            stats.files += len(files)
+        for dirpath, _dirs, files in os.walk(spath):
+            for name in files:
+                st = os.lstat(os.path.join(dirpath, name))
+                stats.files += 1
+                stats.bytes += st.st_size if not os.path.islink(os.path.join(dirpath, name)) else 0
         revision = revision or commit
     if revision:
         from ._sources import write_revision
@@ -585,7 +588,7 @@ def plan_rollback(s_history: History, layout: Layout, to: str | None) -> tuple[s
         target: str | None = to
     else:
         ordered = s_history.order(release_dirs(layout))
-        target = rollback_target(ordered, s_history.bad(), cur.release)
+        target = rollback_target(ordered, bad_releases(s_history, layout, ordered), cur.release)
     if target is None:
         raise InvalidInput(f"nothing to roll back to: no good release older than {cur.release}",
                            "nothing was changed")
@@ -611,7 +614,7 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
 def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], list[str]]:
     """(victims, ordered releases) for ``prune --keep``."""
     ordered = history.order(release_dirs(layout))
-    bad = history.bad()
+    bad = bad_releases(history, layout, ordered)
     cur = read_current(layout)
     protected = set()
     if cur.release is not None and cur.resolves:

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._history import History, rollback_target
+from ._history import History, bad_releases, rollback_target
 from ._layout import Layout, existing_root, leftovers, read_current, release_dirs
 from ._lock import probe_holder
 from ._recovery import read_journal
@@ -66,7 +66,7 @@ def list_releases(root: str) -> list[ReleaseInfo]:
 
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     ordered = history.order(release_dirs(layout))
-    bad = history.bad()
+    bad = bad_releases(history, layout, ordered)
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
