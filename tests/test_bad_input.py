@@ -16,6 +16,9 @@ from typing import Any, Callable
 
 import pytest
 
+import atomic_deploy
+from atomic_deploy import _signals
+from atomic_deploy.cli import main
 from conftest import (
     SRC,
     cli_env,
@@ -44,10 +47,16 @@ def error_line(r: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def deploy(src: Path, root: Path, *extra: str) -> str:
-    r = run_cli("deploy", src, root, "--json", *extra)
-    assert r.returncode == 0, r.stderr
-    return str(json.loads(r.stdout)["release"])
+@pytest.fixture(autouse=True)
+def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setup deploys run in-process (fast); keep the fault seam clear for them."""
+    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
+    monkeypatch.setattr(_signals, "_fired", set())
+
+
+def deploy(src: Path, root: Path, keep: int | None = None) -> str:
+    """Setup step: a successful deploy, in-process (the bad input itself goes through the CLI)."""
+    return atomic_deploy.deploy(str(src), str(root), keep=keep).release
 
 
 def without_holder(snap: dict[str, Any]) -> dict[str, Any]:
@@ -82,13 +91,29 @@ def test_source_missing(tmp_path: Path, root: Path) -> None:
 
 
 def test_source_is_a_file(tmp_path: Path, root: Path) -> None:
-    f = tmp_path / "build.tar"
-    f.write_text("not a folder")
+    f = tmp_path / "build.txt"
+    f.write_text("not a folder\n")
     r = run_cli("deploy", f, root)
     assert r.returncode == 2
-    assert "not a directory" in error_line(r)
+    line = error_line(r)
+    assert str(f) in line and "file" in line
     assert not os.path.lexists(root)
-    assert f.read_text() == "not a folder"
+    assert f.read_text() == "not a folder\n"
+
+
+def test_source_is_a_corrupt_archive(tmp_path: Path, builds: Builds, root: Path) -> None:
+    # A file named like a tarball is read as one (tarball sources): a broken one is bad input,
+    # and leaves no release behind.
+    rid = deploy(builds("v1"), root)
+    f = tmp_path / "build.tar"
+    f.write_text("not a tar archive\n")
+    rel_before = snapshot(root / "releases")
+    r = run_cli("deploy", f, root)
+    assert r.returncode == 2
+    assert str(f) in error_line(r)
+    assert snapshot(root / "releases") == rel_before
+    assert hidden_entries(root) == []
+    assert current_target(root) == f"releases/{rid}"
 
 
 def test_source_empty(tmp_path: Path, root: Path) -> None:
@@ -311,7 +336,8 @@ def _status(root: Path) -> dict[str, Any]:
     ("/", "outside-releases"),
 ])
 def test_bad_current_link_reported_and_repaired_by_deploy(
-    tmp_path: Path, builds: Builds, root: Path, target: str, state: str
+    tmp_path: Path, builds: Builds, root: Path, target: str, state: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     old = deploy(builds("v1"), root)
     outside = tmp_path / "outside"
@@ -321,19 +347,20 @@ def test_bad_current_link_reported_and_repaired_by_deploy(
     os.unlink(root / "current")
     os.symlink(text, root / "current")
 
-    st = _status(root)
+    st = _status(root)  # status --json, through the CLI
     assert st["current_state"] == state
     assert st["current_target"] == text
     before = snapshot(root)
-    r = run_cli("status", root)
-    assert r.returncode == 0
-    assert state in r.stdout
+    assert main(["status", str(root)]) == 0  # the text form, in-process
+    assert state in capsys.readouterr().out
     assert snapshot(root) == before  # status touches nothing
 
-    rid = deploy(builds("v2"), root)
+    r = run_cli("deploy", builds("v2"), root, "--json")
+    assert r.returncode == 0, r.stderr
+    rid = json.loads(r.stdout)["release"]
     assert current_target(root) == f"releases/{rid}"
     assert (root / "current" / "version.txt").read_text() == "v2\n"
-    assert _status(root)["current_state"] == "ok"
+    assert atomic_deploy.status(str(root)).current_state == "ok"
     assert sorted(release_names(root)) == sorted([old, rid])
     assert (outside / "keep.txt").read_text() == "outside\n"
     assert hidden_entries(root) == []
@@ -372,7 +399,7 @@ def test_stray_entries_in_releases_are_ignored_and_never_deleted(
     strays = {n: snapshot(rel)[n] for n in ("README.txt", "20200101000000", "link", "20200101000001")}
 
     ids = [first] + [deploy(builds(f"v{i}"), root) for i in (2, 3, 4)]
-    ids.append(deploy(builds("v5"), root, "--keep", "1"))
+    ids.append(deploy(builds("v5"), root, keep=1))
     r = run_cli("prune", root, "--keep", "1")
     assert r.returncode == 0, r.stderr
 
@@ -418,24 +445,31 @@ def test_rollback_to_unknown_release_id(builds: Builds, root: Path) -> None:
     assert current_target(root) == f"releases/{rid}"
 
 
-BAD_IDS = ["../x", "..", ".", ".atomic-deploy", "", "releases/x", "/etc", "a/b", "../releases",
-           ".atomic-deploy-staging.x"]
+BAD_IDS = ["../x", "..", ".atomic-deploy", "", "releases/x", "/etc", ".atomic-deploy-staging.x"]
 
 
 @pytest.mark.parametrize("how", ["activate", "rollback --to"])
-def test_malformed_release_ids_rejected(tmp_path: Path, builds: Builds, root: Path, how: str) -> None:
+def test_malformed_release_ids_rejected(tmp_path: Path, builds: Builds, root: Path, how: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     deploy(builds("v1"), root)
     rid = deploy(builds("v2"), root)
     # Things those names could reach if they were used as paths.
     (tmp_path / "x").mkdir()
     (root / "releases" / "x").mkdir()
-    (root / "releases" / ".atomic-deploy-staging.x").mkdir()
     before = snapshot(root)
+
+    def args(bad: str) -> list[str]:
+        return ["activate", str(root), bad] if how == "activate" else \
+            ["rollback", str(root), "--to", bad]
+
+    r = run_cli(*args("../x"))  # one through a real process, the rest in-process (same main())
+    assert r.returncode == 2, r.stderr
+    assert "unknown release id" in error_line(r)
     for bad in BAD_IDS:
-        args = ["activate", root, bad] if how == "activate" else ["rollback", root, "--to", bad]
-        r = run_cli(*args)
-        assert r.returncode == 2, (bad, r.stderr)
-        assert "unknown release id" in error_line(r), bad
+        rc = main(args(bad))
+        err = capsys.readouterr().err.splitlines()
+        assert rc == 2, (bad, err)
+        assert len(err) == 1 and err[0].startswith("atomic-deploy: error: unknown release id"), err
         assert current_target(root) == f"releases/{rid}", bad
     assert without_holder(snapshot(root)) == without_holder(before)
 
@@ -511,7 +545,9 @@ def test_awkward_paths_deploy_correctly(tmp_path: Path) -> None:
     }
     src = make_build(tmp_path / f"build {AWKWARD}", files=files)
     root = tmp_path / f"root {AWKWARD}"
-    rid = deploy(src, root)
+    r = run_cli("deploy", src, root, "--json")  # the paths go through argv of a real process
+    assert r.returncode == 0, r.stderr
+    rid = json.loads(r.stdout)["release"]
     assert current_target(root) == f"releases/{rid}"
     assert tree(root / "current") == tree(src)
     for rel, text in files.items():
@@ -525,39 +561,57 @@ def test_awkward_paths_deploy_correctly(tmp_path: Path) -> None:
     assert rid2 in r.stdout
 
 
-def test_awkward_paths_keep_errors_on_one_line(tmp_path: Path) -> None:
-    missing = tmp_path / f"missing {AWKWARD}"
-    r = run_cli("deploy", missing, tmp_path / "www")
+def test_awkward_missing_source_error_is_one_line(tmp_path: Path) -> None:
+    r = run_cli("deploy", tmp_path / f"missing {AWKWARD}", tmp_path / "www")
     assert r.returncode == 2
     line = error_line(r)
     assert "\\n" in line  # the newline is shown escaped
     assert "\u2713" in line  # printable unicode is shown as is
+    assert not os.path.lexists(tmp_path / "www")
 
-    file_root = tmp_path / f"file root {AWKWARD}"
-    file_root.write_text("x")
-    r = run_cli("deploy", make_build(tmp_path / "b1"), file_root)
-    assert r.returncode == 2
-    error_line(r)
 
+def test_awkward_empty_source_error_is_one_line(tmp_path: Path) -> None:
     empty = tmp_path / f"empty {AWKWARD}"
     empty.mkdir()
     r = run_cli("deploy", empty, tmp_path / "www")
     assert r.returncode == 2
-    error_line(r)
+    assert "empty" in error_line(r)
 
+
+def test_awkward_root_file_error_is_one_line(tmp_path: Path) -> None:
+    file_root = tmp_path / f"file root {AWKWARD}"
+    file_root.write_text("x")
+    r = run_cli("deploy", make_build(tmp_path / "b1"), file_root)
+    assert r.returncode == 2
+    assert "not a directory" in error_line(r)
+    assert file_root.read_text() == "x"
+
+
+def test_awkward_release_id_error_is_one_line(tmp_path: Path) -> None:
     root = tmp_path / f"root {AWKWARD}"
+    deploy(make_build(tmp_path / "b1"), root)
+    r = run_cli("activate", root, f"bad {AWKWARD}")
+    assert r.returncode == 2
+    assert "unknown release id" in error_line(r)
+
+
+def test_awkward_dangling_current_error_is_one_line(tmp_path: Path) -> None:
+    # `current` pointing at a missing release whose name holds a newline: rollback refuses, and
+    # its message quotes the link text, which must stay on one line.
+    root = tmp_path / f"root {AWKWARD}"
+    deploy(make_build(tmp_path / "b1"), root)
     deploy(make_build(tmp_path / "b2"), root)
-    (root / "releases" / "20200101000000").mkdir()
     os.symlink(f"releases/gone {AWKWARD}", root / "current.tmp")
     os.replace(root / "current.tmp", root / "current")
     r = run_cli("rollback", root)
     assert r.returncode == 2
-    error_line(r)
-    r = run_cli("activate", root, f"bad {AWKWARD}")
-    assert r.returncode == 2
-    error_line(r)
+    assert "nothing to roll back from" in error_line(r)
+    assert current_target(root) == f"releases/gone {AWKWARD}"
 
-    # A FIFO with a newline in its name: refused, named, on one line.
+
+def test_awkward_fifo_name_error_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / f"root {AWKWARD}"
+    rid = deploy(make_build(tmp_path / "b1"), root)
     src = make_build(tmp_path / f"fifo build {AWKWARD}")
     os.mkfifo(src / "pipe\nname")
     r = run_cli("deploy", src, root)
@@ -565,6 +619,7 @@ def test_awkward_paths_keep_errors_on_one_line(tmp_path: Path) -> None:
     line = error_line(r)
     assert "FIFO" in line and "pipe\\nname" in line
     assert hidden_entries(root) == []
+    assert current_target(root) == f"releases/{rid}"
 
 
 def test_awkward_root_error_during_copy_is_one_line(tmp_path: Path) -> None:
@@ -624,7 +679,7 @@ def test_keep_zero_rejected_on_existing_root(builds: Builds, root: Path) -> None
         assert snapshot(root) == before
 
 
-@pytest.mark.parametrize("cmd", [
+USAGE_ERRORS = [
     [],
     ["deploy"],
     ["deploy", "{src}"],
@@ -634,15 +689,33 @@ def test_keep_zero_rejected_on_existing_root(builds: Builds, root: Path) -> None
     ["deploy", "{src}", "{root}", "extra"],
     ["activate", "{root}"],
     ["rollback"],
+    ["rollback", "{root}", "--to"],
     ["prune", "{root}"],
     ["status"],
     ["list"],
     ["frobnicate"],
     ["--no-such-option"],
-])
-def test_usage_errors(builds: Builds, root: Path, cmd: list[str]) -> None:
+]
+
+
+def test_usage_errors(builds: Builds, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = builds("v1")
+    for cmd in USAGE_ERRORS:
+        try:
+            rc = main([c.format(src=src, root=root) for c in cmd])
+        except SystemExit as exc:  # argparse's parser.error(), as the process would exit
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == 2, cmd
+        assert err.strip(), cmd
+        assert not os.path.lexists(root), cmd
+
+
+@pytest.mark.parametrize("cmd", [["deploy", "{src}"], ["prune", "{root}", "--bogus", "--keep", "1"],
+                                 []])
+def test_usage_errors_exit_code_of_the_process(builds: Builds, root: Path, cmd: list[str]) -> None:
     src = builds("v1")
     r = run_cli(*[c.format(src=src, root=root) for c in cmd])
     assert r.returncode == 2, (cmd, r.stdout, r.stderr)
-    assert r.stderr.strip()
+    assert "usage:" in r.stderr
     assert not os.path.lexists(root)

@@ -24,7 +24,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import warnings
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -39,11 +38,7 @@ BUILD_PYZ = REPO / "tools" / "build_pyz.py"
 PYENV_VERSIONS = [Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions",
                   Path("/root/.pyenv/versions")]
 
-with warnings.catch_warnings():
-    # `slow` is meant to be registered in pyproject.toml ([tool.pytest.ini_options] markers);
-    # until it is, keep pytest from warning about an unknown mark.
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    slow = pytest.mark.slow
+slow = pytest.mark.slow  # registered in pyproject.toml
 
 
 def _load_build_pyz() -> ModuleType:

@@ -147,3 +147,105 @@ def exchange(a: str, b: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), a, None, b)
+
+
+# --------------------------------------------------------------------------- copying and flushing
+# Used by _copy. Every function here either does its job or raises OSError; "not supported" is
+# reported as OSError with one of NOT_SUPPORTED (the caller then falls back and remembers that
+# for the filesystem, instead of asking again for every file).
+
+NOT_SUPPORTED = frozenset(
+    code for code in (errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOTTY,
+                      errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.EBADF)
+)
+_FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int); the same number on every architecture
+_CLONE_NOFOLLOW = 0x0001  # macOS sys/clonefile.h
+_CLONE_NOOWNERCOPY = 0x0002
+
+
+def clone_kind() -> str | None:
+    """How this system clones a file (copy-on-write, sharing extents), or None.
+
+    "ficlone": Linux FICLONE ioctl on an open destination (btrfs, XFS with reflink=1, bcachefs,
+    OCFS2, overlayfs over those). "clonefile": macOS clonefile(2), which creates the destination
+    itself (APFS). Whether a given filesystem can is only known by trying.
+    """
+    if IS_LINUX:
+        return "ficlone"
+    if IS_MACOS:
+        libc = _libc()
+        if libc is not None and hasattr(libc, "clonefile"):
+            return "clonefile"
+    return None
+
+
+def clone_fd(src_fd: int, dst_fd: int) -> None:
+    """Make the open, empty ``dst_fd`` share all of ``src_fd``'s extents (Linux FICLONE)."""
+    if not IS_LINUX:
+        raise OSError(errno.ENOSYS, "FICLONE is Linux only")
+    import fcntl
+
+    fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+
+
+def clonefile(src: str, dst: str) -> None:
+    """macOS clonefile(2): create ``dst`` as a copy-on-write clone of the regular file ``src``.
+
+    The clone carries mode, timestamps, xattrs and ACLs; owner is copied only when the caller
+    may set it (the copier sets owner, mode and times itself afterwards anyway).
+    """
+    libc = _libc()
+    if not IS_MACOS or libc is None or not hasattr(libc, "clonefile"):
+        raise OSError(errno.ENOSYS, "clonefile is macOS only")
+    fn = libc.clonefile
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32]
+    fn.restype = ctypes.c_int
+    if fn(os.fsencode(src), os.fsencode(dst), _CLONE_NOFOLLOW | _CLONE_NOOWNERCOPY) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), src, None, dst)
+
+
+def copy_range(src_fd: int, dst_fd: int, size: int) -> int:
+    """Copy ``src_fd`` from its offset to end of file into ``dst_fd`` inside the kernel
+    (copy_file_range(2); reflinks on btrfs/XFS, server-side copy on NFS 4.2). Returns the bytes
+    copied. Raises OSError; if nothing was copied yet and the errno is in NOT_SUPPORTED the
+    caller may fall back to read/write from the same offsets (nothing moved).
+    """
+    fn = getattr(os, "copy_file_range", None)  # looked up per call: tests take it away
+    if fn is None:
+        raise OSError(errno.ENOSYS, "copy_file_range is not available")
+    done = 0
+    # Ask for the expected size first, then keep going until the kernel says end of file: a
+    # file that grew since it was stat'ed is still copied whole, as cp does.
+    want = max(size, 1 << 20)
+    while True:
+        n = fn(src_fd, dst_fd, want)
+        if n == 0:
+            return done
+        done += n
+        want = 1 << 30
+
+
+def fsync_nobarrier(fd: int) -> None:
+    """Flush one file to the drive, without asking the drive to flush its own cache.
+
+    Plain fsync everywhere. On macOS this only reaches the drive's volatile cache; call
+    ``drive_barrier`` once after a batch of these (one F_FULLFSYNC instead of one per file).
+    """
+    os.fsync(fd)
+
+
+def drive_barrier(path: str) -> None:
+    """macOS: one F_FULLFSYNC makes everything already fsynced to the drive holding ``path``
+    durable (the drive flushes its whole cache). Elsewhere fsync already did that: nothing to do.
+    """
+    if _F_FULLFSYNC is None:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fsync_fd(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
