@@ -78,7 +78,7 @@ def test_failed_health_check_switches_back_and_marks_bad(builds: Builds, root: P
                 "--on-failure", f"echo failure >> {log}")
     assert r.returncode == 4, r.stderr
     assert current_target(root) == f"releases/{v1}"
-    v2 = [n for n in release_names(root) if n != v1][0]
+    v2 = next(n for n in release_names(root) if n != v1)
     rels = {x["id"]: x for x in json.loads(run_cli("list", root, "--json").stdout)["releases"]}
     assert rels[v2]["state"] == "bad"  # kept as evidence, marked bad
     # after-switch ran for the new release, then again for the restored one; then on-failure
@@ -102,7 +102,7 @@ def test_failed_health_check_on_first_deploy_leaves_no_current(builds: Builds,
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(type(self).status)
         self.end_headers()
         self.wfile.write(b"ok")
@@ -136,7 +136,7 @@ def test_rollback_runs_after_switch_and_health_check(builds: Builds, root: Path,
                                                      tmp_path: Path) -> None:
     for v in ("v1", "v2", "v3"):
         assert run_cli("deploy", builds(v), root).returncode == 0
-    a, b, c = release_names(root)
+    _, b, _ = release_names(root)
     out = tmp_path / "rb"
     r = run_cli("rollback", root, "--after-switch", f'echo "$ATOMIC_DEPLOY_RELEASE" > {out}')
     assert r.returncode == 0, r.stderr

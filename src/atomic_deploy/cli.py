@@ -486,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return _run(args, parser)
+    except SystemExit as exc:  # parser.error() for combinations argparse cannot express
+        return int(exc.code or 0)
     except AtomicDeployError as exc:
         # show(): a newline inside a path or id must not split the one error line.
         print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
