@@ -22,7 +22,7 @@ EXIT_LOCKED = 3
 JSON_SCHEMA = 1
 
 COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "adopt", "demo",
-            "race")
+            "race", "completion", "man", "doctor")
 
 EPILOG = """\
 exit codes:
@@ -223,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
     p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
     _add_json(p)
+
+    p = sub.add_parser("doctor", help="check that ROOT's filesystem and state are fit for deploys",
+                       description="Read-only checks of ROOT: filesystem type, rename over a "
+                       "symlink, flock, fsync, reflink, free space, current, stray entries, "
+                       "leftovers, interrupted work, the lock and permissions. Probes run in a "
+                       "private folder inside ROOT that is removed afterwards. Exits 1 if any "
+                       "check fails (warnings do not).")
+    p.add_argument("root", metavar="ROOT")
+    _add_json(p)
+
+    from ._completion import SHELLS, install_hint
+
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="Print a completion script for SHELL, generated from this "
+                       "command's own options.",
+                       epilog="install:\n" + "\n".join(
+                           "  " + install_hint(s).replace("\n", "\n    ") for s in SHELLS),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+
+    p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
     return parser
 
 
@@ -381,6 +403,29 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "list":
         rels = query.list_releases(args.root)
         _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))
+    elif cmd == "doctor":
+        from ._doctor import doctor, exit_status, format_checks
+
+        checks = doctor(args.root)
+        code = exit_status(checks)
+        _emit(args, {"root": os.path.abspath(args.root), "healthy": code == 0,
+                     "checks": [c.to_dict() for c in checks]}, format_checks(checks))
+        return code
+    elif cmd == "completion":
+        from ._completion import completion_script, install_hint
+
+        sys.stdout.write(completion_script(parser, args.shell))
+        if sys.stdout.isatty():
+            print(f"# install with:\n# {install_hint(args.shell)}", file=sys.stderr)
+    elif cmd == "man":
+        from ._manpage import default_date, manpage
+
+        page = manpage(parser, __version__, default_date())
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(page)
+        else:
+            sys.stdout.write(page)
     elif cmd == "race":
         return _race(args)
     elif cmd == "demo":
