@@ -357,7 +357,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
             return _plan(args, plan_deploy(source, root, opts, cmd == "deploy"))
         fn = operations.deploy if cmd == "deploy" else operations.prepare
-        r = fn(source, root, opts)
+        progress = _progress_for(args, source)
+        opts.progress = progress
+        try:
+            r = fn(source, root, opts)
+        finally:
+            if progress is not None:
+                progress.close()
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release)
             return EXIT_OK
@@ -433,6 +439,20 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return run_demo(args.root, main)
     return EXIT_OK
+
+
+def _progress_for(args: argparse.Namespace, source: str | None) -> Any:
+    """A progress line on stderr for long copies: only on a terminal, never with -q."""
+    if (getattr(args, "quiet", False) or source is None or not os.path.isdir(source)
+            or not sys.stderr.isatty() or os.environ.get("TERM") == "dumb"):
+        return None
+    from ._progress import Progress, measure
+
+    try:
+        files, size = measure(source)
+    except OSError:
+        return None  # the deploy itself reports unreadable sources
+    return Progress(sys.stderr, files, size)
 
 
 def _plan(args: argparse.Namespace, steps: list[str]) -> int:
