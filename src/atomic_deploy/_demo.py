@@ -29,13 +29,17 @@ def write_site(dest: str, version: str) -> None:
             f.write(text.format(version=version))
 
 
-def run_demo(root: str | None, main: Callable[[Sequence[str] | None], int]) -> int:
+def run_demo(root: str | None, main: Callable[[Sequence[str] | None], int],
+             as_json: bool = False) -> dict[str, str]:
     base = root or tempfile.mkdtemp(prefix="atomic-deploy-demo-")
     os.makedirs(base, exist_ok=True)
     www = os.path.join(base, "www")
 
     def step(*args: str) -> int:
-        print(f"\n$ atomic-deploy {' '.join(shlex.quote(a) for a in args)}", flush=True)
+        if as_json:
+            args = (*args, "-q")
+        else:
+            print(f"\n$ atomic-deploy {' '.join(shlex.quote(a) for a in args)}", flush=True)
         code = main(list(args))
         if code != 0:
             raise SystemExit(code)
@@ -51,7 +55,8 @@ def run_demo(root: str | None, main: Callable[[Sequence[str] | None], int]) -> i
     step("list", www)
     with open(os.path.join(www, "current", "version.txt"), encoding="utf-8") as f:
         served = f.read().strip()
-    print(f"\n{www}/current/version.txt now says {served}.")
-    print(f"Demo root: {base}  (point a web server at {www}/current; remove with rm -rf "
-          f"{shlex.quote(base)})")
-    return 0
+    if not as_json:
+        print(f"\n{www}/current/version.txt now says {served}.")
+        print(f"Demo root: {base}  (point a web server at {www}/current; remove with rm -rf "
+              f"{shlex.quote(base)})")
+    return {"demo_root": os.path.abspath(base), "root": os.path.abspath(www), "serving": served}

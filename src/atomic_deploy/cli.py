@@ -437,7 +437,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "demo":
         from ._demo import run_demo
 
-        return run_demo(args.root, main)
+        summary = run_demo(args.root, main, as_json=args.json)
+        if args.json:
+            _emit(args, summary, "")
     return EXIT_OK
 
 

@@ -1,0 +1,26 @@
+"""Documentation that is generated or promised stays true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from atomic_deploy import __version__
+from atomic_deploy._manpage import manpage
+from atomic_deploy.cli import COMMANDS, build_parser
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_committed_man_page_is_generated_from_the_current_parser() -> None:
+    committed = (DOCS / "atomic-deploy.1").read_text()
+    date = re.search(r'^\.TH "[^"]+" 1 "([^"]+)"', committed, re.M)
+    assert date, "no .TH line"
+    assert committed == manpage(build_parser(), __version__, date.group(1)), (
+        "regenerate it: atomic-deploy man > docs/atomic-deploy.1")
+
+
+def test_json_doc_covers_every_command() -> None:
+    text = (DOCS / "json.md").read_text()
+    for cmd in COMMANDS:
+        assert f"`{cmd}`" in text, cmd
