@@ -717,5 +717,9 @@ def test_usage_errors_exit_code_of_the_process(builds: Builds, root: Path, cmd: 
     src = builds("v1")
     r = run_cli(*[c.format(src=src, root=root) for c in cmd])
     assert r.returncode == 2, (cmd, r.stdout, r.stderr)
-    assert "usage:" in r.stderr
+    if cmd:  # a usage error is one line that points at --help
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("atomic-deploy: error:")
+        assert "--help" in r.stderr
+    else:  # no command at all: the help itself
+        assert "usage:" in r.stderr
     assert not os.path.lexists(root)

@@ -171,3 +171,91 @@ def test_demo_runs_and_says_where_its_root_is(tmp_path: Path) -> None:
     assert len(release_names(www)) == 3
     assert (www / "current" / "version.txt").read_text() == "v2\n"
     assert "rolled back" in r.stdout and "RELEASE" in r.stdout
+
+
+# ---------------------------------------------------------------- mistakes a new user makes
+
+def test_swapped_source_and_root_is_refused(builds: Builds, root: Path) -> None:
+    build = builds("v1")
+    assert run_cli("deploy", build, root).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in build.rglob("*")}
+    r = run_cli("deploy", root, build)  # ROOT SOURCE instead of SOURCE ROOT
+    assert r.returncode == 2 and "swap" in r.stderr and r.stderr.count("\n") == 1
+    assert not (build / ".atomic-deploy").exists() and not (build / "releases").exists()
+    assert {p: p.stat().st_mtime_ns for p in build.rglob("*")} == before
+
+
+def test_non_empty_folder_that_is_not_a_root_is_refused(builds: Builds, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    r = run_cli("deploy", builds("v1"), home)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    assert sorted(os.listdir(home)) == ["notes.txt"]
+    cfg_only = tmp_path / "fresh"
+    cfg_only.mkdir()
+    (cfg_only / "shared").mkdir()  # a prepared root: shared data and nothing else is fine
+    assert run_cli("deploy", builds("v1"), cfg_only).returncode == 0
+
+
+def test_message_and_paths_that_are_not_utf8(builds: Builds, root: Path, tmp_path: Path) -> None:
+    odd = os.fsdecode(b"src\xff")
+    src = tmp_path / odd
+    src.mkdir()
+    (src / "index.html").write_text("x")
+    r = run_cli("deploy", src, root, "-m", os.fsdecode(b"msg\xfe"))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert history(root)[-1]["message"] == os.fsdecode(b"msg\xfe")
+
+
+def test_prepare_quiet_still_prints_the_id(builds: Builds, root: Path) -> None:
+    r = run_cli("prepare", "-q", builds("v1"), root)
+    assert r.returncode == 0 and r.stdout.strip() == release_names(root)[0]
+
+
+def test_rollback_skips_a_release_that_was_only_prepared(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    assert run_cli("prepare", builds("v2"), root).returncode == 0
+    assert run_cli("deploy", builds("v3"), root).returncode == 0
+    v1, _, v3 = release_names(root)
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["current"] == v3 and s["previous"] == v1
+    assert run_cli("rollback", root).returncode == 0
+    assert current_target(root) == f"releases/{v1}"
+
+
+@pytest.mark.parametrize("flags", [["--keep", "0"], ["--health-url", "notaurl"],
+                                   ["--health-retries", "-1"], ["--jobs", "0"], ["--wait", "-5"],
+                                   ["--ref", "v1"], ["--checksum"]])
+@pytest.mark.parametrize("dry", [True, False])
+def test_bad_settings_refused_before_anything_even_in_a_dry_run(
+        builds: Builds, root: Path, flags: list[str], dry: bool) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    before = history(root)
+    r = run_cli("deploy", builds("v2"), root, *flags, *(["--dry-run"] if dry else []))
+    assert r.returncode == 2, (flags, r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1
+    assert history(root) == before and len(release_names(root)) == 1
+
+
+def test_failed_check_says_nothing_was_switched(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    r = run_cli("deploy", builds("v2"), root, "--check", "false")
+    assert r.returncode == 4
+    assert "nothing was switched" in r.stderr and "switched back" not in r.stderr
+
+
+def test_adopted_release_is_managed(tmp_path: Path) -> None:
+    root = tmp_path / "legacy"
+    (root / "current").mkdir(parents=True)
+    (root / "current" / "index.html").write_text("old")
+    assert run_cli("adopt", root, "--id", "legacy").returncode == 0
+    (rel,) = json.loads(run_cli("list", root, "--json").stdout)["releases"]
+    assert rel["managed"] is True and rel["deployed_at"]
+
+
+def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path) -> None:
+    r = run_cli("histroy", root)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and r.stderr.count("\n") == 1
+    assert not root.exists()

@@ -69,7 +69,7 @@ def _collect(tmp: Path, procs: list[subprocess.Popen[bytes]], stop: Path) -> lis
     return [json.loads((tmp / f"out{i}").read_text()) for i in range(len(procs))]
 
 
-def test_four_readers_see_no_gap_and_no_torn_read_during_200_switches(tmp_path: Path) -> None:
+def test_four_readers_see_no_gap_and_no_torn_read_during_248_switches(tmp_path: Path) -> None:
     root = tmp_path / "www"
     a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
     b = atomic_deploy.deploy(str(_release(tmp_path, "B", "B")), str(root)).release

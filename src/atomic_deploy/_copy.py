@@ -21,12 +21,17 @@ Whether a filesystem pair supports 2 and 3 is learnt from the first file that tr
 remembered for the rest of the copy, so an unsupported method costs one failed call per
 filesystem, not one per file. Fallbacks are silent.
 
-Files are copied by ``jobs`` worker threads (the walk, folders and symlinks stay on the calling
-thread): creating inodes and moving data happen in the kernel with the GIL released, so two or
-more threads overlap them. The calling thread runs ``checkpoint("copy-file")`` after every
-regular file (the signal and fault-injection seam) and ``progress``; if either raises, the
-workers stop after their current file and are joined before the exception propagates, so
-nothing writes into the staging folder once copy_tree has returned or raised.
+Files are copied by worker threads where that pays (the walk, folders and symlinks stay on the
+calling thread): creating inodes and moving data happen in the kernel with the GIL released, so
+two or more threads overlap them when files are expensive (ext4/XFS journaling, big files); when
+they are cheap (tmpfs, clones, hard links) Python's own per-file work dominates and threads only
+add GIL hand-offs. By default the first files are timed on the calling thread and the workers
+start only if they pay; ``jobs`` fixes the number instead.
+
+The calling thread runs ``checkpoint("copy-file")`` after every regular file (the signal and
+fault-injection seam) and ``progress``; if either raises, the workers stop after their current
+file and are joined before the exception propagates, so nothing writes into the staging folder
+once copy_tree has returned or raised.
 
 The walk streams: folders are listed one at a time with scandir, work is handed to the workers
 in small batches through a bounded queue, and a folder's own metadata (mode, mtime, owner,
@@ -41,6 +46,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -54,9 +60,14 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BATCH = 64  # files per work item: few enough to spread a folder over the workers, enough to
 #              make the queue's locking noise (a few microseconds per item) negligible
 _HAS_XATTR = hasattr(os, "listxattr")
-# Measured (docs/benchmarks.md): on ext4 and tmpfs, 2-4 threads beat 1 by 1.5-2x on 2 cores;
-# more threads than that only add contention on the folder locks.
-DEFAULT_JOBS = max(1, min(4, (os.cpu_count() or 1) * 2))
+# Measured (docs/benchmarks.md, 2 vCPUs): on ext4 two threads copy the 20k-file build about
+# 1.5x faster than one (creating inodes is kernel work that runs without the GIL); on tmpfs,
+# where the kernel side is cheap and Python's own per-file work dominates, 1, 2 and 4 threads
+# are within noise of each other. More threads than CPUs only add lock contention: one per CPU,
+# at most 4.
+DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+_PROBE_FILES = 256  # files timed on the calling thread before threads may start (auto mode)
+_THREADS_WORTH_S = 60e-6  # mean seconds per file above which threads pay (auto mode)
 _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # errnos after which a file is simply copied instead of linked (link_dest on another
 # filesystem, too many links to one inode, protected_hardlinks, filesystem without links)
@@ -107,6 +118,12 @@ def check_source(source: str, root: str) -> str:
                            "nothing was changed") from exc
     if empty:
         raise InvalidInput(f"source {show(source)} is empty", "nothing was changed")
+    if os.path.isdir(os.path.join(source, ".atomic-deploy")) or (
+            os.path.islink(os.path.join(source, "current"))
+            and os.path.isdir(os.path.join(source, "releases"))):
+        raise InvalidInput(f"source {show(source)} is itself a deploy root (it has releases/ and "
+                           "current); did you swap SOURCE and ROOT? The order is SOURCE ROOT",
+                           "nothing was changed")
     return os.path.abspath(source)
 
 
@@ -203,15 +220,19 @@ def _apply_owner(path_or_fd: str | int, st: os.stat_result, follow: bool = True)
         os.lchown(path_or_fd, st.st_uid, st.st_gid)
 
 
-def _finish_fd(fd: int, src: int | str, st: os.stat_result, fsync: bool) -> None:
-    # Order matters: chown clears setuid/setgid bits and security.capability, so owner first,
-    # then xattrs, then the mode; times last (nothing after them touches the file).
-    _apply_owner(fd, st)
-    _copy_xattrs(src, fd)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-    if fsync:
-        _platform.fsync_nobarrier(fd)
+def _umask() -> int:
+    """The process umask, read without changing it where possible (os.umask is set-and-get,
+    which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _copy_symlink(src: str, dst: str, st: os.stat_result) -> None:
@@ -236,7 +257,17 @@ def _same_bytes(a: str, b: str) -> bool:
 
 
 class _Options:
-    __slots__ = ("checksum", "clone_kind", "dst_dev", "fsync", "link_writable", "root")
+    """Settings of one copy_tree call, and what its first created file taught us.
+
+    Every metadata call on a new file is a journal transaction on ext4 and XFS (and a
+    measurable share of a deploy): files are therefore created with their final permission
+    bits, and chown/chmod are skipped where the file already has what they would set. Whether
+    new files really get ``mode & ~umask`` and which owner they get (setgid folders, default
+    ACLs, BSD group rules) is learnt from the first file created, not assumed.
+    """
+
+    __slots__ = ("checksum", "clone_kind", "created_owner", "dst_dev", "fsync", "keep_mode",
+                 "link_writable", "root", "umask")
 
     def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int) -> None:
         self.fsync = fsync
@@ -245,6 +276,29 @@ class _Options:
         self.dst_dev = dst_dev
         self.clone_kind = _platform.clone_kind()
         self.root = os.geteuid() == 0
+        self.umask = _umask()
+        self.created_owner: tuple[int, int] | None = None  # None: no file created yet
+        self.keep_mode = False  # True once a new file was seen to get exactly mode & ~umask
+
+    def learn(self, fd: int, asked: int) -> None:
+        fst = os.fstat(fd)
+        self.keep_mode = stat.S_IMODE(fst.st_mode) == asked & ~self.umask
+        self.created_owner = (fst.st_uid, fst.st_gid)
+
+    def finish(self, fd: int, src: int | str, st: os.stat_result) -> None:
+        """Owner, xattrs, mode, times (and fsync) of a new file created with ``st``'s mode."""
+        # Order matters: chown clears setuid/setgid bits and security.capability, so owner
+        # first, then xattrs, then the mode; times last (nothing after them touches the file).
+        perm = stat.S_IMODE(st.st_mode)
+        if self.root and (st.st_uid, st.st_gid) != self.created_owner:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        if _HAS_XATTR:
+            _copy_xattrs(src, fd)
+        if not self.keep_mode or perm != perm & 0o777 & ~self.umask:
+            os.fchmod(fd, perm)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if self.fsync:
+            _platform.fsync_nobarrier(fd)
 
 
 class _Copier:
@@ -272,17 +326,23 @@ class _Copier:
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
             return
+        opts = self.opts
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         try:
+            # Final permission bits at once (staging is private to us: mode 0o700); the setuid,
+            # setgid and sticky bits only by fchmod, after any chown.
+            asked = st.st_mode & 0o777
             dfd = os.open(dpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                          0o600)
+                          asked)
             try:
+                if opts.created_owner is None:
+                    opts.learn(dfd, asked)
                 if self._clone_fd(sfd, dfd, st, caps):
                     self.stats.cloned += 1
                 else:
                     _copy_data(sfd, dfd, st.st_size, caps)
                     self.stats.copied += 1
-                _finish_fd(dfd, sfd, st, self.opts.fsync)
+                opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
         finally:
@@ -427,16 +487,19 @@ class _Pool:
 
 class _Tree:
     def __init__(self, src: str, dst: str, checkpoint: Callable[[str], None], fsync_each: bool,
-                 link_dest: str | None, checksum: bool, link_writable: bool, jobs: int,
+                 link_dest: str | None, checksum: bool, link_writable: bool, jobs: int | None,
                  progress: Callable[[int, int], None] | None) -> None:
         self.src_root = src
         self.dst_root = dst
         self.checkpoint = checkpoint
         self.fsync_each = fsync_each
         self.link_dest = link_dest
-        self.jobs = jobs
+        self.jobs = jobs or DEFAULT_JOBS
+        self.auto = jobs is None  # decide by measuring (see _threads_pay)
+        self.inline_files = 0
+        self.inline_seconds = 0.0
         self.progress = progress
-        self.stats = CopyStats(jobs=jobs)
+        self.stats = CopyStats(jobs=1)
         self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev)
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
@@ -452,18 +515,38 @@ class _Tree:
 
     # ---- dispatching
 
+    def _threads_pay(self) -> bool:
+        """Auto mode: start the workers once files turn out to be expensive enough.
+
+        Threads pay when a file costs the kernel more than the GIL hand-offs they add: creating
+        inodes on a journaling filesystem on a VM, big files, network filesystems. They lose
+        where a file costs only a few microseconds (tmpfs, reflinks, hard links), where Python
+        itself is the bottleneck and two threads just take turns on the GIL. So the first
+        files are copied on this thread while timing them, and the decision is revisited as
+        the copy goes on (a build may start with small files and go on with big ones).
+        """
+        if not self.auto:
+            return True
+        if self.inline_files < _PROBE_FILES:
+            return False
+        return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
+
     def _dispatch(self, node: _Dir, batch: _Files) -> None:
         node.pending += 1
-        if self.jobs <= 1:
+        if self.pool is None and (self.jobs <= 1 or not self._threads_pay()):
+            started = time.perf_counter()
             for name, st in batch:
                 self.inline.file(os.path.join(node.src, name), os.path.join(node.dst, name),
                                  os.path.join(node.link, name) if node.link else None, st)
                 self._file_done(st)
+            self.inline_seconds += time.perf_counter() - started
+            self.inline_files += len(batch)
             self._release(node)
             return
         if self.pool is None:
             self.pool = _Pool(self.jobs, lambda: _Copier(self.opts, self.caps))
             self.copiers += self.pool.copiers
+            self.stats.jobs = self.jobs
         self.in_flight += 1
         while True:
             try:
@@ -517,7 +600,7 @@ class _Tree:
         os.chmod(node.dst, stat.S_IMODE(mode))
         os.utime(node.dst, ns=(atime, mtime))
         if self.fsync_each:
-            _platform.fsync_dir(node.dst)
+            _platform.fsync_dir_nobarrier(node.dst)
 
     # ---- the walk
 
@@ -532,6 +615,8 @@ class _Tree:
                 os.link(first, dpath, follow_symlinks=False)
                 self.done_files += 1
                 self.checkpoint("copy-file")
+                if self.progress is not None:
+                    self.progress(self.done_files, self.done_bytes)
                 self._release(node)
         except BaseException:
             if self.pool is not None:
@@ -631,12 +716,12 @@ def copy_tree(
     ``link_dest``: the previous release; files identical to its file at the same path are
     hard-linked instead of copied (see the module docstring); ``checksum`` also compares their
     bytes; ``link_writable`` allows linking group/other-writable files. ``jobs``: copy threads
-    (None: DEFAULT_JOBS; 1: everything on the calling thread). ``progress(files, bytes)`` is
+    (1: everything on the calling thread; None: automatic, up to DEFAULT_JOBS threads, started
+    only once the first files show that they pay, see ``_Tree._threads_pay``). ``progress(files, bytes)`` is
     called on the calling thread after every regular file.
     """
-    n = DEFAULT_JOBS if jobs is None else jobs
-    if n < 1:
+    if jobs is not None and jobs < 1:
         raise InvalidInput("--jobs must be at least 1", "nothing was changed")
-    tree = _Tree(src, dst, checkpoint, fsync_each, link_dest, checksum, link_writable, n,
+    tree = _Tree(src, dst, checkpoint, fsync_each, link_dest, checksum, link_writable, jobs,
                  progress)
     return tree.run()

@@ -18,7 +18,8 @@ from ._jsonfile import append_json_line, read_json_lines
 from ._layout import Layout, looks_generated
 
 SCHEMA = 1
-CREATING_OPS = ("deploy", "prepare")
+CREATING_OPS = ("deploy", "prepare", "adopt")
+LIVE_OPS = ("deploy", "activate", "rollback", "adopt")
 
 
 def _user() -> str:
@@ -76,6 +77,11 @@ class History:
     def known(self) -> set[str]:
         return set(self.created())
 
+    def was_live(self) -> set[str]:
+        """Releases that were current at some point (a prepared release never activated is not)."""
+        return {r["release"] for r in self.ok()
+                if r.get("op") in LIVE_OPS and isinstance(r.get("release"), str)}
+
     def used_ids(self) -> set[str]:
         """Every release id the log mentions, failed deploys included: never handed out again,
         so a record can only ever mean one release."""
@@ -129,13 +135,24 @@ def bad_releases(history: History, layout: Layout, names: list[str]) -> set[str]
     }
 
 
-def rollback_target(ordered: list[str], bad: set[str], current: str) -> str | None:
-    """Newest good release deployed before ``current`` (Nix/Deployer semantics)."""
+def rollback_target(ordered: list[str], bad: set[str], current: str,
+                    history: History | None = None) -> str | None:
+    """Newest good release deployed before ``current`` (Nix/Deployer semantics).
+
+    With the history, a release that was only prepared and never current is skipped: rolling
+    back means going back to something that has served before. Releases the log does not know
+    (another tool's) count as having served.
+    """
     if current not in ordered:
         return None
+    live = history.was_live() if history is not None else None
+    used = history.used_ids() if history is not None else set()
     for name in reversed(ordered[: ordered.index(current)]):
-        if name not in bad:
-            return name
+        if name in bad:
+            continue
+        if live is not None and name in used and name not in live:
+            continue  # prepared, never activated
+        return name
     return None
 
 

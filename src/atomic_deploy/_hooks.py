@@ -334,7 +334,7 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
     return result(None if stopped else returncode, timed_out, interrupted_by)
 
 
-def _check_url_syntax(url: str) -> None:
+def check_url_syntax(url: str) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
@@ -403,7 +403,7 @@ def _health_loop(cmd: Hook | None, url: str | None, *, retries: int, timeout: fl
     if cmd is not None:
         hook_argv(cmd)
     if url is not None:
-        _check_url_syntax(url)
+        check_url_syntax(url)
     _check_retry_options(retries, timeout, interval)
     opener = _opener()
     start = time.monotonic()

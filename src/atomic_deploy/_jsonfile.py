@@ -46,7 +46,8 @@ def read_json(path: str) -> Any:
 
 def append_json_line(path: str, record: dict[str, Any]) -> None:
     """Append one record durably. O_APPEND writes of one line do not interleave with others."""
-    line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    # ASCII-escaped: a path or message that is not valid UTF-8 (surrogates) still fits.
+    line = (json.dumps(record, sort_keys=True) + "\n").encode("ascii")
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, 0o644)
     try:

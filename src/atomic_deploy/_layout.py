@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import re
 import secrets
-import shutil
 import stat
 from dataclasses import dataclass
 
@@ -209,6 +209,8 @@ def check_root_for_write(root: str, create: bool, allow_current_dir: bool = Fals
     if not create and not os.path.isdir(root):
         raise InvalidInput(f"ROOT {show(root)} does not exist", "nothing was changed")
     layout = Layout(os.path.abspath(root))
+    if create and os.path.isdir(layout.root):
+        check_looks_like_a_root(layout)
     try:
         _makedirs(layout.root)
     except OSError as exc:
@@ -249,6 +251,28 @@ def check_root_for_write(root: str, create: bool, allow_current_dir: bool = Fals
             raise InvalidInput(f"{show(path)} is a symlink; refusing to use it (remove it)",
                                "nothing was changed")
     return layout
+
+
+# What a root (ours, Capistrano's, Deployer's, the bash tool's) may hold before its first deploy.
+_ROOT_ENTRIES = {RELEASES, CURRENT, STATE_DIR, "shared", "atomic-deploy.toml", ".dep",
+                 "revisions.log", ".deploy.lock", ".tmp", "repo", "release", "lost+found"}
+
+
+def check_looks_like_a_root(layout: Layout) -> None:
+    """Refuse to turn a folder full of other things (a build, a home) into a deploy root."""
+    try:
+        names = os.listdir(layout.root)
+    except OSError:
+        return  # the writability checks report it
+    if not names or any(n in (RELEASES, CURRENT, STATE_DIR) for n in names):
+        return
+    others = sorted(n for n in names if n not in _ROOT_ENTRIES)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise InvalidInput(
+            f"ROOT {show(layout.root)} is not empty ({show(shown)}) and is not a deploy root; "
+            "give a new or empty folder (did you swap SOURCE and ROOT? The order is SOURCE ROOT)",
+            "nothing was changed")
 
 
 def _read_only(path: str) -> bool:
@@ -293,6 +317,8 @@ def check_current_is_link(layout: Layout) -> None:
 
 def existing_root(root: str) -> Layout:
     """For read-only commands: ROOT must exist; nothing is created."""
+    if not os.path.lexists(root):
+        raise InvalidInput(f"ROOT {show(root)} does not exist", "nothing was changed")
     if not os.path.isdir(root):
         raise InvalidInput(f"ROOT {show(root)} is not a directory", "nothing was changed")
     return Layout(os.path.abspath(root))
@@ -301,8 +327,12 @@ def existing_root(root: str) -> Layout:
 def remove_entry(parent: str, name: str) -> None:
     """Delete ``parent/name`` without ever following a symlink, and only directly inside parent.
 
-    A symlink is unlinked (never what it points to); a folder is removed with shutil.rmtree, whose
-    fd-based walk does not follow links inside it either.
+    A symlink or file is unlinked (never what a link points to). A folder is removed by an
+    fd-based walk (``_remove_tree``) that never follows links inside it either. Our own trash
+    folders (``TRASH_PREFIX``, what prune deletes) that turn out big are handed to ``rm -rf``
+    once the walk has removed a first slice of them: for large trees rm is measurably faster
+    than Python per entry, while for small ones starting a process costs more than the whole
+    removal (docs/benchmarks.md). Without a working ``rm`` the walk simply goes on.
     """
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"refusing to delete {name!r}")
@@ -311,10 +341,133 @@ def remove_entry(parent: str, name: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
+        return
+    budget = _RM_AFTER if name.startswith(TRASH_PREFIX) else None
+    if _remove_tree(parent, name, budget):
+        return
+    if not _rm_rf(parent, name):
+        _remove_tree(parent, name, None)
+
+
+_RM_AFTER = 4000  # entries removed in Python before a trash folder is handed to rm -rf
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+
+
+def _remove_tree(parent: str, name: str, budget: int | None) -> bool:
+    """Remove the folder ``parent/name`` and everything in it, never following a symlink.
+
+    Works on folder descriptors (openat/unlinkat): a path component swapped for a symlink while
+    it runs cannot redirect it. A folder we may not write into (a read-only folder of a release)
+    is made writable first, as it is ours to delete. With ``budget``, stops and returns False
+    after about that many entries (the tree is then partly removed); True when it is gone.
+    """
+    left = [budget if budget is not None else -1]
+    pfd = os.open(parent, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not _empty_dir(pfd, name, left):
+            return False
+        _rmdir(pfd, name)
+    finally:
+        os.close(pfd)
+    return True
+
+
+def _empty_dir(pfd: int, name: str, left: list[int]) -> bool:
+    """Delete everything inside ``name`` (a folder in ``pfd``); False if the budget ran out.
+
+    Depth first with an explicit stack (no recursion limit); each folder is listed once, its
+    files unlinked on the way and its subfolders kept by name until their turn.
+    """
+    stack: list[tuple[int, str, list[str] | None]] = [(_open_dir(pfd, name), name, None)]
+    try:
+        while stack:
+            fd, dname, subdirs = stack[-1]
+            if subdirs is None:
+                subdirs = []
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if left[0] == 0:
+                            return False
+                        left[0] -= 1
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                        else:
+                            _unlink(fd, entry.name)
+                stack[-1] = (fd, dname, subdirs)
+            if subdirs:
+                child = subdirs.pop()
+                try:
+                    stack.append((_open_dir(fd, child), child, None))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # replaced by a file or a symlink meanwhile: unlink it
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    _unlink(fd, child)
+            else:
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    _rmdir(stack[-1][0], dname)
+        return True
+    finally:
+        for fd, _name, _subdirs in stack:
+            os.close(fd)
+
+
+def _open_dir(dir_fd: int, name: str) -> int:
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _make_writable(dir_fd: int) -> None:
+    st = os.fstat(dir_fd)
+    os.chmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        _make_writable(dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _rmdir(dir_fd: int, name: str) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        _make_writable(dir_fd)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def _rm_rf(parent: str, name: str) -> bool:
+    """``rm -rf -- name`` run inside ``parent``; True if the folder is gone afterwards."""
+    rm = _rm_program()
+    if rm is None:
+        return False
+    import subprocess
+
+    try:
+        subprocess.run([rm, "-rf", "--", name], cwd=parent, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    except OSError:
+        return False
+    return not os.path.lexists(os.path.join(parent, name))
+
+
+def _rm_program() -> str | None:
+    for d in ("/bin", "/usr/bin"):  # a fixed place, not PATH: this runs as root in prune
+        p = os.path.join(d, "rm")
+        if os.access(p, os.X_OK):
+            return p
+    return None
 
 
 def hide_release_dir(layout: Layout, name: str) -> str | None:

@@ -35,7 +35,9 @@ def _health_plan(opts: DeployOptions) -> list[str]:
 
 
 def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bool) -> list[str]:
-    from .operations import _source_kind, plan_prune
+    from .operations import _source_kind, plan_prune, validate_options
+
+    validate_options(opts)
 
     kind, src = _source_kind(source, root, opts)
     layout = Layout(os.path.abspath(root))
@@ -75,7 +77,9 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
 
 def plan_rollback_steps(root: str, to: str | None, opts: DeployOptions) -> list[str]:
     from ._layout import existing_root
-    from .operations import plan_rollback
+    from .operations import plan_rollback, validate_options
+
+    validate_options(opts)
 
     layout = existing_root(root)
     target, current = plan_rollback(History.load(layout), layout, to)

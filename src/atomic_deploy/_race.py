@@ -62,13 +62,18 @@ class RaceResult:
         return self.enoent + self.torn + self.other_errors
 
     @property
+    def attempts(self) -> int:
+        """Every read tried: ``reads`` (those that opened) plus those that failed to open."""
+        return self.reads + self.enoent + self.other_errors
+
+    @property
     def error_rate(self) -> float:
-        attempts = self.reads + self.enoent + self.other_errors
-        return self.errors / attempts if attempts else 0.0
+        return self.errors / self.attempts if self.attempts else 0.0
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = asdict(self)
         d["errors"] = self.errors
+        d["attempts"] = self.attempts
         d["error_rate"] = self.error_rate
         return d
 

@@ -46,6 +46,15 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+class UsageError(Exception):
+    """argparse's complaint, reported by main() as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's signature says NoReturn
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
 def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
@@ -121,9 +130,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     _add_json(p)
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     """-q/-v/--no-color, accepted before or after the command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     g = common.add_argument_group("output")
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="print only errors and warnings (and --json data)")
@@ -136,7 +145,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="atomic-deploy",
         parents=[common],
         description="Zero-downtime, crash-safe release deploys: copy a build into "
@@ -145,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=version_text())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add = sub.add_parser
 
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+    def add_parser(name: str, **kw: Any) -> _Parser:
         return _add(name, parents=[common], **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
@@ -257,7 +266,7 @@ def _normalize(argv: list[str]) -> list[str]:
     """Accept the original tool's `atomic-deploy SOURCE ROOT` form (SOURCE must exist, so a
     mistyped command is reported as one rather than as a missing source)."""
     if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
-            and os.path.exists(argv[0])):
+            and (os.path.exists(argv[0]) or "/" in argv[0] or argv[0].startswith("."))):
         return ["deploy", *argv]
     return argv
 
@@ -294,11 +303,13 @@ _out = _Style(None, None)
 _err = _Style(None, None)
 
 
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
+          data: bool = False) -> None:
+    """JSON with --json; else ``text``, which -q silences unless it is the command's data."""
     if getattr(args, "json", False):
-        print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": True, **data},
-                         sort_keys=True))
-    elif text and not getattr(args, "quiet", False):
+        print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": True,
+                          **payload}, sort_keys=True))
+    elif text and (data or not getattr(args, "quiet", False)):
         print(text)
 
 
@@ -365,11 +376,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if progress is not None:
                 progress.close()
         if cmd == "prepare":
-            _emit(args, r.to_dict(), r.release)
+            _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
             return EXIT_OK
         linked = f", {r.linked} hard-linked" if r.linked else ""
         text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "
-                f"(previous: {r.previous or 'none'}; {r.files} files{linked}, "
+                f"(previous: {r.previous or 'none'}; {r.files} file{'s' if r.files != 1 else ''}{linked}, "
                 f"{_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
@@ -471,8 +482,9 @@ def _race(args: argparse.Namespace) -> int:
     results = run_race(args.seconds, args.readers)
     atomic_errors = sum(r.errors for r in results if r.strategy == "atomic")
     rows = [("strategy", "switches", "reads", "ENOENT", "torn", "error rate")]
+    # reads: every attempt, failed ones included, so ENOENT and torn are parts of it
     for r in results:
-        rows.append((r.strategy, str(r.switches), str(r.reads), str(r.enoent), str(r.torn),
+        rows.append((r.strategy, str(r.switches), str(r.attempts), str(r.enoent), str(r.torn),
                      f"{r.error_rate:.2%}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -511,8 +523,9 @@ def format_status(s: Any) -> str:
     if s.stray:
         rows.append(("stray", ", ".join(s.stray) + " (ignored)"))
     if s.last:
-        rows.append(("last", f"{s.last.get('op')} {s.last.get('release', '')} "
-                     f"{s.last.get('outcome')} at {s.last.get('time')}"))
+        what = " ".join(str(x) for x in (s.last.get("op"), s.last.get("release"),
+                                         s.last.get("outcome")) if x)
+        rows.append(("last", f"{what} at {s.last.get('time')}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -529,8 +542,20 @@ def format_list(rels: list[Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
              for row in rows]
-    lines.append("(* current, < rollback target)")
+    legend = [t for t, on in (("* current", any(r.current for r in rels)),
+                              ("< rollback target", any(r.rollback_target for r in rels))) if on]
+    if legend:
+        lines.append(f"({', '.join(legend)})")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _usage_error(message: str, as_json: bool) -> int:
+    print(f"atomic-deploy: {_err('red', 'error:')} {show(message)}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"schema": JSON_SCHEMA, "ok": False, "error": message,
+                          "state": "nothing was changed", "exit_code": EXIT_USAGE},
+                         sort_keys=True))
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -538,8 +563,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+    except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
+    except UsageError as exc:
+        return _usage_error(str(exc), "--json" in argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -553,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return _run(args, parser)
-    except SystemExit as exc:  # parser.error() for combinations argparse cannot express
+    except UsageError as exc:  # parser.error() for combinations argparse cannot express
+        return _usage_error(str(exc), getattr(args, "json", False))
+    except SystemExit as exc:
         return int(exc.code or 0)
     except AtomicDeployError as exc:
         # show(): a newline inside a path or id must not split the one error line.

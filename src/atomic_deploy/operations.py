@@ -241,8 +241,15 @@ class _Session:
         return value
 
     def _abort(self, op: str, op_id: str, journal: Journal, exc: BaseException) -> BaseException:
+        switched = read_current(self.layout).target != journal.get("previous")
         try:
-            state = f"rolled back, {undo(self.layout, journal)}"
+            after = undo(self.layout, journal)
+            if switched:
+                state = f"switched back, {after}"
+            elif journal.get("creates_release"):
+                state = f"nothing was switched, the new release was removed; {after} (unchanged)"
+            else:
+                state = f"nothing was switched; {after} (unchanged)"
         except OSError as undo_exc:
             # The journal stays: the next command holding the lock finishes the undo.
             return OperationFailed(
@@ -340,8 +347,12 @@ def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
                   "tail": res.hook.tail if res.hook is not None else []})
     checkpoint("health-checked")
     if not res.ok:
-        raise _Unhealthy(f"{_hooks.HookFailed.from_health(res).message} "
-                         f"after {res.attempts} attempt(s)")
+        if res.hook is not None and not res.hook.ok:
+            why = f"health-check command {_hooks.describe_status(res.hook.status)}"
+        else:
+            detail = res.last_error or (f"HTTP {res.last_status}" if res.last_status else "failed")
+            why = f"health check of {opts.health_url} failed: {detail}"
+        raise _Unhealthy(f"{why} (after {res.attempts} attempt{'s' if res.attempts != 1 else ''})")
 
 
 def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions,
@@ -448,15 +459,43 @@ def prepare(source: str | None, root: str, options: DeployOptions | None = None,
     return _stage(source, root, opts, activate=False)
 
 
-def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
+def validate_options(opts: DeployOptions) -> None:
+    """Every setting checked before anything is touched (the dry run checks the same)."""
+    def bad(msg: str) -> InvalidInput:
+        return InvalidInput(msg, "nothing was changed")
+
     if opts.keep is not None and opts.keep < 1:
-        raise InvalidInput("--keep must be at least 1", "nothing was changed")
+        raise bad("--keep must be at least 1")
     if opts.strip_components < 0:
-        raise InvalidInput("--strip-components must be 0 or more", "nothing was changed")
-    from ._shared import check_files_exist, link_shared, normalize
+        raise bad("--strip-components must be 0 or more")
+    if opts.wait < 0:
+        raise bad("--wait must be 0 or more")
+    if opts.jobs is not None and opts.jobs < 1:
+        raise bad("--jobs must be at least 1")
+    if (opts.checksum or opts.link_writable) and not opts.link_unchanged:
+        raise bad("--checksum and --link-writable only make sense with --link-unchanged")
+    if opts.git is None and opts.ref != "HEAD":
+        raise bad("--ref only makes sense with --git REPO")
+    if opts.health_retries < 0:
+        raise bad("--health-retries must be 0 or more")
+    if opts.health_timeout <= 0 or opts.health_interval < 0:
+        raise bad("--health-timeout must be positive and --health-interval 0 or more")
+    if opts.hook_timeout is not None and opts.hook_timeout <= 0:
+        raise bad("--hook-timeout must be positive")
+    if opts.health_url is not None:
+        from . import _hooks
+
+        _hooks.check_url_syntax(opts.health_url)
+    from ._shared import normalize
 
     for p in opts.shared_dirs + opts.shared_files:
         normalize(p)
+
+
+def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
+    validate_options(opts)
+    from ._shared import check_files_exist, link_shared
+
     kind, src = _source_kind(source, root, opts)
     layout = check_root_for_write(root, create=True)
     check_files_exist(layout, opts.shared_files, opts.create_missing)
@@ -565,6 +604,7 @@ def activate(root: str, release: str, options: DeployOptions | None = None,
              **kwargs: Any) -> ActivateResult:
     """Switch ``current`` to an existing complete release (clears a bad mark)."""
     opts = options or DeployOptions(**kwargs)
+    validate_options(opts)
     layout = check_root_for_write(root, create=False)
     with _Session(layout, opts.wait, opts.command) as s:
         _check_release(layout, release)
@@ -588,7 +628,8 @@ def plan_rollback(s_history: History, layout: Layout, to: str | None) -> tuple[s
         target: str | None = to
     else:
         ordered = s_history.order(release_dirs(layout))
-        target = rollback_target(ordered, bad_releases(s_history, layout, ordered), cur.release)
+        bad = bad_releases(s_history, layout, ordered)
+        target = rollback_target(ordered, bad, cur.release, s_history)
     if target is None:
         raise InvalidInput(f"nothing to roll back to: no good release older than {cur.release}",
                            "nothing was changed")
@@ -603,6 +644,7 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
     release rolled away from is marked bad. After-switch hooks and health checks run as for
     a deploy."""
     opts = options or DeployOptions(**kwargs)
+    validate_options(opts)
     layout = check_root_for_write(root, create=False)
     with _Session(layout, opts.wait, opts.command) as s:
         target, current = plan_rollback(s.history, layout, to)
@@ -619,7 +661,7 @@ def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], 
     protected = set()
     if cur.release is not None and cur.resolves:
         protected.add(cur.release)
-        target = rollback_target(ordered, bad, cur.release)
+        target = rollback_target(ordered, bad, cur.release, history)
         if target:
             protected.add(target)
     return prune_victims(ordered, bad, keep, protected, history.used_ids()), ordered

@@ -70,7 +70,7 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
-    target = rollback_target(ordered, bad, current) if current else None
+    target = rollback_target(ordered, bad, current, history) if current else None
     created = history.created()
     out = []
     for name in ordered:
