@@ -572,12 +572,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     global _out, _err
     _out, _err = _Style(sys.stdout, args), _Style(sys.stderr, args)
+    # The library logs; for the length of this command its messages go to stderr. Restored
+    # afterwards so that main() called in-process leaves the caller's logging as it was.
     log = logging.getLogger("atomic_deploy")
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        log.addHandler(_StderrHandler())
-        log.propagate = False
+    saved = (log.level, log.propagate)
+    handler = _StderrHandler()
+    log.addHandler(handler)
+    log.propagate = False
     log.setLevel(logging.DEBUG if getattr(args, "verbose", False)
                  else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    try:
+        return _main(args, parser)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         return _run(args, parser)
     except UsageError as exc:  # parser.error() for combinations argparse cannot express
