@@ -317,11 +317,19 @@ class _Copier:
         return found
 
     def file(self, spath: str, dpath: str, lpath: str | None, st: os.stat_result) -> None:
-        if lpath is not None and self._link_unchanged(spath, dpath, lpath, st):
+        if lpath is not None and self.try_link(spath, dpath, lpath, st):
+            return
+        self.copy(spath, dpath, st)
+
+    def try_link(self, spath: str, dpath: str, lpath: str, st: os.stat_result) -> bool:
+        if self._link_unchanged(spath, dpath, lpath, st):
             self.stats.linked += 1
             self.stats.linked_bytes += st.st_size
-            return
-        caps = self._caps(st)
+            return True
+        return False
+
+    def copy(self, spath: str, dpath: str, st: os.stat_result) -> None:
+        caps = self.caps.get((st.st_dev, self.opts.dst_dev)) or self._caps(st)
         if (self.opts.clone_kind == "clonefile" and caps.clone is not False and st.st_size
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
@@ -432,7 +440,7 @@ class _Dir:
 
 
 _Files = list[tuple[str, os.stat_result]]  # (name, lstat) of regular files in one folder
-_Batch = tuple[_Dir, _Files]
+_Batch = tuple[_Dir, _Files, bool]  # folder, files, whether to try linking them first
 _Done = tuple[_Dir, _Files, Optional[BaseException]]  # files done, the error that stopped it
 
 
@@ -455,16 +463,17 @@ class _Pool:
             item = self.tasks.get()
             if item is None:
                 return
-            node, batch = item
+            node, batch, link = item
             done: _Files = []
             error: BaseException | None = None
             if not self.stop:
+                src, dst, old = node.src, node.dst, node.link if link else None
                 try:
                     for name, st in batch:
                         if self.stop:
                             break
-                        copier.file(os.path.join(node.src, name), os.path.join(node.dst, name),
-                                    os.path.join(node.link, name) if node.link else None, st)
+                        copier.file(f"{src}/{name}", f"{dst}/{name}",
+                                    f"{old}/{name}" if old is not None else None, st)
                         done.append((name, st))
                 except BaseException as exc:  # handed to the calling thread, which re-raises
                     error = exc
@@ -496,6 +505,9 @@ class _Tree:
         self.link_dest = link_dest
         self.jobs = jobs or DEFAULT_JOBS
         self.auto = jobs is None  # decide by measuring (see _threads_pay)
+        # Auto mode links on this thread; with --checksum a link check reads both files, which
+        # is worth spreading over the workers like a copy.
+        self.links_here = self.auto and not checksum
         self.inline_files = 0
         self.inline_seconds = 0.0
         self.progress = progress
@@ -516,14 +528,14 @@ class _Tree:
     # ---- dispatching
 
     def _threads_pay(self) -> bool:
-        """Auto mode: start the workers once files turn out to be expensive enough.
+        """Auto mode: start the workers once copying files turns out to be expensive enough.
 
         Threads pay when a file costs the kernel more than the GIL hand-offs they add: creating
         inodes on a journaling filesystem on a VM, big files, network filesystems. They lose
-        where a file costs only a few microseconds (tmpfs, reflinks, hard links), where Python
-        itself is the bottleneck and two threads just take turns on the GIL. So the first
-        files are copied on this thread while timing them, and the decision is revisited as
-        the copy goes on (a build may start with small files and go on with big ones).
+        where a file costs only a few microseconds (tmpfs, reflinks), where Python itself is the
+        bottleneck and two threads just take turns on the GIL. So the first files are copied
+        on this thread while timing them, and the decision is revisited as the copy goes on (a
+        build may start with small files and go on with big ones).
         """
         if not self.auto:
             return True
@@ -533,11 +545,22 @@ class _Tree:
 
     def _dispatch(self, node: _Dir, batch: _Files) -> None:
         node.pending += 1
+        src, dst, old = node.src, node.dst, node.link
+        if old is not None and self.links_here:
+            # Hard links to the previous release are cheap (one lstat, one link): made here,
+            # so that only the files that really need copying are timed and maybe handed on.
+            rest: _Files = []
+            for name, st in batch:
+                if self.inline.try_link(f"{src}/{name}", f"{dst}/{name}", f"{old}/{name}", st):
+                    self._file_done(st)
+                else:
+                    rest.append((name, st))
+            batch, old = rest, None
         if self.pool is None and (self.jobs <= 1 or not self._threads_pay()):
             started = time.perf_counter()
             for name, st in batch:
-                self.inline.file(os.path.join(node.src, name), os.path.join(node.dst, name),
-                                 os.path.join(node.link, name) if node.link else None, st)
+                self.inline.file(f"{src}/{name}", f"{dst}/{name}",
+                                 f"{old}/{name}" if old is not None else None, st)
                 self._file_done(st)
             self.inline_seconds += time.perf_counter() - started
             self.inline_files += len(batch)
@@ -550,7 +573,7 @@ class _Tree:
         self.in_flight += 1
         while True:
             try:
-                self.pool.tasks.put((node, batch), timeout=0.05)
+                self.pool.tasks.put((node, batch, old is not None), timeout=0.05)
                 break
             except queue.Full:
                 self._collect(block=False)  # keep checkpoints and progress going meanwhile
@@ -600,7 +623,12 @@ class _Tree:
         os.chmod(node.dst, stat.S_IMODE(mode))
         os.utime(node.dst, ns=(atime, mtime))
         if self.fsync_each:
-            _platform.fsync_dir_nobarrier(node.dst)
+            # The same call everywhere but macOS, where fsync_dir adds a drive-cache flush
+            # (F_FULLFSYNC) per folder; there the one drive_barrier at the end covers them all.
+            if _platform.IS_MACOS:
+                _platform.fsync_dir_nobarrier(node.dst)
+            else:
+                _platform.fsync_dir(node.dst)
 
     # ---- the walk
 

@@ -1,0 +1,629 @@
+"""The copy engine's paths, each checked for a faithful copy, independent of speed.
+
+Every data path (copy_file_range, read/write, FICLONE, clonefile, hard link to the previous
+release) and every thread count must give the same release: content, modes (setuid too), mtimes,
+symlinks as links, empty and read-only folders, hard links inside the source, xattrs where the
+filesystem has them, owners as root. Paths that need a given filesystem or OS are simulated by
+replacing the one _platform function they call; tests/test_perf_paths.py runs the real FICLONE
+on loop-mounted btrfs and XFS where it can.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from atomic_deploy import _copy, _platform
+from atomic_deploy._copy import CopyStats, copy_tree
+from atomic_deploy.errors import InvalidInput
+
+LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
+HAS_XATTR = hasattr(os, "setxattr")
+IS_ROOT = os.geteuid() == 0
+
+
+def nothing(step: str) -> None:
+    return None
+
+
+def _xattrs(p: str) -> dict[str, bytes]:
+    if not HAS_XATTR:
+        return {}
+    try:
+        return {n: os.getxattr(p, n, follow_symlinks=False)
+                for n in sorted(os.listxattr(p, follow_symlinks=False))}
+    except OSError:
+        return {}
+
+
+def meta(top: Path) -> dict[str, tuple[Any, ...]]:
+    """What must survive a copy, per relative path (top itself is ".")."""
+    out: dict[str, tuple[Any, ...]] = {}
+
+    def add(p: str) -> None:
+        st = os.lstat(p)
+        rel = os.path.relpath(p, top)
+        owner = (st.st_uid, st.st_gid)
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p), st.st_mtime_ns if LINK_MTIME_KEPT else None, owner)
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, owner, _xattrs(p))
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, owner, _xattrs(p),
+                        Path(p).read_bytes())
+
+    add(str(top))
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            add(os.path.join(dirpath, name))
+    return out
+
+
+def try_setxattr(p: Path, name: str, value: bytes) -> bool:
+    if not HAS_XATTR:
+        return False
+    try:
+        os.setxattr(p, name, value, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
+    return True
+
+
+def rich_source(base: Path, many: int = 150) -> tuple[Path, bool]:
+    """A source with everything the copier must keep; (source, xattrs were set)."""
+    src = base / "src"
+    files = {
+        "index.html": b"<h1>hi</h1>\n",
+        "bin/run.sh": b"#!/bin/sh\necho hi\n",
+        "secret.key": b"s3cr3t\n",
+        "ro/frozen.txt": b"frozen\n",
+        "nested/a/b/deep.txt": b"deep\n",
+        "hard/a.txt": b"linked\n",
+        "empty.txt": b"",
+        "big.bin": os.urandom(3 * 1024 * 1024 + 17),
+    }
+    # Enough files in one folder to fill several work batches (threads share a folder).
+    files.update({f"many/f{i:04d}.js": f"// {i}\n".encode() * (i % 7) for i in range(many)})
+    for rel, data in files.items():
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (src / "empty").mkdir()
+    (src / "nested" / "empty" / "deeper").mkdir(parents=True)
+    os.link(src / "hard" / "a.txt", src / "hard" / "b.txt")
+    os.link(src / "hard" / "a.txt", src / "many" / "zz-link.txt")  # a later name in a batch
+    os.symlink("index.html", src / "rel-link")
+    os.symlink("../index.html", src / "nested" / "up-link")
+    os.symlink("does/not/exist", src / "dangling")
+    os.symlink(str(base), src / "outside-link")
+    os.symlink("nested", src / "dir-link")
+    os.chmod(src / "bin" / "run.sh", 0o755)
+    os.chmod(src / "secret.key", 0o600)
+    os.chmod(src / "ro" / "frozen.txt", 0o444)
+    os.chmod(src / "ro", 0o555)
+    if IS_ROOT:
+        os.chown(src / "index.html", 65534, 65534)
+        os.chown(src / "nested", 1234, 4321)
+        os.lchown(src / "rel-link", 4321, 1234)
+        os.chmod(src / "bin" / "run.sh", 0o4755)  # setuid survives the chown before chmod
+        os.chown(src / "bin" / "run.sh", 65534, 65534)
+        os.chmod(src / "bin" / "run.sh", 0o4755)
+    with_xattrs = try_setxattr(src / "index.html", "user.origin", b"build 42")
+    if with_xattrs:
+        try_setxattr(src / "nested", "user.kind", b"folder")
+        try_setxattr(src / "big.bin", "user.empty", b"")
+    t = 1_500_000_000_123_456_789
+    paths = sorted((os.path.join(d, n) for d, ds, fs in os.walk(src) for n in ds + fs),
+                   key=lambda p: -p.count(os.sep))
+    for i, p in enumerate([*paths, str(src)]):
+        ns = t + i * 1_000_003_001
+        if os.path.islink(p):
+            if LINK_MTIME_KEPT:
+                os.utime(p, ns=(ns, ns), follow_symlinks=False)
+        else:
+            os.utime(p, ns=(ns, ns))
+    return src, with_xattrs
+
+
+def copy(src: Path, dst: Path, **kw: Any) -> CopyStats:
+    dst.mkdir(mode=0o700)
+    return copy_tree(str(src), str(dst), kw.pop("checkpoint", nothing), kw.pop("fsync_each", False),
+                     **kw)
+
+
+def check_same(src: Path, dst: Path) -> None:
+    assert meta(dst) == meta(src)
+    a, b, c = (os.stat(dst / p) for p in ("hard/a.txt", "hard/b.txt", "many/zz-link.txt"))
+    assert a.st_ino == b.st_ino == c.st_ino and a.st_nlink == 3
+    assert a.st_ino != os.stat(src / "hard" / "a.txt").st_ino
+    assert os.stat(dst / "index.html").st_ino != os.stat(src / "index.html").st_ino
+    for name in ("rel-link", "dangling", "outside-link", "dir-link"):
+        assert os.path.islink(dst / name)
+
+
+@pytest.fixture(autouse=True)
+def no_stray_threads() -> Any:
+    """Every path must join its workers before returning or raising."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    left = [t for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("atomic-deploy-copy")]
+    assert not left, left
+
+
+# --------------------------------------------------------------------------- plain paths
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+@pytest.mark.parametrize("fsync_each", [False, True])
+def test_default_path_keeps_everything(tmp_path: Path, jobs: int, fsync_each: bool) -> None:
+    src, _ = rich_source(tmp_path)
+    stats = copy(src, tmp_path / "dst", jobs=jobs, fsync_each=fsync_each)
+    check_same(src, tmp_path / "dst")
+    regular = 8 + 150 + 2  # named files, many/, two later hard-link names
+    assert stats.files == regular
+    assert stats.hardlinks == 2
+    assert stats.copied + stats.cloned == regular - 2
+    assert stats.linked == 0
+    assert stats.symlinks == 5
+    assert stats.jobs == jobs
+
+
+def test_xattrs_copied_where_supported(tmp_path: Path) -> None:
+    src, with_xattrs = rich_source(tmp_path, many=3)
+    if not with_xattrs:
+        pytest.skip("this filesystem takes no user.* xattrs")
+    copy(src, tmp_path / "dst", jobs=2)
+    assert os.getxattr(tmp_path / "dst" / "index.html", "user.origin") == b"build 42"
+    assert os.getxattr(tmp_path / "dst" / "nested", "user.kind") == b"folder"
+    assert os.getxattr(tmp_path / "dst" / "big.bin", "user.empty") == b""
+
+
+def test_xattr_the_destination_refuses_is_skipped(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    src, with_xattrs = rich_source(tmp_path, many=3)
+    if not with_xattrs:
+        pytest.skip("this filesystem takes no user.* xattrs")
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.EOPNOTSUPP, "no xattrs here")
+
+    monkeypatch.setattr(os, "setxattr", refuse)
+    copy(src, tmp_path / "dst")
+    assert (tmp_path / "dst" / "index.html").read_bytes() == b"<h1>hi</h1>\n"
+    assert os.listxattr(tmp_path / "dst" / "index.html") == []
+
+
+def test_read_write_fallback_probes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def refuse(src_fd: int, dst_fd: int, size: int) -> int:
+        calls.append(size)
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(_platform, "copy_range", refuse)
+    monkeypatch.setattr(_platform, "clone_kind", lambda: None)
+    src, _ = rich_source(tmp_path)
+    stats = copy(src, tmp_path / "dst", jobs=1)
+    check_same(src, tmp_path / "dst")
+    assert len(calls) == 1  # one refusal for the filesystem pair, not one per file
+    assert stats.copied == stats.files - stats.hardlinks
+
+
+def test_real_copy_range_error_is_raised_not_hidden(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(src_fd: int, dst_fd: int, size: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_platform, "copy_range", full)
+    src, _ = rich_source(tmp_path, many=40)
+    for jobs in (1, 4):
+        with pytest.raises(OSError) as info:
+            copy(src, tmp_path / f"dst{jobs}", jobs=jobs)
+        assert info.value.errno == errno.ENOSPC
+
+
+def test_copy_range_partial_then_refusal_is_an_error(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bytes already moved: falling back would duplicate them; the refusal must surface.
+    def half(src_fd: int, dst_fd: int, size: int) -> int:
+        os.write(dst_fd, b"x")
+        raise OSError(errno.EINVAL, "gave up")
+
+    monkeypatch.setattr(_platform, "copy_range", half)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"hello")
+    with pytest.raises(OSError):
+        copy(tmp_path / "src", tmp_path / "dst")
+
+
+def test_copy_range_copies_past_a_stale_size(tmp_path: Path) -> None:
+    # The size from stat is a hint: a file that grew is copied to its end, as cp does.
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "in").write_bytes(data)
+    sfd = os.open(tmp_path / "in", os.O_RDONLY)
+    dfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if not hasattr(os, "copy_file_range"):
+            pytest.skip("no copy_file_range")
+        assert _platform.copy_range(sfd, dfd, 10) == len(data)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert (tmp_path / "out").read_bytes() == data
+
+
+# --------------------------------------------------------------------------- clones
+
+
+def _fake_clone(src_fd: int, dst_fd: int) -> None:
+    # Stands in for FICLONE: the whole file, from offset 0, without moving src_fd's offset.
+    os.lseek(dst_fd, 0, os.SEEK_SET)
+    off = 0
+    while True:
+        buf = os.pread(src_fd, 1 << 20, off)
+        if not buf:
+            return
+        os.write(dst_fd, buf)
+        off += len(buf)
+
+
+def test_ficlone_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def clone(src_fd: int, dst_fd: int) -> None:
+        calls.append(src_fd)
+        _fake_clone(src_fd, dst_fd)
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", clone)
+    src, _ = rich_source(tmp_path)
+    stats = copy(src, tmp_path / "dst", jobs=3)
+    check_same(src, tmp_path / "dst")
+    non_empty = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink()
+                    and p.stat().st_size and p.stat().st_nlink == 1) + 1  # + the hard-linked one
+    assert stats.cloned == non_empty == len(calls)
+    assert stats.copied == stats.files - stats.hardlinks - stats.cloned  # the empty files
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY])
+def test_ficlone_refused_falls_back_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         code: int) -> None:
+    calls: list[int] = []
+
+    def refuse(src_fd: int, dst_fd: int) -> None:
+        calls.append(src_fd)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", refuse)
+    src, _ = rich_source(tmp_path)
+    stats = copy(src, tmp_path / "dst", jobs=1)
+    check_same(src, tmp_path / "dst")
+    assert len(calls) == 1
+    assert stats.cloned == 0
+
+
+def test_ficlone_real_error_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(src_fd: int, dst_fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", broken)
+    src, _ = rich_source(tmp_path, many=3)
+    with pytest.raises(OSError) as info:
+        copy(src, tmp_path / "dst", jobs=2)
+    assert info.value.errno == errno.EIO
+
+
+def _fake_clonefile(src: str, dst: str) -> None:
+    # clonefile(2) semantics: creates dst (must not exist) with the data, mode and times.
+    st = os.lstat(src)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(src, "rb") as f:
+            os.write(fd, f.read())
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)  # not the owner: NOOWNERCOPY
+    finally:
+        os.close(fd)
+
+
+def test_clonefile_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def clonefile(src: str, dst: str) -> None:
+        calls.append(src)
+        _fake_clonefile(src, dst)
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "clonefile")
+    monkeypatch.setattr(_platform, "clonefile", clonefile)
+    src, with_xattrs = rich_source(tmp_path)
+    if with_xattrs:  # the fake does not clone xattrs (the real one does): leave none to compare
+        for p in ("index.html", "nested", "big.bin"):
+            for n in os.listxattr(src / p):
+                os.removexattr(src / p, n)
+    stats = copy(src, tmp_path / "dst", jobs=2, fsync_each=True)
+    check_same(src, tmp_path / "dst")
+    assert stats.cloned == len(calls) > 100
+
+
+def test_clonefile_refused_falls_back_once(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def refuse(src: str, dst: str) -> None:
+        calls.append(src)
+        raise OSError(errno.ENOTSUP, "not APFS")
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "clonefile")
+    monkeypatch.setattr(_platform, "clonefile", refuse)
+    src, _ = rich_source(tmp_path)
+    stats = copy(src, tmp_path / "dst", jobs=1)
+    check_same(src, tmp_path / "dst")
+    assert len(calls) == 1 and stats.cloned == 0
+
+
+# --------------------------------------------------------------------------- link_dest
+
+
+def _prev_release(tmp_path: Path, src: Path) -> Path:
+    prev = tmp_path / "prev"
+    copy(src, prev)
+    return prev
+
+
+def web(tmp_path: Path, n: int = 120) -> Path:
+    src = tmp_path / "build"
+    for i in range(n):
+        p = src / f"d{i % 6}" / f"f{i:03d}.js"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"console.log({i});\n" * (i % 5 + 1))
+        os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    (src / "empty").mkdir()
+    return src
+
+
+@pytest.mark.parametrize("jobs", [1, 4, None])
+def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | None) -> None:
+    src = web(tmp_path)
+    prev = _prev_release(tmp_path, src)
+    # Change three files: new content and mtime; same size and mtime but new bytes (only
+    # --checksum sees it); same bytes but another mode.
+    changed = src / "d0" / "f000.js"
+    changed.write_text("changed\n")
+    sneaky = src / "d1" / "f001.js"
+    st = sneaky.stat()
+    sneaky.write_bytes(b"X" * st.st_size)
+    os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(src / "d2" / "f002.js", 0o600)
+
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs)
+    assert meta(tmp_path / "dst") == meta(src) | {"d1/f001.js": meta(prev)["d1/f001.js"]}
+    assert stats.linked == 118 and stats.copied == 2
+    for i in range(3, 120):
+        rel = f"d{i % 6}/f{i:03d}.js"
+        assert os.stat(tmp_path / "dst" / rel).st_ino == os.stat(prev / rel).st_ino, rel
+    assert os.stat(tmp_path / "dst" / "d0/f000.js").st_ino != os.stat(prev / "d0/f000.js").st_ino
+
+    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), checksum=True, jobs=jobs)
+    assert meta(tmp_path / "dst2") == meta(src)  # the same-size, same-mtime edit is seen
+    assert stats.linked == 117 and stats.copied == 3
+
+
+def test_link_unchanged_never_links_group_or_world_writable(tmp_path: Path) -> None:
+    src = web(tmp_path, n=12)
+    os.chmod(src / "d0" / "f000.js", 0o664)
+    os.chmod(src / "d1" / "f001.js", 0o646)
+    prev = _prev_release(tmp_path, src)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev))
+    assert stats.linked == 10 and stats.copied == 2
+    assert os.stat(tmp_path / "dst/d0/f000.js").st_ino != os.stat(prev / "d0/f000.js").st_ino
+    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), link_writable=True)
+    assert stats.linked == 12
+    assert meta(tmp_path / "dst2") == meta(src)
+
+
+def test_link_unchanged_does_not_follow_symlinks_in_the_previous_release(tmp_path: Path) -> None:
+    src = web(tmp_path, n=12)
+    prev = _prev_release(tmp_path, src)
+    # A folder of the previous release replaced by a link to a copy elsewhere; and a file by a
+    # link: neither may be linked through.
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(prev / "d0", elsewhere)
+    os.symlink(str(elsewhere), prev / "d0")
+    os.rename(prev / "d1" / "f001.js", tmp_path / "f001.js")
+    os.symlink(str(tmp_path / "f001.js"), prev / "d1" / "f001.js")
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev))
+    assert meta(tmp_path / "dst") == meta(src)
+    assert stats.copied == 3  # d0 holds f000, f006; d1/f001 was a link
+    for p in elsewhere.iterdir():
+        assert p.stat().st_nlink == 1
+
+
+def test_link_unchanged_other_owner_or_xattrs_copied(tmp_path: Path) -> None:
+    src = web(tmp_path, n=12)
+    prev = _prev_release(tmp_path, src)
+    expect_copied = 0
+    if IS_ROOT:
+        os.chown(prev / "d0" / "f000.js", 65534, 65534)
+        expect_copied += 1
+    if try_setxattr(prev / "d1" / "f001.js", "user.stale", b"1"):
+        expect_copied += 1
+    if not expect_copied:
+        pytest.skip("needs root or user xattrs")
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev))
+    assert stats.copied == expect_copied
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+@pytest.mark.parametrize("code", [errno.EMLINK, errno.EXDEV, errno.EPERM])
+def test_link_refused_falls_back_to_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         code: int) -> None:
+    src = web(tmp_path, n=12)
+    prev = _prev_release(tmp_path, src)
+    real_link = os.link
+
+    def link(a: Any, b: Any, **kw: Any) -> None:
+        if str(a).startswith(str(prev)):
+            raise OSError(code, os.strerror(code))
+        real_link(a, b, **kw)
+
+    monkeypatch.setattr(os, "link", link)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev))
+    assert stats.linked == 0 and stats.copied == 12
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+def test_link_dest_missing_or_not_a_folder(tmp_path: Path) -> None:
+    src = web(tmp_path, n=5)
+    stats = copy(src, tmp_path / "dst", link_dest=str(tmp_path / "nope"))
+    assert stats.copied == 5
+    os.symlink(str(src), tmp_path / "alias")
+    stats = copy(src, tmp_path / "dst2", link_dest=str(tmp_path / "alias"))
+    assert stats.copied == 5 and stats.linked == 0
+
+
+@pytest.mark.parametrize("jobs", [2, None])
+def test_link_unchanged_keeps_source_hard_links_together(tmp_path: Path, jobs: int | None) -> None:
+    src = web(tmp_path, n=12)
+    os.link(src / "d0" / "f000.js", src / "d1" / "same.js")
+    prev = _prev_release(tmp_path, src)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs)
+    a, b = os.stat(tmp_path / "dst/d0/f000.js"), os.stat(tmp_path / "dst/d1/same.js")
+    assert a.st_ino == b.st_ino == os.stat(prev / "d0/f000.js").st_ino
+    assert stats.hardlinks == 1
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+# --------------------------------------------------------------------------- seams
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_checkpoint_once_per_regular_file_and_progress(tmp_path: Path, jobs: int) -> None:
+    src, _ = rich_source(tmp_path)
+    steps: list[str] = []
+    seen: list[tuple[int, int]] = []
+    stats = copy(src, tmp_path / "dst", jobs=jobs, checkpoint=steps.append,
+                 progress=lambda f, b: seen.append((f, b)))
+    assert steps == ["copy-file"] * stats.files
+    assert seen == sorted(seen)
+    assert seen[-1] == (stats.files, stats.bytes)
+    assert threading.current_thread() is threading.main_thread()
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_checkpoint_raising_stops_all_work(tmp_path: Path, jobs: int) -> None:
+    src, _ = rich_source(tmp_path, many=600)
+    calls = 0
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint(step: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        copy(src, tmp_path / "dst", jobs=jobs, checkpoint=checkpoint)
+    # Workers were joined before the raise: nothing changes in the staging folder afterwards.
+    first = sorted(str(p) for p in (tmp_path / "dst").rglob("*"))
+    assert first == sorted(str(p) for p in (tmp_path / "dst").rglob("*"))
+    assert calls == 5
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_special_files_refused_with_threads(tmp_path: Path, jobs: int) -> None:
+    src, _ = rich_source(tmp_path)
+    os.mkfifo(src / "many" / "pipe")
+    with pytest.raises(InvalidInput) as info:
+        copy(src, tmp_path / "dst", jobs=jobs)
+    assert "FIFO" in str(info.value) and str(src / "many" / "pipe") in str(info.value)
+
+
+def test_jobs_must_be_positive(tmp_path: Path) -> None:
+    src = web(tmp_path, n=2)
+    with pytest.raises(InvalidInput):
+        copy(src, tmp_path / "dst", jobs=0)
+
+
+def test_default_jobs_is_sane() -> None:
+    assert 1 <= _copy.DEFAULT_JOBS <= 8
+
+
+def test_deep_tree_and_wide_folder(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    deep = src.joinpath(*[f"l{i}" for i in range(60)])
+    deep.mkdir(parents=True)
+    (deep / "leaf.txt").write_text("leaf\n")
+    wide = src / "wide"
+    wide.mkdir()
+    for i in range(700):
+        (wide / f"{i}").write_bytes(b"w" * (i % 3))
+    stats = copy(src, tmp_path / "dst", jobs=4)
+    assert stats.files == 701 and stats.dirs == 61
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+def test_source_given_as_symlink_keeps_real_folder_meta(tmp_path: Path) -> None:
+    src = web(tmp_path, n=3)
+    os.chmod(src, 0o751)
+    os.symlink(str(src), tmp_path / "latest")
+    dst = tmp_path / "dst"
+    copy(tmp_path / "latest", dst)
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o751
+    assert meta(dst) == meta(src)
+
+
+def test_workers_error_in_many_threads_is_raised_once(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open: Callable[..., int] = os.open
+    src = web(tmp_path, n=300)
+
+    def flaky(path: Any, flags: int, *a: Any, **kw: Any) -> int:
+        if str(path).endswith("f150.js") and flags & os.O_CREAT:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", flaky)
+    with pytest.raises(OSError) as info:
+        copy(src, tmp_path / "dst", jobs=4)
+    assert info.value.errno == errno.EIO and "f150.js" in str(info.value.filename)
+
+
+@pytest.mark.parametrize("worth", [0.0, 10.0])
+def test_auto_jobs_starts_threads_only_when_files_are_expensive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worth: float) -> None:
+    monkeypatch.setattr(_copy, "_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", worth)  # 0: every file "pays"; 10 s: none
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 3)
+    src, _ = rich_source(tmp_path, many=400)
+    stats = copy(src, tmp_path / "dst")
+    check_same(src, tmp_path / "dst")
+    assert stats.jobs == (3 if worth == 0.0 else 1)
+
+
+def test_auto_mode_links_here_and_copies_changed_files_on_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_copy, "_PROBE_FILES", 5)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 0.0)
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
+    src = web(tmp_path, n=300)
+    prev = _prev_release(tmp_path, src)
+    for i in range(0, 300, 10):  # 30 changed files, spread over all folders
+        p = src / f"d{i % 6}" / f"f{i:03d}.js"
+        p.write_text(f"changed {i}\n")
+    steps: list[str] = []
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), checkpoint=steps.append)
+    assert stats.linked == 270 and stats.copied == 30 and stats.jobs == 2
+    assert len(steps) == 300
+    assert meta(tmp_path / "dst") == meta(src)
