@@ -1,31 +1,38 @@
-"""Zero-downtime, crash-safe release deploys by atomic symlink switch."""
+"""Zero-downtime, crash-safe release deploys by atomic symlink switch.
+
+The public names are imported on first use (PEP 562), so ``atomic-deploy status`` does not pay
+for the deploy machinery it never runs.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .errors import (
-    AtomicDeployError,
-    CheckFailed,
-    InterruptedBySignal,
-    InvalidInput,
-    LockHeld,
-    OperationFailed,
-)
-from .operations import (
-    ActivateResult,
-    AdoptResult,
-    DeployOptions,
-    DeployResult,
-    PruneResult,
-    activate,
-    adopt,
-    deploy,
-    prepare,
-    prune,
-    rollback,
-)
-from .query import ReleaseInfo, Status, list_releases, status
+_EXPORTS = {
+    "AtomicDeployError": "errors",
+    "CheckFailed": "errors",
+    "InterruptedBySignal": "errors",
+    "InvalidInput": "errors",
+    "LockHeld": "errors",
+    "OperationFailed": "errors",
+    "ActivateResult": "operations",
+    "AdoptResult": "operations",
+    "DeployOptions": "operations",
+    "DeployResult": "operations",
+    "PruneResult": "operations",
+    "activate": "operations",
+    "adopt": "operations",
+    "deploy": "operations",
+    "prepare": "operations",
+    "prune": "operations",
+    "rollback": "operations",
+    "ReleaseInfo": "query",
+    "Status": "query",
+    "list_releases": "query",
+    "status": "query",
+}
 
 __all__ = [
     "ActivateResult",
@@ -51,3 +58,42 @@ __all__ = [
     "rollback",
     "status",
 ]
+
+if TYPE_CHECKING:
+    from .errors import (
+        AtomicDeployError,
+        CheckFailed,
+        InterruptedBySignal,
+        InvalidInput,
+        LockHeld,
+        OperationFailed,
+    )
+    from .operations import (
+        ActivateResult,
+        AdoptResult,
+        DeployOptions,
+        DeployResult,
+        PruneResult,
+        activate,
+        adopt,
+        deploy,
+        prepare,
+        prune,
+        rollback,
+    )
+    from .query import ReleaseInfo, Status, list_releases, status
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'atomic_deploy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,10 +7,8 @@ ctimes, which copying, backups and clock changes rewrite.
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import os
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +21,18 @@ LIVE_OPS = ("deploy", "activate", "rollback", "adopt")
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry (containers): the uid is still useful
         return str(os.getuid())
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def now_iso() -> str:
@@ -40,7 +46,7 @@ def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, An
         "op": op,
         "outcome": outcome,
         "user": _user(),
-        "host": socket.gethostname(),
+        "host": _host(),
         "pid": os.getpid(),
     }
     rec.update({k: v for k, v in fields.items() if v is not None})

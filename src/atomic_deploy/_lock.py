@@ -10,7 +10,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import stat
 import sys
 import time
@@ -115,7 +114,7 @@ class RootLock:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(
             self.layout.holder,
-            {"pid": os.getpid(), "host": socket.gethostname(), "started": started,
+            {"pid": os.getpid(), "host": os.uname().nodename, "started": started,
              "command": self.command},
             durable=False,
         )

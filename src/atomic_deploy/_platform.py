@@ -8,12 +8,17 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import sys
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
+
+# ctypes is imported inside the functions that need it: it costs start-up time that `status`
+# and `list` would otherwise pay on every run.
 
 IS_MACOS = sys.platform == "darwin"
 IS_LINUX = sys.platform.startswith("linux")
@@ -49,6 +54,8 @@ def fsync_dir(path: str) -> None:
 
 @lru_cache(maxsize=1)
 def _syncfs() -> object | None:
+    import ctypes
+    import ctypes.util
     if not IS_LINUX:
         return None
     name = ctypes.util.find_library("c")
@@ -69,6 +76,7 @@ def can_sync_filesystem() -> bool:
 
 def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the filesystem holding ``path``; raise OSError on I/O error."""
+    import ctypes
     fn = _syncfs()
     if fn is None:  # pragma: no cover - callers check can_sync_filesystem() first
         os.sync()
@@ -108,6 +116,8 @@ _AT_FDCWD = -100
 
 @lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
+    import ctypes
+    import ctypes.util
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
@@ -131,6 +141,7 @@ def exchange(a: str, b: str) -> None:
 
     Raises OSError: ENOSYS/EINVAL/ENOTSUP where the system or filesystem cannot do it.
     """
+    import ctypes
     libc = _libc()
     name = exchange_name()
     if libc is None or name is None:
@@ -194,6 +205,7 @@ def clonefile(src: str, dst: str) -> None:
     The clone carries mode, timestamps, xattrs and ACLs; owner is copied only when the caller
     may set it (the copier sets owner, mode and times itself afterwards anyway).
     """
+    import ctypes
     libc = _libc()
     if not IS_MACOS or libc is None or not hasattr(libc, "clonefile"):
         raise OSError(errno.ENOSYS, "clonefile is macOS only")

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -44,6 +43,15 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+class _Version(argparse.Action):
+    """--version, with the text computed only when asked (platform costs start-up time)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 class UsageError(Exception):
@@ -153,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version, Python and platform, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add = sub.add_parser
 
@@ -258,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_text() -> str:
+    import platform
+
     return (f"atomic-deploy {__version__} (Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()} {platform.machine()})")
 
@@ -357,9 +368,12 @@ def _stage_paths(args: argparse.Namespace, parser_error: Any) -> tuple[str | Non
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from . import operations, query
-
     cmd = args.command
+    # Only what each command needs is imported: status and list stay quick to start.
+    if cmd in ("status", "list"):
+        from . import query
+    elif cmd in ("deploy", "prepare", "activate", "rollback", "prune", "adopt"):
+        from . import operations
     if cmd in ("deploy", "prepare"):
         source, root = _stage_paths(args, parser.error)
         opts = _options(args, root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 
@@ -55,6 +54,8 @@ class InterruptedBySignal(AtomicDeployError):
     """A signal arrived; the operation was rolled back before this was raised."""
 
     def __init__(self, signum: int, state: str | None = None) -> None:
+        import signal
+
         try:
             name = signal.Signals(signum).name
         except ValueError:  # pragma: no cover - only for unknown numbers

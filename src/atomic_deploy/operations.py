@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TypeVar, Union
@@ -215,7 +214,7 @@ class _Session:
         body: Callable[[str], tuple[T, dict[str, Any]]],
     ) -> T:
         """Journal, run ``body(op_id)``, commit its history record; undo on failure or signal."""
-        op_id = secrets.token_hex(8)
+        op_id = random_suffix()
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
         write_journal(self.layout, journal)
