@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -129,3 +130,96 @@ def builds(tmp_path: Path) -> Callable[[str], Path]:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "www"
+
+
+# ---------------------------------------------------------------- running as another user
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A folder uid 65534 can traverse (pytest's tmp_path is under a 0700 folder)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="atomic-deploy-nobody-"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """The real CLI as uid 65534 (setpriv), to meet permission errors while running as root."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
+    return subprocess.run(
+        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-m", "atomic_deploy", *map(str, args)],
+        env=cli_env(), capture_output=True, text=True, timeout=60,
+    )
+
+
+def require_unprivileged_runs() -> None:
+    """Skip, saying why, where the CLI cannot be run as uid 65534."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the CLI as uid 65534 with setpriv")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    probe = run_as_nobody("--version")
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with PYTHONPATH={SRC} "
+                    f"(interpreter or src not readable by nobody): {probe.stderr.strip()[-300:]}")
+
+
+# ---------------------------------------------------------------- a guard against deleting outside ROOT
+
+class DeleteGuard:
+    """Refuses, and records, any unlink/rmdir of an entry outside ``allowed`` (while ``on`` and
+    once ``allowed`` is set).
+
+    The entry is resolved as unlink and rmdir see it (its folder resolved, its own name not), so
+    a product bug that followed a link out of ROOT, even to ``/``, fails the test instead of
+    deleting anything.
+    """
+
+    def __init__(self) -> None:
+        self.allowed: list[str] = []
+        self.violations: list[str] = []
+        self.deleted: list[str] = []
+        self.on = True
+
+    def check(self, path: Any, dir_fd: int | None) -> None:
+        if not self.on or not self.allowed:
+            return
+        p = os.fsdecode(path)
+        if dir_fd is not None:
+            p = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), p)
+        p = os.path.abspath(p)
+        t = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+        if not any(t.startswith(os.path.realpath(a) + os.sep) for a in self.allowed):
+            self.violations.append(t)
+            raise PermissionError(errno.EPERM, "test guard: refusing to delete outside ROOT", t)
+        self.deleted.append(t)
+
+
+@pytest.fixture
+def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeleteGuard]:
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("the delete guard resolves dir_fd through /proc/self/fd (Linux only)")
+    g = DeleteGuard()
+    for name in ("unlink", "remove", "rmdir"):
+        real = getattr(os, name)
+
+        def wrapper(path: Any, *, dir_fd: int | None = None, _real: Any = real) -> None:
+            g.check(path, dir_fd)
+            _real(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, name, wrapper)
+    yield g

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,13 +16,13 @@ import atomic_deploy
 from atomic_deploy import _signals
 from atomic_deploy.cli import main
 from conftest import (
-    SRC,
-    cli_env,
     current_target,
     hidden_entries,
     history,
     make_build,
     release_names,
+    require_unprivileged_runs,
+    run_as_nobody,
     run_cli,
     snapshot,
 )
@@ -223,40 +219,6 @@ def test_missing_root_is_not_created_by_other_commands(root: Path, cmd: list[str
     assert not os.path.lexists(root)
 
 
-NOBODY = 65534
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder the unprivileged user can traverse. pytest's tmp_path lives under a 0700
-    /tmp/pytest-of-root, which 'nobody' cannot enter, so this one is made world-traversable."""
-    d = Path(tempfile.mkdtemp(prefix="atomic-deploy-nobody-"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    setpriv = shutil.which("setpriv")
-    assert setpriv is not None
-    return subprocess.run(
-        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-m", "atomic_deploy", *map(str, args)],
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )
-
-
-def require_unprivileged_runs() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run the CLI as an unprivileged user with setpriv")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    probe = run_as_nobody("--version")
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with PYTHONPATH={SRC}: "
-                    f"{probe.stderr.strip()[-300:]}")
 
 
 def make_readable_build(base: Path) -> Path:
@@ -270,12 +232,12 @@ def make_readable_build(base: Path) -> Path:
     return src
 
 
-def test_root_not_writable(shared_dir: Path) -> None:
+def test_root_not_writable(nobody_dir: Path) -> None:
     require_unprivileged_runs()
-    root = shared_dir / "www"
-    deploy(make_build(shared_dir / "v1", version="v1"), root)  # owned by root, mode 0755
+    root = nobody_dir / "www"
+    deploy(make_build(nobody_dir / "v1", version="v1"), root)  # owned by root, mode 0755
     os.chmod(root, 0o755)
-    src = make_readable_build(shared_dir)
+    src = make_readable_build(nobody_dir)
     before = snapshot(root)
     r = run_as_nobody("deploy", src, root)
     assert r.returncode == 2, r.stderr
@@ -284,13 +246,13 @@ def test_root_not_writable(shared_dir: Path) -> None:
     assert snapshot(root) == before
 
 
-def test_root_cannot_be_created(shared_dir: Path) -> None:
+def test_root_cannot_be_created(nobody_dir: Path) -> None:
     require_unprivileged_runs()
-    parent = shared_dir / "locked"
+    parent = nobody_dir / "locked"
     parent.mkdir(mode=0o755)
     os.chmod(parent, 0o755)
     root = parent / "www"
-    src = make_readable_build(shared_dir)
+    src = make_readable_build(nobody_dir)
     r = run_as_nobody("deploy", src, root)
     assert r.returncode == 2, r.stderr
     assert "cannot create ROOT" in error_line(r)

@@ -3,10 +3,8 @@ come from the history and ids, never from mtimes."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +13,7 @@ import pytest
 import atomic_deploy
 from atomic_deploy import _signals
 from conftest import (
+    DeleteGuard,
     current_target,
     hidden_entries,
     history,
@@ -60,50 +59,6 @@ def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process operations read the fault seam from the environment: keep it clear."""
     monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
     monkeypatch.setattr(_signals, "_fired", set())
-
-
-class DeleteGuard:
-    """Refuses, and records, any unlink/rmdir whose target is not inside one of ``allowed``.
-
-    The target is the named entry itself (its folder resolved, its last component not), which is
-    what unlink and rmdir act on. A product bug that followed a link out of ROOT therefore fails
-    the test instead of deleting anything outside.
-    """
-
-    def __init__(self) -> None:
-        self.allowed: list[str] = []
-        self.violations: list[str] = []
-        self.deleted: list[str] = []
-
-    def target(self, path: Any, dir_fd: int | None) -> str:
-        p = os.fsdecode(path)
-        if dir_fd is not None:
-            p = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), p)
-        p = os.path.abspath(p)
-        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
-
-    def check(self, path: Any, dir_fd: int | None) -> None:
-        t = self.target(path, dir_fd)
-        if not any(t.startswith(a.rstrip(os.sep) + os.sep) for a in self.allowed):
-            self.violations.append(t)
-            raise PermissionError(errno.EPERM, "test guard: refusing to delete outside ROOT", t)
-        self.deleted.append(t)
-
-
-@pytest.fixture
-def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeleteGuard]:
-    if not os.path.isdir("/proc/self/fd"):
-        pytest.skip("the delete guard resolves dir_fd through /proc/self/fd (Linux)")
-    g = DeleteGuard()
-    for name in ("unlink", "remove", "rmdir"):
-        real = getattr(os, name)
-
-        def wrapper(path: Any, *, dir_fd: int | None = None, _real: Any = real) -> None:
-            g.check(path, dir_fd)
-            _real(path, dir_fd=dir_fd)
-
-        monkeypatch.setattr(os, name, wrapper)
-    yield g
 
 
 def linky_build(base: Path, outside: Path, version: str) -> Path:

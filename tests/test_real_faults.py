@@ -25,19 +25,18 @@ import pytest
 import atomic_deploy
 from atomic_deploy import _signals
 from conftest import (
-    SRC,
-    cli_env,
     current_target,
     hidden_entries,
     history,
     make_build,
     release_names,
+    require_unprivileged_runs,
+    run_as_nobody,
     run_cli,
     snapshot,
 )
 
 Builds = Callable[[str], Path]
-NOBODY = 65534
 
 
 @pytest.fixture(autouse=True)
@@ -238,38 +237,6 @@ def test_read_only_filesystem_status_and_list_still_work(
 # --------------------------------------------------------------------------- permission denied
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder uid 65534 can traverse (pytest's tmp_path is under a 0700 folder)."""
-    d = Path(tempfile.mkdtemp(prefix="atomic-deploy-nobody-"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    setpriv = shutil.which("setpriv")
-    assert setpriv is not None
-    return subprocess.run(
-        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-m", "atomic_deploy", *map(str, args)],
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )
-
-
-def require_unprivileged_runs() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run the CLI as uid 65534 with setpriv")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    probe = run_as_nobody("--version")
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with PYTHONPATH={SRC} "
-                    f"(interpreter or src not readable by nobody): {probe.stderr.strip()[-300:]}")
-
-
 def world_readable_build(base: Path, version: str) -> Path:
     src = make_build(base / version, version=version)
     for dirpath, dirnames, filenames in os.walk(src):
@@ -282,13 +249,13 @@ def world_readable_build(base: Path, version: str) -> Path:
 
 
 @pytest.mark.parametrize("cmd", ["deploy", "rollback", "prune", "activate"])
-def test_permission_denied_for_unprivileged_user(shared_dir: Path, cmd: str) -> None:
+def test_permission_denied_for_unprivileged_user(nobody_dir: Path, cmd: str) -> None:
     require_unprivileged_runs()
-    root = shared_dir / "www"
-    ids = [deploy(world_readable_build(shared_dir, v), root) for v in ("v1", "v2", "v3")]
+    root = nobody_dir / "www"
+    ids = [deploy(world_readable_build(nobody_dir, v), root) for v in ("v1", "v2", "v3")]
     os.chmod(root, 0o755)
     assert os.stat(root).st_uid == 0
-    src = world_readable_build(shared_dir, "v4")
+    src = world_readable_build(nobody_dir, "v4")
     before = snapshot(root)
     args: dict[str, list[Any]] = {
         "deploy": ["deploy", src, root],

@@ -4,14 +4,12 @@ refused when another user owns them, everyone may write them, or they are symlin
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +19,7 @@ import atomic_deploy
 from atomic_deploy import _jsonfile, _layout, _recovery, _signals, _switch
 from atomic_deploy._layout import Layout
 from conftest import (
+    DeleteGuard,
     cli_env,
     current_target,
     hidden_entries,
@@ -65,49 +64,6 @@ def make_outside(base: Path) -> Path:
 
 def without_holder(snap: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in snap.items() if k != HOLDER}
-
-
-class DeleteGuard:
-    """While ``on``: refuse and record any unlink/rmdir of an entry outside ``allowed``.
-
-    The entry is resolved as unlink/rmdir see it (its folder resolved, its own name not), so a
-    product bug that followed a link to ``/`` fails the test instead of deleting anything.
-    """
-
-    def __init__(self) -> None:
-        self.allowed: list[str] = []
-        self.violations: list[str] = []
-        self.deleted: list[str] = []
-        self.on = False
-
-    def check(self, path: Any, dir_fd: int | None) -> None:
-        if not self.on:
-            return
-        p = os.fsdecode(path)
-        if dir_fd is not None:
-            p = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), p)
-        p = os.path.abspath(p)
-        t = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
-        if not any(t.startswith(os.path.realpath(a) + os.sep) for a in self.allowed):
-            self.violations.append(t)
-            raise PermissionError(errno.EPERM, "test guard: refusing to delete outside ROOT", t)
-        self.deleted.append(t)
-
-
-@pytest.fixture
-def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeleteGuard]:
-    if not os.path.isdir("/proc/self/fd"):
-        pytest.skip("the delete guard resolves dir_fd through /proc/self/fd (Linux only)")
-    g = DeleteGuard()
-    for name in ("unlink", "remove", "rmdir"):
-        real = getattr(os, name)
-
-        def wrapper(path: Any, *, dir_fd: int | None = None, _real: Any = real) -> None:
-            g.check(path, dir_fd)
-            _real(path, dir_fd=dir_fd)
-
-        monkeypatch.setattr(os, name, wrapper)
-    yield g
 
 
 # --------------------------------------------------------------------------- links out of ROOT

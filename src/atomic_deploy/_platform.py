@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import ctypes
@@ -39,17 +39,25 @@ def fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
-def fsync_dir(path: str) -> None:
-    """Make renames and creations inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+_SYNC_REFUSED = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+
+
+def _sync_path(path: str, flags: int, sync: Callable[[int], None]) -> None:
+    fd = os.open(path, flags)
     try:
-        fsync_fd(fd)
+        sync(fd)
     except OSError as exc:
         # Some filesystems refuse fsync on a folder; the rename itself is still atomic there.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if exc.errno not in _SYNC_REFUSED:
             raise
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make renames and creations inside ``path`` durable."""
+    _sync_path(path, _DIR_FLAGS, fsync_fd)
 
 
 @lru_cache(maxsize=1)
@@ -251,26 +259,11 @@ def drive_barrier(path: str) -> None:
     """macOS: one F_FULLFSYNC makes everything already fsynced to the drive holding ``path``
     durable (the drive flushes its whole cache). Elsewhere fsync already did that: nothing to do.
     """
-    if _F_FULLFSYNC is None:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fsync_fd(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    if _F_FULLFSYNC is not None:
+        _sync_path(path, os.O_RDONLY, fsync_fd)
 
 
 def fsync_dir_nobarrier(path: str) -> None:
     """``fsync_dir`` without the drive-cache flush on macOS (see ``fsync_nobarrier``); follow a
     batch of these with one ``drive_barrier``."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    _sync_path(path, _DIR_FLAGS, os.fsync)

@@ -33,8 +33,8 @@ from ._layout import (
 )
 from ._lock import RootLock
 from ._recovery import Journal, clear_journal, describe_current, recover, undo, write_journal
-from ._signals import SignalGuard, checkpoint, pending_signal
-from ._switch import link_text, point_current, switch_to_release
+from ._signals import SignalGuard, checkpoint
+from ._switch import point_current, switch_to_release
 from .errors import (
     AtomicDeployError,
     CheckFailed,
@@ -717,7 +717,3 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
         method = adopt_locked(s, rid, use_exchange)
         return AdoptResult(rid, method, recovered=s.recovered)
 
-
-__all__ = ["ActivateResult", "AdoptResult", "DeployOptions", "DeployResult", "PruneResult",
-           "activate", "adopt", "deploy", "link_text", "pending_signal", "prepare", "prune",
-           "rollback"]
