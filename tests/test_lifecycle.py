@@ -342,3 +342,45 @@ def test_deploy_from_git_records_the_commit(tmp_path: Path, root: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     r = run_cli("deploy", "--git", repo, "--ref", "--upload-pack=touch x", root)
     assert r.returncode == 2
+
+
+# ---------------------------------------------------------------- the same features from the API
+
+def test_lifecycle_from_the_python_api(tmp_path: Path, root: Path) -> None:
+    b1 = make_build(tmp_path / "b1", {"index.html": "v1", "storage/a": "seed"})
+    b2 = make_build(tmp_path / "b2", {"index.html": "v2"})
+    seen = tmp_path / "seen"
+    r1 = atomic_deploy.deploy(str(b1), str(root), shared_dirs=["storage"],
+                              check=["test -f index.html"],
+                              after_switch=[["sh", "-c", f'echo "$ATOMIC_DEPLOY_RELEASE" >> {seen}']])
+    assert (root / "shared" / "storage" / "a").read_text() == "seed"
+    with pytest.raises(atomic_deploy.CheckFailed) as info:
+        atomic_deploy.deploy(str(b2), str(root), shared_dirs=["storage"],
+                             health_check="exit 1", health_retries=0)
+    assert info.value.exit_code == 4 and info.value.rolled_back
+    assert current_target(root) == f"releases/{r1.release}"
+    assert seen.read_text().split() == [r1.release]
+    plan = atomic_deploy.status(str(root))
+    assert plan.current == r1.release and len(plan.bad) == 1
+
+
+def test_health_check_and_strip_components_from_the_config_file(tmp_path: Path,
+                                                                root: Path) -> None:
+    import tarfile
+
+    if sys.version_info < (3, 11):
+        pytest.importorskip("tomli")
+    b = make_build(tmp_path / "pkg", {"index.html": "cfg"})
+    archive = tmp_path / "pkg.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(b, arcname="pkg")
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(
+        'strip_components = 1\nhealth_check = "test -f index.html"\nhealth_retries = 0\n')
+    r = run_cli("deploy", archive, root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "current" / "index.html").read_text() == "cfg"
+    (root / "atomic-deploy.toml").write_text(
+        'strip_components = 1\nhealth_check = "false"\nhealth_retries = 0\n')
+    r = run_cli("deploy", archive, root)
+    assert r.returncode == 4 and "health-check" in r.stderr

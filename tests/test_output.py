@@ -112,3 +112,39 @@ def test_no_progress_when_not_a_terminal_or_quiet(tmp_path: Path, root: Path) ->
     assert "copying" not in r.stderr and "\r" not in r.stderr
     code, screen = run_in_pty("deploy", "-q", build, root)
     assert code == 0 and "copying" not in screen
+
+
+def test_every_command_has_json(builds: Builds, root: Path, tmp_path: Path) -> None:
+    import json
+
+    from atomic_deploy.cli import COMMANDS
+
+    legacy = tmp_path / "legacy"
+    (legacy / "current").mkdir(parents=True)
+    (legacy / "current" / "index.html").write_text("x")
+    runs = {
+        "deploy": ["deploy", builds("v1"), root],
+        "prepare": ["prepare", builds("v2"), root],
+        "activate": None,  # filled once prepare has named the release
+        "rollback": ["rollback", root],
+        "status": ["status", root],
+        "list": ["list", root],
+        "prune": ["prune", root, "--keep", "1"],
+        "adopt": ["adopt", legacy],
+        "demo": ["demo", "--root", tmp_path / "demo"],
+        "race": ["race", "--seconds", "0.1", "--readers", "1"],
+        "doctor": ["doctor", root],
+        "completion": ["completion", "bash"],
+        "man": ["man"],
+    }
+    assert set(runs) == set(COMMANDS)
+    seen = {}
+    for cmd in COMMANDS:
+        args = runs[cmd]
+        if cmd == "activate":
+            args = ["activate", root, seen["prepare"]["release"]]
+        r = run_cli(*args, "--json")  # type: ignore[misc]
+        assert r.returncode == 0, (cmd, r.stderr)
+        out = json.loads(r.stdout)  # exactly one JSON document
+        assert out["schema"] == 1 and out["command"] == cmd and out["ok"] is True
+        seen[cmd] = out

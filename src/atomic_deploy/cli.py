@@ -260,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "  " + install_hint(s).replace("\n", "\n    ") for s in SHELLS),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+    _add_json(p)
 
     p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
+    _add_json(p)
     return parser
 
 
@@ -445,13 +447,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "completion":
         from ._completion import completion_script, install_hint
 
-        sys.stdout.write(completion_script(parser, args.shell))
+        script = completion_script(parser, args.shell)
+        if args.json:
+            _emit(args, {"shell": args.shell, "script": script,
+                         "install": install_hint(args.shell)}, "")
+            return EXIT_OK
+        sys.stdout.write(script)
         if sys.stdout.isatty():
             print(f"# install with:\n# {install_hint(args.shell)}", file=sys.stderr)
     elif cmd == "man":
         from ._manpage import default_date, manpage
 
         page = manpage(parser, __version__, default_date())
+        if args.json:
+            _emit(args, {"format": "roff", "page": page}, "")
+            return EXIT_OK
         if args.output:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(page)
