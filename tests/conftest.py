@@ -223,3 +223,41 @@ def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeleteGuard]:
 
         monkeypatch.setattr(os, name, wrapper)
     yield g
+
+
+# ---------------------------------------------------------------- shared by many test files
+
+LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
+
+
+@pytest.fixture(autouse=True)
+def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process operations read the fault seam from the environment: keep it clear, and let
+    every test start with no fault already fired."""
+    from atomic_deploy import _signals
+
+    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
+    monkeypatch.setattr(_signals, "_fired", set())
+
+
+def error_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The process printed exactly one line on stderr, an atomic-deploy error; return it."""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {lines!r} (exit {r.returncode})"
+    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
+    return lines[0]
+
+
+def set_distinct_mtimes(top: Path) -> None:
+    """A different nanosecond mtime on every entry under ``top`` (and ``top``), set deepest
+    first, since creating an entry changes its folder's mtime."""
+    t = 1_500_000_000_123_456_789
+    paths = sorted((os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs),
+                   key=lambda p: -p.count(os.sep))
+    for i, p in enumerate([*paths, str(top)]):
+        ns = t + i * 1_000_003_001
+        if os.path.islink(p):
+            if LINK_MTIME_KEPT:
+                os.utime(p, ns=(ns, ns), follow_symlinks=False)
+        else:
+            os.utime(p, ns=(ns, ns))

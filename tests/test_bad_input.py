@@ -6,17 +6,16 @@ import json
 import os
 import socket
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 import atomic_deploy
-from atomic_deploy import _signals
 from atomic_deploy.cli import main
 from conftest import (
     current_target,
+    error_line,
     hidden_entries,
     history,
     make_build,
@@ -33,21 +32,6 @@ Builds = Callable[[str], Path]
 # lock is taken. Errors that can only be detected under the lock (unknown release id, nothing to
 # roll back to) therefore change it and nothing else; everything else must be byte-identical.
 HOLDER = os.path.join(".atomic-deploy", "holder.json")
-
-
-def error_line(r: subprocess.CompletedProcess[str]) -> str:
-    """The process printed exactly one line on stderr, an atomic-deploy error; return it."""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
-    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
-    return lines[0]
-
-
-@pytest.fixture(autouse=True)
-def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Setup deploys run in-process (fast); keep the fault seam clear for them."""
-    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
-    monkeypatch.setattr(_signals, "_fired", set())
 
 
 def deploy(src: Path, root: Path, keep: int | None = None) -> str:

@@ -54,13 +54,6 @@ def make_outside(base: Path) -> Path:
     return outside
 
 
-@pytest.fixture(autouse=True)
-def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process operations read the fault seam from the environment: keep it clear."""
-    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
-    monkeypatch.setattr(_signals, "_fired", set())
-
-
 def linky_build(base: Path, outside: Path, version: str) -> Path:
     """A build with links out of itself: to a folder with a sentinel, to its file, and to /."""
     src = make_build(base / f"linky-{version}", version=version)

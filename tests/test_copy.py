@@ -15,7 +15,15 @@ import pytest
 from atomic_deploy import _copy
 from atomic_deploy._copy import copy_tree
 from atomic_deploy.errors import InvalidInput
-from conftest import current_target, hidden_entries, make_build, release_names, run_cli, snapshot
+from conftest import (
+    current_target,
+    hidden_entries,
+    make_build,
+    release_names,
+    run_cli,
+    set_distinct_mtimes,
+    snapshot,
+)
 
 Builds = Callable[[str], Path]
 
@@ -94,16 +102,7 @@ def build_rich_source(base: Path) -> tuple[Path, Path]:
 
     # Distinct mtimes everywhere, set bottom-up after everything exists (creating an entry
     # changes its folder's mtime).
-    t = 1_500_000_000_123_456_789
-    paths = sorted((os.path.join(d, n) for d, ds, fs in os.walk(src) for n in ds + fs),
-                   key=lambda p: -p.count(os.sep))
-    for i, p in enumerate([*paths, str(src)]):
-        ns = t + i * 1_000_003_001
-        if os.path.islink(p):
-            if LINK_MTIME_KEPT:
-                os.utime(p, ns=(ns, ns), follow_symlinks=False)
-        else:
-            os.utime(p, ns=(ns, ns))
+    set_distinct_mtimes(src)
     return src, outside
 
 

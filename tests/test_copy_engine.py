@@ -22,6 +22,7 @@ import pytest
 from atomic_deploy import _copy, _platform
 from atomic_deploy._copy import CopyStats, copy_tree
 from atomic_deploy.errors import InvalidInput
+from conftest import set_distinct_mtimes
 
 LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
 HAS_XATTR = hasattr(os, "setxattr")
@@ -120,16 +121,7 @@ def rich_source(base: Path, many: int = 150) -> tuple[Path, bool]:
     if with_xattrs:
         try_setxattr(src / "nested", "user.kind", b"folder")
         try_setxattr(src / "big.bin", "user.empty", b"")
-    t = 1_500_000_000_123_456_789
-    paths = sorted((os.path.join(d, n) for d, ds, fs in os.walk(src) for n in ds + fs),
-                   key=lambda p: -p.count(os.sep))
-    for i, p in enumerate([*paths, str(src)]):
-        ns = t + i * 1_000_003_001
-        if os.path.islink(p):
-            if LINK_MTIME_KEPT:
-                os.utime(p, ns=(ns, ns), follow_symlinks=False)
-        else:
-            os.utime(p, ns=(ns, ns))
+    set_distinct_mtimes(src)
     return src, with_xattrs
 
 

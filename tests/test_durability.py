@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 import atomic_deploy
-from atomic_deploy import _history, _platform, _signals
+from atomic_deploy import _history, _platform
 from atomic_deploy._layout import STAGING_PREFIX
 from atomic_deploy.cli import main
 from conftest import current_target, hidden_entries, history, make_build, release_names
@@ -32,12 +32,6 @@ def fd_path(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
-
-
-@pytest.fixture(autouse=True)
-def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
-    monkeypatch.setattr(_signals, "_fired", set())
 
 
 class Recorder:

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import pytest
 
 import atomic_deploy
-from atomic_deploy import _signals
 from conftest import (
     current_target,
+    error_line,
     hidden_entries,
     history,
     make_build,
@@ -37,21 +37,6 @@ from conftest import (
 )
 
 Builds = Callable[[str], Path]
-
-
-@pytest.fixture(autouse=True)
-def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Setup deploys run in-process; keep the fault seam clear for them."""
-    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
-    monkeypatch.setattr(_signals, "_fired", set())
-
-
-def error_line(r: subprocess.CompletedProcess[str]) -> str:
-    """Exactly one stderr line, an atomic-deploy error; return it."""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {lines!r} (exit {r.returncode})"
-    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
-    return lines[0]
 
 
 def deploy(src: Path, root: Path) -> str:

@@ -22,6 +22,7 @@ from conftest import (
     DeleteGuard,
     cli_env,
     current_target,
+    error_line,
     hidden_entries,
     history,
     make_build,
@@ -34,20 +35,6 @@ Builds = Callable[[str], Path]
 NOBODY = 65534
 HOLDER = os.path.join(".atomic-deploy", "holder.json")
 PLANTED = "0123456789abcdef"  # what the patched random_suffix hands out first
-
-
-@pytest.fixture(autouse=True)
-def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process operations read the fault seam from the environment: keep it clear."""
-    monkeypatch.delenv(_signals.FAULT_ENV, raising=False)
-    monkeypatch.setattr(_signals, "_fired", set())
-
-
-def error_line(r: subprocess.CompletedProcess[str]) -> str:
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {lines!r} (exit {r.returncode})"
-    assert lines[0].startswith("atomic-deploy: error:"), lines[0]
-    return lines[0]
 
 
 def deploy(src: Path, root: Path) -> str:
