@@ -781,7 +781,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="hard limit for the whole run in seconds "
                         "(default: 120 + per mode 110 + --seconds + 2 x --probe-seconds)")
     p.add_argument("--atomic-deploy", metavar="CMD", default="",
-                   help="how to run the CLI, e.g. '/tmp/venv/bin/atomic-deploy' (default: the one "
+                   help="how to run the CLI, e.g. '/usr/local/bin/atomic-deploy' (default: the one "
                         "beside this Python, else on PATH, else PYTHON -m atomic_deploy)")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
