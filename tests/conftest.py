@@ -261,3 +261,14 @@ def set_distinct_mtimes(top: Path) -> None:
                 os.utime(p, ns=(ns, ns), follow_symlinks=False)
         else:
             os.utime(p, ns=(ns, ns))
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; any still running at the end is killed (by its own pid)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)

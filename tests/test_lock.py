@@ -15,11 +15,8 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
-
-import pytest
 
 from conftest import (
     current_target,
@@ -71,17 +68,6 @@ def deploy_cli(root: Path, build: Path, *extra: str) -> str:
 
 def ok_deploys(root: Path) -> list[dict[str, object]]:
     return [h for h in history(root) if h.get("op") == "deploy" and h.get("outcome") == "ok"]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test started; any still running at the end is killed (by its own pid)."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=30)
 
 
 class PausedHolder:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -141,17 +140,6 @@ def assert_recovered(result: subprocess.CompletedProcess[str], root: Path, op: s
         assert len(recover_recs) == 1, history(root)
         assert recover_recs[0].get("interrupted") == op
     assert_clean(root)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test started; any still running at the end is killed (by its own pid)."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=30)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import InvalidInput
 
@@ -427,24 +428,24 @@ def _make_writable(dir_fd: int) -> None:
     os.chmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
-def _unlink(dir_fd: int, name: str) -> None:
+def _remove_at(remove: Callable[..., None], dir_fd: int, name: str) -> None:
+    """``remove`` (os.unlink or os.rmdir) of ``name`` in ``dir_fd``; a read-only folder is made
+    writable for us first, as ``rm -rf`` run by its owner would."""
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        remove(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except PermissionError:
         _make_writable(dir_fd)
-        os.unlink(name, dir_fd=dir_fd)
+        remove(name, dir_fd=dir_fd)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    _remove_at(os.unlink, dir_fd, name)
 
 
 def _rmdir(dir_fd: int, name: str) -> None:
-    try:
-        os.rmdir(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    except PermissionError:
-        _make_writable(dir_fd)
-        os.rmdir(name, dir_fd=dir_fd)
+    _remove_at(os.rmdir, dir_fd, name)
 
 
 def _rm_rf(parent: str, name: str) -> bool:
