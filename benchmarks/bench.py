@@ -57,6 +57,8 @@ ENV.pop("ATOMIC_DEPLOY_FAULT", None)
 # files, and recompiling every module on every run would be charged to atomic-deploy.
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 CLI = [PY, "-m", "atomic_deploy"]
+PIP_SCRIPT = ("import re, sys\nfrom atomic_deploy._fastcli import main\n"
+              "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\nsys.exit(main())")
 ON_LINUX = sys.platform.startswith("linux")
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
@@ -594,6 +596,9 @@ def suite_startup(scratch: Path, repeats: int, budget: Budget) -> dict[str, Any]
         Variant("python3 -S -c pass", lambda: timed_rusage([PY, "-S", "-c", "pass"])),
         Variant("atomic-deploy --version", lambda: timed_rusage([*CLI, "--version"])),
         Variant("atomic-deploy status", lambda: timed_rusage([*CLI, "status", str(root)])),
+        # What pip's `atomic-deploy` script runs: its wrapper imports re before our code.
+        Variant("atomic-deploy status (pip's script)",
+                lambda: timed_rusage([PY, "-c", PIP_SCRIPT, "status", str(root)])),
         Variant("import atomic_deploy", lambda: timed_rusage([PY, "-c", "import atomic_deploy"])),
     ]
     res = run_suite("start-up", vs, max(repeats, 10), budget, "python3 -c pass")

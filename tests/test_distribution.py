@@ -327,7 +327,7 @@ def test_sdist_builds_a_wheel_that_installs_and_runs_in_a_fresh_venv(tmp_path: P
         metadata = z.read(f"{info}/METADATA").decode()
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     assert {n for n in names if not n.startswith(info + "/")} == package_files()
-    assert re.search(r"^atomic-deploy = atomic_deploy\.cli:main$", entry_points, re.MULTILINE)
+    assert re.search(r"^atomic-deploy = atomic_deploy\._fastcli:main$", entry_points, re.MULTILINE)
     assert re.search(r"^Version: " + re.escape(VERSION) + "$", metadata, re.MULTILINE)
     assert "Requires-Python: >=3.9" in metadata
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.MULTILINE)

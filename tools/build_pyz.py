@@ -45,7 +45,7 @@ if sys.version_info < {min_python!r}:
     )
     sys.exit(1)
 
-from atomic_deploy.cli import main
+from atomic_deploy._fastcli import main
 
 sys.exit(main())
 """

@@ -6,7 +6,9 @@ for the deploy machinery it never runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing costs more than `atomic-deploy status` itself
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

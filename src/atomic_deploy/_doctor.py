@@ -30,11 +30,11 @@ from ._layout import (
     check_trusted,
     leftovers,
     read_current,
+    read_journal,
     release_dirs,
     show,
 )
 from ._lock import Holder, probe_holder
-from ._recovery import read_journal
 from .errors import InvalidInput
 
 OK, WARN, FAIL = "ok", "warn", "fail"

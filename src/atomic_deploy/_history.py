@@ -6,14 +6,14 @@ ctimes, which copying, backups and clock changes rewrite.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import re
-from dataclasses import dataclass
-from typing import Any
 
 from ._jsonfile import append_json_line, read_json_lines
 from ._layout import Layout, looks_generated
+
+TYPE_CHECKING = False  # status and list import this: no typing, re, datetime or dataclasses
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA = 1
 CREATING_OPS = ("deploy", "prepare", "adopt")
@@ -36,6 +36,8 @@ def _host() -> str:
 
 
 def now_iso() -> str:
+    import datetime as _dt
+
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -54,9 +56,12 @@ def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, An
     return rec
 
 
-@dataclass
 class History:
-    records: list[dict[str, Any]]
+    __slots__ = ("_created", "records")
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        self._created: tuple[int, dict[str, int]] = (-1, {})
 
     @classmethod
     def load(cls, layout: Layout) -> History:
@@ -72,12 +77,15 @@ class History:
 
     def created(self) -> dict[str, int]:
         """Release id -> position of the record that created it."""
+        if self._created[0] == len(self.records):  # records are only ever appended
+            return self._created[1]
         seen: dict[str, int] = {}
         for i, r in enumerate(self.records):
             rel = r.get("release")
             if (r.get("op") in CREATING_OPS and r.get("outcome") in ("ok", "unhealthy")
                     and isinstance(rel, str)):
                 seen.setdefault(rel, i)
+        self._created = (len(self.records), seen)
         return seen
 
     def known(self) -> set[str]:
@@ -107,8 +115,7 @@ class History:
         def key(n: str) -> tuple[int, int, list[tuple[int, object]], str]:
             if looks_generated(n):  # timestamps and Deployer's counters: numeric order
                 return (1, int(n), [], n)
-            natural = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", n) if p]
-            return (0, created.get(n, -1), natural, n)
+            return (0, created.get(n, -1), _natural(n), n)
 
         return sorted(names, key=key)
 
@@ -129,6 +136,18 @@ class History:
     def info(self, release: str) -> dict[str, Any] | None:
         idx = self.created().get(release)
         return self.records[idx] if idx is not None else None
+
+
+def _natural(name: str) -> list[tuple[int, object]]:
+    """Runs of digits compare as numbers: "v2" < "v10"."""
+    parts: list[tuple[int, object]] = []
+    start = 0
+    for i in range(1, len(name) + 1):
+        if i == len(name) or name[i].isdecimal() != name[start].isdecimal():
+            run = name[start:i]
+            parts.append((0, int(run)) if run.isdecimal() else (1, run))
+            start = i
+    return parts
 
 
 def bad_releases(history: History, layout: Layout, names: list[str]) -> set[str]:

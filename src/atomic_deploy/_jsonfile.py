@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from typing import Any
 
-from . import _platform
 from ._layout import random_suffix
+
+TYPE_CHECKING = False  # not typing's: importing typing costs more than all of `status` does
+if TYPE_CHECKING:
+    from typing import Any, Callable, ClassVar
+
+# Readers (status, list) import only os and the decoder's C scanner: `import json` pulls in `re`
+# and enum, a third of what `atomic-deploy status` may cost in all. Writers import json as usual.
+_scan: Callable[[str, int], tuple[Any, int]] | None
+try:
+    from _json import make_scanner as _make_scanner
+except ImportError:  # not CPython: json.loads below
+    _scan = None
+else:
+    class _Decoder:
+        """The attributes json.JSONDecoder() gives its scanner, with the same defaults."""
+
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
+                          "-Infinity": float("-inf")}.__getitem__
+        memo: ClassVar[dict[str, str]] = {}
+
+    _scan = _make_scanner(_Decoder())  # type: ignore[arg-type]  # it reads only these attributes
+
+_SPACE = " \t\n\r"  # what json.loads skips around a value
+
+
+def loads(text: str) -> Any:
+    """json.loads(text), without importing json when the text is well-formed."""
+    if _scan is not None:
+        start = len(text) - len(text.lstrip(_SPACE))
+        try:
+            value, end = _scan(text, start)
+        except Exception:
+            pass
+        else:
+            if end == len(text.rstrip(_SPACE)):
+                return value
+    import json
+
+    return json.loads(text)
 
 
 def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+    import contextlib
+    import json
+
+    from . import _platform
+
     directory = os.path.dirname(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for attempt in range(100):  # a name already taken (planted, or a crash's) is skipped
@@ -41,11 +86,15 @@ def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
 
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return loads(f.read())
 
 
 def append_json_line(path: str, record: dict[str, Any]) -> None:
     """Append one record durably. O_APPEND writes of one line do not interleave with others."""
+    import json
+
+    from . import _platform
+
     # ASCII-escaped: a path or message that is not valid UTF-8 (surrogates) still fits.
     line = (json.dumps(record, sort_keys=True) + "\n").encode("ascii")
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
@@ -67,10 +116,20 @@ def read_json_lines(path: str) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
+                rec = None
+                if _scan is not None and line[:1] == "{":  # ours: skip loads() per line
+                    try:
+                        rec, end = _scan(line, 0)
+                    except Exception:
+                        rec = None
+                    else:
+                        if line[end:].strip(_SPACE):
+                            rec = None
+                if rec is None:
+                    try:
+                        rec = loads(line)
+                    except ValueError:
+                        continue
                 if isinstance(rec, dict):
                     records.append(rec)
     except FileNotFoundError:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import os
-import re
 import stat
-from dataclasses import dataclass
-from typing import Callable
 
 from .errors import InvalidInput
+
+# `status` and `list` import this module: no typing, dataclasses, re or datetime at import time
+# (each costs more than the rest of the command), hence plain classes below.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime as _dt
+    from typing import Any, Callable
 
 STATE_DIR = ".atomic-deploy"
 RELEASES = "releases"
@@ -20,12 +23,24 @@ CURRENT = "current"
 STAGING_PREFIX = ".atomic-deploy-staging."
 TRASH_PREFIX = ".atomic-deploy-trash."
 ID_FORMAT = "%Y%m%d%H%M%S"
-_ID_RE = re.compile(r"^\d{14}$")
 
 
-@dataclass(frozen=True)
 class Layout:
-    root: str
+    """The paths of one root (absolute when made by the commands)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"Layout(root={self.root!r})"
 
     @property
     def releases(self) -> str:
@@ -87,9 +102,11 @@ def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     Two deploys in one second, or a clock stepped backwards, therefore get ids slightly ahead of the
     wall clock rather than colliding or sorting before an older release.
     """
+    import datetime as _dt
+
     now = now or _dt.datetime.now(_dt.timezone.utc)
     candidate = now.replace(microsecond=0, tzinfo=None)
-    newest = max((n for n in existing if _ID_RE.match(n)), default=None)
+    newest = max((n for n in existing if len(n) == 14 and looks_generated(n)), default=None)
     if newest is not None:
         floor = _dt.datetime.strptime(newest, ID_FORMAT) + _dt.timedelta(seconds=1)
         candidate = max(candidate, floor)
@@ -101,14 +118,21 @@ def random_suffix() -> str:
     return os.urandom(8).hex()
 
 
-@dataclass(frozen=True)
 class CurrentLink:
     """What ``ROOT/current`` is, read without following it."""
 
-    kind: str  # "absent", "symlink", "directory", "file", "other"
-    target: str | None = None  # link text, exactly as stored
-    release: str | None = None  # release id when the link points into releases/
-    resolves: bool = False  # the link leads to an existing folder
+    __slots__ = ("kind", "release", "resolves", "target")
+
+    def __init__(self, kind: str, target: str | None = None, release: str | None = None,
+                 resolves: bool = False) -> None:
+        self.kind = kind  # "absent", "symlink", "directory", "file", "other"
+        self.target = target  # link text, exactly as stored
+        self.release = release  # release id when the link points into releases/
+        self.resolves = resolves  # the link leads to an existing folder
+
+    def __repr__(self) -> str:
+        return (f"CurrentLink(kind={self.kind!r}, target={self.target!r}, "
+                f"release={self.release!r}, resolves={self.resolves!r})")
 
     @property
     def healthy(self) -> bool:
@@ -158,32 +182,49 @@ def is_release_dir(layout: Layout, name: str) -> bool:
         return False
 
 
-def release_dirs(layout: Layout) -> list[str]:
-    """Names of real folders in releases/; hidden entries, files and symlinks are not releases."""
+def list_releases_dir(layout: Layout) -> list[os.DirEntry[str]]:
+    """What releases/ holds (nothing when it is missing), for the functions below to share."""
     try:
-        entries = list(os.scandir(layout.releases))
+        with os.scandir(layout.releases) as it:
+            return list(it)
     except FileNotFoundError:
         return []
+
+
+def release_dirs(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> list[str]:
+    """Names of real folders in releases/; hidden entries, files and symlinks are not releases."""
+    if entries is None:
+        entries = list_releases_dir(layout)
     return sorted(
         e.name for e in entries if valid_release_name(e.name) and e.is_dir(follow_symlinks=False)
     )
 
 
-def leftovers(layout: Layout) -> list[str]:
+def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> list[str]:
     """Our own hidden staging/trash folders and temp links left behind by a crash."""
-    found: list[str] = []
-    try:
-        for e in os.scandir(layout.releases):
-            if e.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-                found.append(os.path.join(RELEASES, e.name))
-    except FileNotFoundError:
-        pass
+    if entries is None:
+        entries = list_releases_dir(layout)
+    found = [os.path.join(RELEASES, e.name) for e in entries
+             if e.name.startswith((STAGING_PREFIX, TRASH_PREFIX))]
     try:
         for e in os.scandir(layout.tmp):
             found.append(os.path.join(STATE_DIR, "tmp", e.name))
     except FileNotFoundError:
         pass
     return sorted(found)
+
+
+def read_journal(layout: Layout) -> dict[str, Any] | None:
+    """The interrupted operation's journal, if any; unreadable counts as interrupted too."""
+    from ._jsonfile import read_json
+
+    try:
+        data = read_json(layout.journal)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"op": "unknown", "corrupt": True}
+    return data if isinstance(data, dict) else {"op": "unknown", "corrupt": True}
 
 
 def _makedirs(path: str) -> None:

@@ -8,27 +8,39 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import stat
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable
 
-from ._jsonfile import write_json_atomic
+from ._jsonfile import read_json, write_json_atomic
 from ._layout import Layout, check_trusted, show
 from .errors import InvalidInput, LockHeld
+
+TYPE_CHECKING = False  # `status` probes the lock: no typing or dataclasses at import time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 POLL_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
 class Holder:
-    pid: int | None
-    host: str | None
-    started: str | None
-    command: str | None
+    """Who holds the lock, as its holder.json says (every field None when unreadable)."""
+
+    __slots__ = ("command", "host", "pid", "started")
+
+    def __init__(self, pid: int | None, host: str | None, started: str | None,
+                 command: str | None) -> None:
+        self.pid = pid
+        self.host = host
+        self.started = started
+        self.command = command
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"Holder({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     def describe(self) -> str:
         if self.pid is None:
@@ -41,8 +53,7 @@ class Holder:
 
 def read_holder(layout: Layout) -> Holder:
     try:
-        with open(layout.holder, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(layout.holder)
         return Holder(data.get("pid"), data.get("host"), data.get("started"), data.get("command"))
     except (OSError, ValueError, AttributeError):
         return Holder(None, None, None, None)

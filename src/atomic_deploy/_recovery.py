@@ -15,13 +15,14 @@ from typing import Any
 
 from . import _platform
 from ._history import History, record
-from ._jsonfile import read_json, write_json_atomic
+from ._jsonfile import write_json_atomic
 from ._layout import (
     STAGING_PREFIX,
     TRASH_PREFIX,
     Layout,
     discard_release_dir,
     read_current,
+    read_journal,
     remove_entry,
     show,
 )
@@ -34,16 +35,6 @@ Journal = dict[str, Any]
 
 def write_journal(layout: Layout, journal: Journal) -> None:
     write_json_atomic(layout.journal, journal)
-
-
-def read_journal(layout: Layout) -> Journal | None:
-    try:
-        data = read_json(layout.journal)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"op": "unknown", "corrupt": True}
-    return data if isinstance(data, dict) else {"op": "unknown", "corrupt": True}
 
 
 def clear_journal(layout: Layout) -> None:

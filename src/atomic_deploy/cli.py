@@ -1,4 +1,5 @@
-"""Command-line interface: the only module that prints or knows exit codes."""
+"""Command-line interface: with its quick path for status and list (_fastcli), the only module that
+prints or knows exit codes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any, ClassVar
 
 from . import __version__
 from ._layout import show
+from ._render import JSON_SCHEMA, envelope, format_list, format_status
 from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
-JSON_SCHEMA = 1
 
 COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "adopt", "demo",
             "race", "completion", "man", "doctor")
@@ -320,8 +321,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
           data: bool = False) -> None:
     """JSON with --json; else ``text``, which -q silences unless it is the command's data."""
     if getattr(args, "json", False):
-        print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": True,
-                          **payload}, sort_keys=True))
+        print(json.dumps(envelope(args.command, payload), sort_keys=True))
     elif text and (data or not getattr(args, "quiet", False)):
         print(text)
 
@@ -522,55 +522,6 @@ def _race(args: argparse.Namespace) -> int:
     _emit(args, {"results": [r.to_dict() for r in results], "seconds": args.seconds,
                  "readers": args.readers}, "\n".join(lines))
     return EXIT_OK if atomic_errors == 0 else EXIT_FAILED
-
-
-def format_status(s: Any) -> str:
-    cur = s.current or "none"
-    if s.current_state != "ok":
-        cur = f"{cur} ({s.current_state}" + (f": {s.current_target}" if s.current_target else "") \
-            + ")"
-    rows = [
-        ("root", s.root),
-        ("current", cur),
-        ("previous", s.previous or "none"),
-        ("releases", f"{s.releases}" + (f" ({len(s.bad)} bad: {', '.join(s.bad)})" if s.bad else "")),
-    ]
-    h = s.lock_holder
-    rows.append(("lock", f"held by pid {h['pid']} on {h['host']} since {h['started']}: "
-                 f"{h['command']}" if h else "free"))
-    j = s.interrupted
-    rows.append(("interrupted", "none" if j is None else
-                 f"{j.get('op')} of {j.get('release', '?')} by pid {j.get('pid', '?')} "
-                 "(the next deploy, activate, rollback or prune recovers it)"))
-    if s.leftovers:
-        rows.append(("leftovers", ", ".join(s.leftovers)))
-    if s.stray:
-        rows.append(("stray", ", ".join(s.stray) + " (ignored)"))
-    if s.last:
-        what = " ".join(str(x) for x in (s.last.get("op"), s.last.get("release"),
-                                         s.last.get("outcome")) if x)
-        rows.append(("last", f"{what} at {s.last.get('time')}"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def format_list(rels: list[Any]) -> str:
-    if not rels:
-        return "no releases"
-    rows = [("", "RELEASE", "STATE", "DEPLOYED", "MESSAGE")]
-    for r in rels:
-        mark = "*" if r.current else "<" if r.rollback_target else ""
-        state = r.state + ("" if r.managed else " (unmanaged)")
-        when = (r.deployed_at or "-")[:19].replace("T", " ")
-        rows.append((mark, r.id, state, when, (r.message or "").replace("\n", " ")))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
-             for row in rows]
-    legend = [t for t, on in (("* current", any(r.current for r in rels)),
-                              ("< rollback target", any(r.rollback_target for r in rels))) if on]
-    if legend:
-        lines.append(f"({', '.join(legend)})")
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _usage_error(message: str, as_json: bool) -> int:

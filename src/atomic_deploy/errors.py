@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs more at start-up than `status` itself
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class AtomicDeployError(Exception):

@@ -1,50 +1,112 @@
-"""Read-only views of a root: status and the release list. They take no lock and change nothing."""
+"""Read-only views of a root: status and the release list. They take no lock and change nothing.
+
+This module and what it imports are what ``atomic-deploy status`` and ``list`` load: plain
+classes instead of dataclasses, and no typing, re, json or logging at import time, keep those
+commands within twice an empty interpreter's start-up (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from ._history import History, bad_releases, rollback_target
-from ._layout import Layout, existing_root, leftovers, read_current, release_dirs
+from ._layout import (
+    Layout,
+    existing_root,
+    leftovers,
+    list_releases_dir,
+    read_current,
+    read_journal,
+    release_dirs,
+)
 from ._lock import probe_holder
-from ._recovery import read_journal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass
-class ReleaseInfo:
-    id: str
-    state: str  # "current", "good" or "bad"
-    current: bool
-    rollback_target: bool
-    deployed_at: str | None = None
-    user: str | None = None
-    message: str | None = None
-    source: str | None = None
-    managed: bool = True  # False: not in the history (made by hand or by another tool)
+class _Record:
+    """What the dataclasses here would give: keyword construction, equality, repr, to_dict()."""
+
+    __slots__: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Record) and type(other) is type(self) \
+            and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass
-class Status:
-    root: str
-    current: str | None
-    current_target: str | None
-    current_state: str  # ok, absent, dangling, outside-releases, directory, file, other
-    previous: str | None
-    releases: int
-    bad: list[str]
-    lock_holder: dict[str, Any] | None
-    interrupted: dict[str, Any] | None
-    leftovers: list[str] = field(default_factory=list)
-    stray: list[str] = field(default_factory=list)
-    last: dict[str, Any] | None = None
+class ReleaseInfo(_Record):
+    __slots__ = (
+        "current",
+        "deployed_at",
+        "id",
+        "managed",
+        "message",
+        "rollback_target",
+        "source",
+        "state",
+        "user",
+    )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __init__(self, id: str, state: str, current: bool, rollback_target: bool,
+                 deployed_at: str | None = None, user: str | None = None,
+                 message: str | None = None, source: str | None = None,
+                 managed: bool = True) -> None:
+        self.id = id
+        self.state = state  # "current", "good" or "bad"
+        self.current = current
+        self.rollback_target = rollback_target
+        self.deployed_at = deployed_at
+        self.user = user
+        self.message = message
+        self.source = source
+        self.managed = managed  # False: not in the history (made by hand or by another tool)
+
+
+class Status(_Record):
+    __slots__ = (
+        "bad",
+        "current",
+        "current_state",
+        "current_target",
+        "interrupted",
+        "last",
+        "leftovers",
+        "lock_holder",
+        "previous",
+        "releases",
+        "root",
+        "stray",
+    )
+
+    def __init__(self, root: str, current: str | None, current_target: str | None,
+                 current_state: str, previous: str | None, releases: int, bad: list[str],
+                 lock_holder: dict[str, Any] | None, interrupted: dict[str, Any] | None,
+                 leftovers: list[str] | None = None, stray: list[str] | None = None,
+                 last: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.current = current
+        self.current_target = current_target
+        # ok, absent, dangling, outside-releases, directory, file, other
+        self.current_state = current_state
+        self.previous = previous
+        self.releases = releases
+        self.bad = bad
+        self.lock_holder = lock_holder
+        self.interrupted = interrupted
+        self.leftovers = [] if leftovers is None else leftovers
+        self.stray = [] if stray is None else stray
+        self.last = last
 
 
 def _current_state(layout: Layout) -> tuple[str | None, str | None, str]:
@@ -64,13 +126,20 @@ def list_releases(root: str) -> list[ReleaseInfo]:
     return _releases(layout, history)
 
 
-def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
-    ordered = history.order(release_dirs(layout))
+def _view(layout: Layout, history: History, entries: list[os.DirEntry[str]] | None = None,
+          ) -> tuple[list[str], set[str], str | None, str | None]:
+    """Releases in deploy order, the bad ones, current (when healthy) and the rollback target."""
+    ordered = history.order(release_dirs(layout, entries))
     bad = bad_releases(history, layout, ordered)
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
     target = rollback_target(ordered, bad, current, history) if current else None
+    return ordered, bad, current, target
+
+
+def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
+    ordered, bad, current, target = _view(layout, history)
     created = history.created()
     out = []
     for name in ordered:
@@ -92,30 +161,26 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
 def status(root: str) -> Status:
     layout = existing_root(root)
     history = History.load(layout)
-    releases = _releases(layout, history)
+    entries = list_releases_dir(layout)
+    ordered, bad, healthy, previous = _view(layout, history, entries)
     current, target, state = _current_state(layout)
     holder = probe_holder(layout)
     journal = read_journal(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
-    stray = []
-    try:
-        for e in os.scandir(layout.releases):
-            if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False):
-                stray.append(e.name)
-    except FileNotFoundError:
-        pass
+    stray = [e.name for e in entries
+             if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
     return Status(
         root=layout.root,
         current=current,
         current_target=target,
         current_state=state,
-        previous=next((r.id for r in releases if r.rollback_target), None),
-        releases=len(releases),
-        bad=[r.id for r in releases if r.state == "bad"],
-        lock_holder=asdict(holder) if holder else None,
+        previous=previous,
+        releases=len(ordered),
+        bad=[n for n in ordered if n in bad and n != healthy],
+        lock_holder=holder.to_dict() if holder else None,
         interrupted=journal,
-        leftovers=[] if holder else leftovers(layout),
+        leftovers=[] if holder else leftovers(layout, entries),
         stray=sorted(stray),
         last=history.records[-1] if history.records else None,
     )

@@ -1,0 +1,74 @@
+"""The command line's entry point: answers ``status`` and ``list`` before argparse is loaded.
+
+Building the full parser (argparse, logging, every subcommand's options) costs several times
+what an empty interpreter does, so the two read-only commands run from here when given in
+their plain forms::
+
+    atomic-deploy status ROOT [--json] [-q] [--no-color]
+    atomic-deploy list ROOT [--json] [-q] [--no-color]
+
+Everything else (other commands, other options, any spelling argparse would read differently,
+and every error) goes to ``cli.main``, which is the one parser and the one error handler: an
+error here only means the command is run again there, which is safe because both commands only
+read. The output is the same either way; tests/test_fastcli.py compares the two.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+_FLAGS = ("--json", "-q", "--quiet", "--no-color")  # status and list have no others but -v
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = _quick(args)
+    if code is not None:
+        return code
+    from .cli import main as full
+
+    return full(args)
+
+
+def _quick(args: list[str]) -> int | None:
+    """The exit code, or None when cli.main must handle the command."""
+    if len(args) < 2 or args[0] not in ("status", "list"):
+        return None
+    roots = [a for a in args[1:] if a not in _FLAGS]
+    if len(roots) != 1 or roots[0].startswith("-") or not roots[0]:
+        return None  # missing or extra arguments, other options, "--": argparse decides
+    as_json = "--json" in args
+    quiet = "-q" in args or "--quiet" in args
+    try:
+        from . import _render, query
+
+        if args[0] == "status":
+            s = query.status(roots[0])
+            payload, text = s.to_dict(), _render.format_status(s)
+        else:
+            rels = query.list_releases(roots[0])
+            payload = {"releases": [r.to_dict() for r in rels]}
+            text = _render.format_list(rels)
+    except KeyboardInterrupt:  # as cli.main says it
+        print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    except Exception:
+        return None
+    try:
+        if as_json:
+            import json
+
+            print(json.dumps(_render.envelope(args[0], payload), sort_keys=True))
+        elif not quiet:
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # as cli.main: the reader went away (`| head`); no error at exit
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0

@@ -1,0 +1,66 @@
+"""Text and JSON forms of ``status`` and ``list``, shared by the CLI and its fast path.
+
+Imported by ``atomic-deploy status``/``list`` on their quick path: nothing heavy at import time.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+JSON_SCHEMA = 1
+
+
+def envelope(command: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The object every successful command prints under --json (docs/json.md)."""
+    return {"schema": JSON_SCHEMA, "command": command, "ok": True, **payload}
+
+
+def format_status(s: Any) -> str:
+    cur = s.current or "none"
+    if s.current_state != "ok":
+        cur = f"{cur} ({s.current_state}" + (f": {s.current_target}" if s.current_target else "") \
+            + ")"
+    rows = [
+        ("root", s.root),
+        ("current", cur),
+        ("previous", s.previous or "none"),
+        ("releases", f"{s.releases}" + (f" ({len(s.bad)} bad: {', '.join(s.bad)})" if s.bad else "")),
+    ]
+    h = s.lock_holder
+    rows.append(("lock", f"held by pid {h['pid']} on {h['host']} since {h['started']}: "
+                 f"{h['command']}" if h else "free"))
+    j = s.interrupted
+    rows.append(("interrupted", "none" if j is None else
+                 f"{j.get('op')} of {j.get('release', '?')} by pid {j.get('pid', '?')} "
+                 "(the next deploy, activate, rollback or prune recovers it)"))
+    if s.leftovers:
+        rows.append(("leftovers", ", ".join(s.leftovers)))
+    if s.stray:
+        rows.append(("stray", ", ".join(s.stray) + " (ignored)"))
+    if s.last:
+        what = " ".join(str(x) for x in (s.last.get("op"), s.last.get("release"),
+                                         s.last.get("outcome")) if x)
+        rows.append(("last", f"{what} at {s.last.get('time')}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def format_list(rels: list[Any]) -> str:
+    if not rels:
+        return "no releases"
+    rows = [("", "RELEASE", "STATE", "DEPLOYED", "MESSAGE")]
+    for r in rels:
+        mark = "*" if r.current else "<" if r.rollback_target else ""
+        state = r.state + ("" if r.managed else " (unmanaged)")
+        when = (r.deployed_at or "-")[:19].replace("T", " ")
+        rows.append((mark, r.id, state, when, (r.message or "").replace("\n", " ")))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
+             for row in rows]
+    legend = [t for t, on in (("* current", any(r.current for r in rels)),
+                              ("< rollback target", any(r.rollback_target for r in rels))) if on]
+    if legend:
+        lines.append(f"({', '.join(legend)})")
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,235 @@
+"""The quick path for `status` and `list`: same output and exit code as the full CLI, and the
+imports that make it quick stay out."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from conftest import cli_env, make_build
+
+import atomic_deploy
+from atomic_deploy import _fastcli, _history, _jsonfile, cli
+
+FLAG_SETS = ([], ["--json"], ["-q"], ["--quiet"], ["--no-color"], ["--json", "-q"],
+             ["--no-color", "--json"])
+
+
+def _deploy(root: Path, build: Path, n: int) -> None:
+    for i in range(n):
+        make_build(build, version=f"v{i}")
+        atomic_deploy.deploy(str(build), str(root))
+
+
+def _released(root: Path) -> list[str]:
+    return sorted(os.listdir(root / "releases"))
+
+
+# Each prepares a root in its own way; the comparison below runs both CLIs on it.
+def _plain(root: Path, build: Path) -> None:
+    _deploy(root, build, 3)
+
+
+def _after_rollback(root: Path, build: Path) -> None:
+    _deploy(root, build, 3)
+    atomic_deploy.rollback(str(root))
+
+
+def _odd_entries(root: Path, build: Path) -> None:
+    _deploy(root, build, 2)
+    (root / "releases" / "handmade-v2").mkdir()  # unmanaged
+    (root / "releases" / "notes.txt").write_text("x\n")  # stray
+    (root / "releases" / ".atomic-deploy-staging.abc").mkdir()  # leftover
+
+
+def _dangling(root: Path, build: Path) -> None:
+    _deploy(root, build, 1)
+    os.replace(root / "current", root / "old-current")
+    os.symlink("releases/20000101000000", root / "current")
+
+
+def _current_is_folder(root: Path, build: Path) -> None:
+    root.mkdir()
+    (root / "current").mkdir()
+
+
+def _interrupted(root: Path, build: Path) -> None:
+    _deploy(root, build, 1)
+    (root / ".atomic-deploy" / "journal.json").write_text(
+        json.dumps({"op": "deploy", "release": "20991231000000", "pid": 999999}))
+
+
+def _torn_history(root: Path, build: Path) -> None:
+    _deploy(root, build, 2)
+    with open(root / ".atomic-deploy" / "history.jsonl", "a") as f:
+        f.write('{"op": "deploy", "outcome": "o')  # a power cut mid-append
+
+
+def _empty(root: Path, build: Path) -> None:
+    root.mkdir()
+
+
+def _missing(root: Path, build: Path) -> None:
+    pass  # an error: the full CLI reports it
+
+
+def _not_a_folder(root: Path, build: Path) -> None:
+    root.write_text("x\n")
+
+
+ROOTS: list[Callable[[Path, Path], None]] = [
+    _plain, _after_rollback, _odd_entries, _dangling, _current_is_folder, _interrupted,
+    _torn_history, _empty, _missing, _not_a_folder]
+
+
+def _run(main: Callable[[list[str]], int], argv: list[str],
+         capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("prepare", ROOTS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_same_output_and_exit_code_as_the_full_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        prepare: Callable[[Path, Path], None], command: str) -> None:
+    root = tmp_path / "root"
+    prepare(root, tmp_path / "build")
+    full_calls: list[list[str]] = []
+    real_full = cli.main
+
+    def counting_full(argv: list[str]) -> int:
+        full_calls.append(argv)
+        return real_full(argv)
+
+    monkeypatch.setattr(cli, "main", counting_full)
+    for flags in FLAG_SETS:
+        argv = [command, str(root), *flags]
+        full_calls.clear()
+        quick = _run(_fastcli.main, argv, capsys)
+        handed_over = bool(full_calls)
+        assert quick == _run(real_full, argv, capsys), argv
+        if prepare in (_missing, _not_a_folder):
+            assert quick[0] == 2 and handed_over, "errors are reported by the full CLI"
+        else:
+            assert quick[0] == 0 and not handed_over, "answered without argparse"
+
+
+def test_lock_holder_shown_the_same(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    _deploy(root, tmp_path / "build", 1)
+    (root / ".atomic-deploy" / "holder.json").write_text(json.dumps(
+        {"pid": 4242, "host": "h", "started": "2026-01-01T00:00:00Z", "command": "deploy x"}))
+    fd = os.open(root / ".atomic-deploy" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: the probe sees it held
+        for flags in ([], ["--json"]):
+            quick = _run(_fastcli.main, ["status", str(root), *flags], capsys)
+            assert quick == _run(cli.main, ["status", str(root), *flags], capsys)
+            assert "4242" in quick[1]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "a", "b"], ["status", "--", "x"], ["status", "-v", "x"],
+    ["status", "--js", "x"], ["--json", "status", "x"], ["list", "x", "--keep", "3"],
+    ["status", "x", "--help"], ["prune", "x"], ["status", ""],
+])
+def test_anything_else_goes_to_the_full_cli(argv: list[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "main", lambda a: seen.append(list(a)) or 7)
+    assert _fastcli.main(argv) == 7
+    assert seen == [argv]
+
+
+HEAVY = {"argparse", "logging", "typing", "dataclasses", "re", "json", "datetime", "enum",
+         "inspect", "subprocess", "threading"}
+
+
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_quick_path_imports_nothing_heavy(tmp_path: Path, command: str) -> None:
+    """What makes these commands start in about twice an empty interpreter's time."""
+    root = tmp_path / "root"
+    _deploy(root, tmp_path / "build", 2)
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from atomic_deploy._fastcli import main\n"
+        f"code = main([{command!r}, {str(root)!r}])\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "sys.exit(code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(eval(out.stdout.splitlines()[-1]))  # noqa: S307 - our own repr of a list
+    assert loaded & HEAVY == set(), loaded & HEAVY
+    assert "atomic_deploy.cli" not in loaded
+
+
+# --- the JSON reader that spares `import json` -------------------------------------------------
+
+TEXTS = ['{"a": 1}', ' {"a": [1, 2.5, null, true, false]} \n', "[1]", '{"a": 1} x', "",
+         "  \n", '{"a": "\\u00e9\\ud800"}', "\ufeff{}", '{"a":', "1", '"x"', '{"a": 1}{}',
+         '{"a": 1e400, "b": -0.0, "c": 12345678901234567890}', '{"a": Infinity}',
+         '{"a": "\x01"}', '{"a": 1}\t\r\n', '{"a" : { "b" : [ ] } }', "nul", "{'a': 1}"]
+
+
+def _outcome(fn: Callable[[str], Any], text: str) -> tuple[str, str]:
+    try:
+        return "ok", repr(fn(text))
+    except ValueError as exc:
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("scanner", [True, False], ids=["c-scanner", "json-module"])
+def test_loads_agrees_with_json_loads(monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    if not scanner:
+        monkeypatch.setattr(_jsonfile, "_scan", None)
+    elif _jsonfile._scan is None:
+        pytest.skip("this Python has no C JSON scanner")
+    for text in TEXTS:
+        assert _outcome(_jsonfile.loads, text) == _outcome(json.loads, text), text
+
+
+@pytest.fixture
+def history_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(TEXTS + ['{"op": "deploy"}', '{"op": "activ']) + "\n",
+                    encoding="utf-8")
+    yield path
+
+
+@pytest.mark.parametrize("scanner", [True, False], ids=["c-scanner", "json-module"])
+def test_read_json_lines_keeps_exactly_the_well_formed_objects(
+        history_file: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    if not scanner:
+        monkeypatch.setattr(_jsonfile, "_scan", None)
+    expected = []
+    with open(history_file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                expected.append(rec)
+    got = _jsonfile.read_json_lines(str(history_file))
+    assert repr(got) == repr(expected)  # repr: NaN-free here, and order and types count
+    assert {"op": "deploy"} in got and len(got) >= 5
+
+
+def test_natural_order_of_handmade_names() -> None:
+    names = ["v10", "v2", "v1b", "x²", "v1a", "release"]  # "²" is a digit but no decimal
+    h = _history.History([])
+    assert h.order(names) == ["release", "v1a", "v1b", "v2", "v10", "x²"]
