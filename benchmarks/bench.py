@@ -497,6 +497,11 @@ def suite_cow(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budget
                 vs.append(Variant("atomic-deploy deploy --no-fsync", lambda s=src, r=root:
                                   timed_rusage(deploy_cmd(s, r, "--no-fsync")),
                                   clean_root, clean_root))
+            # The same deploy with every file copied by the calling process (no worker
+            # processes): what the worker processes gain, within the same run.
+            vs.append(Variant("atomic-deploy deploy, in-process copy", lambda s=src, r=root:
+                              timed_rusage(["env", "ATOMIC_DEPLOY_COPY_PROCESSES=0",
+                                            *deploy_cmd(s, r)]), clean_root, clean_root))
             res = run_suite(f"copy-on-write, {kind} (loop)", vs, repeats, budget,
                             "cp -a --reflink=auto")
             # Shared extents, checked on a fresh deploy.

@@ -135,8 +135,16 @@ def check_rich_copy(src: Path, dst: Path, outside: Path) -> None:
     assert sorted(os.listdir(outside)) == ["sentinel.txt"]
 
 
+# Both ways of copying files: in this process (threads or not), and in forked worker processes
+# (used on copy-on-write filesystems; "1" forces them wherever they can be forked).
+PROCESSES = pytest.mark.parametrize("processes", ["0", "1"], ids=["in-process", "workers"])
+
+
+@PROCESSES
 @pytest.mark.parametrize("fsync_each", [False, True])
-def test_copy_tree_keeps_everything(tmp_path: Path, fsync_each: bool) -> None:
+def test_copy_tree_keeps_everything(tmp_path: Path, fsync_each: bool, processes: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_copy.PROCESSES_ENV, processes)
     src, outside = build_rich_source(tmp_path)
     dst = tmp_path / "dst"
     dst.mkdir(mode=0o700)
@@ -151,9 +159,10 @@ def test_copy_tree_keeps_everything(tmp_path: Path, fsync_each: bool) -> None:
         "nested/a/b/deep.txt", "hard/a.txt", "empty.txt", "big.bin"))
 
 
-def test_deploy_keeps_everything(tmp_path: Path, root: Path) -> None:
+@PROCESSES
+def test_deploy_keeps_everything(tmp_path: Path, root: Path, processes: str) -> None:
     src, outside = build_rich_source(tmp_path)
-    r = run_cli("deploy", src, root, "--json")
+    r = run_cli("deploy", src, root, "--json", env={_copy.PROCESSES_ENV: processes})
     assert r.returncode == 0, r.stderr
     rid = json.loads(r.stdout)["release"]
     check_rich_copy(src, root / "releases" / rid, outside)
@@ -234,8 +243,11 @@ MAKERS: dict[str, tuple[str, Callable[[Path], None]]] = {
 }
 
 
+@PROCESSES
 @pytest.mark.parametrize("kind", sorted(MAKERS))
-def test_copy_tree_refuses_special_files(tmp_path: Path, kind: str) -> None:
+def test_copy_tree_refuses_special_files(tmp_path: Path, kind: str, processes: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_copy.PROCESSES_ENV, processes)
     word, make = MAKERS[kind]
     src = make_build(tmp_path / "src")
     special = src / "assets" / "special"

@@ -1,18 +1,22 @@
 """The copy engine's paths, each checked for a faithful copy, independent of speed.
 
 Every data path (copy_file_range, read/write, FICLONE, clonefile, hard link to the previous
-release) and every thread count must give the same release: content, modes (setuid too), mtimes,
-symlinks as links, empty and read-only folders, hard links inside the source, xattrs where the
-filesystem has them, owners as root. Paths that need a given filesystem or OS are simulated by
-replacing the one _platform function they call; tests/test_perf_paths.py runs the real FICLONE
-on loop-mounted btrfs and XFS where it can.
+release), every thread count and the worker processes must give the same release: content,
+modes (setuid too), mtimes, symlinks as links, empty and read-only folders, hard links inside
+the source, xattrs where the filesystem has them, owners as root. Paths that need a given
+filesystem or OS are simulated by replacing the one _platform function they call;
+tests/test_perf_paths.py runs the real FICLONE on loop-mounted btrfs and XFS where it can.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
+import signal
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +25,8 @@ import pytest
 
 from atomic_deploy import _copy, _platform
 from atomic_deploy._copy import CopyStats, copy_tree
-from atomic_deploy.errors import InvalidInput
-from conftest import set_distinct_mtimes
+from atomic_deploy.errors import InvalidInput, OperationFailed
+from conftest import cli_env, set_distinct_mtimes
 
 LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
 HAS_XATTR = hasattr(os, "setxattr")
@@ -139,6 +143,13 @@ def check_same(src: Path, dst: Path) -> None:
     assert os.stat(dst / "index.html").st_ino != os.stat(src / "index.html").st_ino
     for name in ("rel-link", "dangling", "outside-link", "dir-link"):
         assert os.path.islink(dst / name)
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread and probe tests must not depend on the test folder's filesystem: where it clones
+    (btrfs, XFS), auto mode would hand files to worker processes. Their own tests set it."""
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "0")
 
 
 @pytest.fixture(autouse=True)
@@ -619,3 +630,244 @@ def test_auto_mode_links_here_and_copies_changed_files_on_workers(
     assert stats.linked == 270 and stats.copied == 30 and stats.jobs == 2
     assert len(steps) == 300
     assert meta(tmp_path / "dst") == meta(src)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+@pytest.fixture
+def forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Force worker processes; returns the pids forked, to check they were all waited for."""
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def assert_reaped(pids: list[int]) -> None:
+    assert pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # already waited for by copy_tree
+            os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.parametrize("fsync_each", [False, True])
+def test_worker_processes_keep_everything(tmp_path: Path, forked: list[int],
+                                          fsync_each: bool) -> None:
+    src, _ = rich_source(tmp_path, many=400)
+    stats = copy(src, tmp_path / "dst", fsync_each=fsync_each)
+    check_same(src, tmp_path / "dst")
+    regular = 8 + 400 + 2
+    assert stats.files == regular and stats.hardlinks == 2
+    assert stats.copied + stats.cloned == regular - 2  # counted in the workers, added up here
+    assert stats.bytes == sum(os.lstat(p).st_size for p in src.rglob("*")
+                              if p.is_file() and not p.is_symlink()) - 2 * len(b"linked\n")
+    assert stats.jobs == 3 and len(forked) == 2  # two workers and this process
+    assert_reaped(forked)
+
+
+def test_worker_processes_same_result_as_in_process(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    src, _ = rich_source(tmp_path, many=300)
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "0")
+    one = copy(src, tmp_path / "one")
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+    two = copy(src, tmp_path / "two")
+    assert meta(tmp_path / "one") == meta(tmp_path / "two") == meta(src)
+    assert (one.files, one.bytes, one.dirs, one.symlinks, one.hardlinks) == (
+        two.files, two.bytes, two.dirs, two.symlinks, two.hardlinks)
+    assert two.jobs == 3
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_worker_processes_with_link_dest(tmp_path: Path, forked: list[int],
+                                         checksum: bool) -> None:
+    src = web(tmp_path, n=300)
+    prev = _prev_release(tmp_path, src)
+    for i in range(0, 300, 10):
+        (src / f"d{i % 6}" / f"f{i:03d}.js").write_text(f"changed {i}\n")
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), checksum=checksum)
+    assert stats.linked == 270 and stats.copied + stats.cloned == 30
+    assert meta(tmp_path / "dst") == meta(src)
+    assert_reaped(forked)
+
+
+def test_worker_processes_checkpoint_and_progress_here(tmp_path: Path,
+                                                       forked: list[int]) -> None:
+    src, _ = rich_source(tmp_path, many=400)
+    steps: list[str] = []
+    seen: list[tuple[int, int]] = []
+    stats = copy(src, tmp_path / "dst", checkpoint=steps.append,
+                 progress=lambda f, b: seen.append((f, b)))
+    assert steps == ["copy-file"] * stats.files  # all of them in this process
+    assert seen == sorted(seen) and seen[-1] == (stats.files, stats.bytes)
+
+
+def test_worker_processes_stopped_by_checkpoint(tmp_path: Path, forked: list[int]) -> None:
+    src, _ = rich_source(tmp_path, many=2000)
+    calls = 0
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint(step: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        copy(src, tmp_path / "dst", checkpoint=checkpoint)
+    assert_reaped(forked)  # killed and waited for: nothing writes into dst any more
+    assert calls == 5
+    assert len(list((tmp_path / "dst").rglob("*"))) < 2000
+
+
+def test_worker_error_is_raised_here_as_the_same_oserror(tmp_path: Path, forked: list[int],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open: Callable[..., int] = os.open
+    src = web(tmp_path, n=600)
+
+    def flaky(path: Any, flags: int, *a: Any, **kw: Any) -> int:
+        if str(path).endswith("f450.js") and flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", flaky)  # the workers are forked with it
+    with pytest.raises(OSError) as info:
+        copy(src, tmp_path / "dst")
+    assert type(info.value) is OSError and info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "dst" / "d0" / "f450.js")
+    assert_reaped(forked)
+
+
+def test_worker_that_dies_is_an_operation_failure(tmp_path: Path, forked: list[int],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    here = os.getpid()
+    real_copy = _copy._Copier.copy
+
+    def dying(self: Any, spath: str, dpath: str, st: os.stat_result) -> None:
+        if os.getpid() != here:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_copy(self, spath, dpath, st)
+
+    monkeypatch.setattr(_copy._Copier, "copy", dying)
+    src = web(tmp_path, n=300)
+    with pytest.raises(OperationFailed) as info:
+        copy(src, tmp_path / "dst")
+    assert "worker process ended unexpectedly (killed by SIGKILL)" in str(info.value)
+    assert_reaped(forked)
+
+
+def test_special_files_refused_with_worker_processes(tmp_path: Path, forked: list[int]) -> None:
+    src, _ = rich_source(tmp_path, many=300)
+    os.mkfifo(src / "nested" / "a" / "pipe")
+    with pytest.raises(InvalidInput) as info:
+        copy(src, tmp_path / "dst")
+    assert "FIFO" in str(info.value) and str(src / "nested" / "a" / "pipe") in str(info.value)
+    assert not list((tmp_path / "dst").rglob("pipe"))
+    for pid in forked:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_workers_stop_when_the_calling_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the deploy (no cleanup runs) must not leave workers writing into staging."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("needs os.pidfd_open (Linux, Python 3.9+)")
+    src = web(tmp_path, n=3000)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    pids_file = tmp_path / "pids"
+    script = f"""
+import os, signal
+from atomic_deploy import _copy
+pids = []
+real_fork = os.fork
+def fork():
+    pid = real_fork()
+    if pid:
+        pids.append(pid)
+    return pid
+os.fork = fork
+calls = 0
+def checkpoint(step):
+    global calls
+    calls += 1
+    if calls == 100:
+        with open({str(pids_file)!r}, "w") as f:
+            f.write(" ".join(map(str, pids)))
+        os.kill(os.getpid(), signal.SIGKILL)
+_copy.copy_tree({str(src)!r}, {str(dst)!r}, checkpoint, False)
+"""
+    env = cli_env({_copy.PROCESSES_ENV: "1"})
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            assert poller.poll(10_000), f"worker {pid} still runs after its parent was killed"
+        finally:
+            os.close(fd)
+
+
+def test_auto_mode_forks_nothing_where_files_are_not_cloned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_copy.PROCESSES_ENV)
+    monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+
+    def no_fork() -> int:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    src = web(tmp_path, n=400)
+    stats = copy(src, tmp_path / "dst")
+    assert stats.cloned == 0 and stats.copied == 400
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+def test_auto_mode_forks_workers_once_files_are_cloned(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_copy.PROCESSES_ENV)
+    monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", _fake_clone)
+    src = web(tmp_path, n=400)
+    stats = copy(src, tmp_path / "dst")
+    assert stats.cloned == 400 and stats.jobs == 2
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+def test_fork_refused_copies_in_this_process(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+
+    def refused() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "fork", refused)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 10.0)  # and no threads either
+    src, _ = rich_source(tmp_path, many=300)
+    fds_before = sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else []
+    stats = copy(src, tmp_path / "dst", jobs=None)
+    check_same(src, tmp_path / "dst")
+    assert stats.jobs == 1
+    if fds_before:  # the pipes made for the worker were closed again
+        assert sorted(os.listdir("/proc/self/fd")) == fds_before

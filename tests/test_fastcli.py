@@ -3,6 +3,7 @@ imports that make it quick stay out."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import json
 import os
@@ -13,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import cli_env, make_build
 
 import atomic_deploy
 from atomic_deploy import _fastcli, _history, _jsonfile, cli
+from conftest import cli_env, make_build
 
 FLAG_SETS = ([], ["--json"], ["-q"], ["--quiet"], ["--no-color"], ["--json", "-q"],
              ["--no-color", "--json"])
@@ -172,7 +173,7 @@ def test_quick_path_imports_nothing_heavy(tmp_path: Path, command: str) -> None:
     out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    loaded = set(eval(out.stdout.splitlines()[-1]))  # noqa: S307 - our own repr of a list
+    loaded = set(ast.literal_eval(out.stdout.splitlines()[-1]))
     assert loaded & HEAVY == set(), loaded & HEAVY
     assert "atomic_deploy.cli" not in loaded
 
@@ -205,7 +206,7 @@ def test_loads_agrees_with_json_loads(monkeypatch: pytest.MonkeyPatch, scanner: 
 @pytest.fixture
 def history_file(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "history.jsonl"
-    path.write_text("\n".join(TEXTS + ['{"op": "deploy"}', '{"op": "activ']) + "\n",
+    path.write_text("\n".join([*TEXTS, '{"op": "deploy"}', '{"op": "activ']) + "\n",
                     encoding="utf-8")
     yield path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_deploy import _layout, _platform
+from atomic_deploy import _copy, _layout, _platform
 from atomic_deploy._copy import copy_tree
 from atomic_deploy._layout import TRASH_PREFIX, remove_entry
 
@@ -297,3 +297,38 @@ def test_deep_tree_removed_without_recursion_limit(tmp_path: Path) -> None:
         os.close(fd)
     remove_entry(str(parent), "x")
     assert os.listdir(parent) == []
+
+
+def test_real_clones_in_worker_processes_match_in_process(cow_mount: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto mode on a cloning filesystem forks workers once files turn out to be clones; the
+    release is the same as copied in this process, and its data is shared with the source."""
+    from test_copy_engine import meta
+
+    src = cow_mount / "src"
+    for i in range(_copy._PROC_PROBE_FILES + 700):
+        p = src / f"d{i % 7}" / f"f{i:04d}.js"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * (4096 * (i % 3) + i))
+        os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    os.chmod(src / "d3", 0o750)
+    os.link(src / "d1" / "f0001.js", src / "d2" / "hard.js")
+    os.symlink("d1/f0001.js", src / "link")
+    os.sync()
+    results = {}
+    for mode in ("0", ""):
+        monkeypatch.setenv(_copy.PROCESSES_ENV, mode)
+        dst = cow_mount / f"dst-{mode or 'auto'}"
+        dst.mkdir()
+        results[mode] = copy_tree(str(src), str(dst), nothing, False)
+    assert results["0"].jobs in (1, _copy.DEFAULT_JOBS)  # threads, if they paid
+    if _copy.DEFAULT_JOBS > 1:
+        assert results[""].jobs == _copy.DEFAULT_JOBS  # worker processes and this one
+    for stats in results.values():
+        assert stats.cloned == _copy._PROC_PROBE_FILES + 700 - 1  # f0000.js is empty
+        assert stats.copied == 1 and stats.hardlinks == 1
+    assert meta(cow_mount / "dst-0") == meta(cow_mount / "dst-auto") == meta(src)
+    os.sync()
+    last = _copy._PROC_PROBE_FILES + 699  # copied after the workers started
+    big = cow_mount / "dst-auto" / f"d{last % 7}" / f"f{last:04d}.js"
+    assert shared_bytes(big) >= 4096

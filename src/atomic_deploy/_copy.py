@@ -26,12 +26,15 @@ calling thread): creating inodes and moving data happen in the kernel with the G
 two or more threads overlap them when files are expensive (ext4/XFS journaling, big files); when
 they are cheap (tmpfs, clones, hard links) Python's own per-file work dominates and threads only
 add GIL hand-offs. By default the first files are timed on the calling thread and the workers
-start only if they pay; ``jobs`` fixes the number instead.
+start only if they pay; ``jobs`` fixes the number instead. Where files turn out to be clones
+(Linux, auto mode), forked worker processes share them with the calling process instead
+(_copy_procs: a clone is cheap kernel work plus Python's own, which threads cannot overlap);
+``ATOMIC_DEPLOY_COPY_PROCESSES=0`` keeps every file in this process.
 
 The calling thread runs ``checkpoint("copy-file")`` after every regular file (the signal and
-fault-injection seam) and ``progress``; if either raises, the workers stop after their current
-file and are joined before the exception propagates, so nothing writes into the staging folder
-once copy_tree has returned or raised.
+fault-injection seam) and ``progress``, whoever copied it; if either raises, worker threads stop
+after their current file, worker processes are killed, and both are joined before the exception
+propagates, so nothing writes into the staging folder once copy_tree has returned or raised.
 
 The walk streams: folders are listed one at a time with scandir, work is handed to the workers
 in small batches through a bounded queue, and a folder's own metadata (mode, mtime, owner,
@@ -48,11 +51,14 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _platform
 from ._layout import show
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ._copy_procs import ProcPool
 
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -68,6 +74,14 @@ _HAS_XATTR = hasattr(os, "listxattr")
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 _PROBE_FILES = 256  # files timed on the calling thread before threads may start (auto mode)
 _THREADS_WORTH_S = 60e-6  # mean seconds per file above which threads pay (auto mode)
+# Worker processes (see _copy_procs) instead of threads where files are clones: started after
+# this many files were copied here and at least one of them was cloned (decided before threads
+# are considered). Forking a worker costs about as much as cloning a hundred files, so small
+# trees stay on this thread.
+_PROC_PROBE_FILES = 256
+# "0": never use worker processes; "1": use them from the first file whenever they can be
+# forked, whatever the filesystem (tests use this to run every copy check through them).
+PROCESSES_ENV = "ATOMIC_DEPLOY_COPY_PROCESSES"
 _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # errnos after which a file is simply copied instead of linked (link_dest on another
 # filesystem, too many links to one inode, protected_hardlinks, filesystem without links)
@@ -86,7 +100,7 @@ class CopyStats:
     linked: int = 0  # files hard-linked to the identical file in link_dest
     linked_bytes: int = 0
     hardlinks: int = 0  # extra names of files hard-linked inside the source
-    jobs: int = 1  # copy threads used
+    jobs: int = 1  # copy threads used (or worker processes, this one included)
 
     def add(self, other: CopyStats) -> None:
         for name in ("copied", "cloned", "linked", "linked_bytes"):
@@ -480,6 +494,23 @@ class _Pool:
                     self.stop = True
             self.done.put((node, done, error))
 
+    def put(self, item: _Batch, timeout: float) -> bool:
+        try:
+            self.tasks.put(item, timeout=timeout)
+        except queue.Full:
+            return False
+        return True
+
+    def full(self) -> bool:
+        return False  # the calling thread walks and checkpoints; the workers copy
+
+    def get(self, timeout: float | None) -> _Done | None:
+        """A finished batch, or None; ``timeout`` None: do not wait."""
+        try:
+            return self.done.get(timeout=timeout) if timeout is not None else self.done.get_nowait()
+        except queue.Empty:
+            return None
+
     def close(self) -> None:
         """Stop and join every worker (after an error: abandon queued work first)."""
         if self.stop:
@@ -515,7 +546,9 @@ class _Tree:
         self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev)
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
-        self.pool: _Pool | None = None
+        self.pool: _Pool | ProcPool | None = None
+        self.procs = os.environ.get(PROCESSES_ENV, "") if self.auto else "0"
+        self.proc_stats = CopyStats()  # what worker processes did (they have no copier here)
         self.in_flight = 0
         self.done_files = 0
         self.done_bytes = 0
@@ -543,6 +576,35 @@ class _Tree:
             return False
         return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
 
+    def _procs_pay(self) -> bool:
+        """Auto mode: hand files to worker processes once they turn out to be clones.
+
+        Cloning is mostly kernel work but Python's per-file share is large enough that threads
+        lose (GIL); processes do not share a GIL. Elsewhere threads, or this thread, stay.
+        """
+        if self.procs != "1" and (self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES
+                                  or not self.inline.stats.cloned):
+            return False
+        from . import _copy_procs
+
+        return _copy_procs.available()
+
+    def _start_procs(self) -> None:
+        from ._copy_procs import ProcPool
+
+        # This process copies too, whenever the workers have enough queued (see _dispatch):
+        # one worker fewer than jobs. Forced (tests): two, so that they really interleave.
+        workers = 2 if self.procs == "1" else max(1, self.jobs - 1)
+        try:
+            self.pool = ProcPool(workers, lambda: _Copier(self.opts, self.caps), self.proc_stats)
+        except OSError as exc:  # fork or pipe refused (process or memory limits): copy here
+            import logging
+
+            logging.getLogger("atomic_deploy").debug("no copy worker processes: %s", exc)
+            self.procs = "0"
+            return
+        self.stats.jobs = workers + 1
+
     def _dispatch(self, node: _Dir, batch: _Files) -> None:
         node.pending += 1
         src, dst, old = node.src, node.dst, node.link
@@ -556,7 +618,10 @@ class _Tree:
                 else:
                     rest.append((name, st))
             batch, old = rest, None
-        if self.pool is None and (self.jobs <= 1 or not self._threads_pay()):
+        if self.pool is None and self.procs != "0" and self._procs_pay():
+            self._start_procs()
+        if (self.pool is None and (self.jobs <= 1 or not self._threads_pay())) or (
+                self.pool is not None and self.pool.full()):
             started = time.perf_counter()
             for name, st in batch:
                 self.inline.file(f"{src}/{name}", f"{dst}/{name}",
@@ -571,25 +636,20 @@ class _Tree:
             self.copiers += self.pool.copiers
             self.stats.jobs = self.jobs
         self.in_flight += 1
-        while True:
-            try:
-                self.pool.tasks.put((node, batch, old is not None), timeout=0.05)
-                break
-            except queue.Full:
-                self._collect(block=False)  # keep checkpoints and progress going meanwhile
+        while not self.pool.put((node, batch, old is not None), timeout=0.05):
+            self._collect(block=False)  # keep checkpoints and progress going meanwhile
         self._collect(block=False)
 
     def _collect(self, block: bool) -> None:
         assert self.pool is not None
         while self.in_flight:
-            try:
-                # A timeout, not a plain blocking get: keeps the calling thread responsive.
-                node, done, error = (self.pool.done.get(timeout=0.2) if block
-                                     else self.pool.done.get_nowait())
-            except queue.Empty:
+            # A timeout, not a plain blocking get: keeps the calling thread responsive.
+            got = self.pool.get(0.2 if block else None)
+            if got is None:
                 if block:
                     continue
                 return
+            node, done, error = got
             self.in_flight -= 1
             for _name, st in done:
                 self._file_done(st)
@@ -653,6 +713,7 @@ class _Tree:
             raise
         for c in self.copiers:
             self.stats.add(c.stats)
+        self.stats.add(self.proc_stats)
         if self.fsync_each:
             _platform.drive_barrier(self.dst_root)
         return self.stats

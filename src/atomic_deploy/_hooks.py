@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import http.client
 import logging
 import os
 import re
@@ -21,17 +20,17 @@ import selectors
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from . import __version__
 from ._layout import RELEASES
 from ._signals import pending_signal
 from .errors import CheckFailed, InvalidInput
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger("atomic_deploy")
 
@@ -335,6 +334,8 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
 
 
 def check_url_syntax(url: str) -> None:
+    import urllib.parse
+
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
@@ -356,6 +357,10 @@ def _check_retry_options(retries: int, timeout: float, interval: float) -> None:
 
 
 def _opener() -> urllib.request.OpenerDirector:
+    # Imported here: urllib.request (with http.client, email and ssl) would add about a third to
+    # every deploy's start-up, and only --health-url needs it.
+    import urllib.request
+
     # No proxies from the environment: the check is about the server just deployed, and a
     # proxy (or its cache) answering instead would say nothing about it.
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -364,6 +369,10 @@ def _opener() -> urllib.request.OpenerDirector:
 def _fetch(opener: urllib.request.OpenerDirector, url: str,
            timeout: float) -> tuple[bool, int | None, str | None]:
     """One GET, redirects followed: (ok, final HTTP status, error)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": f"atomic-deploy/{__version__}"})
     try:
         with opener.open(request, timeout=timeout) as response:
