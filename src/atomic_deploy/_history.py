@@ -21,18 +21,22 @@ LIVE_OPS = ("deploy", "activate", "rollback", "adopt")
 
 
 def _user() -> str:
-    import getpass
+    """What getpass.getuser() says, without its imports (termios, pwd lookup only if needed)."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    import pwd
 
     try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers): the uid is still useful
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry (containers): the uid is still useful
         return str(os.getuid())
 
 
 def _host() -> str:
-    import socket
-
-    return socket.gethostname()
+    """socket.gethostname() without importing socket: both are uname(2)'s node name."""
+    return os.uname().nodename
 
 
 def now_iso() -> str:
