@@ -57,8 +57,8 @@ ENV.pop("ATOMIC_DEPLOY_FAULT", None)
 # files, and recompiling every module on every run would be charged to atomic-deploy.
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 CLI = [PY, "-m", "atomic_deploy"]
-PIP_SCRIPT = ("import re, sys\nfrom atomic_deploy._fastcli import main\n"
-              "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\nsys.exit(main())")
+PIP_SCRIPT = ("import re, sys\nfrom atomic_deploy._fastcli import run\n"
+              "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\nsys.exit(run())")
 ON_LINUX = sys.platform.startswith("linux")
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 

@@ -259,3 +259,36 @@ def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path) -> None:
     r = run_cli("histroy", root)
     assert r.returncode == 2 and "invalid choice" in r.stderr and r.stderr.count("\n") == 1
     assert not root.exists()
+
+
+# --- the parser built for one command -------------------------------------------------------
+
+def _subparser(parser: object, name: str) -> object:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", ["deploy", "prepare", "activate", "rollback", "status",
+                                     "list", "prune", "adopt", "demo", "race", "doctor"])
+def test_parser_for_one_command_is_that_command_of_the_full_parser(command: str) -> None:
+    """main() builds only the command it runs: same help, same options, same errors."""
+    import argparse
+
+    from atomic_deploy.cli import UsageError, build_parser
+
+    full, one = build_parser(), build_parser(command)
+    a, b = _subparser(full, command), _subparser(one, command)
+    assert isinstance(a, argparse.ArgumentParser) and isinstance(b, argparse.ArgumentParser)
+    assert a.format_help() == b.format_help()
+    assert [x.option_strings for x in a._actions] == [x.option_strings for x in b._actions]
+    for argv in ([command, "--bogus"], [command, "a", "b", "c", "d"], [command, "--wait", "x"]):
+        outcomes = []
+        for parser in (full, one):
+            try:
+                outcomes.append(("ok", vars(parser.parse_args(argv))))
+            except UsageError as exc:
+                outcomes.append(("usage", str(exc)))
+        assert outcomes[0] == outcomes[1], argv

@@ -147,7 +147,7 @@ def test_build_script_writes_an_executable_archive_of_the_whole_package(pyz: Pat
         compressed = all(i.compress_type == zipfile.ZIP_DEFLATED
                          for i in z.infolist() if i.file_size)
     assert names == package_files() | {"__main__.py"}
-    assert "sys.exit(main())" in main_py
+    assert "\nrun()\n" in main_py
     assert compressed
     assert not list(pyz.parent.glob(".*partial*")), "temp file left behind"
 
@@ -327,7 +327,7 @@ def test_sdist_builds_a_wheel_that_installs_and_runs_in_a_fresh_venv(tmp_path: P
         metadata = z.read(f"{info}/METADATA").decode()
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     assert {n for n in names if not n.startswith(info + "/")} == package_files()
-    assert re.search(r"^atomic-deploy = atomic_deploy\._fastcli:main$", entry_points, re.MULTILINE)
+    assert re.search(r"^atomic-deploy = atomic_deploy\._fastcli:run$", entry_points, re.MULTILINE)
     assert re.search(r"^Version: " + re.escape(VERSION) + "$", metadata, re.MULTILINE)
     assert "Requires-Python: >=3.9" in metadata
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.MULTILINE)

@@ -201,22 +201,36 @@ def test_adopt_moves_a_real_current_folder_into_releases(root: Path, builds: Bui
 
 
 def test_adopt_exchange_never_leaves_a_gap(root: Path, tmp_path: Path) -> None:
-    """Readers during adopt-by-exchange: every read of current/index.html succeeds."""
+    """Readers during 25 adopts by exchange: every read through current succeeds.
+
+    Between adopts the test puts a fresh real folder back at current with one exchange (so the
+    readers see no gap from the test itself either); the adopted folders stay as releases.
+    """
     if not _platform.exchange_name():
         pytest.skip("no atomic exchange on this system")
     from test_readers import _collect, _run_readers
 
-    _legacy_root(root)
-    (root / "current" / "data").write_text("L" * 65536)
-    (root / "current" / "a").write_text("x")
-    (root / "current" / "b").write_text("x")
+    def legacy_folder(path: Path, byte: str) -> None:
+        path.mkdir(parents=True)
+        (path / "index.html").write_text("legacy")
+        (path / "data").write_text(byte * 65536)
+        (path / "a").write_text(byte)
+        (path / "b").write_text(byte)
+
+    legacy_folder(root / "current", "L")
     procs, stop = _run_readers(tmp_path, root, 2)
     try:
-        atomic_deploy.adopt(str(root), "legacy")
+        for i in range(25):
+            atomic_deploy.adopt(str(root), f"legacy{i}")
+            assert current_target(root) == f"releases/legacy{i}"
+            legacy_folder(root / "next", "MN"[i % 2])
+            _platform.exchange(str(root / "next"), str(root / "current"))
+            os.unlink(root / "next")  # the link that was current
     finally:
         results = _collect(tmp_path, procs, stop)
-    assert [r["enoent"] for r in results] == [0, 0]
-    assert current_target(root) == "releases/legacy"
+    assert [r["enoent"] for r in results] == [0, 0], results
+    assert [r["torn"] for r in results] == [0, 0], results
+    assert {"L", "M", "N"} <= set().union(*(set(r["seen"]) for r in results))  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("step", ["adopt-links-made", "adopt-exchanged", "adopt-moved"])

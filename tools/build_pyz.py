@@ -45,9 +45,9 @@ if sys.version_info < {min_python!r}:
     )
     sys.exit(1)
 
-from atomic_deploy._fastcli import main
+from atomic_deploy._fastcli import run
 
-sys.exit(main())
+run()
 """
 
 

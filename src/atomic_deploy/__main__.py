@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import sys
-
-from ._fastcli import main
+from ._fastcli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

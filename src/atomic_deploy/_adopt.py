@@ -1,14 +1,16 @@
 """``adopt``: migrate a root whose ``current`` is a real folder (legacy layouts, capistrano #1398).
 
 With an atomic exchange the folder moves into ``releases/<id>`` and ``current`` becomes a link
-without any instant at which ``current/...`` fails to resolve:
+in one step, so there is no instant at which ``current/...`` fails to resolve:
 
-1. ``releases/<id>`` is made a symlink to ``../.atomic-deploy/tmp/adopt.<r>``, and
-   ``tmp/adopt.<r>`` a symlink with the text ``releases/<id>``;
-2. exchange ``tmp/adopt.<r>`` <-> ``current``: ``current`` is now the link, and resolves through
-   ``releases/<id>`` to the folder, which now sits at ``tmp/adopt.<r>``;
-3. exchange ``tmp/adopt.<r>`` <-> ``releases/<id>``: the folder is at ``releases/<id>``;
-4. remove the leftover link.
+1. ``releases/<id>`` is made a symlink whose text is what ``current`` must hold
+   (``releases/<id>``: meaningless where it is, as nothing resolves it there);
+2. exchange ``releases/<id>`` <-> ``current``: the folder is at ``releases/<id>`` and ``current``
+   is the link to it. A reader looks ``current`` up once and gets either the folder or the link;
+   both lead to the same folder, which is complete and stays where it is.
+
+(An earlier design went through a second temp link and two exchanges; a reader that had read
+the first link's text before the second exchange could then find its target gone: ENOENT.)
 
 Without one (BSDs, filesystems that refuse it): rename the folder into ``releases/<id>``, then
 rename a new link over ``current``; readers see ``current`` missing between the two renames.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from ._history import record
-from ._layout import Layout, check_root_for_write, random_suffix, read_current, show
+from ._layout import Layout, check_root_for_write, read_current, show
 from ._recovery import clear_journal, write_journal
 from ._signals import checkpoint
 from ._switch import link_text, point_current
@@ -49,17 +51,16 @@ def check_adoptable(root: str, release: str | None) -> Layout:
 def adopt_locked(s: _Session, rid: str, use_exchange: bool) -> str:
     layout = s.layout
     method = _platform.exchange_name() if use_exchange else None
-    tmp_name = f"adopt.{random_suffix()}"
-    journal: dict[str, Any] = {"op": "adopt", "release": rid, "tmp": tmp_name,
-                               "method": method or "rename", "pid": os.getpid()}
+    journal: dict[str, Any] = {"op": "adopt", "release": rid, "method": method or "rename",
+                               "pid": os.getpid()}
     write_journal(layout, journal)
     if method is not None:
         try:
-            _exchange_way(layout, rid, tmp_name)
+            _exchange_way(layout, rid)
         except OSError as exc:
             if read_current(layout).kind != "directory":
                 raise  # something moved: recovery from the journal finishes it
-            _cleanup_links(layout, rid, tmp_name)
+            _cleanup_links(layout, rid, None)
             method = None
             journal["method"] = "rename"
             journal["exchange_error"] = exc.strerror
@@ -75,23 +76,22 @@ def adopt_locked(s: _Session, rid: str, use_exchange: bool) -> str:
     return method
 
 
-def _exchange_way(layout: Layout, rid: str, tmp_name: str) -> None:
-    tmp = os.path.join(layout.tmp, tmp_name)
-    os.symlink(os.path.join("..", ".atomic-deploy", "tmp", tmp_name), layout.release(rid))
-    os.symlink(link_text(rid), tmp)
+def _exchange_way(layout: Layout, rid: str) -> None:
+    rel = layout.release(rid)
+    os.symlink(link_text(rid), rel)  # what current will be, created where the folder will be
     checkpoint("adopt-links-made")
-    _platform.exchange(tmp, layout.current)
+    _platform.exchange(rel, layout.current)
     checkpoint("adopt-exchanged")
-    _platform.exchange(tmp, layout.release(rid))
-    checkpoint("adopt-moved")
-    os.unlink(tmp)
     _platform.fsync_dir(layout.releases)
     _platform.fsync_dir(layout.root)
-    _platform.fsync_dir(layout.tmp)
+    checkpoint("adopt-moved")
 
 
-def _cleanup_links(layout: Layout, rid: str, tmp_name: str) -> None:
-    for path in (layout.release(rid), os.path.join(layout.tmp, tmp_name)):
+def _cleanup_links(layout: Layout, rid: str, tmp_name: str | None) -> None:
+    paths = [layout.release(rid)]
+    if tmp_name:  # a journal of the earlier two-exchange design
+        paths.append(os.path.join(layout.tmp, tmp_name))
+    for path in paths:
         if os.path.islink(path):
             os.unlink(path)
 
@@ -99,16 +99,20 @@ def _cleanup_links(layout: Layout, rid: str, tmp_name: str) -> None:
 def finish_adopt(layout: Layout, journal: dict[str, Any]) -> str:
     """Crash recovery: wherever the migration stopped, complete it (the folder is never lost)."""
     rid = str(journal.get("release"))
-    tmp = os.path.join(layout.tmp, str(journal.get("tmp")))
+    tmp_name = journal.get("tmp")  # set only by the earlier two-exchange design
     rel = layout.release(rid)
     cur = read_current(layout)
     if cur.kind == "directory":
-        _cleanup_links(layout, rid, str(journal.get("tmp")))  # nothing moved yet
+        _cleanup_links(layout, rid, tmp_name if isinstance(tmp_name, str) else None)
         return "nothing had moved; current is still the original folder"
-    if os.path.isdir(tmp) and not os.path.islink(tmp) and os.path.islink(rel):
-        _platform.exchange(tmp, rel)  # step 3 of the exchange way
-    if os.path.islink(tmp):
-        os.unlink(tmp)
+    if isinstance(tmp_name, str):
+        tmp = os.path.join(layout.tmp, tmp_name)
+        if os.path.isdir(tmp) and not os.path.islink(tmp) and os.path.islink(rel):
+            _platform.exchange(tmp, rel)  # its second exchange
+        if os.path.islink(tmp):
+            os.unlink(tmp)
     if os.path.isdir(rel) and not os.path.islink(rel) and cur.kind == "absent":
         point_current(layout, link_text(rid))  # two-step way stopped between its renames
+    _platform.fsync_dir(layout.releases)
+    _platform.fsync_dir(layout.root)
     return f"migration completed; current -> {read_current(layout).target}"

@@ -20,8 +20,29 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NoReturn
 
 _FLAGS = ("--json", "-q", "--quiet", "--no-color")  # status and list have no others but -v
+
+
+def run() -> NoReturn:
+    """The program's entry (console script, ``python -m``, the .pyz): main(), then exit.
+
+    Exits without the interpreter's teardown: after a deploy, freeing every module and object
+    one by one takes about 10 ms (measured with strace: no system call in that time), which is
+    all the work left. Safe because nothing is left to it: files, locks, worker threads and
+    processes are closed, joined and reaped by the operations themselves, the CLI's log
+    handler is removed, and the output streams are flushed here.
+    """
+    import os
+
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # the reader went away, or the disk is full: the output is incomplete
+        code = code or 1
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,12 +37,13 @@ def write_journal(layout: Layout, journal: Journal) -> None:
     write_json_atomic(layout.journal, journal)
 
 
-def clear_journal(layout: Layout) -> None:
+def clear_journal(layout: Layout, durable: bool = True) -> None:
     try:
         os.unlink(layout.journal)
     except FileNotFoundError:
         return
-    _platform.fsync_dir(layout.state)
+    if durable:
+        _platform.fsync_dir(layout.state)
 
 
 def remove_leftovers(layout: Layout) -> list[str]:

@@ -152,7 +152,13 @@ def _common() -> _Parser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, just that subcommand (what parsing its arguments needs:
+    the other twelve's options cost a few milliseconds of every command's start-up)."""
+
+    def want(name: str) -> bool:
+        return only is None or name == only
+
     common = _common()
     parser = _Parser(
         prog="atomic-deploy",
@@ -172,100 +178,113 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
-    _add_stage_options(p)
-    p.add_argument("--keep", type=int, metavar="N",
-                   help="afterwards prune to N good releases (current and rollback target kept)")
-    _add_switch_hooks(p)
-    _add_dry_run(p)
+    if want("deploy"):
+        p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
+        _add_stage_options(p)
+        p.add_argument("--keep", type=int, metavar="N",
+                       help="afterwards prune to N good releases (current and rollback target kept)")
+        _add_switch_hooks(p)
+        _add_dry_run(p)
 
-    p = sub.add_parser("prepare", help="stage a complete release, print its id, do not switch")
-    _add_stage_options(p)
-    p.add_argument("--on-failure", action="append", metavar="CMD",
-                   help="run when preparing fails (sh -c; repeatable)")
-    p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
-                   help="kill a hook (and its process group) after this long (default 600)")
-    _add_dry_run(p)
+    if want("prepare"):
+        p = sub.add_parser("prepare", help="stage a complete release, print its id, do not switch")
+        _add_stage_options(p)
+        p.add_argument("--on-failure", action="append", metavar="CMD",
+                       help="run when preparing fails (sh -c; repeatable)")
+        p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+                       help="kill a hook (and its process group) after this long (default 600)")
+        _add_dry_run(p)
 
-    p = sub.add_parser("activate", help="switch current to an existing complete release")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("release", metavar="RELEASE_ID")
-    _add_switch_hooks(p)
-    _add_wait(p)
-    _add_config(p)
-    _add_json(p)
+    if want("activate"):
+        p = sub.add_parser("activate", help="switch current to an existing complete release")
+        p.add_argument("root", metavar="ROOT")
+        p.add_argument("release", metavar="RELEASE_ID")
+        _add_switch_hooks(p)
+        _add_wait(p)
+        _add_config(p)
+        _add_json(p)
 
-    p = sub.add_parser("rollback", help="switch back to the newest good release before current")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--to", metavar="RELEASE_ID", help="roll back to this release instead")
-    _add_switch_hooks(p)
-    _add_wait(p)
-    _add_config(p)
-    _add_dry_run(p)
-    _add_json(p)
+    if want("rollback"):
+        p = sub.add_parser("rollback", help="switch back to the newest good release before current")
+        p.add_argument("root", metavar="ROOT")
+        p.add_argument("--to", metavar="RELEASE_ID", help="roll back to this release instead")
+        _add_switch_hooks(p)
+        _add_wait(p)
+        _add_config(p)
+        _add_dry_run(p)
+        _add_json(p)
 
-    p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
-    p.add_argument("root", metavar="ROOT")
-    _add_json(p)
+    if want("status"):
+        p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
+        p.add_argument("root", metavar="ROOT")
+        _add_json(p)
 
-    p = sub.add_parser("list", help="releases in deploy order with their state")
-    p.add_argument("root", metavar="ROOT")
-    _add_json(p)
+    if want("list"):
+        p = sub.add_parser("list", help="releases in deploy order with their state")
+        p.add_argument("root", metavar="ROOT")
+        _add_json(p)
 
-    p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--keep", type=int, metavar="N",
-                   help="number of good releases to keep (bad ones do not count)")
-    _add_wait(p)
-    _add_config(p)
-    _add_dry_run(p)
-    _add_json(p)
+    if want("prune"):
+        p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
+        p.add_argument("root", metavar="ROOT")
+        p.add_argument("--keep", type=int, metavar="N",
+                       help="number of good releases to keep (bad ones do not count)")
+        _add_wait(p)
+        _add_config(p)
+        _add_dry_run(p)
+        _add_json(p)
 
-    p = sub.add_parser("adopt", help="migrate a root whose current is a real folder")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--id", metavar="RELEASE_ID", help="name for the adopted release")
-    p.add_argument("--no-exchange", action="store_true",
-                   help="use the two-step rename even where an atomic exchange exists")
-    _add_wait(p)
-    _add_json(p)
+    if want("adopt"):
+        p = sub.add_parser("adopt", help="migrate a root whose current is a real folder")
+        p.add_argument("root", metavar="ROOT")
+        p.add_argument("--id", metavar="RELEASE_ID", help="name for the adopted release")
+        p.add_argument("--no-exchange", action="store_true",
+                       help="use the two-step rename even where an atomic exchange exists")
+        _add_wait(p)
+        _add_json(p)
 
-    p = sub.add_parser("demo", help="deploy a bundled example site into a temporary root")
-    p.add_argument("--root", metavar="DIR", help="use this (new or empty) folder as the demo root")
-    _add_json(p)
+    if want("demo"):
+        p = sub.add_parser("demo", help="deploy a bundled example site into a temporary root")
+        p.add_argument("--root", metavar="DIR", help="use this (new or empty) folder as the demo root")
+        _add_json(p)
 
-    p = sub.add_parser("race", help="show the ln -sfn race next to atomic-deploy's switch",
-                       description="Reader processes read <tmp>/current/version in a loop while a "
-                       "writer switches current between two releases, once per strategy: naive "
-                       "(unlink + symlink, what ln -sfn does on macOS, BSD and busybox), ln (this "
-                       "system's ln -sfn), atomic (atomic-deploy's own switch). Exits 1 if the "
-                       "atomic strategy saw any error.")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
-    p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
-    _add_json(p)
+    if want("race"):
+        p = sub.add_parser("race", help="show the ln -sfn race next to atomic-deploy's switch",
+                           description="Reader processes read <tmp>/current/version in a loop while a "
+                           "writer switches current between two releases, once per strategy: naive "
+                           "(unlink + symlink, what ln -sfn does on macOS, BSD and busybox), ln (this "
+                           "system's ln -sfn), atomic (atomic-deploy's own switch). Exits 1 if the "
+                           "atomic strategy saw any error.")
+        p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
+        p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
+        _add_json(p)
 
-    p = sub.add_parser("doctor", help="check that ROOT's filesystem and state are fit for deploys",
-                       description="Read-only checks of ROOT: filesystem type, rename over a "
-                       "symlink, flock, fsync, reflink, free space, current, stray entries, "
-                       "leftovers, interrupted work, the lock and permissions. Probes run in a "
-                       "private folder inside ROOT that is removed afterwards. Exits 1 if any "
-                       "check fails (warnings do not).")
-    p.add_argument("root", metavar="ROOT")
-    _add_json(p)
+    if want("doctor"):
+        p = sub.add_parser("doctor", help="check that ROOT's filesystem and state are fit for deploys",
+                           description="Read-only checks of ROOT: filesystem type, rename over a "
+                           "symlink, flock, fsync, reflink, free space, current, stray entries, "
+                           "leftovers, interrupted work, the lock and permissions. Probes run in a "
+                           "private folder inside ROOT that is removed afterwards. Exits 1 if any "
+                           "check fails (warnings do not).")
+        p.add_argument("root", metavar="ROOT")
+        _add_json(p)
 
-    from ._completion import SHELLS, install_hint
+    if want("completion"):
+        from ._completion import SHELLS, install_hint
 
-    p = sub.add_parser("completion", help="print a shell completion script",
-                       description="Print a completion script for SHELL, generated from this "
-                       "command's own options.",
-                       epilog="install:\n" + "\n".join(
-                           "  " + install_hint(s).replace("\n", "\n    ") for s in SHELLS),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
-    _add_json(p)
+        p = sub.add_parser("completion", help="print a shell completion script",
+                           description="Print a completion script for SHELL, generated from this "
+                           "command's own options.",
+                           epilog="install:\n" + "\n".join(
+                               "  " + install_hint(s).replace("\n", "\n    ") for s in SHELLS),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+        _add_json(p)
 
-    p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
-    p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
-    _add_json(p)
+    if want("man"):
+        p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
+        p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
+        _add_json(p)
     return parser
 
 
@@ -535,7 +554,10 @@ def _usage_error(message: str, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _normalize(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser()
+    # `completion` and `man` describe every command; everything else needs only its own.
+    only = argv[0] if argv and argv[0] in COMMANDS and argv[0] not in ("completion", "man") \
+        else None
+    parser = build_parser(only)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help and --version
