@@ -114,6 +114,8 @@ class History:
         sort the same way. Other names (made by hand) count as older than every generated id,
         in log order where logged, else in natural name order.
         """
+        if all(map(looks_generated, names)):  # the usual case, without a key per name
+            return sorted(sorted(names), key=int)  # stable: equal numbers ("07", "7") by name
         created = self.created()
 
         def key(n: str) -> tuple[int, int, list[tuple[int, object]], str]:

@@ -56,9 +56,8 @@ def format_list(rels: list[Any]) -> str:
         state = r.state + ("" if r.managed else " (unmanaged)")
         when = (r.deployed_at or "-")[:19].replace("T", " ")
         rows.append((mark, r.id, state, when, (r.message or "").replace("\n", " ")))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
-             for row in rows]
+    w0, w1, w2, w3 = (max(map(len, column)) for column in list(zip(*rows))[:4])
+    lines = [f"{a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d:<{w3}}  {e}" for a, b, c, d, e in rows]
     legend = [t for t, on in (("* current", any(r.current for r in rels)),
                               ("< rollback target", any(r.rollback_target for r in rels))) if on]
     if legend:

@@ -141,20 +141,15 @@ def _view(layout: Layout, history: History, entries: list[os.DirEntry[str]] | No
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     ordered, bad, current, target = _view(layout, history)
     created = history.created()
+    records = history.records
     out = []
-    for name in ordered:
-        rec = history.records[created[name]] if name in created else {}
+    for name in ordered:  # positional arguments: this loop runs once per release
+        i = created.get(name)
+        rec = records[i] if i is not None else {}
         out.append(ReleaseInfo(
-            id=name,
-            state="current" if name == current else "bad" if name in bad else "good",
-            current=name == current,
-            rollback_target=name == target,
-            deployed_at=rec.get("time"),
-            user=rec.get("user"),
-            message=rec.get("message"),
-            source=rec.get("source"),
-            managed=name in created,
-        ))
+            name, "current" if name == current else "bad" if name in bad else "good",
+            name == current, name == target, rec.get("time"), rec.get("user"),
+            rec.get("message"), rec.get("source"), i is not None))
     return out
 
 
