@@ -234,3 +234,101 @@ def test_natural_order_of_handmade_names() -> None:
     names = ["v10", "v2", "v1b", "x²", "v1a", "release"]  # "²" is a digit but no decimal
     h = _history.History([])
     assert h.order(names) == ["release", "v1a", "v1b", "v2", "v10", "x²"]
+
+
+# --- output that cannot be written ------------------------------------------------------------
+
+def _run_with_stdout(args: list[str], stdout: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "atomic_deploy", *args], env=cli_env(),
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [["status", "{root}"], ["list", "{root}"],
+                                  ["status", "{root}", "--json"], ["status", "{root}", "-v"],
+                                  ["deploy", "{build}", "{root}"], ["--version"]])
+def test_output_to_a_full_disk_is_one_line_saying_what_happened(
+        tmp_path: Path, args: list[str]) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, 1)
+    argv = [a.format(root=root, build=build) for a in args]
+    with open("/dev/full", "w") as full:
+        r = _run_with_stdout(argv, full)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "could not write the output (No space left on device)" in r.stderr
+    if args[0] == "deploy":
+        assert "the deploy itself completed" in r.stderr
+        assert len(_released(root)) == 2  # it did
+    elif args[0] != "--version":
+        assert r.stderr.rstrip().endswith("nothing was changed")
+
+
+@pytest.mark.parametrize("args", [["status", "{root}"], ["list", "{root}", "--json"],
+                                  ["deploy", "{build}", "{root}"], ["--version"]])
+def test_closed_or_abandoned_stdout_is_no_failure(tmp_path: Path, args: list[str]) -> None:
+    """`>&-` and `| true`: the operation's outcome decides the exit code, no traceback."""
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, 1)
+    argv = [a.format(root=root, build=build) for a in args]
+    closed = subprocess.run([sys.executable, "-m", "atomic_deploy", *argv], env=cli_env(),
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            timeout=60, pass_fds=(), stdout=None, close_fds=True,
+                            preexec_fn=lambda: os.close(1))
+    assert (closed.returncode, closed.stderr) == (0, "")
+    reader_gone = subprocess.Popen([sys.executable, "-m", "atomic_deploy", *argv], env=cli_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader_gone.stdout is not None
+    reader_gone.stdout.close()  # nobody reads: the first write gets EPIPE
+    _out, err = reader_gone.communicate(timeout=60)
+    assert (reader_gone.returncode, err) == (0, "")
+
+
+def test_many_releases_into_a_closed_pipe_exit_0(tmp_path: Path) -> None:
+    """Output larger than a pipe's buffer, reader gone after the first line (`| head -1`)."""
+    root = tmp_path / "root"
+    _deploy(root, tmp_path / "build", 1)
+    for i in range(1500):
+        (root / "releases" / f"handmade-{i:05d}-{'x' * 40}").mkdir()
+    r = subprocess.run(f"{sys.executable} -m atomic_deploy list {root} | head -1; "
+                       "echo \"rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                       env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines()[-1] == "rc=0" and r.stderr == ""
+
+
+@pytest.mark.parametrize("breakage", ["releases-is-a-file", "state-is-a-file",
+                                      "history-is-a-folder"])
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_broken_state_is_invalid_input_and_changes_nothing(
+        tmp_path: Path, breakage: str, command: str) -> None:
+    root = tmp_path / "root"
+    if breakage == "history-is-a-folder":
+        _deploy(root, tmp_path / "build", 1)
+        (root / ".atomic-deploy" / "history.jsonl").unlink()
+        (root / ".atomic-deploy" / "history.jsonl").mkdir()
+    else:
+        root.mkdir()
+        (root / ("releases" if breakage == "releases-is-a-file" else ".atomic-deploy")).touch()
+    before = sorted(str(p) for p in root.rglob("*"))
+    r = _run_with_stdout([command, str(root), "--json"], subprocess.PIPE)
+    assert r.returncode == 2
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.rstrip().endswith("nothing was changed")
+    assert json.loads(r.stdout)["state"] == "nothing was changed"
+    assert sorted(str(p) for p in root.rglob("*")) == before
+
+
+def test_release_of_an_uncommitted_deploy_is_not_listed(tmp_path: Path) -> None:
+    """Killed after its release was renamed into releases/ but before the switch: recovery will
+    remove it, so status and list do not count it as a release."""
+    from conftest import run_cli
+
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, 1)
+    r = run_cli("deploy", build, root, fault="release-renamed:KILL")
+    assert r.returncode == -9
+    assert len(_released(root)) == 2  # on disk, not committed
+    listed = json.loads(run_cli("list", root, "--json").stdout)["releases"]
+    assert len(listed) == 1 and listed[0]["current"]
+    status = json.loads(run_cli("status", root, "--json").stdout)
+    assert status["releases"] == 1 and status["interrupted"]["op"] == "deploy"

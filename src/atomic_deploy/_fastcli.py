@@ -34,14 +34,24 @@ def run() -> NoReturn:
     processes are closed, joined and reaped by the operations themselves, the CLI's log
     handler is removed, and the output streams are flushed here.
     """
+    import contextlib
     import os
 
     code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # the reader went away, or the disk is full: the output is incomplete
-        code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed by the caller (`>&-`)
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away: what it read was all it wanted
+            pass
+        except OSError as exc:  # disk full: say so where it can still be said
+            code = code or 1
+            if stream is sys.stdout and sys.stderr is not None:
+                with contextlib.suppress(OSError):
+                    sys.stderr.write(f"atomic-deploy: error: could not write the output "
+                                     f"({exc.strerror or exc})\n")
+                    sys.stderr.flush()
     os._exit(code)
 
 
@@ -79,17 +89,20 @@ def _quick(args: list[str]) -> int | None:
         return 130
     except Exception:
         return None
+    if sys.stdout is None:  # closed by the caller: nothing to write to, as print() does
+        return 0
     try:
         if as_json:
             import json
 
-            print(json.dumps(_render.envelope(args[0], payload), sort_keys=True))
+            sys.stdout.write(json.dumps(_render.envelope(args[0], payload), sort_keys=True) + "\n")
         elif not quiet:
-            print(text)
+            sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # as cli.main: the reader went away (`| head`); no error at exit
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except OSError:  # disk full: cli.main says so, in its words
+        return None
     return 0

@@ -4,6 +4,8 @@ prints or knows exit codes."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -20,6 +22,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+
+# Commands that change nothing in any root (demo and race make and remove their own).
+_READ_ONLY = ("status", "list", "doctor", "completion", "man")
+_BAD_ROOT_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP)
 
 COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "adopt", "demo",
             "race", "completion", "man", "doctor")
@@ -51,8 +57,44 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        print(version_text())
+        _out_line(version_text())
         parser.exit()
+
+
+class _OutputError(Exception):
+    """The result could not be written to stdout (disk full, I/O error): reported by _main with
+    what the command did, since the operation itself may have completed."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+
+
+def _out_line(text: str, end: str = "\n") -> None:
+    """Write a result to stdout. A reader that went away (`| head`, `| true`) just ends the
+    output: the command's exit code stays what the operation's outcome was. Other write errors
+    raise _OutputError. A closed stdout (None) takes nothing, as print() does."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+    except OSError as exc:
+        raise _OutputError(exc) from None
+
+
+def _out_quiet(text: str) -> None:
+    """For the JSON error object: the error itself is already on stderr, so a failed write of
+    the object adds nothing."""
+    with contextlib.suppress(_OutputError):
+        _out_line(text)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so that nothing fails again when it is flushed at exit."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class UsageError(Exception):
@@ -340,9 +382,9 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
           data: bool = False) -> None:
     """JSON with --json; else ``text``, which -q silences unless it is the command's data."""
     if getattr(args, "json", False):
-        print(json.dumps(envelope(args.command, payload), sort_keys=True))
+        _out_line(json.dumps(envelope(args.command, payload), sort_keys=True))
     elif text and (data or not getattr(args, "quiet", False)):
-        print(text)
+        _out_line(text)
 
 
 # Option name -> (config key, default when neither flag nor config gives one).
@@ -471,8 +513,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _emit(args, {"shell": args.shell, "script": script,
                          "install": install_hint(args.shell)}, "")
             return EXIT_OK
-        sys.stdout.write(script)
-        if sys.stdout.isatty():
+        _out_line(script, end="")
+        if sys.stdout is not None and sys.stdout.isatty():
             print(f"# install with:\n# {install_hint(args.shell)}", file=sys.stderr)
     elif cmd == "man":
         from ._manpage import default_date, manpage
@@ -485,7 +527,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(page)
         else:
-            sys.stdout.write(page)
+            _out_line(page, end="")
     elif cmd == "race":
         return _race(args)
     elif cmd == "demo":
@@ -546,7 +588,7 @@ def _race(args: argparse.Namespace) -> int:
 def _usage_error(message: str, as_json: bool) -> int:
     print(f"atomic-deploy: {_err('red', 'error:')} {show(message)}", file=sys.stderr)
     if as_json:
-        print(json.dumps({"schema": JSON_SCHEMA, "ok": False, "error": message,
+        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "ok": False, "error": message,
                           "state": "nothing was changed", "exit_code": EXIT_USAGE},
                          sort_keys=True))
     return EXIT_USAGE
@@ -564,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     except UsageError as exc:
         return _usage_error(str(exc), "--json" in argv)
+    except _OutputError as exc:  # --version
+        print(f"atomic-deploy: error: could not write the output ({exc})", file=sys.stderr)
+        return EXIT_FAILED
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -594,21 +639,41 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     except AtomicDeployError as exc:
-        # show(): a newline inside a path or id must not split the one error line.
-        print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
-        if getattr(args, "json", False):
-            print(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
-                              "error": exc.message, "state": exc.state,
-                              "exit_code": exc.exit_code}, sort_keys=True))
-        return exc.exit_code
+        return _report(args, exc)
     except KeyboardInterrupt:
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130
+    except _OutputError as exc:
+        done = ("nothing was changed" if args.command in _READ_ONLY
+                else f"the {args.command} itself completed (see: atomic-deploy list)")
+        print(f"atomic-deploy: {_err('red', 'error:')} could not write the output ({exc}); "
+              f"{done}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:
         # Reader went away (`| head`): nothing to report; avoid a second error at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_FAILED
     except OSError as exc:
-        print(f"atomic-deploy: error: {exc.strerror or exc}"
-              + (f" ({exc.filename})" if exc.filename else ""), file=sys.stderr)
-        return EXIT_FAILED
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        if args.command not in _READ_ONLY:
+            print(f"atomic-deploy: {_err('red', 'error:')} {show(f'{exc.strerror or exc}{where}')}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        # A root whose state is not what it should be (releases/ a file, the history a
+        # folder, unreadable): nothing was changed, and for these it is the input that is bad.
+        from .errors import OperationFailed
+
+        message = f"cannot read the root: {exc.strerror or exc}{where}"
+        kind = InvalidInput if exc.errno in _BAD_ROOT_ERRNOS else OperationFailed
+        return _report(args, kind(message, "nothing was changed"))
+
+
+def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:
+    """The one error line on stderr (and the JSON error object under --json)."""
+    # show(): a newline inside a path or id must not split the one error line.
+    print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
+                               "error": exc.message, "state": exc.state,
+                               "exit_code": exc.exit_code}, sort_keys=True))
+    return exc.exit_code

@@ -127,13 +127,26 @@ def list_releases(root: str) -> list[ReleaseInfo]:
 
 
 def _view(layout: Layout, history: History, entries: list[os.DirEntry[str]] | None = None,
+          journal: dict[str, Any] | None = None,
           ) -> tuple[list[str], set[str], str | None, str | None]:
-    """Releases in deploy order, the bad ones, current (when healthy) and the rollback target."""
-    ordered = history.order(release_dirs(layout, entries))
-    bad = bad_releases(history, layout, ordered)
+    """Releases in deploy order, the bad ones, current (when healthy) and the rollback target.
+
+    A release whose deploy has not committed (running now, or interrupted before its history
+    record: recovery will remove it) is not a release yet and is left out, unless current
+    already points to it (a deploy between its switch and its commit).
+    """
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
+    names = release_dirs(layout, entries)
+    if journal is None:
+        journal = read_journal(layout)
+    if journal is not None and journal.get("creates_release"):
+        pending = journal.get("release")
+        if pending != current and pending not in history.created():
+            names = [n for n in names if n != pending]
+    ordered = history.order(names)
+    bad = bad_releases(history, layout, ordered)
     target = rollback_target(ordered, bad, current, history) if current else None
     return ordered, bad, current, target
 
@@ -157,10 +170,10 @@ def status(root: str) -> Status:
     layout = existing_root(root)
     history = History.load(layout)
     entries = list_releases_dir(layout)
-    ordered, bad, healthy, previous = _view(layout, history, entries)
+    journal = read_journal(layout)
+    ordered, bad, healthy, previous = _view(layout, history, entries, journal)
     current, target, state = _current_state(layout)
     holder = probe_holder(layout)
-    journal = read_journal(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
     stray = [e.name for e in entries
