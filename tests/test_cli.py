@@ -292,3 +292,29 @@ def test_parser_for_one_command_is_that_command_of_the_full_parser(command: str)
             except UsageError as exc:
                 outcomes.append(("usage", str(exc)))
         assert outcomes[0] == outcomes[1], argv
+
+
+def test_usage_errors_found_after_parsing_point_at_the_command_help(tmp_path: Path) -> None:
+    r = run_cli("prune", tmp_path)
+    assert r.returncode == 2 and "(see: atomic-deploy prune --help)" in r.stderr
+    r = run_cli("deploy", tmp_path)
+    assert r.returncode == 2 and "(see: atomic-deploy deploy --help)" in r.stderr
+
+
+@pytest.mark.parametrize("rid", ["with space", "new\nline", "-dash", "a*", "é"])
+def test_adopt_refuses_ids_that_would_not_show_as_they_are(tmp_path: Path, rid: str) -> None:
+    root = tmp_path / "root"
+    (root / "current").mkdir(parents=True)
+    (root / "current" / "index.html").write_text("legacy")
+    r = run_cli("adopt", root, f"--id={rid}")
+    assert r.returncode == 2 and "invalid or taken" in r.stderr
+    assert (root / "current").is_dir() and not (root / "current").is_symlink()
+    assert not (root / "releases").exists() or os.listdir(root / "releases") == []
+
+
+def test_status_of_a_folder_current_names_adopt(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "current").mkdir(parents=True)
+    r = run_cli("status", root)
+    assert r.returncode == 0
+    assert "none (directory); `atomic-deploy adopt ROOT` turns it into a release" in r.stdout

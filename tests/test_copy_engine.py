@@ -871,3 +871,50 @@ def test_fork_refused_copies_in_this_process(tmp_path: Path,
     assert stats.jobs == 1
     if fds_before:  # the pipes made for the worker were closed again
         assert sorted(os.listdir("/proc/self/fd")) == fds_before
+
+
+@pytest.mark.parametrize("queued_first", [False, True])
+def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe(
+        tmp_path: Path, queued_first: bool) -> None:
+    """A worker that hit an error sends it and exits; a batch sent to it after that meets a
+    closed pipe. The error it sent must be what comes out, deterministically."""
+    from atomic_deploy import _copy_procs
+
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+
+    gate = tmp_path / "go"
+
+    class Failing:
+        stats = CopyStats()
+
+        def file(self, *args: Any) -> None:
+            while not gate.exists():  # held until the test has queued what it wants
+                select.select([], [], [], 0.005)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/f1")
+
+    class Node:
+        src, dst, link = str(tmp_path), str(tmp_path), None
+
+    st = os.lstat(tmp_path)
+    pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats())  # type: ignore[arg-type,return-value]
+    try:
+        assert pool.put((Node(), [("f1", st)], False), timeout=1)
+        if queued_first:  # a second batch queued while it works: never answered
+            assert pool.put((Node(), [("f2", st)], False), timeout=1)
+        gate.touch()
+        (pid,) = [c.pid for c in pool.children]
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (not reaped yet)
+        if queued_first:  # polled twice, as the walk may: the error, then the pipe's end
+            pool._wait(0.0)
+            pool._wait(0.0)
+        else:  # a batch sent after it exited meets a closed pipe
+            assert not pool.put((Node(), [("f2", st)], False), timeout=0.05)
+        got = pool.get(1.0)
+        assert got is not None
+        _node, done, exc = got
+        assert done == [] and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        assert exc.filename == "/x/f1"
+    finally:
+        pool.stop = True
+        pool.close()

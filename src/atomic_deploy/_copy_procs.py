@@ -219,9 +219,25 @@ class ProcPool:
             _send(child.tasks, (bid, node.src, node.dst, node.link if link else None,
                                 [(name, _stat_tuple(st)) for name, st in batch]))
         except BrokenPipeError:
-            self._ended(child)
+            # The worker stopped reading. After an error it sends that error and exits: read
+            # what it said, so that the caller raises the error itself (on its next collect)
+            # rather than "ended unexpectedly".
+            del self.batches[bid]
+            self._drain(child)
+            if not any(exc is not None for _node, _done, exc in self.ready):
+                self._ended(child)
+            return False
         child.in_flight += 1
         return True
+
+    def _drain(self, child: _Child) -> None:
+        """Every result a worker that has exited sent (its pipe then ends)."""
+        while not child.reader.eof:
+            child.reader.fill()
+        msg = child.reader.message()
+        while msg is not None:
+            self._result(child, msg)
+            msg = child.reader.message()
 
     def full(self) -> bool:
         """True if every worker has all the batches it may queue: then the calling process
@@ -254,7 +270,10 @@ class ProcPool:
                     break
                 self._result(child, msg)
             if child.reader.eof and child.in_flight:
-                self._ended(child)
+                if any(exc is not None for _node, _done, exc in self.ready):
+                    child.in_flight = 0  # it stopped after its error; the caller raises that
+                else:
+                    self._ended(child)
 
     def _ended(self, child: _Child) -> NoReturn:
         """A worker is gone with work unfinished (killed from outside, out of memory)."""

@@ -22,6 +22,8 @@ def format_status(s: Any) -> str:
     if s.current_state != "ok":
         cur = f"{cur} ({s.current_state}" + (f": {s.current_target}" if s.current_target else "") \
             + ")"
+    if s.current_state == "directory":
+        cur += "; `atomic-deploy adopt ROOT` turns it into a release"
     rows = [
         ("root", s.root),
         ("current", cur),
@@ -42,7 +44,8 @@ def format_status(s: Any) -> str:
     if s.last:
         what = " ".join(str(x) for x in (s.last.get("op"), s.last.get("release"),
                                          s.last.get("outcome")) if x)
-        rows.append(("last", f"{what} at {s.last.get('time')}"))
+        when = s.last.get("time")
+        rows.append(("last", f"{what} at {when}" if when else what or "?"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from . import __version__
 from ._layout import show
@@ -420,6 +420,11 @@ def _options(args: argparse.Namespace, root: str | None) -> Any:
     return DeployOptions(**values)
 
 
+def _usage(cmd: str, message: str) -> NoReturn:
+    """A usage error found after parsing, pointing at the command's own help."""
+    raise UsageError(f"{message} (see: atomic-deploy {cmd} --help)")
+
+
 def _stage_paths(args: argparse.Namespace, parser_error: Any) -> tuple[str | None, str]:
     if args.git is not None:
         if args.root is None and args.source is not None:
@@ -438,7 +443,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd in ("deploy", "prepare", "activate", "rollback", "prune", "adopt"):
         from . import operations
     if cmd in ("deploy", "prepare"):
-        source, root = _stage_paths(args, parser.error)
+        source, root = _stage_paths(args, lambda m: _usage(cmd, m))
         opts = _options(args, root)
         if args.dry_run:
             from ._plan import plan_deploy
@@ -476,7 +481,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "prune":
         opts = _options(args, args.root)
         if opts.keep is None:
-            parser.error("prune needs --keep N (or keep = N in the config file)")
+            _usage(cmd, "prune needs --keep N (or keep = N in the config file)")
         if args.dry_run:
             from ._plan import plan_prune_steps
 

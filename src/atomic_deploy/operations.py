@@ -702,6 +702,12 @@ def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None
         return _prune_locked(s, keep)
 
 
+def _new_id_ok(name: str) -> bool:
+    """A name we create: one that every shell, log line and `list` row shows as it is."""
+    return (valid_release_name(name) and len(name) <= 200 and not name.startswith("-")
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))
+
+
 def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
           command: str | None = None, use_exchange: bool = True) -> AdoptResult:
     """Move a ``current`` that is a real folder into ``releases/`` and make ``current`` a link.
@@ -713,9 +719,10 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
 
     layout = check_adoptable(root, release)
     with _Session(layout, wait, command) as s:
-        if release is not None and (not valid_release_name(release)
+        if release is not None and (not _new_id_ok(release)
                                     or os.path.lexists(layout.release(release))):
-            raise InvalidInput(f"release id {show(release)!r} is invalid or taken",
+            raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
+                               "digits, '.', '_' and '-', not first '.' or '-')",
                                "nothing was changed")
         rid = release or new_release_id(set(release_dirs(layout)) | s.history.used_ids())
         method = adopt_locked(s, rid, use_exchange)
