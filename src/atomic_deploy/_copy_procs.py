@@ -223,21 +223,14 @@ class ProcPool:
             # what it said, so that the caller raises the error itself (on its next collect)
             # rather than "ended unexpectedly".
             del self.batches[bid]
-            self._drain(child)
-            if not any(exc is not None for _node, _done, exc in self.ready):
+            while not child.reader.eof:  # it has exited: its pipe ends after what it sent
+                child.reader.fill()
+            self._take(child)
+            if not self._error_waiting():
                 self._ended(child)
             return False
         child.in_flight += 1
         return True
-
-    def _drain(self, child: _Child) -> None:
-        """Every result a worker that has exited sent (its pipe then ends)."""
-        while not child.reader.eof:
-            child.reader.fill()
-        msg = child.reader.message()
-        while msg is not None:
-            self._result(child, msg)
-            msg = child.reader.message()
 
     def full(self) -> bool:
         """True if every worker has all the batches it may queue: then the calling process
@@ -264,16 +257,22 @@ class ProcPool:
         for fd, _ev in poller.poll(int(timeout * 1000)):
             child = busy[fd]
             child.reader.fill()
-            while True:
-                msg = child.reader.message()
-                if msg is None:
-                    break
-                self._result(child, msg)
-            if child.reader.eof and child.in_flight:
-                if any(exc is not None for _node, _done, exc in self.ready):
-                    child.in_flight = 0  # it stopped after its error; the caller raises that
-                else:
-                    self._ended(child)
+            self._take(child)
+
+    def _take(self, child: _Child) -> None:
+        """Act on what a worker sent: each buffered result, then the end of its pipe."""
+        msg = child.reader.message()
+        while msg is not None:
+            self._result(child, msg)
+            msg = child.reader.message()
+        if child.reader.eof and child.in_flight:
+            if self._error_waiting():
+                child.in_flight = 0  # it stopped after its error; the caller raises that
+            else:
+                self._ended(child)
+
+    def _error_waiting(self) -> bool:
+        return any(exc is not None for _node, _done, exc in self.ready)
 
     def _ended(self, child: _Child) -> NoReturn:
         """A worker is gone with work unfinished (killed from outside, out of memory)."""

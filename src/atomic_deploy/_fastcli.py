@@ -99,10 +99,17 @@ def _quick(args: list[str]) -> int | None:
         elif not quiet:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:  # as cli.main: the reader went away (`| head`); no error at exit
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away (`| head`): the output just ends
+        drop_stdout()
     except OSError:  # disk full: cli.main says so, in its words
         return None
     return 0
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null so that nothing fails again when it is flushed at exit."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

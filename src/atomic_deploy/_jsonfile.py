@@ -51,6 +51,26 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
+class Record:
+    """What a dataclass would give a plain ``__slots__`` class (dataclasses cost start-up time):
+    equality, repr, and to_dict() for JSON output."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and type(other) is type(self) \
+            and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({fields})"
+
+
 def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
     import contextlib
@@ -116,20 +136,10 @@ def read_json_lines(path: str) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                rec = None
-                if _scan is not None and line[:1] == "{":  # ours: skip loads() per line
-                    try:
-                        rec, end = _scan(line, 0)
-                    except Exception:
-                        rec = None
-                    else:
-                        if line[end:].strip(_SPACE):
-                            rec = None
-                if rec is None:
-                    try:
-                        rec = loads(line)
-                    except ValueError:
-                        continue
+                try:
+                    rec = loads(line)
+                except ValueError:
+                    continue
                 if isinstance(rec, dict):
                     records.append(rec)
     except FileNotFoundError:

@@ -13,18 +13,18 @@ import stat
 import sys
 import time
 
-from ._jsonfile import read_json, write_json_atomic
+from ._jsonfile import Record, read_json, write_json_atomic
 from ._layout import Layout, check_trusted, show
 from .errors import InvalidInput, LockHeld
 
 TYPE_CHECKING = False  # `status` probes the lock: no typing or dataclasses at import time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Callable
 
 POLL_SECONDS = 0.05
 
 
-class Holder:
+class Holder(Record):
     """Who holds the lock, as its holder.json says (every field None when unreadable)."""
 
     __slots__ = ("command", "host", "pid", "started")
@@ -35,12 +35,6 @@ class Holder:
         self.host = host
         self.started = started
         self.command = command
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __repr__(self) -> str:
-        return f"Holder({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     def describe(self) -> str:
         if self.pid is None:

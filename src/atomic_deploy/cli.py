@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, NoReturn
 
 from . import __version__
+from ._fastcli import drop_stdout
 from ._layout import show
 from ._render import JSON_SCHEMA, envelope, format_list, format_status
 from .errors import AtomicDeployError, InvalidInput
@@ -79,7 +80,7 @@ def _out_line(text: str, end: str = "\n") -> None:
         sys.stdout.write(text + end)
         sys.stdout.flush()
     except BrokenPipeError:
-        _drop_stdout()
+        drop_stdout()
     except OSError as exc:
         raise _OutputError(exc) from None
 
@@ -89,12 +90,6 @@ def _out_quiet(text: str) -> None:
     the object adds nothing."""
     with contextlib.suppress(_OutputError):
         _out_line(text)
-
-
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null so that nothing fails again when it is flushed at exit."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class UsageError(Exception):
@@ -656,7 +651,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         # Reader went away (`| head`): nothing to report; avoid a second error at exit.
-        _drop_stdout()
+        drop_stdout()
         return EXIT_FAILED
     except OSError as exc:
         where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from ._history import History, bad_releases, rollback_target
+from ._jsonfile import Record
 from ._layout import (
     Layout,
     existing_root,
@@ -26,26 +27,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-class _Record:
-    """What the dataclasses here would give: keyword construction, equality, repr, to_dict()."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Record) and type(other) is type(self) \
-            and self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
-        return f"{type(self).__name__}({fields})"
-
-
-class ReleaseInfo(_Record):
+class ReleaseInfo(Record):
     __slots__ = (
         "current",
         "deployed_at",
@@ -73,7 +55,7 @@ class ReleaseInfo(_Record):
         self.managed = managed  # False: not in the history (made by hand or by another tool)
 
 
-class Status(_Record):
+class Status(Record):
     __slots__ = (
         "bad",
         "current",
@@ -126,21 +108,17 @@ def list_releases(root: str) -> list[ReleaseInfo]:
     return _releases(layout, history)
 
 
-def _view(layout: Layout, history: History, entries: list[os.DirEntry[str]] | None = None,
-          journal: dict[str, Any] | None = None,
-          ) -> tuple[list[str], set[str], str | None, str | None]:
-    """Releases in deploy order, the bad ones, current (when healthy) and the rollback target.
+def _view(layout: Layout, history: History, current: str | None,
+          entries: list[os.DirEntry[str]], journal: dict[str, Any] | None,
+          ) -> tuple[list[str], set[str], str | None]:
+    """Releases in deploy order, the bad ones and the rollback target, for ``current`` (the
+    release current points to, None unless the link is healthy).
 
     A release whose deploy has not committed (running now, or interrupted before its history
     record: recovery will remove it) is not a release yet and is left out, unless current
     already points to it (a deploy between its switch and its commit).
     """
-    current, _, state = _current_state(layout)
-    if state != "ok":
-        current = None
     names = release_dirs(layout, entries)
-    if journal is None:
-        journal = read_journal(layout)
     if journal is not None and journal.get("creates_release"):
         pending = journal.get("release")
         if pending != current and pending not in history.created():
@@ -148,11 +126,15 @@ def _view(layout: Layout, history: History, entries: list[os.DirEntry[str]] | No
     ordered = history.order(names)
     bad = bad_releases(history, layout, ordered)
     target = rollback_target(ordered, bad, current, history) if current else None
-    return ordered, bad, current, target
+    return ordered, bad, target
 
 
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
-    ordered, bad, current, target = _view(layout, history)
+    current, _, state = _current_state(layout)
+    if state != "ok":
+        current = None
+    ordered, bad, target = _view(layout, history, current, list_releases_dir(layout),
+                                 read_journal(layout))
     created = history.created()
     records = history.records
     out = []
@@ -171,8 +153,9 @@ def status(root: str) -> Status:
     history = History.load(layout)
     entries = list_releases_dir(layout)
     journal = read_journal(layout)
-    ordered, bad, healthy, previous = _view(layout, history, entries, journal)
     current, target, state = _current_state(layout)
+    healthy = current if state == "ok" else None
+    ordered, bad, previous = _view(layout, history, healthy, entries, journal)
     holder = probe_holder(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
