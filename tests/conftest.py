@@ -17,6 +17,9 @@ import pytest
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
+
+Builds = Callable[[str], Path]  # the `builds` fixture: version name -> a build folder
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -120,7 +123,7 @@ def history(root: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def builds(tmp_path: Path) -> Callable[[str], Path]:
+def builds(tmp_path: Path) -> Builds:
     """builds('v2') -> a build folder whose files name v2."""
     def make(version: str) -> Path:
         return make_build(tmp_path / "builds" / version, version=version)

@@ -7,13 +7,14 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 import atomic_deploy
 from atomic_deploy.cli import main
 from conftest import (
+    Builds,
     current_target,
     error_line,
     hidden_entries,
@@ -25,8 +26,6 @@ from conftest import (
     run_cli,
     snapshot,
 )
-
-Builds = Callable[[str], Path]
 
 # The holder file is the lock's own bookkeeping ("who holds the lock"), rewritten every time the
 # lock is taken. Errors that can only be detected under the lock (unknown release id, nothing to

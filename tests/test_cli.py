@@ -8,15 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from atomic_deploy import __version__
 from atomic_deploy._layout import new_release_id
-from conftest import cli_env, current_target, history, release_names, run_cli
-
-Builds = Callable[[str], Path]
+from conftest import Builds, cli_env, current_target, history, release_names, run_cli
 
 
 def test_deploy_creates_relative_current_and_complete_release(builds: Builds, root: Path) -> None:

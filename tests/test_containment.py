@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 import atomic_deploy
 from atomic_deploy import _signals
 from conftest import (
+    Builds,
     DeleteGuard,
     current_target,
     hidden_entries,
@@ -22,8 +23,6 @@ from conftest import (
     run_cli,
     snapshot,
 )
-
-Builds = Callable[[str], Path]
 
 
 def deploy(src: Path, root: Path, *extra: str) -> str:

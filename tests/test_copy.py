@@ -16,6 +16,7 @@ from atomic_deploy import _copy
 from atomic_deploy._copy import copy_tree
 from atomic_deploy.errors import InvalidInput
 from conftest import (
+    Builds,
     current_target,
     hidden_entries,
     make_build,
@@ -24,8 +25,6 @@ from conftest import (
     set_distinct_mtimes,
     snapshot,
 )
-
-Builds = Callable[[str], Path]
 
 LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
 BIG = 5 * 1024 * 1024 + 12345  # several of the copier's 1 MiB chunks plus a ragged tail

@@ -522,26 +522,31 @@ def test_checkpoint_once_per_regular_file_and_progress(tmp_path: Path, jobs: int
     assert threading.current_thread() is threading.main_thread()
 
 
-@pytest.mark.parametrize("jobs", [1, 2, 4])
-def test_checkpoint_raising_stops_all_work(tmp_path: Path, jobs: int) -> None:
-    src, _ = rich_source(tmp_path, many=600)
-    calls = 0
+class StopAt:
+    """A checkpoint that raises StopAt.Stop on its n-th call (a signal arriving mid-copy)."""
 
     class Stop(Exception):
         pass
 
-    def checkpoint(step: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 5:
-            raise Stop
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
 
-    with pytest.raises(Stop):
-        copy(src, tmp_path / "dst", jobs=jobs, checkpoint=checkpoint)
+    def __call__(self, step: str) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise StopAt.Stop
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_checkpoint_raising_stops_all_work(tmp_path: Path, jobs: int) -> None:
+    src, _ = rich_source(tmp_path, many=600)
+    stop = StopAt(5)
+    with pytest.raises(StopAt.Stop):
+        copy(src, tmp_path / "dst", jobs=jobs, checkpoint=stop)
     # Workers were joined before the raise: nothing changes in the staging folder afterwards.
     first = sorted(str(p) for p in (tmp_path / "dst").rglob("*"))
     assert first == sorted(str(p) for p in (tmp_path / "dst").rglob("*"))
-    assert calls == 5
+    assert stop.calls == 5
 
 
 @pytest.mark.parametrize("jobs", [1, 4])
@@ -713,21 +718,11 @@ def test_worker_processes_checkpoint_and_progress_here(tmp_path: Path,
 
 def test_worker_processes_stopped_by_checkpoint(tmp_path: Path, forked: list[int]) -> None:
     src, _ = rich_source(tmp_path, many=2000)
-    calls = 0
-
-    class Stop(Exception):
-        pass
-
-    def checkpoint(step: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        copy(src, tmp_path / "dst", checkpoint=checkpoint)
+    stop = StopAt(5)
+    with pytest.raises(StopAt.Stop):
+        copy(src, tmp_path / "dst", checkpoint=stop)
     assert_reaped(forked)  # killed and waited for: nothing writes into dst any more
-    assert calls == 5
+    assert stop.calls == 5
     assert len(list((tmp_path / "dst").rglob("*"))) < 2000
 
 

@@ -8,7 +8,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -27,9 +27,7 @@ from atomic_deploy._doctor import (
 )
 from atomic_deploy._layout import Layout
 from atomic_deploy._lock import RootLock
-from conftest import run_cli
-
-Builds = Callable[[str], Path]
+from conftest import Builds, run_cli
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:

@@ -19,9 +19,8 @@ import atomic_deploy
 from atomic_deploy import _history, _platform
 from atomic_deploy._layout import STAGING_PREFIX
 from atomic_deploy.cli import main
-from conftest import current_target, hidden_entries, history, make_build, release_names
+from conftest import Builds, current_target, hidden_entries, history, make_build, release_names
 
-Builds = Callable[[str], Path]
 Event = tuple[Any, ...]
 
 HAVE_PROC_FD = os.path.isdir("/proc/self/fd")

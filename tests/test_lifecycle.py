@@ -6,16 +6,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 import atomic_deploy
 from atomic_deploy import _platform
-from conftest import current_target, history, make_build, release_names, run_cli, snapshot
-
-Builds = Callable[[str], Path]
-
+from conftest import Builds, current_target, history, make_build, release_names, run_cli, snapshot
 
 # ---------------------------------------------------------------- shared data
 

@@ -10,11 +10,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from conftest import (
+    Builds,
     current_target,
     hidden_entries,
     history,
@@ -24,8 +24,6 @@ from conftest import (
     start_cli,
     wait_for,
 )
-
-Builds = Callable[[str], Path]
 
 
 def test_check_runs_inside_the_new_release_before_the_switch(builds: Builds, root: Path,

@@ -16,9 +16,9 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 from conftest import (
+    Builds,
     current_target,
     hidden_entries,
     history,
@@ -29,8 +29,6 @@ from conftest import (
     start_cli,
     wait_for,
 )
-
-Builds = Callable[[str], Path]
 
 
 def lock_path(root: Path) -> Path:

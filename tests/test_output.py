@@ -14,9 +14,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import cli_env, make_build, run_cli
+from conftest import Builds, cli_env, make_build, run_cli
 
-Builds = Callable[[str], Path]
 ESC = "\x1b["
 
 

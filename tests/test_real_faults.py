@@ -18,12 +18,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 import atomic_deploy
 from conftest import (
+    Builds,
     current_target,
     error_line,
     hidden_entries,
@@ -35,8 +36,6 @@ from conftest import (
     run_cli,
     snapshot,
 )
-
-Builds = Callable[[str], Path]
 
 
 def deploy(src: Path, root: Path) -> str:

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -19,6 +19,7 @@ import atomic_deploy
 from atomic_deploy import _jsonfile, _layout, _recovery, _signals, _switch
 from atomic_deploy._layout import Layout
 from conftest import (
+    Builds,
     DeleteGuard,
     cli_env,
     current_target,
@@ -31,7 +32,6 @@ from conftest import (
     snapshot,
 )
 
-Builds = Callable[[str], Path]
 NOBODY = 65534
 HOLDER = os.path.join(".atomic-deploy", "holder.json")
 PLANTED = "0123456789abcdef"  # what the patched random_suffix hands out first

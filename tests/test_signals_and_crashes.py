@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 import atomic_deploy
 from atomic_deploy._signals import DEPLOY_STEPS, PRUNE_STEPS, SWITCH_STEPS
 from conftest import (
+    Builds,
     current_target,
     hidden_entries,
     history,
@@ -33,8 +34,6 @@ from conftest import (
     start_cli,
     wait_for,
 )
-
-Builds = Callable[[str], Path]
 
 SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
 # Steps at which a journal exists: written after the lock, removed just before "committed".
