@@ -571,3 +571,24 @@ def test_release_id_of_an_interrupted_deploy_is_never_reused(builds: Builds, roo
     assert all(new > rid for rid in logged), (new, logged)
     assert all(h.get("release") != new for h in history(root)
                if h.get("op") == "deploy" and h.get("outcome") != "ok")
+
+
+def test_journal_of_a_committed_deploy_coming_back_is_only_removed(builds: Builds,
+                                                                    root: Path) -> None:
+    """The journal's removal after the commit record is not flushed: after a power cut it may
+    be back. Recovery then finds its operation finished in the history and keeps the deploy."""
+    old = deploy_ok(root, builds("v1"))
+    new = deploy_ok(root, builds("v2"))
+    last = history(root)[-1]
+    assert last["op"] == "deploy" and last["release"] == new
+    journal_path(root).write_text(json.dumps({
+        "op": "deploy", "op_id": last["op_id"], "pid": 999999, "started": last["time"],
+        "release": new, "previous": f"releases/{old}", "creates_release": True}))
+
+    r = run_cli("deploy", builds("v3"), root)
+
+    assert_recovered(r, root, "deploy", journaled=True)
+    assert records(root, "recover")[-1]["action"].startswith("completed")
+    assert new in release_names(root) and old in release_names(root)
+    assert_release_is(root, new, builds("v2"))
+    assert current_release(root) not in (old, new)
