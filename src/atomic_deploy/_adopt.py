@@ -23,7 +23,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import _platform
-from ._history import record
+from ._history import SERVED, record
 from ._layout import Layout, check_root_for_write, read_current, show
 from ._recovery import clear_journal, write_journal
 from ._signals import checkpoint
@@ -71,7 +71,7 @@ def adopt_locked(s: _Session, rid: str, use_exchange: bool) -> str:
         point_current(layout, link_text(rid))
         _platform.fsync_dir(layout.releases)
         method = "two-step rename (current briefly absent)"
-    record(layout, "adopt", "ok", release=rid, method=method)
+    record(layout, "adopt", "ok", release=rid, method=method, states={rid: SERVED})
     clear_journal(layout)
     return method
 

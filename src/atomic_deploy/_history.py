@@ -15,9 +15,48 @@ TYPE_CHECKING = False  # status and list import this: no typing, re, datetime or
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA = 1
+SCHEMA = 2  # 2: every record that changes a release's state says so in "states"
 CREATING_OPS = ("deploy", "prepare", "adopt")
-LIVE_OPS = ("deploy", "activate", "rollback", "adopt")
+
+# A release's state, written explicitly by the record of the operation that changed it:
+#   complete: renamed into releases/, never current (prepare)
+#   served:   has been current (deploy, activate, rollback's target, adopt, a finished recovery)
+#   bad:      rolled away from, or failed its after-switch hook or health check
+# A folder the history gives no state is "foreign" (another tool's, or made by hand): it counts
+# as served, or bad when Deployer left its BAD_RELEASE marker in it. Staged releases are never
+# in releases/ under their own name, so they need no state here.
+COMPLETE, SERVED, BAD, FOREIGN = "complete", "served", "bad", "foreign"
+
+
+def _legacy_states(r: dict[str, Any]) -> dict[str, str]:
+    """The transitions a schema-1 record implies (written before states were explicit)."""
+    rel, op, outcome = r.get("release"), r.get("op"), r.get("outcome")
+    if not isinstance(rel, str):
+        return {}
+    if outcome == "unhealthy":
+        return {rel: BAD}
+    if outcome != "ok":
+        return {}
+    if op == "recover":  # an interrupted adopt was finished: its folder is the live release
+        return {rel: SERVED} if r.get("interrupted") == "adopt" else {}
+    if op == "prepare":
+        return {rel: COMPLETE}
+    if op not in ("deploy", "activate", "rollback", "adopt"):
+        return {}
+    out = {}
+    if op == "rollback" and isinstance(r.get("previous"), str):
+        out[r["previous"]] = BAD
+    out[rel] = SERVED
+    return out
+
+
+def transitions(r: dict[str, Any]) -> dict[str, str]:
+    """The state changes one history record makes. Only records that completed something carry
+    any: a failed or interrupted operation never changes a release's state."""
+    if r.get("v", 1) >= 2:
+        states = r.get("states")
+        return states if isinstance(states, dict) else {}
+    return _legacy_states(r)
 
 
 def _user() -> str:
@@ -61,11 +100,12 @@ def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, An
 
 
 class History:
-    __slots__ = ("_created", "records")
+    __slots__ = ("_created", "_states", "records")
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
         self._created: tuple[int, dict[str, int]] = (-1, {})
+        self._states: tuple[int, dict[str, str]] = (-1, {})
 
     @classmethod
     def load(cls, layout: Layout) -> History:
@@ -79,26 +119,36 @@ class History:
         return any(r.get("op_id") == op_id and r.get("outcome") in ("ok", "unhealthy")
                    for r in self.records)
 
+    def states(self) -> dict[str, str]:
+        """Release id -> its explicit state (complete, served, bad), folded over the log."""
+        if self._states[0] == len(self.records):  # records are only ever appended
+            return self._states[1]
+        states: dict[str, str] = {}
+        for r in self.records:
+            for rel, state in transitions(r).items():
+                if isinstance(rel, str) and state in (COMPLETE, SERVED, BAD):
+                    states[rel] = state
+        self._states = (len(self.records), states)
+        return states
+
     def created(self) -> dict[str, int]:
-        """Release id -> position of the record that created it."""
-        if self._created[0] == len(self.records):  # records are only ever appended
+        """Release id -> position of the record that first gave it a state as a new release
+        (its deploy, prepare or adopt, or the recovery that finished one)."""
+        if self._created[0] == len(self.records):
             return self._created[1]
         seen: dict[str, int] = {}
         for i, r in enumerate(self.records):
             rel = r.get("release")
-            if (r.get("op") in CREATING_OPS and r.get("outcome") in ("ok", "unhealthy")
-                    and isinstance(rel, str)):
-                seen.setdefault(rel, i)
+            if not isinstance(rel, str) or rel in seen:
+                continue
+            op = r.get("interrupted") if r.get("op") == "recover" else r.get("op")
+            if op in CREATING_OPS and rel in transitions(r):
+                seen[rel] = i
         self._created = (len(self.records), seen)
         return seen
 
     def known(self) -> set[str]:
-        return set(self.created())
-
-    def was_live(self) -> set[str]:
-        """Releases that were current at some point (a prepared release never activated is not)."""
-        return {r["release"] for r in self.ok()
-                if r.get("op") in LIVE_OPS and isinstance(r.get("release"), str)}
+        return set(self.states())
 
     def used_ids(self) -> set[str]:
         """Every release id the log mentions, failed deploys included: never handed out again,
@@ -111,8 +161,8 @@ class History:
         Our ids are allocated under the lock strictly above every id in releases/ and in this
         log, so for them numeric order is deploy order, including a release whose deploy was
         cut short before its record was written; Capistrano's timestamps and Deployer's counters
-        sort the same way. Other names (made by hand) count as older than every generated id,
-        in log order where logged, else in natural name order.
+        sort the same way. Other names (made by hand, or digits that are no timestamp) count as
+        older than every generated id, in log order where logged, else in natural name order.
         """
         if all(map(looks_generated, names)):  # the usual case, without a key per name
             return sorted(sorted(names), key=int)  # stable: equal numbers ("07", "7") by name
@@ -124,20 +174,6 @@ class History:
             return (0, created.get(n, -1), _natural(n), n)
 
         return sorted(names, key=key)
-
-    def bad(self) -> set[str]:
-        marked: set[str] = set()
-        for r in self.records:
-            if r.get("outcome") == "unhealthy" and isinstance(r.get("release"), str):
-                marked.add(r["release"])  # failed its health check after the switch
-            if r.get("outcome") != "ok":
-                continue
-            op = r.get("op")
-            if op == "rollback" and isinstance(r.get("previous"), str):
-                marked.add(r["previous"])
-            if op in ("rollback", "activate", "deploy") and isinstance(r.get("release"), str):
-                marked.discard(r["release"])
-        return marked
 
     def info(self, release: str) -> dict[str, Any] | None:
         idx = self.created().get(release)
@@ -156,34 +192,33 @@ def _natural(name: str) -> list[tuple[int, object]]:
     return parts
 
 
-def bad_releases(history: History, layout: Layout, names: list[str]) -> set[str]:
-    """Bad marks from the log, plus Deployer's ``BAD_RELEASE`` file in releases the log does not
-    know (an adopted Deployer root keeps what Deployer knew)."""
-    used = history.used_ids()
-    return history.bad() | {
-        n for n in names
-        if n not in used and os.path.lexists(os.path.join(layout.release(n), "BAD_RELEASE"))
-    }
+def release_states(history: History, layout: Layout, names: list[str]) -> dict[str, str]:
+    """Every release's state: explicit from the log, else foreign (bad where Deployer left its
+    ``BAD_RELEASE`` marker, so an adopted Deployer root keeps what Deployer knew)."""
+    explicit = history.states()
+    out = {}
+    for n in names:
+        state = explicit.get(n)
+        if state is None:
+            bad = os.path.lexists(os.path.join(layout.release(n), "BAD_RELEASE"))
+            state = BAD if bad else FOREIGN
+        out[n] = state
+    return out
 
 
-def rollback_target(ordered: list[str], bad: set[str], current: str,
-                    history: History | None = None) -> str | None:
-    """Newest good release deployed before ``current`` (Nix/Deployer semantics).
+def bad_of(states: dict[str, str]) -> set[str]:
+    return {n for n, s in states.items() if s == BAD}
 
-    With the history, a release that was only prepared and never current is skipped: rolling
-    back means going back to something that has served before. Releases the log does not know
-    (another tool's) count as having served.
-    """
+
+def rollback_target(ordered: list[str], states: dict[str, str], current: str) -> str | None:
+    """Newest release deployed before ``current`` that has served and is not bad (Nix/Deployer
+    semantics): a release only prepared, never current, is not a target. Foreign releases
+    count as having served."""
     if current not in ordered:
         return None
-    live = history.was_live() if history is not None else None
-    used = history.used_ids() if history is not None else set()
     for name in reversed(ordered[: ordered.index(current)]):
-        if name in bad:
-            continue
-        if live is not None and name in used and name not in live:
-            continue  # prepared, never activated
-        return name
+        if states.get(name, FOREIGN) in (SERVED, FOREIGN):
+            return name
     return None
 
 

@@ -23,6 +23,9 @@ CURRENT = "current"
 STAGING_PREFIX = ".atomic-deploy-staging."
 TRASH_PREFIX = ".atomic-deploy-trash."
 ID_FORMAT = "%Y%m%d%H%M%S"
+# Operations that switch current, and the journal phase of one putting it back.
+SWITCH_OPS = ("deploy", "activate", "rollback")
+SWITCHING_BACK = "switching-back"
 
 
 class Layout:
@@ -90,25 +93,58 @@ def valid_release_name(name: str) -> bool:
         and "\0" not in name
 
 
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _is_timestamp(name: str) -> bool:
+    """``YYYYMMDDHHMMSS`` naming a real UTC second (without datetime: status imports this)."""
+    y, mo, d = int(name[:4]), int(name[4:6]), int(name[6:8])
+    h, mi, sec = int(name[8:10]), int(name[10:12]), int(name[12:14])
+    if not (1 <= mo <= 12 and h < 24 and mi < 60 and sec < 60 and y >= 1):
+        return False
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    return 1 <= d <= (_DAYS[mo - 1] - (mo == 2 and not leap))
+
+
+def release_kind(name: str) -> str:
+    """The one parse of a release name.
+
+    ``"timestamp"``: 14 digits naming a real UTC second (our ids, Capistrano's); ``"counter"``:
+    fewer than 14 digits (Deployer's 1, 2, 3...); ``"name"``: anything else (made by hand, by
+    another tool, or digits that are no timestamp such as ``20251399999999``). Timestamps and
+    counters sort numerically after every name; names never crash anything.
+    """
+    if not (name.isascii() and name.isdigit()):
+        return "name"
+    if len(name) < 14:
+        return "counter"
+    return "timestamp" if len(name) == 14 and _is_timestamp(name) else "name"
+
+
 def looks_generated(name: str) -> bool:
     """Names a deploy tool generates (our and Capistrano's timestamps, Deployer's counters);
-    only these may be pruned when not in the history."""
-    return name.isascii() and name.isdigit()
+    only these may be pruned when not in the history, and they sort numerically."""
+    return release_kind(name) != "name"
 
 
 def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     """UTC timestamp, bumped a second past the newest id so ids stay unique and in deploy order.
 
     Two deploys in one second, or a clock stepped backwards, therefore get ids slightly ahead of the
-    wall clock rather than colliding or sorting before an older release.
+    wall clock rather than colliding or sorting before an older release. Only real timestamps
+    count: a folder named like no timestamp sorts before every generated id and never crashes this.
     """
     import datetime as _dt
 
     now = now or _dt.datetime.now(_dt.timezone.utc)
     candidate = now.replace(microsecond=0, tzinfo=None)
-    newest = max((n for n in existing if len(n) == 14 and looks_generated(n)), default=None)
+    newest = max((n for n in existing if release_kind(n) == "timestamp"), default=None)
     if newest is not None:
-        floor = _dt.datetime.strptime(newest, ID_FORMAT) + _dt.timedelta(seconds=1)
+        try:
+            floor = _dt.datetime.strptime(newest, ID_FORMAT) + _dt.timedelta(seconds=1)
+        except OverflowError:  # 99991231235959: nothing can sort after it
+            raise InvalidInput(f"release {newest} is the last possible timestamp id; rename it",
+                               "nothing was changed") from None
         candidate = max(candidate, floor)
     return candidate.strftime(ID_FORMAT)
 

@@ -11,26 +11,35 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 from . import _platform
-from ._history import History, record
+from ._history import BAD, SERVED, History, record
 from ._jsonfile import write_json_atomic
 from ._layout import (
     STAGING_PREFIX,
+    SWITCH_OPS,
+    SWITCHING_BACK,
     TRASH_PREFIX,
     Layout,
     discard_release_dir,
+    is_release_dir,
     read_current,
     read_journal,
+    release_of_target,
     remove_entry,
     show,
 )
-from ._switch import point_current
+from ._signals import checkpoint, fault_point
+from ._switch import link_text, point_current
 
 log = logging.getLogger("atomic_deploy")
 
 Journal = dict[str, Any]
+# Runs the after-switch hooks the journal records for a release (and its health check when the
+# flag is set): (journal, release, the release the service was on before, check health) ->
+# None when all passed, else why not. Supplied by the operations layer, which owns hooks.
+Tell = Callable[[Journal, str, Optional[str], bool], Optional[str]]
 
 
 def write_journal(layout: Layout, journal: Journal) -> None:
@@ -46,9 +55,11 @@ def clear_journal(layout: Layout, durable: bool = True) -> None:
         _platform.fsync_dir(layout.state)
 
 
-def remove_leftovers(layout: Layout) -> list[str]:
+def remove_leftovers(layout: Layout, problems: list[str] | None = None) -> list[str]:
     """Delete our own hidden staging/trash folders and temp links. Only call under the lock:
-    then nothing else can be using them."""
+    then nothing else can be using them. One that cannot be deleted (a file another user owns)
+    never stops the operation: it is noted in ``problems``, `status` lists it, and the next
+    command tries again."""
     removed = []
     for parent, prefixes in ((layout.releases, (STAGING_PREFIX, TRASH_PREFIX)), (layout.tmp, ("",))):
         try:
@@ -58,8 +69,16 @@ def remove_leftovers(layout: Layout) -> list[str]:
         except FileNotFoundError:
             continue
         for name in names:
-            remove_entry(parent, name)
-            removed.append(os.path.join(os.path.basename(parent), name))
+            where = os.path.join(os.path.basename(parent), name)
+            try:
+                remove_entry(parent, name)
+            except OSError as exc:
+                why = f"could not remove {show(where)} ({exc.strerror or exc}); it is retried later"
+                log.warning("%s", why)
+                if problems is not None:
+                    problems.append(why)
+                continue
+            removed.append(where)
     return removed
 
 
@@ -92,11 +111,78 @@ def describe_current(layout: Layout) -> str:
     return f"current is a {cur.kind}"
 
 
-def recover(layout: Layout, history: History) -> str | None:
+def switch_back(layout: Layout, journal: Journal, *, mark_bad: bool, reason: str,
+                tell: Tell | None) -> tuple[str, str | None]:
+    """Put ``current`` back to the journal's previous link after the operation had switched it,
+    keep the new release marked bad (``mark_bad``) or drop it, and tell the service about the
+    restored release (its after-switch hooks). The journal says so first, so a crash in here is
+    finished, hooks included, by the next command's recovery.
+
+    Returns (the root's state in words, why telling the service failed or None).
+    """
+    if journal.get("phase") != SWITCHING_BACK:
+        journal.update(phase=SWITCHING_BACK, mark_bad=mark_bad, reason=reason)
+        write_journal(layout, journal)
+    fault_point("switching-back")
+    previous: str | None = journal.get("previous")
+    if read_current(layout).target != previous:
+        point_current(layout, previous)  # before anything is deleted: no reader meets a gap
+    fault_point("switched-back")
+    release = journal.get("release")
+    if not journal.get("mark_bad") and journal.get("creates_release") and release:
+        discard_release_dir(layout, release)
+    remove_leftovers(layout)
+    restored = release_of_target(layout, previous) if previous else None
+    told = None
+    if tell is not None and restored is not None and is_release_dir(layout, restored):
+        told = tell(journal, restored, release, False)
+    return describe_current(layout), told
+
+
+def _recover_switch(layout: Layout, journal: Journal, tell: Tell | None) -> str:
+    """An activate, rollback or deploy that stopped after its journal: finish it when it had
+    switched and its after-switch hooks and health check pass again, else switch back."""
+    op, release = str(journal.get("op")), journal.get("release")
+    previous_text = journal.get("previous")
+    previous = release_of_target(layout, previous_text) if previous_text else None
+    cur = read_current(layout).target
+    phase = journal.get("phase")
+    if phase != SWITCHING_BACK:
+        if cur == previous_text:  # never switched: nothing reached the service
+            return f"rolled back; {undo(layout, journal)}"
+        mark_bad, reason = False, "interrupted"
+        if isinstance(release, str) and cur == link_text(release) and is_release_dir(layout, release):
+            why = tell(journal, release, previous, True) if tell is not None else None
+            if why is None:
+                states = {release: SERVED}
+                if op == "rollback" and previous and previous != release:
+                    states = {previous: BAD, release: SERVED}
+                record(layout, op, "ok", op_id=journal.get("op_id"), release=release,
+                       previous=previous, states=states, recovered=True)
+                remove_leftovers(layout)
+                return (f"finished: its after-switch hooks and health check passed; "
+                        f"{describe_current(layout)}")
+            mark_bad, reason = True, why
+    else:
+        mark_bad, reason = bool(journal.get("mark_bad")), str(journal.get("reason") or "")
+    after, told = switch_back(layout, journal, mark_bad=mark_bad, reason=reason, tell=tell)
+    record(layout, op, "unhealthy" if mark_bad else "interrupted", op_id=journal.get("op_id"),
+           release=release, previous=previous, error=reason,
+           states={release: BAD} if mark_bad and isinstance(release, str) else None)
+    text = f"switched back ({reason}); {after}"
+    if mark_bad:
+        text += f"; {release} kept and marked bad"
+    if told:
+        text += f"; after-switch hook on the restored release failed: {told}"
+    return text
+
+
+def recover(layout: Layout, history: History, tell: Tell | None = None,
+            problems: list[str] | None = None) -> str | None:
     """Finish or undo an interrupted operation; returns what was done, or None if nothing was."""
     journal = read_journal(layout)
     if journal is None:
-        removed = remove_leftovers(layout)
+        removed = remove_leftovers(layout, problems)
         if removed:
             msg = f"removed {len(removed)} leftover(s) of an interrupted run: {', '.join(removed)}"
             log.warning("%s", msg)
@@ -105,9 +191,10 @@ def recover(layout: Layout, history: History) -> str | None:
     op = journal.get("op", "unknown")
     who = f"pid {journal.get('pid', '?')} at {journal.get('started', '?')}"
     release = journal.get("release")
+    checkpoint("recovering")
     if journal.get("corrupt"):
         os.replace(layout.journal, f"{layout.journal}.corrupt-{int(time.time())}")
-        remove_leftovers(layout)
+        remove_leftovers(layout, problems)
         action = "found an unreadable journal (kept aside); current left as it was"
     elif op == "adopt":
         from ._adopt import finish_adopt
@@ -116,12 +203,17 @@ def recover(layout: Layout, history: History) -> str | None:
     elif op == "prune" or history.finished(str(journal.get("op_id"))):
         # Committed work is kept; an interrupted prune only loses its half-deleted folder
         # (already hidden under a trash name), the remaining releases stay.
-        remove_leftovers(layout)
+        remove_leftovers(layout, problems)
         action = f"completed; {describe_current(layout)}"
+    elif op in SWITCH_OPS:
+        action = _recover_switch(layout, journal, tell)
     else:
         action = f"rolled back; {undo(layout, journal)}"
+    fields: dict[str, Any] = {}
+    if op == "adopt" and isinstance(release, str) and is_release_dir(layout, release):
+        fields["states"] = {release: SERVED}  # the adopted folder is what current serves
     record(layout, "recover", "ok", interrupted=op, release=release,
-           interrupted_pid=journal.get("pid"), action=action)
+           interrupted_pid=journal.get("pid"), action=action, **fields)
     clear_journal(layout)
     msg = f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"
     log.warning("%s", msg)

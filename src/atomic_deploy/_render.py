@@ -36,7 +36,7 @@ def format_status(s: Any) -> str:
     j = s.interrupted
     rows.append(("interrupted", "none" if j is None else
                  f"{j.get('op')} of {j.get('release', '?')} by pid {j.get('pid', '?')} "
-                 "(the next deploy, activate, rollback or prune recovers it)"))
+                 f"(the next deploy, activate, rollback, prune or recover will {s.recovery})"))
     if s.leftovers:
         rows.append(("leftovers", ", ".join(s.leftovers)))
     if s.stray:

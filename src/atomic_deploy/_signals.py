@@ -87,6 +87,21 @@ def pending_signal() -> int | None:
     return _active.received if _active is not None else None
 
 
+class signal_set_aside:
+    """Within the block, the signal already received is set aside, so hooks that tell the
+    service about a switch-back still run after a Ctrl-C; a second signal stops them."""
+
+    def __enter__(self) -> None:
+        self._guard = _active
+        self._first = self._guard.received if self._guard is not None else None
+        if self._guard is not None:
+            self._guard.received = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._guard is not None and self._first is not None:
+            self._guard.received = self._first
+
+
 def checkpoint(step: str) -> None:
     """Inject the configured fault at ``step``, then raise if a signal has arrived."""
     if step != "copy-file":
@@ -97,6 +112,15 @@ def checkpoint(step: str) -> None:
         _inject(spec, step)
     if guard is not None and guard.received is not None:
         raise InterruptedBySignal(guard.received)
+
+
+def fault_point(step: str) -> None:
+    """A checkpoint for cleanup code (switching back): faults are injected, but a signal that
+    has arrived does not raise here, since the cleanup is what that signal asked for."""
+    guard = _active
+    spec = guard.fault if guard is not None else os.environ.get(FAULT_ENV)
+    if spec:
+        _inject(spec, step)
 
 
 _fired: set[str] = set()

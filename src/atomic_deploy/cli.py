@@ -28,8 +28,8 @@ EXIT_LOCKED = 3
 _READ_ONLY = ("status", "list", "doctor", "completion", "man")
 _BAD_ROOT_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP)
 
-COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "adopt", "demo",
-            "race", "completion", "man", "doctor")
+COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "recover",
+            "adopt", "demo", "race", "completion", "man", "doctor")
 
 EPILOG = """\
 exit codes:
@@ -271,6 +271,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_dry_run(p)
         _add_json(p)
 
+    if want("recover"):
+        p = sub.add_parser("recover", help="finish or undo an interrupted operation now")
+        p.add_argument("root", metavar="ROOT")
+        _add_wait(p)
+        _add_dry_run(p)
+        _add_json(p)
+
     if want("adopt"):
         p = sub.add_parser("adopt", help="migrate a root whose current is a real folder")
         p.add_argument("root", metavar="ROOT")
@@ -435,7 +442,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Only what each command needs is imported: status and list stay quick to start.
     if cmd in ("status", "list"):
         from . import query
-    elif cmd in ("deploy", "prepare", "activate", "rollback", "prune", "adopt"):
+    elif cmd in ("deploy", "prepare", "activate", "rollback", "prune", "recover", "adopt"):
         from . import operations
     if cmd in ("deploy", "prepare"):
         source, root = _stage_paths(args, lambda m: _usage(cmd, m))
@@ -462,6 +469,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
         _emit(args, r.to_dict(), text)
+        _warn(r.warnings)
     elif cmd == "activate":
         a = operations.activate(args.root, args.release, _options(args, args.root))
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
@@ -487,6 +495,17 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         text = (f"pruned {len(p.deleted)}: {', '.join(p.deleted)}" if p.deleted
                 else "nothing to prune") + f"; {len(p.kept)} kept"
         _emit(args, p.to_dict(), text)
+        _warn(p.warnings)
+    elif cmd == "recover":
+        # No config file: recovery runs the hooks its journal recorded, whatever the file says now.
+        rec = operations.recover_root(args.root, _options(args, None), dry_run=args.dry_run)
+        if rec.dry_run:
+            text = f"would {rec.action}" if rec.action else "nothing to recover"
+        else:
+            text = rec.action or "nothing to recover"
+        if rec.leftovers and not rec.dry_run:
+            text += f"\nleftovers that could not be removed: {', '.join(rec.leftovers)}"
+        _emit(args, rec.to_dict(), text)
     elif cmd == "adopt":
         ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
                               use_exchange=not args.no_exchange)
@@ -537,6 +556,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
+
+
+def _warn(warnings: list[str]) -> None:
+    """Problems after an operation completed: one line each on stderr, the exit code stays 0."""
+    for w in warnings:
+        print(f"atomic-deploy: {_err('yellow', 'warning:')} {show(w)}", file=sys.stderr)
 
 
 def _progress_for(args: argparse.Namespace, source: str | None) -> Any:

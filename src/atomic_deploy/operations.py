@@ -16,9 +16,20 @@ from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
-from ._history import History, bad_releases, prune_victims, record, rollback_target
+from ._history import (
+    BAD,
+    COMPLETE,
+    SERVED,
+    History,
+    bad_of,
+    prune_victims,
+    record,
+    release_states,
+    rollback_target,
+)
 from ._layout import (
     STAGING_PREFIX,
+    SWITCH_OPS,
     Layout,
     check_root_for_write,
     hide_release_dir,
@@ -32,9 +43,17 @@ from ._layout import (
     valid_release_name,
 )
 from ._lock import RootLock
-from ._recovery import Journal, clear_journal, describe_current, recover, undo, write_journal
-from ._signals import SignalGuard, checkpoint
-from ._switch import point_current, switch_to_release
+from ._recovery import (
+    Journal,
+    clear_journal,
+    describe_current,
+    recover,
+    switch_back,
+    undo,
+    write_journal,
+)
+from ._signals import SignalGuard, checkpoint, signal_set_aside
+from ._switch import switch_to_release
 from .errors import (
     AtomicDeployError,
     CheckFailed,
@@ -100,6 +119,8 @@ class DeployResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
+    # Problems after the commit point (pruning): the deploy itself completed.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +143,18 @@ class PruneResult:
     deleted: list[str]
     kept: list[str]
     recovered: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RecoverResult:
+    action: str | None  # what was done (or, for a dry run, would be done); None: nothing
+    leftovers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,16 +198,19 @@ def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
 class _Session:
     """Signals deferred, lock held, interrupted work recovered; then journaled steps."""
 
-    def __init__(self, layout: Layout, wait: float, command: str | None) -> None:
+    def __init__(self, layout: Layout, wait: float, command: str | None,
+                 opts: DeployOptions | None = None) -> None:
         self.layout = layout
         self._guard = SignalGuard()
         self._lock = RootLock(layout, wait, command, checkpoint=lambda: checkpoint("lock-wait"))
         self.history = History([])
         self.recovered: str | None = None
+        self.warnings: list[str] = []  # leftovers that could not be removed, and the like
+        self.journal: Journal = {}
         self.on_failure: list[Hook] = []
         self.hook_release: tuple[str, str | None] = ("", None)  # (release, previous) for env
-        self.hook_timeout: float | None = None
-        self.on_output: Callable[[str], None] | None = None
+        self.hook_timeout: float | None = opts.hook_timeout if opts else None
+        self.on_output: Callable[[str], None] | None = opts.on_output if opts else None
 
     def __enter__(self) -> _Session:
         self._guard.__enter__()
@@ -183,7 +219,7 @@ class _Session:
             self._lock.acquire()
             checkpoint("lock-acquired")
             self.history = History.load(self.layout)
-            self.recovered = recover(self.layout, self.history)
+            self.recovered = recover(self.layout, self.history, self.tell, self.warnings)
             if self.recovered:
                 self.history = History.load(self.layout)
         except BaseException as exc:
@@ -207,6 +243,34 @@ class _Session:
                     "nothing was changed",
                 )
 
+    def tell(self, journal: Journal, release: str, previous: str | None,
+             health: bool) -> str | None:
+        """Run the after-switch hooks the journal records for ``release`` (and the health
+        check, with ``health``): None when they passed, else why not. Used after a switch-back
+        and by recovery, so a signal already received is set aside while they run."""
+        spec = journal.get("hooks") or {}
+        opts = DeployOptions(after_switch=list(spec.get("after_switch") or []),
+                             on_output=self.on_output)
+        if health:
+            opts.health_check = spec.get("health_check")
+            opts.health_url = spec.get("health_url")
+            for key in ("health_timeout", "health_retries", "health_interval"):
+                if key in spec:
+                    setattr(opts, key, spec[key])
+        saved = (self.hook_release, self.hook_timeout)
+        self.hook_release = (release, previous)
+        self.hook_timeout = spec.get("hook_timeout", self.hook_timeout)
+        try:
+            with signal_set_aside():
+                _healthy_or_raise(self, opts, self.layout.release(release), [])
+            return None
+        except _Unhealthy as exc:
+            return exc.message
+        except AtomicDeployError as exc:
+            return exc.message
+        finally:
+            self.hook_release, self.hook_timeout = saved
+
     def run(
         self,
         op: str,
@@ -217,6 +281,7 @@ class _Session:
         op_id = random_suffix()
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
+        self.journal = journal
         write_journal(self.layout, journal)
         try:
             checkpoint("journal-written")
@@ -244,13 +309,21 @@ class _Session:
     def _abort(self, op: str, op_id: str, journal: Journal, exc: BaseException) -> BaseException:
         switched = read_current(self.layout).target != journal.get("previous")
         try:
-            after = undo(self.layout, journal)
-            if switched:
+            if switched and op in SWITCH_OPS:
+                # The service may have been told about the new release: tell it about the
+                # restored one (after a signal too), and journal that first.
+                after, told = switch_back(self.layout, journal, mark_bad=False,
+                                          reason=str(exc) or type(exc).__name__, tell=self.tell)
                 state = f"switched back, {after}"
+                if told:
+                    state += f"; after-switch hook on the restored release failed: {told}"
+            elif switched:
+                state = f"switched back, {undo(self.layout, journal)}"
             elif journal.get("creates_release"):
+                after = undo(self.layout, journal)
                 state = f"nothing was switched, the new release was removed; {after} (unchanged)"
             else:
-                state = f"nothing was switched; {after} (unchanged)"
+                state = f"nothing was switched; {undo(self.layout, journal)} (unchanged)"
         except OSError as undo_exc:
             # The journal stays: the next command holding the lock finishes the undo.
             return OperationFailed(
@@ -302,6 +375,16 @@ class _Session:
             self.run_hooks("on-failure", self.on_failure, self.layout.root, error=error)
         except AtomicDeployError as exc:
             log.warning("on-failure hook failed too: %s", exc.message)
+
+
+def _hooks_spec(opts: DeployOptions) -> dict[str, Any] | None:
+    """What recovery needs to re-run after a crash: the after-switch hooks and health check."""
+    if not opts.after_switch and opts.health_check is None and opts.health_url is None:
+        return None
+    return {"after_switch": opts.after_switch, "health_check": opts.health_check,
+            "health_url": opts.health_url, "health_timeout": opts.health_timeout,
+            "health_retries": opts.health_retries, "health_interval": opts.health_interval,
+            "hook_timeout": opts.hook_timeout}
 
 
 def _show_hook(cmd: Hook) -> str:
@@ -364,17 +447,14 @@ def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions
                            hooks: list[dict[str, Any]], extra: dict[str, Any]) -> CheckFailed:
     """Put current back, keep the release marked bad, tell the service, run on-failure."""
     layout = s.layout
-    point_current(layout, previous_target)
+    # Journaled before current moves back: a crash from here on is finished by recovery, which
+    # also tells the service about the restored release.
+    after, told = switch_back(layout, s.journal, mark_bad=True, reason=reason, tell=s.tell)
     record(layout, op, "unhealthy", op_id=op_id, release=release, previous=previous_release,
-           error=reason, hooks=hooks, **extra)
-    state = (f"switched back, {describe_current(layout)}; {release} kept and marked bad")
-    if previous_release is not None and opts.after_switch:
-        # The service was told about the bad release: tell it about the restored one.
-        try:
-            s.hook_release = (previous_release, release)
-            s.run_hooks("after-switch", opts.after_switch, layout.release(previous_release))
-        except AtomicDeployError as exc:
-            state += f"; after-switch hook on the restored release failed: {exc.message}"
+           error=reason, hooks=hooks, states={release: BAD}, **extra)
+    state = f"switched back, {after}; {release} kept and marked bad"
+    if told:
+        state += f"; after-switch hook on the restored release failed: {told}"
     s.run_on_failure(reason)
     return CheckFailed(f"{op} of {release} rolled back: {reason}", state, hooks=hooks,
                        rolled_back=True)
@@ -503,14 +583,15 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
     layout = check_root_for_write(root, create=True)
     check_files_exist(layout, opts.shared_files, opts.create_missing)
     op = "deploy" if activate else "prepare"
-    with _Session(layout, opts.wait, opts.command) as s:
+    with _Session(layout, opts.wait, opts.command, opts) as s:
         started = time.monotonic()
         cur = read_current(layout)
         previous = cur.release if cur.resolves else None
         rid = new_release_id(set(release_dirs(layout)) | s.history.used_ids())
         staging = f"{STAGING_PREFIX}{rid}.{random_suffix()}"
         journal = {"release": rid, "staging": staging, "previous": cur.target,
-                   "creates_release": True, "source": src}
+                   "creates_release": True, "source": src,
+                   "hooks": _hooks_spec(opts) if activate else None}
         s.hook_release, s.on_failure = (rid, previous), list(opts.on_failure)
         s.hook_timeout, s.on_output = opts.hook_timeout, opts.on_output
         shared: list[str] = []
@@ -545,7 +626,8 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
             fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
                       "message": opts.message, "files": stats.files, "bytes": stats.bytes,
-                      "revision": revision, "shared": shared or None}
+                      "revision": revision, "shared": shared or None,
+                      "states": {rid: SERVED if activate else COMPLETE}}
             if activate:
                 switch_to_release(layout, rid, checkpoint)
                 try:
@@ -569,8 +651,21 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
             revision=revision, shared=shared, hooks=hooks, recovered=s.recovered,
         )
+        result.warnings.extend(s.warnings)
         if opts.keep is not None:
-            result.pruned = _prune_locked(s, opts.keep).deleted
+            # After the commit point: the deploy is done whatever happens here, so a failure
+            # is a warning, never a failed deploy (nothing to roll back, no on-failure hooks).
+            try:
+                pruned = _prune_locked(s, opts.keep)
+                result.pruned = pruned.deleted
+                result.warnings.extend(pruned.warnings)
+            except InterruptedBySignal as exc:
+                raise InterruptedBySignal(
+                    exc.signum, f"the {op} of {rid} had completed; pruning was stopped; "
+                    f"{describe_current(layout)}") from None
+            except (AtomicDeployError, OSError) as exc:
+                result.warnings.append(f"the {op} completed, but pruning old releases failed: "
+                                       f"{exc}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
@@ -585,7 +680,8 @@ def _check_release(layout: Layout, release: str) -> None:
 def _switch_op(s: _Session, op: str, release: str, previous: str | None,
                previous_target: str | None, opts: DeployOptions) -> list[dict[str, Any]]:
     layout = s.layout
-    journal = {"release": release, "previous": previous_target, "creates_release": False}
+    journal = {"release": release, "previous": previous_target, "creates_release": False,
+               "hooks": _hooks_spec(opts)}
     s.hook_release, s.on_failure = (release, previous), list(opts.on_failure)
     s.hook_timeout, s.on_output = opts.hook_timeout, opts.on_output
     hooks: list[dict[str, Any]] = []
@@ -597,7 +693,11 @@ def _switch_op(s: _Session, op: str, release: str, previous: str | None,
         except _Unhealthy as exc:
             raise _switch_back_unhealthy(s, op, op_id, opts, release, previous,
                                          previous_target, exc.message, hooks, {}) from None
-        return None, {"release": release, "previous": previous, "hooks": hooks or None}
+        states = {release: SERVED}
+        if op == "rollback" and previous is not None and previous != release:
+            states = {previous: BAD, release: SERVED}  # the release rolled away from
+        return None, {"release": release, "previous": previous, "hooks": hooks or None,
+                      "states": states}
 
     s.run(op, journal, body)
     return hooks
@@ -609,7 +709,7 @@ def activate(root: str, release: str, options: DeployOptions | None = None,
     opts = options or DeployOptions(**kwargs)
     validate_options(opts)
     layout = check_root_for_write(root, create=False)
-    with _Session(layout, opts.wait, opts.command) as s:
+    with _Session(layout, opts.wait, opts.command, opts) as s:
         _check_release(layout, release)
         cur = read_current(layout)
         previous = cur.release if cur.resolves else None
@@ -631,8 +731,7 @@ def plan_rollback(s_history: History, layout: Layout, to: str | None) -> tuple[s
         target: str | None = to
     else:
         ordered = s_history.order(release_dirs(layout))
-        bad = bad_releases(s_history, layout, ordered)
-        target = rollback_target(ordered, bad, cur.release, s_history)
+        target = rollback_target(ordered, release_states(s_history, layout, ordered), cur.release)
     if target is None:
         raise InvalidInput(f"nothing to roll back to: no good release older than {cur.release}",
                            "nothing was changed")
@@ -649,7 +748,7 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
     opts = options or DeployOptions(**kwargs)
     validate_options(opts)
     layout = check_root_for_write(root, create=False)
-    with _Session(layout, opts.wait, opts.command) as s:
+    with _Session(layout, opts.wait, opts.command, opts) as s:
         target, current = plan_rollback(s.history, layout, to)
         hooks = _switch_op(s, "rollback", target, current, read_current(layout).target, opts)
         return ActivateResult(target, current, marked_bad=current, hooks=hooks,
@@ -659,21 +758,22 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
 def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], list[str]]:
     """(victims, ordered releases) for ``prune --keep``."""
     ordered = history.order(release_dirs(layout))
-    bad = bad_releases(history, layout, ordered)
+    states = release_states(history, layout, ordered)
     cur = read_current(layout)
     protected = set()
     if cur.release is not None and cur.resolves:
         protected.add(cur.release)
-        target = rollback_target(ordered, bad, cur.release, history)
+        target = rollback_target(ordered, states, cur.release)
         if target:
             protected.add(target)
-    return prune_victims(ordered, bad, keep, protected, history.used_ids()), ordered
+    return prune_victims(ordered, bad_of(states), keep, protected, history.known()), ordered
 
 
 def _prune_locked(s: _Session, keep: int) -> PruneResult:
     layout = s.layout
     victims, ordered = plan_prune(s.history, layout, keep)
     deleted: list[str] = []
+    warnings: list[str] = []
     journal = {"victims": victims, "previous": read_current(layout).target,
                "creates_release": False}
 
@@ -682,7 +782,13 @@ def _prune_locked(s: _Session, keep: int) -> PruneResult:
             trash = hide_release_dir(layout, name)
             checkpoint("victim-hidden")
             if trash:
-                remove_entry(layout.releases, trash)
+                try:
+                    remove_entry(layout.releases, trash)
+                except OSError as exc:
+                    # Already no release (hidden): a file we may not delete must not block
+                    # the root. It is a leftover: listed by status, retried by later commands.
+                    warnings.append(f"{name} is no longer a release but could not be fully "
+                                    f"removed ({exc.strerror or exc}); it is retried later")
             deleted.append(name)
             checkpoint("victim-removed")
         if victims:
@@ -690,7 +796,8 @@ def _prune_locked(s: _Session, keep: int) -> PruneResult:
         return None, {"deleted": deleted, "keep": keep}
 
     s.run("prune", journal, body)
-    return PruneResult(deleted, [n for n in ordered if n not in deleted], recovered=s.recovered)
+    return PruneResult(deleted, [n for n in ordered if n not in deleted], recovered=s.recovered,
+                       warnings=s.warnings + warnings)
 
 
 def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None) -> PruneResult:
@@ -700,6 +807,26 @@ def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None
     layout = check_root_for_write(root, create=False)
     with _Session(layout, wait, command) as s:
         return _prune_locked(s, keep)
+
+
+def recover_root(root: str, options: DeployOptions | None = None, *,
+                 dry_run: bool = False) -> RecoverResult:
+    """Resolve an interrupted operation on purpose (any mutating command does it first):
+    finish or undo it from its journal, run the after-switch hooks it owes, remove leftovers.
+    ``dry_run`` says what would be done and takes no lock."""
+    opts = options or DeployOptions()
+    validate_options(opts)
+    if dry_run:
+        from . import query
+
+        st = query.status(root)
+        plan = st.recovery or ("remove the leftovers" if st.leftovers else None)
+        return RecoverResult(plan, st.leftovers, dry_run=True)
+    layout = check_root_for_write(root, create=False)
+    with _Session(layout, opts.wait, opts.command, opts) as s:
+        from ._layout import leftovers
+
+        return RecoverResult(s.recovered, leftovers(layout), s.warnings)
 
 
 def _new_id_ok(name: str) -> bool:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 
-from ._history import History, bad_releases, rollback_target
+from ._history import History, bad_of, release_states, rollback_target
 from ._jsonfile import Record
 from ._layout import (
+    RELEASES,
+    SWITCH_OPS,
+    SWITCHING_BACK,
     Layout,
     existing_root,
     leftovers,
@@ -66,6 +69,7 @@ class Status(Record):
         "leftovers",
         "lock_holder",
         "previous",
+        "recovery",
         "releases",
         "root",
         "stray",
@@ -75,7 +79,7 @@ class Status(Record):
                  current_state: str, previous: str | None, releases: int, bad: list[str],
                  lock_holder: dict[str, Any] | None, interrupted: dict[str, Any] | None,
                  leftovers: list[str] | None = None, stray: list[str] | None = None,
-                 last: dict[str, Any] | None = None) -> None:
+                 last: dict[str, Any] | None = None, recovery: str | None = None) -> None:
         self.root = root
         self.current = current
         self.current_target = current_target
@@ -89,6 +93,7 @@ class Status(Record):
         self.leftovers = [] if leftovers is None else leftovers
         self.stray = [] if stray is None else stray
         self.last = last
+        self.recovery = recovery  # what the next mutating command's recovery will do
 
 
 def _current_state(layout: Layout) -> tuple[str | None, str | None, str]:
@@ -100,6 +105,28 @@ def _current_state(layout: Layout) -> tuple[str | None, str | None, str]:
     if not cur.resolves:
         return cur.release, cur.target, "dangling"
     return cur.release, cur.target, "ok"
+
+
+def plan_recovery(journal: dict[str, Any] | None, layout: Layout, finished: bool) -> str | None:
+    """What the next mutating command's recovery will do with ``journal``, in words."""
+    if journal is None:
+        return None
+    op, release = journal.get("op", "unknown"), journal.get("release")
+    if journal.get("corrupt"):
+        return "set the unreadable journal aside; current is left as it is"
+    if op == "adopt":
+        return f"finish the migration of current into {RELEASES}/{release}"
+    if op == "prune" or finished:
+        return "keep the completed work and remove leftovers"
+    if op in SWITCH_OPS and journal.get("phase") == SWITCHING_BACK:
+        return (f"finish switching back from {release} to {journal.get('previous')} and run "
+                "the after-switch hooks for the restored release")
+    if op in SWITCH_OPS and read_current(layout).target == f"{RELEASES}/{release}":
+        return (f"re-run the after-switch hooks and health check of {release}: keep it if they "
+                f"pass, else switch back to {journal.get('previous')} and mark {release} bad")
+    if journal.get("creates_release"):
+        return f"remove the unfinished release {release}; current stays as it is"
+    return "undo it; current stays as it is"
 
 
 def list_releases(root: str) -> list[ReleaseInfo]:
@@ -124,9 +151,9 @@ def _view(layout: Layout, history: History, current: str | None,
         if pending != current and pending not in history.created():
             names = [n for n in names if n != pending]
     ordered = history.order(names)
-    bad = bad_releases(history, layout, ordered)
-    target = rollback_target(ordered, bad, current, history) if current else None
-    return ordered, bad, target
+    states = release_states(history, layout, ordered)
+    target = rollback_target(ordered, states, current) if current else None
+    return ordered, bad_of(states), target
 
 
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
@@ -174,4 +201,6 @@ def status(root: str) -> Status:
         leftovers=[] if holder else leftovers(layout, entries),
         stray=sorted(stray),
         last=history.records[-1] if history.records else None,
+        recovery=plan_recovery(journal, layout, history.finished(str(journal.get("op_id")))
+                               if journal is not None else False),
     )
