@@ -851,6 +851,10 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
             raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
                                "digits, '.', '_' and '-', not first '.' or '-')",
                                "nothing was changed")
+        if release is not None and release in s.history.used_ids():
+            # A record already means another release by that name (its state, its bad mark).
+            raise InvalidInput(f"release id {release!r} was used before in this root's history; "
+                               "choose another", "nothing was changed")
         rid = release or new_release_id(set(release_dirs(layout)) | s.history.used_ids())
         method = adopt_locked(s, rid, use_exchange)
         return AdoptResult(rid, method, recovered=s.recovered)
