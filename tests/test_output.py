@@ -129,6 +129,7 @@ def test_every_command_has_json(builds: Builds, root: Path, tmp_path: Path) -> N
         "status": ["status", root],
         "list": ["list", root],
         "prune": ["prune", root, "--keep", "1"],
+        "recover": ["recover", root],
         "adopt": ["adopt", legacy],
         "demo": ["demo", "--root", tmp_path / "demo"],
         "race": ["race", "--seconds", "0.1", "--readers", "1"],
