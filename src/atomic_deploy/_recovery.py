@@ -158,7 +158,8 @@ def _recover_switch(layout: Layout, journal: Journal, tell: Tell | None) -> str:
                 if op == "rollback" and previous and previous != release:
                     states = {previous: BAD, release: SERVED}
                 record(layout, op, "ok", op_id=journal.get("op_id"), release=release,
-                       previous=previous, states=states, recovered=True)
+                       previous=previous, source=journal.get("source"),
+                       message=journal.get("message"), states=states, recovered=True)
                 remove_leftovers(layout)
                 return (f"finished: its after-switch hooks and health check passed; "
                         f"{describe_current(layout)}")

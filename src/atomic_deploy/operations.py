@@ -590,7 +590,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         rid = new_release_id(set(release_dirs(layout)) | s.history.used_ids())
         staging = f"{STAGING_PREFIX}{rid}.{random_suffix()}"
         journal = {"release": rid, "staging": staging, "previous": cur.target,
-                   "creates_release": True, "source": src,
+                   "creates_release": True, "source": src, "message": opts.message,
                    "hooks": _hooks_spec(opts) if activate else None}
         s.hook_release, s.on_failure = (rid, previous), list(opts.on_failure)
         s.hook_timeout, s.on_output = opts.hook_timeout, opts.on_output
