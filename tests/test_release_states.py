@@ -128,3 +128,20 @@ def test_adopt_id_used_before_in_the_history_is_refused(builds: Builds, root: Pa
     assert r.returncode == 2, r.stderr
     assert "used before" in r.stderr and "Traceback" not in r.stderr
     assert cur.is_dir() and not cur.is_symlink()
+
+
+def test_a_15_digit_adopted_release_stays_older_than_later_deploys(builds: Builds,
+                                                                    root: Path) -> None:
+    """Bug: `adopt --id` with 15 digits sorted after every later deploy (numeric order), so
+    rollback from a later deploy found nothing and prune could delete the wrong release."""
+    cur = root / "current"
+    root.mkdir(exist_ok=True)
+    cur.mkdir()
+    (cur / "version.txt").write_text("legacy\n")
+    assert run_cli("adopt", root, "--id", "202612011015001").returncode == 0
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    listed = json.loads(run_cli("list", root, "--json").stdout)["releases"]
+    assert listed[0]["id"] == "202612011015001" and listed[1]["current"]
+    r = run_cli("rollback", root)
+    assert r.returncode == 0, r.stderr
+    assert (root / "current" / "version.txt").read_text() == "legacy\n"
