@@ -32,7 +32,15 @@ from ._layout import (
     valid_release_name,
 )
 from ._lock import RootLock
-from ._recovery import Journal, clear_journal, describe_current, recover, undo, write_journal
+from ._recovery import (
+    Journal,
+    clear_journal,
+    describe_current,
+    note_hook_group,
+    recover,
+    undo,
+    write_journal,
+)
 from ._signals import SignalGuard, checkpoint
 from ._switch import point_current, switch_to_release
 from .errors import (
@@ -175,6 +183,7 @@ class _Session:
         self.hook_release: tuple[str, str | None] = ("", None)  # (release, previous) for env
         self.hook_timeout: float | None = None
         self.on_output: Callable[[str], None] | None = None
+        self.journal: Journal | None = None  # while an operation's journal is on disk
 
     def __enter__(self) -> _Session:
         self._guard.__enter__()
@@ -218,6 +227,7 @@ class _Session:
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
         write_journal(self.layout, journal)
+        self.journal = journal
         try:
             checkpoint("journal-written")
             value, fields = body(op_id)
@@ -229,6 +239,8 @@ class _Session:
             raise
         except BaseException as exc:
             raise self._abort(op, op_id, journal, exc) from None
+        finally:
+            self.journal = None
         # Not flushed: should the journal come back after a power cut, recovery finds its op_id
         # finished in the history (flushed above) and only removes it.
         clear_journal(self.layout, durable=False)
@@ -242,6 +254,7 @@ class _Session:
         return value
 
     def _abort(self, op: str, op_id: str, journal: Journal, exc: BaseException) -> BaseException:
+        self.journal = None  # on-failure hooks run after the journal is gone
         switched = read_current(self.layout).target != journal.get("previous")
         try:
             after = undo(self.layout, journal)
@@ -284,7 +297,7 @@ class _Session:
         done: list[dict[str, Any]] = []
         for cmd in hooks:
             res = _hooks.run_hook(phase, cmd, cwd=cwd, env=env, timeout=self.hook_timeout,
-                                  on_output=self.on_output)
+                                  on_output=self.on_output, on_start=self.note_hook)
             done.append({"phase": phase, "command": cmd, "returncode": res.returncode,
                          "status": _hooks.describe_status(res.status),
                          "seconds": round(res.seconds, 3), "tail": res.tail})
@@ -294,6 +307,14 @@ class _Session:
                 err.hooks = done
                 raise err
         return done
+
+    def note_hook(self, pgid: int) -> None:
+        """A hook started: its process group goes into the journal, for recovery to kill."""
+        if self.journal is not None:
+            try:
+                note_hook_group(self.layout, self.journal, pgid)
+            except OSError as exc:  # disk full: the supervisor still kills it if we die
+                log.debug("could not note hook process group %d in the journal: %s", pgid, exc)
 
     def run_on_failure(self, error: str) -> None:
         if not self.on_failure:
@@ -344,7 +365,7 @@ def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
     res = _hooks.run_health_check(
         opts.health_check, opts.health_url, retries=opts.health_retries,
         timeout=opts.health_timeout, interval=opts.health_interval, cwd=cwd, env=env,
-        on_output=opts.on_output)
+        on_output=opts.on_output, on_start=s.note_hook)
     hooks.append({"phase": "health-check", "ok": res.ok, "attempts": res.attempts,
                   "last_status": res.last_status, "last_error": res.last_error,
                   "tail": res.hook.tail if res.hook is not None else []})
