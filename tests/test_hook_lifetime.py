@@ -196,9 +196,11 @@ def test_recovery_kills_a_hook_group_that_survived_the_tool(builds: Builds, root
     marker = tmp_path / "sleep.pid"
     proc = start_cli("deploy", builds("v2"), root, "--health-check", _sleeper(marker))
     sleeper = _pid_in(marker)
-    groups = _journal(root)["hook_groups"]
-    assert [g["pgid"] for g in groups] == [os.getpgid(sleeper)]
-    os.kill(groups[0]["pgid"], signal.SIGSTOP)  # the supervisor can no longer react
+    pgid = os.getpgid(sleeper)
+    # Noted right after the hook started: the hook may have written its marker first.
+    wait_for(lambda: [g["pgid"] for g in _journal(root).get("hook_groups", [])] == [pgid],
+             what="the hook's process group in the journal")
+    os.kill(pgid, signal.SIGSTOP)  # the supervisor, its leader, can no longer react
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert _running(sleeper)  # the tool is gone, its hook is not
