@@ -7,11 +7,18 @@ the caller's callback as the lines arrive. A timeout, or a signal deferred by ``
 (``pending_signal()``), stops the whole process group: SIGTERM, a grace period, then SIGKILL.
 ``run_hook`` reports what happened and never raises for a failed, timed out or interrupted hook;
 the caller decides (``HookFailed``, ``InterruptedBySignal``).
+
+A hook dies with the tool. Its session leader is a small supervisor (this Python, ``-I -S -c``)
+that starts the hook as its child and watches a pipe whose write end only this process holds:
+when the tool dies, even by ``kill -9``, the kernel closes that end, the supervisor reads EOF and
+SIGKILLs the whole process group, hook and everything it started. The same code path on every
+POSIX system (no prctl needed); it costs the supervisor's start-up, a few milliseconds per hook.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -19,6 +26,7 @@ import re
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +44,7 @@ log = logging.getLogger("atomic_deploy")
 
 Hook = Union[str, Sequence[str]]
 OutputCallback = Callable[[str], None]
+GroupCallback = Callable[[int], None]
 
 PHASES = ("check", "after-switch", "health-check", "on-failure")
 SHELL = "/bin/sh"  # what subprocess's shell=True uses; not looked up in the hook's PATH
@@ -47,6 +56,67 @@ DRAIN_SECONDS = 1.0
 MAX_LINE_BYTES = 64 * 1024  # a longer run without a newline is passed on in pieces
 _READ_SIZE = 64 * 1024
 _EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+# The hook's session leader: `python -I -S -c _SUPERVISOR WATCH_FD NAME ARGV...`. It starts the
+# hook as its child (same process group), waits for it, and exits as the hook did (same exit
+# status, or killed by the same signal). Readable WATCH_FD means EOF: the tool that holds the
+# write end is gone, so the whole group is killed. SIGTERM and the like, which the tool sends to
+# the group, are caught (not ignored: a caught signal is default again in the hook after exec)
+# so that the supervisor outlives the hook and reports its status.
+_SUPERVISOR = """\
+import os, select, signal, sys
+watch, lc_ctype, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+os.set_inheritable(watch, False)
+env = dict(os.environ)
+if lc_ctype == "-":  # not set for us: an LC_CTYPE now is Python's locale coercion (PEP 538)
+    env.pop("LC_CTYPE", None)
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    if signal.getsignal(sig) != signal.SIG_IGN:
+        signal.signal(sig, lambda *a: None)
+try:
+    pid = os.posix_spawnp(argv[0], argv, env,
+                          setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+except OSError as exc:
+    reason = exc.strerror or str(exc)
+    sys.stdout.write(f"{name} hook: cannot run {argv[0]}: {reason}\\n")
+    sys.stdout.flush()
+    os._exit(127 if exc.errno == 2 else 126)
+while True:
+    ready = select.select([watch, wake_r], [], [])[0]
+    if watch in ready:
+        os.killpg(0, signal.SIGKILL)
+    if wake_r in ready:
+        os.read(wake_r, 512)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+if os.WIFSIGNALED(status):
+    sig = os.WTERMSIG(status)
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _supervisor_argv(name: str, argv: list[str], watch_fd: int,
+                     env: Mapping[str, str]) -> list[str] | None:
+    """How to start ``argv`` under the supervisor, or None where this Python cannot run ``-c``
+    code (a frozen executable): the hook then starts directly and does not die with the tool."""
+    if not sys.executable or getattr(sys, "frozen", False) or not hasattr(os, "posix_spawnp"):
+        return None
+    lc_ctype = "+" if "LC_CTYPE" in env else "-"
+    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(watch_fd), lc_ctype, name, *argv]
 
 
 def _signal_name(signum: int) -> str:
@@ -225,12 +295,14 @@ def _group_alive(pgid: int) -> bool:
 
 
 def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout: float | None,
-             on_output: OutputCallback | None = None, tail_lines: int = 50) -> HookResult:
+             on_output: OutputCallback | None = None, tail_lines: int = 50,
+             on_start: GroupCallback | None = None) -> HookResult:
     """Run one hook to the end, streaming its output lines to ``on_output`` as they come.
 
     Returns the outcome; a hook that fails, times out, cannot start (126/127) or is stopped
     because a signal is pending is reported, not raised. An exception from ``on_output`` kills
-    the hook's process group and propagates.
+    the hook's process group and propagates. ``on_start`` gets the hook's process group id as
+    soon as it runs (for the journal: recovery kills a group the tool could not).
     """
     argv = hook_argv(cmd)
     if timeout is not None and not timeout > 0:  # also refuses NaN
@@ -246,14 +318,13 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
                           time.monotonic() - start, list(lines.tail))
 
     log.debug("running %s hook: %r in %s", name, argv, cwd)
+    # The supervisor's pipe: only this process holds the write end (non-inheritable, and every
+    # child is started with close_fds), so EOF on the read end means this process is gone.
+    watch_r, watch_w = os.pipe()
     try:
-        # A session of its own: the terminal's Ctrl-C does not reach the hook behind our back
-        # (we stop it ourselves, in order), and killpg reaches everything it started.
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, bufsize=0,
-        )
+        proc = _start(name, argv, cwd, env, watch_r)
     except OSError as exc:
+        os.close(watch_w)
         # The shell's conventions: 127 not found, 126 found but not runnable.
         code = 127 if exc.errno == errno.ENOENT else 126
         reason = exc.strerror or str(exc)
@@ -263,8 +334,36 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
             lines.line(f"{name} hook: cannot run {argv[0]}: {reason}")
         return result(code)
     except ValueError as exc:  # e.g. a NUL byte in an environment variable
+        os.close(watch_w)
         raise InvalidInput(f"{name} hook: {exc}") from None
+    except BaseException:
+        os.close(watch_w)
+        raise
+    finally:
+        os.close(watch_r)
+    try:
+        return _follow(proc, name, lines, start, timeout, result, on_start)
+    finally:
+        os.close(watch_w)  # the supervisor has exited: nothing is left to watch it
 
+
+def _start(name: str, argv: list[str], cwd: str, env: Mapping[str, str],
+           watch_fd: int) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env}
+    supervised = _supervisor_argv(name, argv, watch_fd, full_env)
+    # A session of its own: the terminal's Ctrl-C does not reach the hook behind our back
+    # (we stop it ourselves, in order), and killpg reaches everything it started.
+    return subprocess.Popen(
+        supervised or argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, bufsize=0,
+        pass_fds=(watch_fd,) if supervised else (),
+    )
+
+
+def _follow(proc: subprocess.Popen[bytes], name: str, lines: _Lines, start: float,
+            timeout: float | None, result: Callable[..., HookResult],
+            on_start: GroupCallback | None) -> HookResult:
+    """Read the running hook's output until it is done, stopping it on a timeout or signal."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     pgid = proc.pid  # session leader, so its pid is the group id
@@ -278,6 +377,8 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
     grace_over = False  # SIGKILL sent, or nothing was left to kill
     exited: float | None = None
     try:
+        if on_start is not None:
+            on_start(pgid)
         while True:
             if reading:
                 if selector.select(POLL_SECONDS):
@@ -288,8 +389,9 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
                         reading = False
                         selector.unregister(fd)
                         lines.close()
-            else:
-                time.sleep(POLL_SECONDS)  # the hook closed its output but still runs
+            else:  # the hook closed its output but still runs
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(POLL_SECONDS)  # returns as soon as it exits
             now = time.monotonic()
             running = proc.poll() is None
             if running and stop_sent is None:
@@ -322,6 +424,10 @@ def run_hook(name: str, cmd: Hook, *, cwd: str, env: Mapping[str, str], timeout:
         # on_output raised, or KeyboardInterrupt without a SignalGuard: no grace while unwinding.
         _signal_group(pgid, signal.SIGKILL)
         proc.wait()
+        # The hook is the supervisor's child, not ours: wait for the group rather than a pid.
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.005)
         raise
     finally:
         selector.close()
@@ -406,7 +512,8 @@ def _sleep_unless_signal(seconds: float, sleep: Callable[[float], None]) -> int 
 
 def _health_loop(cmd: Hook | None, url: str | None, *, retries: int, timeout: float,
                  interval: float, cwd: str, env: Mapping[str, str],
-                 on_output: OutputCallback | None, sleep: Callable[[float], None]) -> HealthResult:
+                 on_output: OutputCallback | None, sleep: Callable[[float], None],
+                 on_start: GroupCallback | None = None) -> HealthResult:
     if cmd is None and url is None:
         raise ValueError("a health check needs a command, a URL, or both")
     if cmd is not None:
@@ -434,7 +541,7 @@ def _health_loop(cmd: Hook | None, url: str | None, *, retries: int, timeout: fl
         status = error = None
         if cmd is not None:
             hook = run_hook("health-check", cmd, cwd=cwd, env=env, timeout=timeout,
-                            on_output=on_output)
+                            on_output=on_output, on_start=on_start)
             if hook.interrupted_by is not None:
                 error = f"command {describe_status(hook.status)}"
                 return result(False, hook.interrupted_by)
@@ -464,7 +571,8 @@ def check_url(url: str, *, timeout: float, retries: int, interval: float = 1.0,
 def run_health_check(cmd: Hook | None, url: str | None, *, retries: int, timeout: float,
                      interval: float, cwd: str, env: Mapping[str, str],
                      on_output: OutputCallback | None = None,
-                     sleep: Callable[[float], None] = time.sleep) -> HealthResult:
+                     sleep: Callable[[float], None] = time.sleep,
+                     on_start: GroupCallback | None = None) -> HealthResult:
     """Healthy when the command exits 0 and the URL answers 2xx (each only if given).
 
     One attempt runs the command (each run limited to ``timeout``), then fetches the URL; a failed
@@ -472,4 +580,4 @@ def run_health_check(cmd: Hook | None, url: str | None, *, retries: int, timeout
     retries (``interrupted_by``); the caller raises.
     """
     return _health_loop(cmd, url, retries=retries, timeout=timeout, interval=interval, cwd=cwd,
-                        env=env, on_output=on_output, sleep=sleep)
+                        env=env, on_output=on_output, sleep=sleep, on_start=on_start)

@@ -71,8 +71,14 @@ class Record:
         return f"{type(self).__name__}({fields})"
 
 
-def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+def write_json_atomic(path: str, data: Any, durable: bool = True,
+                      sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one.
+
+    ``durable``: the new file's data is flushed before the rename, and (with ``sync_dir``) the
+    rename itself after it. Without ``sync_dir`` a power cut may bring back the old file, but
+    never a torn or empty new one: for updates where the old content is still good enough.
+    """
     import contextlib
     import json
 
@@ -100,7 +106,7 @@ def write_json_atomic(path: str, data: Any, durable: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if durable:
+    if durable and sync_dir:
         _platform.fsync_dir(directory)
 
 

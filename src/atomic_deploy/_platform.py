@@ -292,3 +292,63 @@ def exit_with_parent() -> bool:
     if not IS_LINUX or libc is None or not hasattr(libc, "prctl"):
         return False
     return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0)
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as a string that differs for a later process given the
+    same pid; None if there is no such process or no way to tell.
+
+    Linux: the start time in clock ticks since boot (/proc/PID/stat, field 22). Elsewhere:
+    ``ps -o lstart=`` (to the second; a pid is not reused within a second in practice).
+    """
+    if IS_LINUX:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(b")", 1)[-1].split()
+        return fields[19].decode() if len(fields) > 19 else None
+    import subprocess
+
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
+                             env={**os.environ, "LC_ALL": "C"}, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = out.stdout.decode(errors="replace").strip()
+    return text if out.returncode == 0 and text else None
+
+
+def group_running(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that still runs.
+
+    Linux: a scan of /proc, so that zombies do not count (where PID 1 does not reap orphans, a
+    killed group's processes stay zombies). Elsewhere ``killpg(pgid, 0)``.
+    """
+    if IS_LINUX:
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            names = []
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[-1].split()
+            except OSError:
+                continue  # exited meanwhile
+            # fields[0] is the state (field 3), fields[2] the process group (field 5)
+            if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+                return True
+        if names:
+            return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -46,6 +46,56 @@ def write_journal(layout: Layout, journal: Journal) -> None:
     write_json_atomic(layout.journal, journal)
 
 
+def note_hook_group(layout: Layout, journal: Journal, pgid: int) -> None:
+    """Record in the journal the process group of the hook that just started, with its leader's
+    start time: should this process die in a way its hooks survive, recovery kills the group.
+
+    Only the running hook is recorded (one runs at a time). Entries of finished hooks need no
+    removal: their leader has exited, and recovery kills only a group whose leader is alive.
+    """
+    started = _platform.process_started(pgid)
+    if started is None:
+        return  # gone already, or no way to recognise it later: nothing recovery may kill
+    journal["hook_groups"] = [{"pgid": pgid, "started": started}]
+    # The data flushed, the rename not: a power cut may bring back the journal as it was
+    # before, which is as good (no process outlives a power cut), but never an empty one.
+    write_json_atomic(layout.journal, journal, sync_dir=False)
+
+
+def kill_hook_groups(journal: Journal, wait: float = 2.0) -> list[int]:
+    """SIGKILL the process groups of hooks that the interrupted operation left running.
+
+    A group is killed only while its leader is the very process recorded (same pid, same start
+    time): a pid used again by another process since is left alone. Waits up to ``wait`` seconds
+    for the groups to be gone, so that nothing of them still writes once recovery goes on.
+    """
+    import signal
+
+    killed = []
+    groups = journal.get("hook_groups")
+    for entry in groups if isinstance(groups, list) else []:
+        pgid = entry.get("pgid") if isinstance(entry, dict) else None
+        if isinstance(pgid, bool) or not isinstance(pgid, int) or pgid <= 1:
+            continue
+        if _platform.process_started(pgid) != entry.get("started"):
+            continue  # gone, or another process now has that pid
+        if not _platform.group_running(pgid):
+            continue  # only zombies left: nothing to kill
+        try:
+            if os.getpgid(pgid) != pgid:
+                continue  # the same process, no longer leading the group
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        log.warning("killed process group %d of a hook left running by the interrupted "
+                    "operation", pgid)
+        killed.append(pgid)
+    deadline = time.monotonic() + wait
+    while killed and time.monotonic() < deadline and any(map(_platform.group_running, killed)):
+        time.sleep(0.01)
+    return killed
+
+
 def clear_journal(layout: Layout, durable: bool = True) -> None:
     try:
         os.unlink(layout.journal)
@@ -189,6 +239,8 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
             log.warning("%s", msg)
             return msg
         return None
+    # Before anything else: a hook still running could change what is about to be undone.
+    killed = kill_hook_groups(journal)
     op = journal.get("op", "unknown")
     who = f"pid {journal.get('pid', '?')} at {journal.get('started', '?')}"
     release = journal.get("release")
@@ -210,6 +262,8 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
         action = _recover_switch(layout, journal, tell)
     else:
         action = f"rolled back; {undo(layout, journal)}"
+    if killed:
+        action += f"; killed {len(killed)} hook process group(s) still running"
     fields: dict[str, Any] = {}
     if op == "adopt" and isinstance(release, str) and is_release_dir(layout, release):
         fields["states"] = {release: SERVED}  # the adopted folder is what current serves

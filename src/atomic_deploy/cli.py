@@ -355,7 +355,38 @@ class _StderrHandler(logging.Handler):
             msg = _err("yellow", msg)
         elif record.levelno < logging.INFO:
             msg = _err("dim", msg)
-        print(f"atomic-deploy: {msg}", file=sys.stderr)
+        _err_line(f"atomic-deploy: {msg}")
+
+
+def _err_line(text: str) -> None:
+    """Write one line to stderr, for hook output and log messages while an operation runs.
+
+    Output that cannot be written never changes an outcome: a reader that went away, a full
+    disk or an I/O error ends what stderr shows, and the operation goes on. Nothing reports it
+    (the only place to say so is stderr itself). No stderr at all (fd 2 closed, sys.stderr
+    None) takes nothing: print(file=None) would write to stdout instead.
+    """
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        _drop_stderr()
+
+
+def _drop_stderr() -> None:
+    """Point stderr at /dev/null: what is still buffered, later lines and the flush at exit
+    then all succeed, so the exit code stays the operation's."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stderr.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 class _Style:
@@ -417,8 +448,7 @@ def _options(args: argparse.Namespace, root: str | None) -> Any:
         values[key] = value
     values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
     if not getattr(args, "quiet", False):
-        values["on_output"] = lambda line: print(_err("dim", "  | ") + line, file=sys.stderr,
-                                                 flush=True)
+        values["on_output"] = lambda line: _err_line(_err("dim", "  | ") + line)
     return DeployOptions(**values)
 
 
@@ -620,6 +650,8 @@ def _usage_error(message: str, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:  # started with fd 2 closed: errors and hook output go nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     argv = _normalize(list(sys.argv[1:] if argv is None else argv))
     # `completion` and `man` describe every command; everything else needs only its own.
     only = argv[0] if argv and argv[0] in COMMANDS and argv[0] not in ("completion", "man") \

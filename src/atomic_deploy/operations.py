@@ -47,6 +47,7 @@ from ._recovery import (
     Journal,
     clear_journal,
     describe_current,
+    note_hook_group,
     recover,
     switch_back,
     undo,
@@ -206,7 +207,7 @@ class _Session:
         self.history = History([])
         self.recovered: str | None = None
         self.warnings: list[str] = []  # leftovers that could not be removed, and the like
-        self.journal: Journal = {}
+        self.journal: Journal | None = None  # while an operation's journal is on disk
         self.on_failure: list[Hook] = []
         self.hook_release: tuple[str, str | None] = ("", None)  # (release, previous) for env
         self.hook_timeout: float | None = opts.hook_timeout if opts else None
@@ -281,8 +282,8 @@ class _Session:
         op_id = random_suffix()
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
-        self.journal = journal
         write_journal(self.layout, journal)
+        self.journal = journal
         try:
             checkpoint("journal-written")
             value, fields = body(op_id)
@@ -294,6 +295,8 @@ class _Session:
             raise
         except BaseException as exc:
             raise self._abort(op, op_id, journal, exc) from None
+        finally:
+            self.journal = None
         # Not flushed: should the journal come back after a power cut, recovery finds its op_id
         # finished in the history (flushed above) and only removes it.
         clear_journal(self.layout, durable=False)
@@ -330,6 +333,7 @@ class _Session:
                 f"{op} failed ({exc}) and rolling back failed too ({undo_exc})",
                 "the next atomic-deploy command on this root will finish the rollback",
             )
+        self.journal = None  # on-failure hooks run after the journal is gone
         interrupted = isinstance(exc, (InterruptedBySignal, KeyboardInterrupt))
         try:
             record(self.layout, op, "interrupted" if interrupted else "failed", op_id=op_id,
@@ -357,7 +361,7 @@ class _Session:
         done: list[dict[str, Any]] = []
         for cmd in hooks:
             res = _hooks.run_hook(phase, cmd, cwd=cwd, env=env, timeout=self.hook_timeout,
-                                  on_output=self.on_output)
+                                  on_output=self.on_output, on_start=self.note_hook)
             done.append({"phase": phase, "command": cmd, "returncode": res.returncode,
                          "status": _hooks.describe_status(res.status),
                          "seconds": round(res.seconds, 3), "tail": res.tail})
@@ -367,6 +371,14 @@ class _Session:
                 err.hooks = done
                 raise err
         return done
+
+    def note_hook(self, pgid: int) -> None:
+        """A hook started: its process group goes into the journal, for recovery to kill."""
+        if self.journal is not None:
+            try:
+                note_hook_group(self.layout, self.journal, pgid)
+            except OSError as exc:  # disk full: the supervisor still kills it if we die
+                log.debug("could not note hook process group %d in the journal: %s", pgid, exc)
 
     def run_on_failure(self, error: str) -> None:
         if not self.on_failure:
@@ -427,7 +439,7 @@ def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
     res = _hooks.run_health_check(
         opts.health_check, opts.health_url, retries=opts.health_retries,
         timeout=opts.health_timeout, interval=opts.health_interval, cwd=cwd, env=env,
-        on_output=opts.on_output)
+        on_output=opts.on_output, on_start=s.note_hook)
     hooks.append({"phase": "health-check", "ok": res.ok, "attempts": res.attempts,
                   "last_status": res.last_status, "last_error": res.last_error,
                   "tail": res.hook.tail if res.hook is not None else []})
@@ -449,6 +461,7 @@ def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions
     layout = s.layout
     # Journaled before current moves back: a crash from here on is finished by recovery, which
     # also tells the service about the restored release.
+    assert s.journal is not None  # called from inside the operation's body
     after, told = switch_back(layout, s.journal, mark_bad=True, reason=reason, tell=s.tell)
     record(layout, op, "unhealthy", op_id=op_id, release=release, previous=previous_release,
            error=reason, hooks=hooks, states={release: BAD}, **extra)

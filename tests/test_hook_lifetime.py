@@ -1,0 +1,235 @@
+"""Hook output that cannot be written, and hooks that must not outlive the tool.
+
+Output that cannot be written (a closed stderr pipe, a full disk, no stderr at all) never changes
+a deploy's outcome. A `kill -9` of atomic-deploy takes its running hook's whole process group
+with it, and the next command's recovery kills a recorded group that is somehow still there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import (
+    Builds,
+    cli_env,
+    current_target,
+    history,
+    release_names,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+
+
+def _deploy_with_stderr(root: Path, build: Path, stderr: int | object,
+                        *hook_args: str, **popen: object) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atomic_deploy", "deploy", str(build), str(root), *hook_args],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=stderr, **popen)  # type: ignore[call-overload]
+    if proc.stderr is not None:
+        proc.stderr.close()  # the reader goes away at once: every write to stderr is EPIPE
+    out, _ = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, b"")
+
+
+LOTS = "yes 'some hook output' | head -n 20000"
+HOOK_FLAGS = [
+    ("--after-switch", LOTS),
+    ("--check", "yes | head -c 1000000"),
+    ("--health-check", LOTS),
+]
+
+
+def _assert_deployed(root: Path, out: bytes, rc: int) -> None:
+    assert rc == 0, out
+    names = release_names(root)
+    assert len(names) == 2
+    assert current_target(root) == f"releases/{names[-1]}"
+    assert [h["outcome"] for h in history(root) if h["op"] == "deploy"] == ["ok", "ok"]
+    assert not (root / ".atomic-deploy" / "journal.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "hook"), HOOK_FLAGS)
+def test_a_closed_stderr_pipe_does_not_roll_back_a_deploy(builds: Builds, root: Path,
+                                                          flag: str, hook: str) -> None:
+    assert _deploy_with_stderr(root, builds("v1"), subprocess.DEVNULL).returncode == 0
+    r = _deploy_with_stderr(root, builds("v2"), subprocess.PIPE, flag, hook)
+    _assert_deployed(root, r.stdout, r.returncode)
+
+
+def test_a_warning_to_a_closed_stderr_does_not_roll_back_a_deploy(builds: Builds,
+                                                                  root: Path) -> None:
+    """-q: no hook output at all, only the warning about a background process holding the
+    hook's output open, logged while the deploy is still open."""
+    assert _deploy_with_stderr(root, builds("v1"), subprocess.DEVNULL).returncode == 0
+    r = _deploy_with_stderr(root, builds("v2"), subprocess.PIPE, "-q",
+                            "--after-switch", "sleep 3 &")
+    _assert_deployed(root, r.stdout, r.returncode)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(("flag", "hook"), HOOK_FLAGS[:2])
+def test_stderr_on_a_full_disk_does_not_roll_back_a_deploy(builds: Builds, root: Path,
+                                                           flag: str, hook: str) -> None:
+    assert _deploy_with_stderr(root, builds("v1"), subprocess.DEVNULL).returncode == 0
+    with open("/dev/full", "wb") as full:
+        r = _deploy_with_stderr(root, builds("v2"), full, flag, hook)
+    _assert_deployed(root, r.stdout, r.returncode)
+
+
+def test_no_stderr_at_all_keeps_hook_output_off_stdout(builds: Builds, root: Path) -> None:
+    """With fd 2 closed, Python's sys.stderr is None, and print(file=None) would write to stdout:
+    hook output must not end up in the JSON result."""
+    assert _deploy_with_stderr(root, builds("v1"), subprocess.DEVNULL).returncode == 0
+    r = _deploy_with_stderr(root, builds("v2"), subprocess.DEVNULL, "--json",
+                            "--after-switch", "echo not for stdout",
+                            preexec_fn=lambda: os.close(2))
+    _assert_deployed(root, r.stdout, r.returncode)
+    assert json.loads(r.stdout)["ok"] is True
+
+
+# ---------------------------------------------------------------- hooks die with the tool
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (where PID 1 does not reap orphans, a killed one stays a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _sleeper(marker: Path) -> str:
+    """A hook whose grandchild (sleep, behind sh) writes its pid to ``marker`` and lingers."""
+    return f"sleep 60 & echo $! > {marker}.tmp; mv {marker}.tmp {marker}; wait"
+
+
+def _pid_in(marker: Path) -> int:
+    wait_for(marker.exists, what=f"{marker.name} written by the hook")
+    return int(marker.read_text())
+
+
+def _kill_tool_while_hook_runs(root: Path, build: Path, marker: Path,
+                               *flags: str) -> tuple[int, subprocess.Popen[str]]:
+    proc = start_cli("deploy", build, root, *flags)
+    try:
+        sleeper = _pid_in(marker)
+    except AssertionError:
+        proc.kill()
+        raise AssertionError(proc.communicate()) from None
+    assert _running(sleeper)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    return sleeper, proc
+
+
+@pytest.mark.parametrize("phase", ["check", "after-switch", "health-check", "on-failure"])
+def test_kill_9_of_the_tool_kills_the_running_hook_and_its_children(
+        builds: Builds, root: Path, tmp_path: Path, phase: str) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    marker = tmp_path / "sleep.pid"
+    flags = [f"--{phase}", _sleeper(marker)]
+    if phase == "on-failure":
+        flags += ["--check", "exit 3"]
+    sleeper, _ = _kill_tool_while_hook_runs(root, builds("v2"), marker, *flags)
+    wait_for(lambda: not _running(sleeper), timeout=10, what="the hook's sleep to be killed")
+    # The next command recovers as ever: back on v1, nothing half-done left.
+    r = run_cli("prune", root, "--keep", "5")
+    assert r.returncode == 0, r.stderr
+    assert "hook process group" not in r.stderr  # nothing was left for recovery to kill
+    assert current_target(root) == f"releases/{release_names(root)[0]}"
+
+
+def test_a_hook_left_in_the_background_outlives_a_finished_deploy(
+        builds: Builds, root: Path, tmp_path: Path) -> None:
+    """Only a tool that dies takes its hooks along: `server &` in a hook stays running."""
+    marker = tmp_path / "server.pid"
+    r = run_cli("deploy", builds("v1"), root, "--after-switch",
+                f"sleep 60 >/dev/null 2>&1 & echo $! > {marker}")
+    assert r.returncode == 0, r.stderr
+    server = int(marker.read_text())
+    try:
+        assert _running(server)
+    finally:
+        os.kill(server, signal.SIGKILL)
+
+
+def test_the_supervisor_reports_the_hooks_own_status(tmp_path: Path) -> None:
+    from atomic_deploy import _hooks
+
+    res = _hooks.run_hook("check", "kill -SEGV $$", cwd=str(tmp_path), env={}, timeout=30)
+    assert res.returncode == -signal.SIGSEGV
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("core")]  # no core dumped
+    # SIGPIPE is default again for the hook (Python ignores it): `yes` ends quietly.
+    res = _hooks.run_hook("check", "yes | head -c 10 >/dev/null; echo done", cwd=str(tmp_path),
+                          env={}, timeout=30)
+    assert res.ok and res.tail == ["done"]
+
+
+# ---------------------------------------------------------------- recovery kills what is left
+
+def _journal(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / ".atomic-deploy" / "journal.json").read_text())
+    return data
+
+
+def test_recovery_kills_a_hook_group_that_survived_the_tool(builds: Builds, root: Path,
+                                                            tmp_path: Path) -> None:
+    """The supervisor cannot act (stopped here): the next command's recovery kills the group
+    recorded in the journal, before it rolls the deploy back."""
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    v1 = current_target(root)
+    marker = tmp_path / "sleep.pid"
+    proc = start_cli("deploy", builds("v2"), root, "--health-check", _sleeper(marker))
+    sleeper = _pid_in(marker)
+    pgid = os.getpgid(sleeper)
+    # Noted right after the hook started: the hook may have written its marker first.
+    wait_for(lambda: [g["pgid"] for g in _journal(root).get("hook_groups", [])] == [pgid],
+             what="the hook's process group in the journal")
+    os.kill(pgid, signal.SIGSTOP)  # the supervisor, its leader, can no longer react
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert _running(sleeper)  # the tool is gone, its hook is not
+    r = run_cli("prune", root, "--keep", "5")
+    assert not _running(sleeper)  # gone before the command returned
+    assert r.returncode == 0, r.stderr
+    assert "killed 1 hook process group(s) still running" in r.stderr
+    assert current_target(root) == v1
+    assert [h["op"] for h in history(root)][-2:] == ["recover", "prune"]
+
+
+def test_recovery_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
+    from atomic_deploy import _recovery
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        journal = {"hook_groups": [{"pgid": other.pid, "started": "not its start time"}]}
+        assert _recovery.kill_hook_groups(journal) == []
+        assert other.poll() is None
+        started = _platform_started(other.pid)
+        journal = {"hook_groups": [{"pgid": other.pid, "started": started}]}
+        assert _recovery.kill_hook_groups(journal) == [other.pid]
+        assert other.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _platform_started(pid: int) -> str | None:
+    from atomic_deploy import _platform
+
+    return _platform.process_started(pid)
