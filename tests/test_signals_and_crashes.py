@@ -3,7 +3,9 @@
 A signal (INT, TERM, HUP) at any checkpoint rolls the operation back once and exits 128 + signal;
 ``kill -9`` at any checkpoint leaves a complete release behind ``current`` (or none on a first
 deploy), ``status`` reports the journal without touching anything, and the next mutating command
-recovers. Steps come from ``atomic_deploy._signals`` so a new checkpoint is covered at once.
+recovers: an operation killed before its switch is undone, one killed after it (``switched``,
+``switch-synced``) is finished, since its after-switch hooks and health check (none here) pass
+again. Steps come from ``atomic_deploy._signals`` so a new checkpoint is covered at once.
 Setup deploys run in-process (``deploy_ok``) to keep the matrix fast; everything under test is
 the real CLI in a subprocess.
 """
@@ -38,6 +40,8 @@ from conftest import (
 SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
 # Steps at which a journal exists: written after the lock, removed just before "committed".
 NO_JOURNAL_STEPS = ("lock-acquired", "committed")
+# Steps after current was switched but before the commit record: recovery finishes the operation.
+AFTER_SWITCH_STEPS = ("switched", "switch-synced")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +101,23 @@ def assert_clean(root: Path) -> None:
 
 def records(root: Path, op: str) -> list[dict[str, Any]]:
     return [h for h in history(root) if h.get("op") == op]
+
+
+def assert_finished_by_recovery(root: Path, op: str, journal: dict[str, Any],
+                                states: dict[str, str]) -> None:
+    """Recovery finished the operation ``journal`` describes: its own ok record (op_id,
+    ``recovered``, the release states it changes), then the recover record saying so."""
+    recs = history(root)
+    mine = [i for i, h in enumerate(recs) if h.get("op_id") == journal["op_id"]]
+    assert len(mine) == 1, recs
+    rec = recs[mine[0]]
+    assert rec["op"] == op and rec["outcome"] == "ok", rec
+    assert rec["recovered"] is True, rec
+    assert rec["release"] == journal["release"], rec
+    assert rec["states"] == states, rec
+    later = recs[mine[0] + 1:]
+    assert later and later[0]["op"] == "recover" and later[0]["outcome"] == "ok", recs
+    assert later[0]["interrupted"] == op and later[0]["action"].startswith("finished"), later[0]
 
 
 def assert_status_reports_without_changing(root: Path, op: str, journaled: bool) -> dict[str, Any]:
@@ -368,6 +389,7 @@ def test_deploy_killed_at_every_step_then_status_list_and_deploy_recover(
         matching_build(root, rid, [v1, v2])
 
     assert_status_reports_without_changing(root, "deploy", journaled)
+    crashed = json.loads(journal_path(root).read_text()) if journaled else None
 
     r = run_cli("deploy", v3, root)
 
@@ -376,10 +398,15 @@ def test_deploy_killed_at_every_step_then_status_list_and_deploy_recover(
     assert new is not None and new != old
     assert_release_is(root, new, v3)
     assert_release_is(root, old, v1)
-    if step == "committed":
+    if step == "committed" or step in AFTER_SWITCH_STEPS:
+        # committed, or finished by recovery: the release killed after its switch is kept
         assert release_names(root) == sorted([old, cur, new])
+        assert_release_is(root, cur, v2)
     else:
         assert release_names(root) == sorted([old, new])  # the interrupted release is gone
+    if step in AFTER_SWITCH_STEPS:
+        assert crashed is not None and crashed["release"] == cur
+        assert_finished_by_recovery(root, "deploy", crashed, {cur: "served"})
 
 
 @pytest.mark.parametrize("step", DEPLOY_STEPS)
@@ -399,6 +426,7 @@ def test_first_deploy_killed_at_every_step(builds: Builds, root: Path, step: str
         assert first is None
     for rid in _list_ids(root):
         assert_release_is(root, rid, v1)
+    crashed = json.loads(journal_path(root).read_text()) if journaled else None
 
     r = run_cli("deploy", v2, root)
 
@@ -406,11 +434,15 @@ def test_first_deploy_killed_at_every_step(builds: Builds, root: Path, step: str
     new = current_release(root)
     assert new is not None
     assert_release_is(root, new, v2)
-    if step == "committed":
+    if step == "committed" or step in AFTER_SWITCH_STEPS:
         assert first is not None
         assert release_names(root) == sorted([first, new])
+        assert_release_is(root, first, v1)
     else:
         assert release_names(root) == [new]
+    if step in AFTER_SWITCH_STEPS:
+        assert crashed is not None and crashed["release"] == first
+        assert_finished_by_recovery(root, "deploy", crashed, {first: "served"})
 
 
 @pytest.mark.parametrize("step", DEPLOY_STEPS)
@@ -423,8 +455,12 @@ def test_deploy_killed_then_activate_rollback_or_prune_recovers(
     assert r.returncode == -signal.SIGKILL, r.stderr
     journaled = step not in NO_JOURNAL_STEPS
     assert journal_path(root).exists() == journaled
-    committed = step == "committed"
+    crashed = json.loads(journal_path(root).read_text()) if journaled else None
+    # committed, or killed after its switch: recovery finishes it, so v3's release stays
+    committed = step == "committed" or step in AFTER_SWITCH_STEPS
     r3 = current_release(root) if committed else None
+    if committed:
+        assert r3 not in (None, r1, r2)
 
     # The same crashed root, once per follow-up command (copied as is, links not followed).
     for cmd in ("activate", "rollback", "prune"):
@@ -447,6 +483,9 @@ def test_deploy_killed_then_activate_rollback_or_prune_recovers(
             assert r3 is not None and release_names(work) == [r2, r3]
         else:
             assert r3 is not None and release_names(work) == [r1, r2, r3]
+        if step in AFTER_SWITCH_STEPS:
+            assert crashed is not None
+            assert_finished_by_recovery(work, "deploy", crashed, {r3: "served"})
 
 
 @pytest.mark.parametrize("step", SWITCH_STEPS)
@@ -468,6 +507,7 @@ def test_switch_killed_at_every_step_then_deploy_recovers(builds: Builds, root: 
     assert_release_is(root, r1, v1)
     assert_release_is(root, r2, v2)
     assert_status_reports_without_changing(root, op, journaled)
+    crashed = json.loads(journal_path(root).read_text()) if journaled else None
 
     r = run_cli("deploy", v3, root)
 
@@ -477,7 +517,17 @@ def test_switch_killed_at_every_step_then_deploy_recovers(builds: Builds, root: 
     assert_release_is(root, new, v3)
     assert release_names(root) == [r1, r2, new]
     ok = [h for h in records(root, op) if h["outcome"] == "ok"]
-    assert len(ok) == (1 if step == "committed" else 0)
+    # killed after its switch: recovery finished it (r1 served, a rollback marks r2 bad)
+    assert len(ok) == (1 if step == "committed" or step in AFTER_SWITCH_STEPS else 0)
+    if step in AFTER_SWITCH_STEPS:
+        assert crashed is not None and crashed["release"] == r1
+        states = {r1: "served", r2: "bad"} if op == "rollback" else {r1: "served"}
+        assert_finished_by_recovery(root, op, crashed, states)
+    states_listed = {rel["id"]: rel["state"] for rel in
+                     json.loads(run_cli("list", root, "--json").stdout)["releases"]}
+    # only a rollback that completed (itself or through recovery) marks r2 bad
+    rolled_away = op == "rollback" and (step == "committed" or step in AFTER_SWITCH_STEPS)
+    assert states_listed == {r1: "good", r2: "bad" if rolled_away else "good", new: "current"}
 
 
 @pytest.mark.parametrize("step", PRUNE_STEPS)
@@ -541,7 +591,13 @@ def test_stale_leftovers_never_publish_the_wrong_release(builds: Builds, root: P
     assert new is not None and new != old
     assert_release_is(root, new, v3)
     assert (root / "current" / "version.txt").read_text() == "v3\n"
-    assert release_names(root) == sorted([old, new])
+    if kill_step == "switched":
+        # killed after its switch: recovery finished that deploy, its release stays
+        assert crashed is not None
+        assert release_names(root) == sorted([old, crashed["release"], new])
+        assert_release_is(root, crashed["release"], v2)
+    else:
+        assert release_names(root) == sorted([old, new])
     assert_clean(root)
     assert not os.path.lexists(tmp / "current.deadbeef")
     assert not os.path.lexists(stale)
