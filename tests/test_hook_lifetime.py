@@ -114,8 +114,10 @@ def _running(pid: int) -> bool:
 
 
 def _sleeper(marker: Path) -> str:
-    """A hook whose grandchild (sleep, behind sh) writes its pid to ``marker`` and lingers."""
-    return f"sleep 60 & echo $! > {marker}.tmp; mv {marker}.tmp {marker}; wait"
+    """A hook whose grandchild (sleep, behind sh) writes its pid to ``marker`` and lingers; run
+    again (recovery re-runs after-switch hooks and health checks), it passes at once."""
+    return (f"[ -e {marker} ] && exit 0; "
+            f"sleep 60 & echo $! > {marker}.tmp; mv {marker}.tmp {marker}; wait")
 
 
 def _pid_in(marker: Path) -> int:
@@ -147,11 +149,15 @@ def test_kill_9_of_the_tool_kills_the_running_hook_and_its_children(
         flags += ["--check", "exit 3"]
     sleeper, _ = _kill_tool_while_hook_runs(root, builds("v2"), marker, *flags)
     wait_for(lambda: not _running(sleeper), timeout=10, what="the hook's sleep to be killed")
-    # The next command recovers as ever: back on v1, nothing half-done left.
+    # The next command recovers: killed after its switch, the deploy is finished once its
+    # after-switch hook and health check pass again; killed before, it is undone (back on v1).
     r = run_cli("prune", root, "--keep", "5")
     assert r.returncode == 0, r.stderr
     assert "hook process group" not in r.stderr  # nothing was left for recovery to kill
-    assert current_target(root) == f"releases/{release_names(root)[0]}"
+    newest = -1 if phase in ("after-switch", "health-check") else 0
+    assert current_target(root) == f"releases/{release_names(root)[newest]}"
+    assert (root / "current" / "version.txt").read_text() == (
+        "v2\n" if newest == -1 else "v1\n")
 
 
 def test_a_hook_left_in_the_background_outlives_a_finished_deploy(
@@ -190,7 +196,7 @@ def _journal(root: Path) -> dict[str, Any]:
 def test_recovery_kills_a_hook_group_that_survived_the_tool(builds: Builds, root: Path,
                                                             tmp_path: Path) -> None:
     """The supervisor cannot act (stopped here): the next command's recovery kills the group
-    recorded in the journal, before it rolls the deploy back."""
+    recorded in the journal before it touches the deploy."""
     assert run_cli("deploy", builds("v1"), root).returncode == 0
     v1 = current_target(root)
     marker = tmp_path / "sleep.pid"
@@ -208,8 +214,11 @@ def test_recovery_kills_a_hook_group_that_survived_the_tool(builds: Builds, root
     assert not _running(sleeper)  # gone before the command returned
     assert r.returncode == 0, r.stderr
     assert "killed 1 hook process group(s) still running" in r.stderr
-    assert current_target(root) == v1
-    assert [h["op"] for h in history(root)][-2:] == ["recover", "prune"]
+    # Then the deploy, killed after its switch, was finished: its health check passed again.
+    assert current_target(root) != v1
+    assert (root / "current" / "version.txt").read_text() == "v2\n"
+    assert [(h["op"], h.get("recovered")) for h in history(root)][-3:] == [
+        ("deploy", True), ("recover", None), ("prune", None)]
 
 
 def test_recovery_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
