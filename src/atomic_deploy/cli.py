@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -101,8 +102,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+def _seconds(text: str) -> float:
+    """argparse type for a number of seconds: finite and not negative (``nan`` would never
+    compare as past a deadline, so ``--wait nan`` would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, "
+                                         f"not {text!r}")
+    return value
+
+
 def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
 
 
@@ -129,13 +143,13 @@ def _add_switch_hooks(p: argparse.ArgumentParser) -> None:
                    help="after the switch; non-zero exit switches back and marks the release bad")
     g.add_argument("--health-url", metavar="URL",
                    help="after the switch; a non-2xx answer switches back and marks it bad")
-    g.add_argument("--health-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--health-timeout", type=_seconds, metavar="SECONDS",
                    help="per attempt (default 10)")
     g.add_argument("--health-retries", type=int, metavar="N",
                    help="extra attempts before giving up (default 3)")
-    g.add_argument("--health-interval", type=float, metavar="SECONDS",
+    g.add_argument("--health-interval", type=_seconds, metavar="SECONDS",
                    help="pause between attempts (default 1)")
-    g.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--hook-timeout", type=_seconds, metavar="SECONDS",
                    help="kill a hook (and its process group) after this long (default 600)")
 
 
@@ -228,7 +242,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_stage_options(p)
         p.add_argument("--on-failure", action="append", metavar="CMD",
                        help="run when preparing fails (sh -c; repeatable)")
-        p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+        p.add_argument("--hook-timeout", type=_seconds, metavar="SECONDS",
                        help="kill a hook (and its process group) after this long (default 600)")
         _add_dry_run(p)
 
@@ -292,7 +306,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "(unlink + symlink, what ln -sfn does on macOS, BSD and busybox), ln (this "
                            "system's ln -sfn), atomic (atomic-deploy's own switch). Exits 1 if the "
                            "atomic strategy saw any error.")
-        p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
+        p.add_argument("--seconds", type=_seconds, default=2.0, help="time per strategy (default 2)")
         p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
         _add_json(p)
 
