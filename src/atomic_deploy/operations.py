@@ -508,11 +508,11 @@ def validate_options(opts: DeployOptions) -> None:
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
     validate_options(opts)
-    from ._shared import check_files_exist, link_shared
+    from ._shared import check_shared, link_shared
 
     kind, src = _source_kind(source, root, opts)
     layout = check_root_for_write(root, create=True)
-    check_files_exist(layout, opts.shared_files, opts.create_missing)
+    check_shared(layout, opts.shared_dirs, opts.shared_files, opts.create_missing)
     op = "deploy" if activate else "prepare"
     with _Session(layout, opts.wait, opts.command) as s:
         started = time.monotonic()
