@@ -652,3 +652,78 @@ def test_usage_errors_exit_code_of_the_process(builds: Builds, root: Path, cmd: 
     else:  # no command at all: the help itself
         assert "usage:" in r.stderr
     assert not os.path.lexists(root)
+
+
+# --------------------------------------------------------------------------- numbers
+
+# Every numeric option of every command. NaN compares false with everything, so before these
+# were checked `--wait nan` waited forever for a held lock and `--hook-timeout nan` never fired.
+NUMERIC_OPTIONS = [
+    (cmd, opt)
+    for cmd in ("deploy", "prepare")
+    for opt in ("--wait", "--hook-timeout", "--strip-components", "--jobs")
+] + [
+    (cmd, opt)
+    for cmd in ("deploy", "activate", "rollback")
+    for opt in ("--health-timeout", "--health-retries", "--health-interval", "--hook-timeout",
+                "--wait")
+] + [("deploy", "--keep"), ("prune", "--keep"), ("prune", "--wait"), ("adopt", "--wait"),
+     ("race", "--seconds"), ("race", "--readers")]
+NOT_A_COUNT = ["nan", "NaN", "inf", "-inf", "-1", "-0.5", "1e999"]
+
+
+def _numeric_argv(cmd: str, opt: str, value: str, src: Path, root: Path) -> list[str]:
+    base = {"deploy": ["deploy", str(src), str(root)], "prepare": ["prepare", str(src), str(root)],
+            "activate": ["activate", str(root), "r1"], "rollback": ["rollback", str(root)],
+            "prune": ["prune", str(root), "--keep", "1"], "adopt": ["adopt", str(root)],
+            "race": ["race"]}[cmd]
+    return [*base, f"{opt}={value}"]
+
+
+@pytest.mark.parametrize(("cmd", "opt"), sorted(set(NUMERIC_OPTIONS)))
+def test_non_finite_and_negative_numbers_are_refused(builds: Builds, root: Path, cmd: str, opt: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    deploy(builds("v1"), root)
+    before = snapshot(root)
+    for value in NOT_A_COUNT:
+        rc = main(_numeric_argv(cmd, opt, value, builds("v2"), root))
+        err = capsys.readouterr().err
+        assert rc == 2, (cmd, opt, value, err)
+        assert err.count("\n") == 1 and err.startswith("atomic-deploy: error:"), err
+        assert opt in err, err
+        assert snapshot(root) == before, (cmd, opt, value)
+
+
+def test_wait_nan_with_the_lock_held_fails_at_once(builds: Builds, root: Path) -> None:
+    """The reported case: `--wait nan` behind a held lock waited forever."""
+    from atomic_deploy._layout import Layout
+    from atomic_deploy._lock import RootLock
+
+    deploy(builds("v1"), root)
+    with RootLock(Layout(str(root)), 0.0, "holder"):
+        r = run_cli("deploy", builds("v2"), root, "--wait", "nan", timeout=30)
+    assert r.returncode == 2
+    assert "--wait" in error_line(r)
+    assert len(release_names(root)) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("wait", float("nan")), ("wait", float("inf")), ("wait", -1.0),
+    ("health_timeout", float("nan")), ("health_timeout", float("inf")), ("health_timeout", 0.0),
+    ("health_interval", float("nan")), ("health_interval", -0.1),
+    ("hook_timeout", float("nan")), ("hook_timeout", float("-inf")), ("hook_timeout", 0.0),
+])
+def test_api_refuses_non_finite_seconds(builds: Builds, root: Path, field: str,
+                                        value: float) -> None:
+    """validate_options guards API callers (and config files) as the CLI's types guard flags."""
+    first = deploy(builds("v1"), root)
+    before = snapshot(root)
+    calls = [lambda: atomic_deploy.deploy(str(builds("v2")), str(root), **{field: value}),
+             lambda: atomic_deploy.activate(str(root), first, **{field: value})]
+    if field == "wait":
+        calls += [lambda: atomic_deploy.prune(str(root), 1, wait=value),
+                  lambda: atomic_deploy.adopt(str(root), wait=value)]
+    for call in calls:
+        with pytest.raises(atomic_deploy.InvalidInput, match="finite"):
+            call()
+        assert without_holder(snapshot(root)) == without_holder(before)

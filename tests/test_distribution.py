@@ -2,7 +2,8 @@
 
 - ``tools/build_pyz.py`` builds ``atomic-deploy.pyz``; it is run under pyenv's newest 3.9.x and
   3.13.x in isolated mode (``-I``: no user site, no PYTHONPATH, so nothing but the archive and the
-  standard library is importable), through its shebang, and under a too-old Python.
+  standard library is importable), through its shebang, and under a too-old Python. It reads a
+  config file there: with the tomli bundled in it on 3.9, with tomllib on 3.13.
 - The sdist is built from a copy of the working tree, the wheel from the unpacked sdist, and the
   wheel is installed into a fresh venv with ``--no-index``.
 - The first ```sh block of README.md is run verbatim with bash in a copy of the working tree.
@@ -146,7 +147,15 @@ def test_build_script_writes_an_executable_archive_of_the_whole_package(pyz: Pat
         main_py = z.read("__main__.py").decode()
         compressed = all(i.compress_type == zipfile.ZIP_DEFLATED
                          for i in z.infolist() if i.file_size)
-    assert names == package_files() | {"__main__.py"}
+        licence = z.read("tomli/LICENSE").decode()
+    # The package, the entry point, and tomli (config files on Python < 3.11) with its licence.
+    tomli = names - package_files() - {"__main__.py"}
+    assert package_files() | {"__main__.py"} <= names
+    assert {"tomli/__init__.py", "tomli/_parser.py", "tomli/LICENSE"} <= tomli, tomli
+    assert all(n.startswith("tomli/") and (n.endswith(".py") or n in ("tomli/LICENSE",
+                                                                      "tomli/py.typed"))
+               for n in tomli), tomli  # pure Python only: nothing compiled
+    assert "MIT License" in licence and "Taneli Hukkinen" in licence
     assert "\nrun()\n" in main_py
     assert compressed
     assert not list(pyz.parent.glob(".*partial*")), "temp file left behind"
@@ -241,6 +250,33 @@ def test_pyz_deploys_status_and_rollback_under_isolated_python(minor: str, tmp_p
     assert "Traceback" not in proc.stderr
     assert without_holder(root) == before
 
+    # A config file is read on every Python the archive runs on: with the bundled tomli before
+    # 3.11 (nothing else is importable under -I), with tomllib after.
+    seen = tmp_path / "seen"
+    (root / "atomic-deploy.toml").write_text(
+        f'message = "from the config under {minor}"\nkeep = 2\n'
+        f'after_switch = ["{python}", "-c", "import os, sys; '
+        f'open(sys.argv[1], \'a\').write(os.environ[\'ATOMIC_DEPLOY_RELEASE\'] + \'\\\\n\')", '
+        f'"{seen}"]\n')
+    for version in ("v2", "v3"):
+        proc = pyz("deploy", make_build(tmp_path / version, version=version), root)
+        assert proc.returncode == 0, output(proc)
+    deploys = [h for h in history(root) if h["op"] == "deploy"]
+    assert deploys[-1]["message"] == f"from the config under {minor}"
+    second, third = release_names(root)  # keep = 2 pruned the first
+    proc = pyz("rollback", root)
+    assert proc.returncode == 0, output(proc)
+    assert proc.stderr == "", proc.stderr  # no warning: the file was read
+    assert current_target(root) == f"releases/{second}"
+    assert seen.read_text().split() == [second, third, second]
+    proc = pyz("activate", root, third)
+    assert proc.returncode == 0, output(proc)
+    proc = pyz("prune", root)  # keep = 2 from the file
+    assert proc.returncode == 0, output(proc)
+    proc = pyz("doctor", root, "--json")
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["config"]["status"] == "ok", checks["config"]
+
 
 @pytest.mark.parametrize("minor", ["2.7", "3.8"])
 def test_pyz_refuses_a_too_old_python_in_one_line(minor: str, pyz: Path) -> None:
@@ -331,7 +367,10 @@ def test_sdist_builds_a_wheel_that_installs_and_runs_in_a_fresh_venv(tmp_path: P
     assert re.search(r"^Version: " + re.escape(VERSION) + "$", metadata, re.MULTILINE)
     assert "Requires-Python: >=3.9" in metadata
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.MULTILINE)
-    assert all("extra ==" in r for r in requires), f"a runtime dependency crept in: {requires}"
+    runtime = [r for r in requires if "extra ==" not in r]
+    # The one runtime dependency: tomli, on Pythons whose standard library has no tomllib.
+    assert [r.replace("'", '"').replace(" ", "") for r in runtime] == \
+        ['tomli>=1.1;python_version<"3.11"'], f"a runtime dependency crept in: {requires}"
 
     # A fresh venv; the wheel installed offline (it has no dependencies to fetch).
     venv = tmp_path / "venv"

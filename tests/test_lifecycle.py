@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -90,17 +89,8 @@ def test_shared_path_through_a_symlink_in_the_release_is_refused(tmp_path: Path,
 
 # ---------------------------------------------------------------- config file
 
-def _needs_toml() -> None:
-    if sys.version_info < (3, 11):
-        try:
-            import tomli  # noqa: F401
-        except ImportError:
-            pytest.skip("TOML needs Python 3.11+ or tomli")
-
-
 def test_config_file_in_root_supplies_settings_and_flags_win(tmp_path: Path, builds: Builds,
                                                              root: Path) -> None:
-    _needs_toml()
     root.mkdir()
     (root / "atomic-deploy.toml").write_text(
         'keep = 2\nshared_dirs = ["storage"]\nmessage = "from config"\n')
@@ -114,7 +104,6 @@ def test_config_file_in_root_supplies_settings_and_flags_win(tmp_path: Path, bui
 
 
 def test_explicit_config_and_errors(tmp_path: Path, builds: Builds, root: Path) -> None:
-    _needs_toml()
     cfg = tmp_path / "c.toml"
     cfg.write_text("bogus = 1\n")
     r = run_cli("deploy", builds("v1"), root, "--config", cfg)
@@ -378,8 +367,6 @@ def test_health_check_and_strip_components_from_the_config_file(tmp_path: Path,
                                                                 root: Path) -> None:
     import tarfile
 
-    if sys.version_info < (3, 11):
-        pytest.importorskip("tomli")
     b = make_build(tmp_path / "pkg", {"index.html": "cfg"})
     archive = tmp_path / "pkg.tar"
     with tarfile.open(archive, "w") as tf:

@@ -181,8 +181,6 @@ def test_ctrl_c_during_a_hook_kills_its_process_group(builds: Builds, root: Path
 
 def test_argv_hook_from_config_reaches_no_shell(builds: Builds, root: Path,
                                                 tmp_path: Path) -> None:
-    if sys.version_info < (3, 11):
-        pytest.importorskip("tomli")
     root.mkdir()
     out = tmp_path / "argv"
     (root / "atomic-deploy.toml").write_text(

@@ -1,13 +1,16 @@
 """``atomic-deploy.toml``: every flag's value, per root. Flags given on the command line win.
 
-Read with ``tomllib`` on Python 3.11+, or the ``tomli`` package where installed; on older
-Pythons without it a config file is an error with a clear message, never a traceback.
+Read with ``tomllib`` on Python 3.11+ and with ``tomli`` (the same parser, a dependency on older
+Pythons, bundled in the single-file build) before that. Every problem with the file is one
+``InvalidInput`` line, never a traceback: ``load`` refuses it, ``load_lenient`` (for commands
+that must not be blocked by it, like rollback) reports it and goes on without it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from ._layout import show
 from .errors import InvalidInput
@@ -42,46 +45,106 @@ KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _toml_loads(text: str, path: str) -> dict[str, Any]:
+def _parser(path: str) -> Any:
+    """``tomllib`` on 3.11+, else ``tomli``; InvalidInput when neither can be imported (a
+    source install that skipped dependencies)."""
     try:
-        import tomllib as toml  # type: ignore[import-not-found,unused-ignore]
+        if sys.version_info >= (3, 11):
+            import tomllib
+
+            return tomllib
+        import tomli  # type: ignore[import-not-found,unused-ignore]
+
+        return tomli
     except ImportError:
-        try:
-            import tomli as toml  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:
-            raise InvalidInput(
-                f"cannot read {show(path)}: TOML config files need Python 3.11+ or the tomli "
-                "package (pip install tomli)",
-                "nothing was changed",
-            ) from None
+        raise InvalidInput(
+            f"cannot read {show(path)}: TOML config files need Python 3.11+ or the tomli "
+            f"package, which this installation lacks (Python {sys.version.split()[0]}; "
+            "pip install tomli)",
+            "nothing was changed",
+        ) from None
+
+
+def config_path(root: str, explicit: str | None = None) -> str | None:
+    """The config file that applies: ``explicit``, or ``ROOT/atomic-deploy.toml`` if present."""
+    if explicit:
+        return explicit
+    path = os.path.join(root, FILENAME)
+    return path if os.path.isfile(path) else None
+
+
+def read(root: str, explicit: str | None = None) -> tuple[str | None, dict[str, Any]]:
+    """(path, table) of the config file, keys with dashes spelled with underscores; (None, {})
+    when there is none. Values are not checked (see ``check_value``)."""
+    path = config_path(root, explicit)
+    if path is None:
+        return None, {}
+
+    def bad(what: str) -> InvalidInput:
+        return InvalidInput(f"config file {show(path)} {what}", "nothing was changed")
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise bad("does not exist") from None
+    except IsADirectoryError:
+        raise bad("is a folder, not a file") from None
+    except OSError as exc:
+        raise bad(f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                  "TOML files are UTF-8") from None
+    toml = _parser(path)
     try:
         data = toml.loads(text)
-    except Exception as exc:  # tomllib.TOMLDecodeError; tomli's has the same shape
+    except Exception as exc:  # TOMLDecodeError; anything else the parser trips on, as one line
         raise InvalidInput(f"{show(path)}: {exc}", "nothing was changed") from None
-    if not isinstance(data, dict):  # pragma: no cover - TOML documents are tables
-        raise InvalidInput(f"{show(path)}: not a table")
-    return data
+    return path, {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def check_value(path: str, key: str, value: Any) -> None:
+    """InvalidInput for an unknown key or a value of the wrong type."""
+    if key not in KEYS:
+        raise InvalidInput(f"{show(path)}: unknown setting {key!r} (known: "
+                           f"{', '.join(sorted(KEYS))})", "nothing was changed")
+    types = KEYS[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise InvalidInput(f"{show(path)}: {key} has the wrong type "
+                           f"({type(value).__name__})", "nothing was changed")
+    if isinstance(value, list) and not all(isinstance(x, str) for x in value):
+        raise InvalidInput(f"{show(path)}: {key} must be a list of strings",
+                           "nothing was changed")
 
 
 def load(root: str, explicit: str | None = None) -> dict[str, Any]:
     """The validated settings from ``explicit`` or ``ROOT/atomic-deploy.toml`` (if present)."""
-    path = explicit or os.path.join(root, FILENAME)
-    if not os.path.isfile(path):
-        if explicit:
-            raise InvalidInput(f"config file {show(path)} does not exist", "nothing was changed")
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = _toml_loads(f.read(), path)
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    path, data = read(root, explicit)
     for key, value in data.items():
-        if key not in KEYS:
-            raise InvalidInput(f"{show(path)}: unknown setting {key!r} (known: "
-                               f"{', '.join(sorted(KEYS))})", "nothing was changed")
-        types = KEYS[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise InvalidInput(f"{show(path)}: {key} has the wrong type "
-                               f"({type(value).__name__})", "nothing was changed")
-        if isinstance(value, list) and not all(isinstance(x, str) for x in value):
-            raise InvalidInput(f"{show(path)}: {key} must be a list of strings",
-                               "nothing was changed")
+        check_value(path or "", key, value)
     return data
+
+
+def load_lenient(root: str, explicit: str | None, keys: tuple[str, ...],
+                 warn: Callable[[str], None]) -> dict[str, Any]:
+    """The settings among ``keys`` that can be used; every problem is passed to ``warn`` instead
+    of raised: a file that cannot be read is skipped whole, a bad value on its own. Settings
+    outside ``keys`` are not looked at (the command does not use them)."""
+    try:
+        path, data = read(root, explicit)
+    except InvalidInput as exc:
+        warn(f"{exc.message}; going on without the config file")
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in KEYS and key not in keys:
+            continue  # another command's setting; an unknown one may be a misspelt hook
+        try:
+            check_value(path or "", key, value)
+        except InvalidInput as exc:
+            warn(f"{exc.message}; going on without it")
+            continue
+        out[key] = value
+    return out

@@ -171,6 +171,7 @@ def doctor(root: str) -> list[Check]:
         checks += _probes(layout)
     checks.append(_guard("free space", lambda: _free_space(layout, q)))
     checks.append(_guard("layout", lambda: _layout_check(layout)))
+    checks.append(_guard("config", lambda: _config_check(layout)))
     checks += _permissions(layout)
     checks.append(_guard("current", lambda: _current(layout, q)))
     checks.append(_guard("stray entries", lambda: _stray(layout)))
@@ -447,6 +448,31 @@ def _layout_check(layout: Layout) -> Check:
     if not os.path.isdir(layout.state):
         return Check("layout", OK, f"no {STATE_DIR}/ yet (the first deploy creates it)")
     return Check("layout", OK, "releases/ and the state folder are plain directories")
+
+
+def _config_check(layout: Layout) -> Check:
+    """ROOT/atomic-deploy.toml read as every command would read it, with this Python: a file
+    it cannot read makes deploy, prepare, activate and prune refuse to run."""
+    import sys
+
+    from . import _config
+    from .operations import DeployOptions, validate_options
+
+    path = _config.config_path(layout.root)
+    if path is None:
+        return Check("config", OK, f"no {_config.FILENAME} (flags and defaults only)")
+    python = f"Python {sys.version.split()[0]}"
+    try:
+        data = _config.load(layout.root)
+        hooks = ("check", "after_switch", "on_failure")
+        kwargs: dict[str, Any] = {k: [v] if k in hooks else v for k, v in data.items()}
+        validate_options(DeployOptions(**kwargs))
+    except InvalidInput as exc:
+        return Check("config", FAIL, f"{exc.message} (read with {python})",
+                     "fix the file, or pass --no-config; until then deploy, prepare, activate "
+                     "and prune refuse to run, and rollback warns and goes on without it")
+    return Check("config", OK, f"{_config.FILENAME}: {len(data)} setting(s), readable by "
+                 f"{python}")
 
 
 def _permissions(layout: Layout) -> list[Check]:

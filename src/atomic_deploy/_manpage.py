@@ -254,7 +254,9 @@ def _files(prog: str) -> list[str]:
                                         "rollback, prune and recovery"),
         (f"ROOT/{state}/tmp/", "temporary links made while switching current (empty when idle)"),
         (f"ROOT/{CONFIG_FILENAME}", "settings read by every command unless --config names "
-                                    "another file; flags given on the command line win"),
+                                    "another file or --no-config is given; flags given on the "
+                                    "command line win; rollback warns and goes on without a file "
+                                    "or setting it cannot use"),
     ]
     out: list[str] = []
     for path, text in entries:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ._history import History
 from ._layout import Layout, new_release_id, read_current, release_dirs, show
-from ._shared import SHARED, normalize
+from ._shared import SHARED, check_shared, normalize
 
 if TYPE_CHECKING:
     from .operations import DeployOptions, Hook
@@ -54,6 +54,7 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     steps.append(f"{what} into a hidden staging folder, flush it, rename it to releases/{rid}")
     if opts.revision:
         steps.append(f"write REVISION {opts.revision}")
+    check_shared(layout, opts.shared_dirs, opts.shared_files, create_missing=True)
     for d in opts.shared_dirs:
         rel = normalize(d)
         exists = os.path.isdir(os.path.join(layout.root, SHARED, rel))

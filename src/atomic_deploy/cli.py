@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -101,8 +102,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+def _seconds(text: str) -> float:
+    """argparse type for a number of seconds: finite and not negative (``nan`` would never
+    compare as past a deadline, so ``--wait nan`` would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, "
+                                         f"not {text!r}")
+    return value
+
+
 def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
 
 
@@ -111,8 +125,11 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", metavar="FILE",
                    help="settings file (default: ROOT/atomic-deploy.toml if it exists)")
+    g.add_argument("--no-config", action="store_true",
+                   help="read no settings file: flags and defaults only")
 
 
 def _add_dry_run(p: argparse.ArgumentParser) -> None:
@@ -129,13 +146,13 @@ def _add_switch_hooks(p: argparse.ArgumentParser) -> None:
                    help="after the switch; non-zero exit switches back and marks the release bad")
     g.add_argument("--health-url", metavar="URL",
                    help="after the switch; a non-2xx answer switches back and marks it bad")
-    g.add_argument("--health-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--health-timeout", type=_seconds, metavar="SECONDS",
                    help="per attempt (default 10)")
     g.add_argument("--health-retries", type=int, metavar="N",
                    help="extra attempts before giving up (default 3)")
-    g.add_argument("--health-interval", type=float, metavar="SECONDS",
+    g.add_argument("--health-interval", type=_seconds, metavar="SECONDS",
                    help="pause between attempts (default 1)")
-    g.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--hook-timeout", type=_seconds, metavar="SECONDS",
                    help="kill a hook (and its process group) after this long (default 600)")
 
 
@@ -228,7 +245,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_stage_options(p)
         p.add_argument("--on-failure", action="append", metavar="CMD",
                        help="run when preparing fails (sh -c; repeatable)")
-        p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+        p.add_argument("--hook-timeout", type=_seconds, metavar="SECONDS",
                        help="kill a hook (and its process group) after this long (default 600)")
         _add_dry_run(p)
 
@@ -299,7 +316,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "(unlink + symlink, what ln -sfn does on macOS, BSD and busybox), ln (this "
                            "system's ln -sfn), atomic (atomic-deploy's own switch). Exits 1 if the "
                            "atomic strategy saw any error.")
-        p.add_argument("--seconds", type=float, default=2.0, help="time per strategy (default 2)")
+        p.add_argument("--seconds", type=_seconds, default=2.0, help="time per strategy (default 2)")
         p.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
         _add_json(p)
 
@@ -432,12 +449,19 @@ _SETTINGS: dict[str, Any] = {
 _HOOK_LISTS = ("check", "after_switch", "on_failure")
 
 
-def _options(args: argparse.Namespace, root: str | None) -> Any:
-    """DeployOptions from flags, then the config file, then defaults."""
+def _options(args: argparse.Namespace, root: str | None,
+             config: dict[str, Any] | None = None) -> Any:
+    """DeployOptions from flags, then the config file (``config``, or read from ROOT), then
+    defaults."""
     from . import _config
     from .operations import DeployOptions
 
-    config = _config.load(root or ".", getattr(args, "config", None)) if root else {}
+    if config is None:
+        config = _config.load(root, getattr(args, "config", None)) \
+            if root and not getattr(args, "no_config", False) else {}
+        bad = _config_problem(args, root, config)
+        if bad:
+            raise bad[1]
     values: dict[str, Any] = {}
     for key, default in _SETTINGS.items():
         flag = getattr(args, key, None)
@@ -450,6 +474,55 @@ def _options(args: argparse.Namespace, root: str | None) -> Any:
     if not getattr(args, "quiet", False):
         values["on_output"] = lambda line: _err_line(_err("dim", "  | ") + line)
     return DeployOptions(**values)
+
+
+# What rollback takes from the config file; the rest of the file is not its business.
+_ROLLBACK_KEYS = ("wait", "after_switch", "on_failure", "health_check", "health_url",
+                  "health_timeout", "health_retries", "health_interval", "hook_timeout")
+
+
+def _warn(message: str) -> None:
+    print(f"atomic-deploy: {_err('yellow', 'warning:')} {show(message)}", file=sys.stderr)
+
+
+def _config_problem(args: argparse.Namespace, root: str | None,
+                    config: dict[str, Any]) -> tuple[str, InvalidInput] | None:
+    """The first config setting whose value the options check refuses, as (key, error naming
+    the file); None when there is none. Flags are checked on their own first: their own
+    mistake is reported as theirs, by the operation."""
+    if not config:
+        return None
+    from . import _config
+    from .operations import validate_options
+
+    try:
+        validate_options(_options(args, root, {}))
+    except InvalidInput:
+        return None
+    path = _config.config_path(root or ".", getattr(args, "config", None))
+    for key in sorted(config):
+        try:
+            validate_options(_options(args, root, {key: config[key]}))
+        except InvalidInput as exc:
+            return key, InvalidInput(f"{show(path or _config.FILENAME)}: {key} = "
+                                     f"{config[key]!r}: {exc.message}", exc.state)
+    return None
+
+
+def _rollback_options(args: argparse.Namespace) -> Any:
+    """Rollback is the way out of a bad deploy: a config file it cannot read, or a setting in it
+    that is wrong, is a warning and the rollback goes on without it (hooks that can be read
+    still run). A bad flag is still an error: it was typed just now."""
+    from . import _config
+
+    config = {} if args.no_config else _config.load_lenient(
+        args.root, args.config, _ROLLBACK_KEYS, _warn)
+    while True:
+        bad = _config_problem(args, args.root, config)
+        if bad is None:
+            return _options(args, args.root, config)
+        _warn(f"{bad[1].message}; going on without it")
+        del config[bad[0]]
 
 
 def _usage(cmd: str, message: str) -> NoReturn:
@@ -504,7 +577,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         a = operations.activate(args.root, args.release, _options(args, args.root))
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
     elif cmd == "rollback":
-        opts = _options(args, args.root)
+        opts = _rollback_options(args)
         if args.dry_run:
             from ._plan import plan_rollback_steps
 

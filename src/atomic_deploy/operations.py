@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -555,6 +556,18 @@ def prepare(source: str | None, root: str, options: DeployOptions | None = None,
     return _stage(source, root, opts, activate=False)
 
 
+def check_seconds(option: str, value: float | None, *, positive: bool = False) -> None:
+    """A number of seconds must be finite and not negative (above 0 with ``positive``):
+    NaN compares false with everything, so a NaN deadline is never reached."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+        raise InvalidInput(f"{option} must be a finite number of seconds, "
+                           f"{'more than 0' if positive else '0 or more'}, not {value!r}",
+                           "nothing was changed")
+
+
 def validate_options(opts: DeployOptions) -> None:
     """Every setting checked before anything is touched (the dry run checks the same)."""
     def bad(msg: str) -> InvalidInput:
@@ -564,8 +577,7 @@ def validate_options(opts: DeployOptions) -> None:
         raise bad("--keep must be at least 1")
     if opts.strip_components < 0:
         raise bad("--strip-components must be 0 or more")
-    if opts.wait < 0:
-        raise bad("--wait must be 0 or more")
+    check_seconds("--wait", opts.wait)
     if opts.jobs is not None and opts.jobs < 1:
         raise bad("--jobs must be at least 1")
     if (opts.checksum or opts.link_writable) and not opts.link_unchanged:
@@ -574,10 +586,9 @@ def validate_options(opts: DeployOptions) -> None:
         raise bad("--ref only makes sense with --git REPO")
     if opts.health_retries < 0:
         raise bad("--health-retries must be 0 or more")
-    if opts.health_timeout <= 0 or opts.health_interval < 0:
-        raise bad("--health-timeout must be positive and --health-interval 0 or more")
-    if opts.hook_timeout is not None and opts.hook_timeout <= 0:
-        raise bad("--hook-timeout must be positive")
+    check_seconds("--health-timeout", opts.health_timeout, positive=True)
+    check_seconds("--health-interval", opts.health_interval)
+    check_seconds("--hook-timeout", opts.hook_timeout, positive=True)
     if opts.health_url is not None:
         from . import _hooks
 
@@ -590,11 +601,11 @@ def validate_options(opts: DeployOptions) -> None:
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
     validate_options(opts)
-    from ._shared import check_files_exist, link_shared
+    from ._shared import check_shared, link_shared
 
     kind, src = _source_kind(source, root, opts)
     layout = check_root_for_write(root, create=True)
-    check_files_exist(layout, opts.shared_files, opts.create_missing)
+    check_shared(layout, opts.shared_dirs, opts.shared_files, opts.create_missing)
     op = "deploy" if activate else "prepare"
     with _Session(layout, opts.wait, opts.command, opts) as s:
         started = time.monotonic()
@@ -817,6 +828,7 @@ def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None
     """Delete old releases, keeping ``keep`` good ones plus current and the rollback target."""
     if keep < 1:
         raise InvalidInput("--keep must be at least 1", "nothing was changed")
+    check_seconds("--wait", wait)
     layout = check_root_for_write(root, create=False)
     with _Session(layout, wait, command) as s:
         return _prune_locked(s, keep)
@@ -857,6 +869,7 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     """
     from ._adopt import adopt_locked, check_adoptable
 
+    check_seconds("--wait", wait)
     layout = check_adoptable(root, release)
     with _Session(layout, wait, command) as s:
         if release is not None and (not _new_id_ok(release)
