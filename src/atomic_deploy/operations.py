@@ -715,10 +715,11 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     With an atomic exchange (Linux ``renameat2``, macOS ``renamex_np``) readers never see a
     gap; elsewhere it is a journaled two-step rename with a short gap.
     """
-    from ._adopt import adopt_locked, check_adoptable
+    from ._adopt import adopt_locked, check_adoptable, check_current_is_folder
 
     layout = check_adoptable(root, release)
     with _Session(layout, wait, command) as s:
+        check_current_is_folder(layout)  # again, holding the lock: another adopt may have won
         if release is not None and (not _new_id_ok(release)
                                     or os.path.lexists(layout.release(release))):
             raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
