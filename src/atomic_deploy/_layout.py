@@ -140,19 +140,34 @@ class CurrentLink:
 
 
 def release_of_target(layout: Layout, target: str) -> str | None:
-    """Map link text (relative, as we write it, or absolute, as Capistrano writes it) to an id."""
-    if os.path.isabs(target):
-        parent, name = os.path.split(os.path.normpath(target))
+    """The release whose folder link text ``target`` (``current``'s) leads into, or None.
+
+    What we write, ``releases/ID`` naming a real folder, costs one lstat. Any other text
+    (absolute, as Capistrano writes it; with ``..``, through the root's own name; into a
+    subfolder; through a link in releases/) is resolved the way the kernel resolves it from
+    ROOT (``realpath``: each symlink followed, ``..`` taken after it), and the release is the
+    entry directly below the folder that *is* releases/ (same device and inode, so bind mounts
+    and links to ROOT count), never a string prefix that a link could fake. Pruning relies on
+    this to never delete the live release, whatever form the link has.
+    """
+    head, _, name = target.partition("/")
+    if head == RELEASES and is_release_dir(layout, name):
+        return name
+    try:
+        releases = os.stat(layout.releases)
+    except OSError:
+        return None
+    path = os.path.realpath(os.path.join(layout.root, target))  # an absolute target stays itself
+    parts = path.split(os.sep)  # absolute: parts[0] == ""
+    for i in range(1, len(parts) - 1):
         try:
-            if not os.path.samefile(parent, layout.releases):
-                return None
+            st = os.stat(os.sep.join(parts[: i + 1]))
         except OSError:
-            return None
-    else:
-        parent, name = os.path.split(os.path.normpath(target))
-        if parent != RELEASES:
-            return None
-    return name if valid_release_name(name) else None
+            return None  # nothing resolves below here: not in releases/
+        if st.st_ino == releases.st_ino and st.st_dev == releases.st_dev:
+            name = parts[i + 1]
+            return name if valid_release_name(name) else None
+    return None
 
 
 def read_current(layout: Layout) -> CurrentLink:
@@ -163,7 +178,8 @@ def read_current(layout: Layout) -> CurrentLink:
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(layout.current)
         release = release_of_target(layout, target)
-        resolves = release is not None and is_release_dir(layout, release)
+        resolves = release is not None and is_release_dir(layout, release) and (
+            target == f"{RELEASES}/{release}" or os.path.isdir(layout.current))
         return CurrentLink("symlink", target, release, resolves)
     if stat.S_ISDIR(st.st_mode):
         return CurrentLink("directory")
