@@ -303,7 +303,8 @@ def test_planted_json_temp_file_is_never_written_through(
         succeeded = False
     assert snapshot(outside) == outside_before
     assert os.path.exists(victim) == (target == "existing")
-    assert os.readlink(planted) == str(victim)  # the planted link itself is not replaced
+    if os.path.lexists(planted):  # left alone, or removed as a leftover: never followed
+        assert os.readlink(planted) == str(victim)
     assert hidden_entries(root) == []
     if succeeded:
         assert current_target(root) == f"releases/{ids[0]}"

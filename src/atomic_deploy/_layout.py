@@ -23,6 +23,8 @@ CURRENT = "current"
 STAGING_PREFIX = ".atomic-deploy-staging."
 TRASH_PREFIX = ".atomic-deploy-trash."
 ID_FORMAT = "%Y%m%d%H%M%S"
+# Temp files of the state's atomic writes (``.holder.json.<random>``): left only by a kill.
+STATE_TEMP_PREFIXES = (".holder.json.", ".journal.json.")
 
 
 class Layout:
@@ -217,7 +219,8 @@ def release_dirs(layout: Layout, entries: list[os.DirEntry[str]] | None = None) 
 
 
 def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> list[str]:
-    """Our own hidden staging/trash folders and temp links left behind by a crash."""
+    """Our own hidden staging/trash folders, temp links and state temp files left behind by a
+    crash."""
     if entries is None:
         entries = list_releases_dir(layout)
     found = [os.path.join(RELEASES, e.name) for e in entries
@@ -227,7 +230,17 @@ def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> 
             found.append(os.path.join(STATE_DIR, "tmp", e.name))
     except FileNotFoundError:
         pass
+    found += [os.path.join(STATE_DIR, n) for n in state_temp_files(layout)]
     return sorted(found)
+
+
+def state_temp_files(layout: Layout) -> list[str]:
+    """Names of the state folder's leftover temp files (see STATE_TEMP_PREFIXES)."""
+    try:
+        with os.scandir(layout.state) as it:
+            return [e.name for e in it if e.name.startswith(STATE_TEMP_PREFIXES)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def read_journal(layout: Layout) -> dict[str, Any] | None:

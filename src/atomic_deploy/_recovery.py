@@ -18,6 +18,7 @@ from ._history import History, record
 from ._jsonfile import write_json_atomic
 from ._layout import (
     STAGING_PREFIX,
+    STATE_DIR,
     TRASH_PREFIX,
     Layout,
     discard_release_dir,
@@ -25,6 +26,7 @@ from ._layout import (
     read_journal,
     remove_entry,
     show,
+    state_temp_files,
 )
 from ._switch import point_current
 
@@ -47,9 +49,11 @@ def clear_journal(layout: Layout, durable: bool = True) -> None:
 
 
 def remove_leftovers(layout: Layout) -> list[str]:
-    """Delete our own hidden staging/trash folders and temp links. Only call under the lock:
-    then nothing else can be using them."""
-    removed = []
+    """Delete our own hidden staging/trash folders, temp links and state temp files. Only call
+    under the lock: then nothing else can be using them."""
+    removed = [os.path.join(STATE_DIR, name) for name in state_temp_files(layout)]
+    for name in removed:  # a kill between writing a state file's temp and renaming it
+        remove_entry(layout.state, os.path.basename(name))
     for parent, prefixes in ((layout.releases, (STAGING_PREFIX, TRASH_PREFIX)), (layout.tmp, ("",))):
         try:
             names = [e.name for e in os.scandir(parent) if e.name.startswith(prefixes)
