@@ -82,6 +82,8 @@ class Layout:
 
 def show(path: str) -> str:
     """A path for a one-line message: control characters (newlines) escaped, nothing else touched."""
+    if not isinstance(path, str):  # an OSError's filename can be bytes or a descriptor number
+        path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
     if path.isprintable():
         return path
     return repr(path)[1:-1]
@@ -434,63 +436,84 @@ def _remove_tree(parent: str, name: str, budget: int | None) -> bool:
     it runs cannot redirect it. A folder we may not write into (a read-only folder of a release)
     is made writable first, as it is ours to delete. With ``budget``, stops and returns False
     after about that many entries (the tree is then partly removed); True when it is gone.
+    An error names the path it happened at (descriptor-based calls report only a descriptor
+    number or a bare name).
     """
     left = [budget if budget is not None else -1]
     pfd = os.open(parent, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
     try:
-        if not _empty_dir(pfd, name, left):
+        if not _empty_dir(pfd, name, left, os.path.join(parent, name)):
             return False
-        _rmdir(pfd, name)
+        _rmdir(pfd, name, parent)
     finally:
         os.close(pfd)
     return True
 
 
-def _empty_dir(pfd: int, name: str, left: list[int]) -> bool:
-    """Delete everything inside ``name`` (a folder in ``pfd``); False if the budget ran out.
+def _empty_dir(pfd: int, name: str, left: list[int], path: str) -> bool:
+    """Delete everything inside ``name`` (a folder in ``pfd``, at ``path``); False if the
+    budget ran out.
 
     Depth first with an explicit stack (no recursion limit); each folder is listed once, its
     files unlinked on the way and its subfolders kept by name until their turn.
     """
-    stack: list[tuple[int, str, list[str] | None]] = [(_open_dir(pfd, name), name, None)]
+    stack: list[tuple[int, str, list[str] | None, str]] = [
+        (_open_dir(pfd, name, os.path.dirname(path)), name, None, path)]
     try:
         while stack:
-            fd, dname, subdirs = stack[-1]
+            fd, dname, subdirs, where = stack[-1]
             if subdirs is None:
                 subdirs = []
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        if left[0] == 0:
-                            return False
-                        left[0] -= 1
-                        if entry.is_dir(follow_symlinks=False):
-                            subdirs.append(entry.name)
-                        else:
-                            _unlink(fd, entry.name)
-                stack[-1] = (fd, dname, subdirs)
+                try:
+                    with os.scandir(fd) as it:
+                        entries = list(it)
+                except OSError as exc:
+                    raise _at(exc, where) from None
+                for entry in entries:
+                    if left[0] == 0:
+                        return False
+                    left[0] -= 1
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        _unlink(fd, entry.name, where)
+                stack[-1] = (fd, dname, subdirs, where)
             if subdirs:
                 child = subdirs.pop()
                 try:
-                    stack.append((_open_dir(fd, child), child, None))
+                    stack.append((_open_dir(fd, child, where), child, None,
+                                  os.path.join(where, child)))
                 except FileNotFoundError:
                     pass
                 except OSError as exc:  # replaced by a file or a symlink meanwhile: unlink it
                     if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
                         raise
-                    _unlink(fd, child)
+                    _unlink(fd, child, where)
             else:
                 stack.pop()
                 os.close(fd)
                 if stack:
-                    _rmdir(stack[-1][0], dname)
+                    _rmdir(stack[-1][0], dname, stack[-1][3])
         return True
     finally:
-        for fd, _name, _subdirs in stack:
+        for fd, _name, _subdirs, _where in stack:
             os.close(fd)
 
 
-def _open_dir(dir_fd: int, name: str) -> int:
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+def _at(exc: OSError, path: str) -> OSError:
+    """``exc`` again, naming ``path``."""
+    return OSError(exc.errno, exc.strerror, path)
+
+
+def _open_dir(dir_fd: int, name: str, dir_path: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise  # the caller unlinks it
+        raise _at(exc, os.path.join(dir_path, name)) from None
 
 
 def _make_writable(dir_fd: int) -> None:
@@ -498,24 +521,35 @@ def _make_writable(dir_fd: int) -> None:
     os.chmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
-def _remove_at(remove: Callable[..., None], dir_fd: int, name: str) -> None:
-    """``remove`` (os.unlink or os.rmdir) of ``name`` in ``dir_fd``; a read-only folder is made
-    writable for us first, as ``rm -rf`` run by its owner would."""
+def _remove_at(remove: Callable[..., None], dir_fd: int, name: str, dir_path: str) -> None:
+    """``remove`` (os.unlink or os.rmdir) of ``name`` in ``dir_fd`` (the folder at
+    ``dir_path``); a read-only folder is made writable for us first, as ``rm -rf`` run by its
+    owner would."""
     try:
         remove(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
-    except PermissionError:
-        _make_writable(dir_fd)
-        remove(name, dir_fd=dir_fd)
+    except PermissionError as exc:
+        try:
+            _make_writable(dir_fd)
+        except OSError:  # not ours to make writable (another user's folder): say what was refused
+            raise _at(exc, os.path.join(dir_path, name)) from None
+        try:
+            remove(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as again:
+            raise _at(again, os.path.join(dir_path, name)) from None
+    except OSError as exc:
+        raise _at(exc, os.path.join(dir_path, name)) from None
 
 
-def _unlink(dir_fd: int, name: str) -> None:
-    _remove_at(os.unlink, dir_fd, name)
+def _unlink(dir_fd: int, name: str, dir_path: str) -> None:
+    _remove_at(os.unlink, dir_fd, name, dir_path)
 
 
-def _rmdir(dir_fd: int, name: str) -> None:
-    _remove_at(os.rmdir, dir_fd, name)
+def _rmdir(dir_fd: int, name: str, dir_path: str) -> None:
+    _remove_at(os.rmdir, dir_fd, name, dir_path)
 
 
 def _rm_rf(parent: str, name: str) -> bool:
