@@ -656,15 +656,20 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
                               recovered=s.recovered)
 
 
-def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], list[str]]:
-    """(victims, ordered releases) for ``prune --keep``."""
-    ordered = history.order(release_dirs(layout))
+def plan_prune(history: History, layout: Layout, keep: int, *, new: str | None = None,
+               current: str | None = None) -> tuple[list[str], list[str]]:
+    """(victims, ordered releases) for ``prune --keep``; with ``new`` (a release the history
+    already records), as if it were in releases/ too, and ``current``, as if current pointed
+    to it: what a deploy's dry run needs."""
+    ordered = history.order(release_dirs(layout) + ([new] if new else []))
     bad = bad_releases(history, layout, ordered)
-    cur = read_current(layout)
+    if current is None:
+        cur = read_current(layout)
+        current = cur.release if cur.release is not None and cur.resolves else None
     protected = set()
-    if cur.release is not None and cur.resolves:
-        protected.add(cur.release)
-        target = rollback_target(ordered, bad, cur.release, history)
+    if current is not None:
+        protected.add(current)
+        target = rollback_target(ordered, bad, current, history)
         if target:
             protected.add(target)
     return prune_victims(ordered, bad, keep, protected, history.used_ids()), ordered
