@@ -396,3 +396,58 @@ def test_rollback_to(builds: Builds, root: Path) -> None:
     assert r.returncode == 2
     assert "already current" in r.stderr
     assert lstates(root) == {a: "good", b: "bad", c: "current"}
+
+
+# ------------------------------------------------------- current written in other forms (by hand)
+
+def _link_forms(root: Path, alias: Path) -> dict[str, str]:
+    return {
+        "subfolder": "releases/{a}/public",
+        "dot-dot through the root's own name": f"../{root.name}/releases/{{a}}",
+        "dot-dot into a subfolder": f"../{root.name}/releases/{{a}}/public",
+        "dot and doubled slashes": "./releases//{a}/",
+        "dot-dot inside releases": "releases/{a}/public/../../{a}",
+        "absolute into a subfolder": str(root / "releases" / "{a}" / "public"),
+        "absolute through a link to ROOT": str(alias / "releases" / "{a}"),
+        "through a link in releases": "releases/link-to-{a}",
+    }
+
+
+@pytest.mark.parametrize("form", list(_link_forms(Path("www"), Path("unused"))))
+def test_prune_never_deletes_the_release_current_leads_into(
+        tmp_path: Path, root: Path, form: str) -> None:
+    def build(v: str) -> Path:
+        return make_build(tmp_path / "b" / v, {"public/index.html": v, "version.txt": v})
+
+    a, b, c = (dep(build(v), root) for v in ("v1", "v2", "v3"))
+    os.symlink(str(root / "releases" / a), root / "releases" / f"link-to-{a}")
+    os.symlink(str(root), tmp_path / "alias")  # ROOT reached through a link outside it
+    text = _link_forms(root, tmp_path / "alias")[form].format(a=a)
+    os.unlink(root / "current")
+    os.symlink(text, root / "current")
+    live = os.path.realpath(root / "releases" / a)
+    assert os.path.realpath(root / "current").startswith(live)  # what the kernel serves
+
+    status = ok("status", root)
+    assert (status["current"], status["current_state"]) == (a, "ok")
+    assert [r["id"] for r in listing(root) if r["current"]] == [a]
+
+    out = ok("prune", root, "--keep", "1")
+    assert a not in out["deleted"]
+    assert (root / "releases" / a / "public" / "index.html").read_text() == "v1"
+    assert os.readlink(root / "current") == text
+    assert os.path.realpath(root / "current").startswith(live)
+    assert out["deleted"] == [b]
+    assert {a, c} <= set(release_names(root))  # c: the newest good one, kept by --keep 1
+
+
+def test_link_into_releases_that_leads_out_is_not_a_release(tmp_path: Path, root: Path,
+                                                            builds: Builds) -> None:
+    a = dep(builds("v1"), root)
+    outside = make_build(tmp_path / "outside", version="outside")
+    os.symlink(str(outside), root / "releases" / "escape")
+    for text in ("releases/escape", f"releases/{a}/../escape", str(outside)):
+        os.unlink(root / "current")
+        os.symlink(text, root / "current")
+        status = ok("status", root)
+        assert (status["current"], status["current_state"]) == (None, "outside-releases"), text

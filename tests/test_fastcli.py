@@ -4,7 +4,6 @@ imports that make it quick stay out."""
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import os
 import subprocess
@@ -127,17 +126,17 @@ def test_same_output_and_exit_code_as_the_full_cli(
 def test_lock_holder_shown_the_same(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     _deploy(root, tmp_path / "build", 1)
-    (root / ".atomic-deploy" / "holder.json").write_text(json.dumps(
-        {"pid": 4242, "host": "h", "started": "2026-01-01T00:00:00Z", "command": "deploy x"}))
-    fd = os.open(root / ".atomic-deploy" / "lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: the probe sees it held
+    from atomic_deploy._layout import Layout
+    from atomic_deploy._lock import RootLock
+
+    # Held the way a writer holds it (another open file description: the probe sees it held).
+    with RootLock(Layout(str(root))):
+        (root / ".atomic-deploy" / "holder.json").write_text(json.dumps(
+            {"pid": 4242, "host": "h", "started": "2026-01-01T00:00:00Z", "command": "deploy x"}))
         for flags in ([], ["--json"]):
             quick = _run(_fastcli.main, ["status", str(root), *flags], capsys)
             assert quick == _run(cli.main, ["status", str(root), *flags], capsys)
             assert "4242" in quick[1]
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("argv", [

@@ -156,6 +156,41 @@ def test_dry_run_deploy_rollback_prune_change_nothing(builds: Builds, root: Path
     assert snapshot(root) == before
 
 
+def _planned_victims(plan: list[str]) -> list[str]:
+    rows = [s for s in plan if s.startswith("prune to ")]
+    assert len(rows) == 1, plan
+    listed = rows[0].split(": delete ", 1)[1]
+    return [] if listed == "nothing" else listed.split(", ")
+
+
+@pytest.mark.parametrize("setup", ["plain", "after-rollback", "old-current", "prepare"])
+def test_dry_run_deploy_keep_lists_what_the_real_deploy_deletes(builds: Builds, root: Path,
+                                                                setup: str) -> None:
+    ids = [atomic_deploy.deploy(str(builds(v)), str(root)).release for v in ("v1", "v2", "v3",
+                                                                            "v4")]
+    if setup == "after-rollback":
+        atomic_deploy.rollback(str(root))  # v4 bad, v3 current
+    elif setup == "old-current":
+        atomic_deploy.activate(str(root), ids[1])
+    if setup == "prepare":  # prepare has no --keep flag; the config file's keep applies
+        (root / "atomic-deploy.toml").write_text("keep = 2\n")
+        cmd, keep = "prepare", []
+    else:
+        cmd, keep = "deploy", ["--keep", "2"]
+    before = snapshot(root)
+    r = run_cli(cmd, builds("v5"), root, *keep, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    planned = _planned_victims(json.loads(r.stdout)["plan"])
+    assert snapshot(root) == before
+
+    r = run_cli(cmd, builds("v5"), root, *keep, "--json")
+    assert r.returncode == 0, r.stderr
+    deleted = json.loads(r.stdout)["pruned"]
+    assert deleted, "a case where the real run deletes something"
+    assert planned == deleted
+    assert [n for n in ids if n not in release_names(root)] == deleted
+
+
 # ---------------------------------------------------------------- adopting roots
 
 def _legacy_root(root: Path) -> None:

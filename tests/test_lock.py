@@ -311,3 +311,108 @@ def test_sigterm_while_waiting_for_the_lock_changes_nothing(
     assert_release_is(root, new, v2)
     assert len(ok_deploys(root)) == 2
     assert hidden_entries(root) == []
+
+
+# ------------------------------------------------------------- readers never make a writer fail
+
+_PROBER = """
+import os, sys
+from atomic_deploy import query
+from atomic_deploy._layout import Layout
+from atomic_deploy._lock import probe_holder
+root, stop, mode = sys.argv[1:4]
+layout = Layout(root)
+open(stop + ".started-" + str(os.getpid()), "w").close()
+while not os.path.exists(stop):
+    if mode == "status":
+        query.status(root)
+    else:
+        probe_holder(layout)
+"""
+
+
+def test_status_probing_in_a_tight_loop_never_makes_a_wait_0_deploy_fail(
+        root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    import sys
+
+    from conftest import cli_env
+
+    builds = [make_build(tmp_path / "builds" / f"p{i}", {"v.txt": f"p{i}"}) for i in range(30)]
+    deploy_cli(root, builds[0])
+    stop = tmp_path / "stop"
+    # What `status` does to the lock (probe_holder), as fast as it can go, plus whole status()
+    # calls; the CLI's status reaches the same code after its start-up.
+    for mode in ("probe", "probe", "status"):
+        procs.append(subprocess.Popen([sys.executable, "-c", _PROBER, str(root), str(stop), mode],
+                                      env=cli_env()))
+    wait_for(lambda: len(list(tmp_path.glob("stop.started-*"))) == 3, what="probers started")
+    try:
+        codes = []
+        for b in builds[1:]:
+            r = run_cli("deploy", b, root, "--wait", "0")
+            codes.append((r.returncode, r.stderr.strip()))
+    finally:
+        stop.touch()
+    assert [c for c in codes if c[0] != 0] == []
+    assert len(ok_deploys(root)) == 30
+
+
+_SHARED_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)  # what an older status's probe, or `flock -s`, holds
+open(sys.argv[2] + ".held", "w").close()
+while not os.path.exists(sys.argv[2]):
+    pass
+"""
+
+
+def _hold_shared(root: Path, gate: Path,
+                 procs: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", _SHARED_HOLDER, str(lock_path(root)), str(gate)],
+                         text=True)
+    procs.append(p)
+    wait_for(lambda: Path(f"{gate}.held").exists() or p.poll() is not None, what="shared hold")
+    assert p.poll() is None
+    return p
+
+
+def test_a_shared_hold_on_the_lock_is_waited_out_by_a_wait_0_deploy(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    v1, v2 = builds("v1"), builds("v2")
+    deploy_cli(root, v1)
+    reader = _hold_shared(root, tmp_path / "reader", procs)
+    wgate = tmp_path / "waiting"
+    writer = start_cli("deploy", v2, root, "--wait", "0", fault=f"lock-wait:PAUSE:{wgate}")
+    procs.append(writer)
+    wait_for(lambda: Path(f"{wgate}.paused").exists() or writer.poll() is not None,
+             what="the writer to find the lock held shared")
+    assert writer.poll() is None, writer.communicate()  # not refused: nobody writes
+    (tmp_path / "reader").touch()
+    reader.wait(timeout=30)
+    wgate.touch()
+    _out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    assert_release_is(root, str(current_release(root)), v2)
+
+
+def test_a_shared_hold_that_lasts_refuses_a_writer_after_a_bounded_time(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    from atomic_deploy._lock import READERS_GRACE
+
+    deploy_cli(root, builds("v1"))
+    before = snapshot(root)
+    _hold_shared(root, tmp_path / "reader", procs)
+    started = time.monotonic()
+    r = run_cli("deploy", builds("v2"), root, "--wait", "0")
+    waited = time.monotonic() - started
+    (tmp_path / "reader").touch()
+
+    assert r.returncode == 3, r.stderr
+    line = r.stderr.splitlines()
+    assert len(line) == 1 and "held shared" in line[0] and "nothing was changed" in line[0], line
+    assert READERS_GRACE <= waited < READERS_GRACE + 20
+    assert {k: v for k, v in snapshot(root).items() if k != ".atomic-deploy/holder.json"} == \
+        {k: v for k, v in before.items() if k != ".atomic-deploy/holder.json"}

@@ -593,8 +593,6 @@ def test_deploy_keep_prune_error_is_a_warning_not_a_failed_deploy(builds: Builds
     assert [h["outcome"] for h in history(root) if h["op"] == "deploy"][-1] == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: a prune failing after the deploy committed "
-                   "runs the deploy's on-failure hooks (_Session._abort of the prune)")
 def test_deploy_keep_prune_error_does_not_run_on_failure_hooks(builds: Builds, root: Path,
                                                                tmp_path: Path) -> None:
     fired = tmp_path / "on-failure-fired"

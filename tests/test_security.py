@@ -28,6 +28,8 @@ from conftest import (
     history,
     make_build,
     release_names,
+    require_unprivileged_runs,
+    run_as_nobody,
     run_cli,
     snapshot,
 )
@@ -303,7 +305,8 @@ def test_planted_json_temp_file_is_never_written_through(
         succeeded = False
     assert snapshot(outside) == outside_before
     assert os.path.exists(victim) == (target == "existing")
-    assert os.readlink(planted) == str(victim)  # the planted link itself is not replaced
+    if os.path.lexists(planted):  # left alone, or removed as a leftover: never followed
+        assert os.readlink(planted) == str(victim)
     assert hidden_entries(root) == []
     if succeeded:
         assert current_target(root) == f"releases/{ids[0]}"
@@ -520,3 +523,38 @@ def test_lock_file_symlink_is_refused(
     assert snapshot(outside) == outside_before
     assert os.path.exists(victim) == (target == "existing")
     assert current_target(root) == f"releases/{first}"
+
+
+# ------------------------------------------------- removal refused by another user's folder
+
+@pytest.mark.parametrize("op", ["prune", "recover"])
+def test_removal_refused_in_another_users_folder_is_one_line(nobody_dir: Path, op: str) -> None:
+    """A release holding a folder owned by root, pruned by uid 65534: unlinking inside it and
+    making it writable (chmod through the folder's descriptor) both fail. The error names a
+    path (not a descriptor number) on one line, with the state, and no traceback."""
+    require_unprivileged_runs()
+    root = nobody_dir / "www"
+    ids = []
+    for v in ("v1", "v2", "v3"):
+        src = make_build(nobody_dir / v, version=v)
+        os.chmod(src, 0o755)
+        ids.append(deploy(src, root))
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, ""]:
+            os.chown(os.path.join(dirpath, name), NOBODY, NOBODY, follow_symlinks=False)
+    locked = root / "releases" / ids[0] / "assets"  # holds app.js
+    os.chown(locked, 0, 0)
+    os.chmod(locked, 0o755)
+    if op == "recover":  # the same removal, done by the recovery of a killed deploy
+        staging = root / "releases" / f"{_layout.STAGING_PREFIX}x.0"
+        os.rename(root / "releases" / ids[0], staging)
+
+    r = run_as_nobody("prune", root, "--keep", "1")
+
+    assert r.returncode == 1, r.stderr
+    line = error_line(r)
+    assert "Traceback" not in r.stderr and "isprintable" not in r.stderr
+    assert "Permission denied" in line or "Operation not permitted" in line, line
+    assert str(root / "releases") in line and "assets" in line, line  # a path, not an fd
+    assert current_target(root) == f"releases/{ids[2]}"
+    assert (root / "current" / "version.txt").read_text() == "v3\n"

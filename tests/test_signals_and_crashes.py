@@ -648,3 +648,56 @@ def test_journal_of_a_committed_deploy_coming_back_is_only_removed(builds: Build
     assert new in release_names(root) and old in release_names(root)
     assert_release_is(root, new, builds("v2"))
     assert current_release(root) not in (old, new)
+
+
+# --------------------------------------------------------------------------------------------
+# temp files of the state's atomic writes
+
+
+def state_temps(root: Path) -> list[str]:
+    state = root / ".atomic-deploy"
+    return sorted(n for n in os.listdir(state) if n.startswith((".holder.json.", ".journal.json.")))
+
+
+@pytest.mark.parametrize("step", ["holder-temp-written", "journal-temp-written"])
+def test_state_temp_file_left_by_kill_is_listed_then_removed(builds: Builds, root: Path,
+                                                            step: str) -> None:
+    first = deploy_ok(root, builds("v1"))
+    r = run_cli("deploy", builds("v2"), root, fault=f"{step}:KILL")
+    assert r.returncode == -9, r.stderr
+    temps = state_temps(root)
+    assert len(temps) == 1 and temps[0].startswith(f".{step.split('-')[0]}.json."), temps
+    assert current_release(root) == first
+
+    before = snapshot(root)
+    data = json.loads(run_cli("status", root, "--json").stdout)
+    assert data["leftovers"] == [f".atomic-deploy/{temps[0]}"]
+    assert snapshot(root) == before
+
+    r = run_cli("deploy", builds("v3"), root)
+    assert r.returncode == 0, r.stderr
+    assert f".atomic-deploy/{temps[0]}" in r.stderr  # said what it removed
+    assert state_temps(root) == []
+    assert_clean(root)
+    assert json.loads(run_cli("status", root, "--json").stdout)["leftovers"] == []
+
+
+def test_planted_state_temp_files_are_listed_and_removed_under_the_lock(builds: Builds,
+                                                                       root: Path) -> None:
+    deploy_ok(root, builds("v1"))
+    deploy_ok(root, builds("v2"))
+    state = root / ".atomic-deploy"
+    planted = [".holder.json.0123456789abcdef", ".journal.json.fedcba9876543210"]
+    for name in planted:
+        (state / name).write_text('{"op": "deploy"')  # torn, as a kill mid-write leaves it
+    (state / "journal.json.corrupt-1").write_text("kept: a set-aside journal, not a temp file")
+
+    data = json.loads(run_cli("status", root, "--json").stdout)
+    assert data["leftovers"] == [f".atomic-deploy/{n}" for n in planted]
+    assert data["interrupted"] is None
+
+    r = run_cli("prune", root, "--keep", "5")
+    assert r.returncode == 0, r.stderr
+    assert state_temps(root) == []
+    assert (state / "journal.json.corrupt-1").exists()
+    assert len(release_names(root)) == 2

@@ -14,7 +14,9 @@ the first link's text before the second exchange could then find its target gone
 
 Without one (BSDs, filesystems that refuse it): rename the folder into ``releases/<id>``, then
 rename a new link over ``current``; readers see ``current`` missing between the two renames.
-Both ways are journaled: after a crash the next command finishes the migration.
+Both ways are journaled: after a crash the next command finishes the migration. A signal or an
+error stops it where it is safe: before the folder moved, the link is removed and nothing changed;
+after, the migration is finished on the spot (current is never left missing or half-made).
 """
 
 from __future__ import annotations
@@ -23,21 +25,28 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import _platform
-from ._history import SERVED, record
+from ._history import SERVED, now_iso, record
 from ._layout import Layout, check_root_for_write, read_current, show
-from ._recovery import clear_journal, write_journal
+from ._recovery import clear_journal, describe_current, write_journal
 from ._signals import checkpoint
 from ._switch import link_text, point_current
-from .errors import InvalidInput
+from .errors import InterruptedBySignal, InvalidInput, OperationFailed
 
 if TYPE_CHECKING:
     from .operations import _Session
 
-ADOPT_STEPS = ("lock-acquired", "adopt-links-made", "adopt-exchanged", "adopt-moved")
+ADOPT_STEPS = ("lock-acquired", "adopt-links-made", "adopt-exchanged", "adopt-moved",
+               "committed")
 
 
 def check_adoptable(root: str, release: str | None) -> Layout:
-    layout = Layout(os.path.abspath(root))
+    check_current_is_folder(Layout(os.path.abspath(root)))
+    return check_root_for_write(root, create=False, allow_current_dir=True)
+
+
+def check_current_is_folder(layout: Layout) -> None:
+    """Checked before taking the lock (a quick refusal) and again holding it: another adopt
+    may have moved the folder meanwhile, and adopting its link would make current dangle."""
     kind = read_current(layout).kind
     if kind == "symlink":
         raise InvalidInput(f"{show(layout.current)} is already a symlink; nothing to adopt",
@@ -45,35 +54,80 @@ def check_adoptable(root: str, release: str | None) -> Layout:
     if kind != "directory":
         raise InvalidInput(f"{show(layout.current)} is not a folder ({kind}); nothing to adopt",
                            "nothing was changed")
-    return check_root_for_write(root, create=False, allow_current_dir=True)
 
 
 def adopt_locked(s: _Session, rid: str, use_exchange: bool) -> str:
     layout = s.layout
     method = _platform.exchange_name() if use_exchange else None
     journal: dict[str, Any] = {"op": "adopt", "release": rid, "method": method or "rename",
-                               "pid": os.getpid()}
+                               "pid": os.getpid(), "started": now_iso()}
     write_journal(layout, journal)
+    try:
+        method = _migrate(layout, rid, journal, method)
+    except BaseException as exc:
+        raise _stopped(layout, rid, journal, exc) from None
+    record(layout, "adopt", "ok", release=rid, method=method, states={rid: SERVED})
+    clear_journal(layout)
+    try:
+        checkpoint("committed")
+    except InterruptedBySignal as exc:
+        raise InterruptedBySignal(
+            exc.signum, f"the adopt had completed; {describe_current(layout)}") from None
+    return method
+
+
+_TWO_STEP = "two-step rename (current briefly absent)"
+
+
+def _migrate(layout: Layout, rid: str, journal: dict[str, Any], method: str | None) -> str:
     if method is not None:
         try:
             _exchange_way(layout, rid)
+            return method
         except OSError as exc:
             if read_current(layout).kind != "directory":
-                raise  # something moved: recovery from the journal finishes it
+                raise  # something moved: _stopped finishes it
             _cleanup_links(layout, rid, None)
-            method = None
             journal["method"] = "rename"
             journal["exchange_error"] = exc.strerror
             write_journal(layout, journal)
-    if method is None:
-        os.rename(layout.current, layout.release(rid))
-        checkpoint("adopt-moved")
-        point_current(layout, link_text(rid))
-        _platform.fsync_dir(layout.releases)
-        method = "two-step rename (current briefly absent)"
-    record(layout, "adopt", "ok", release=rid, method=method, states={rid: SERVED})
-    clear_journal(layout)
-    return method
+    os.rename(layout.current, layout.release(rid))
+    checkpoint("adopt-moved")
+    point_current(layout, link_text(rid))
+    _platform.fsync_dir(layout.releases)
+    return _TWO_STEP
+
+
+def _stopped(layout: Layout, rid: str, journal: dict[str, Any],
+             exc: BaseException) -> BaseException:
+    """Deal with a signal or error mid-adopt; return the error to raise, naming the state.
+
+    Before the folder moved, undoing is safe (remove the link made for the exchange); after,
+    undoing would mean moving the live folder back, so the migration is finished instead and
+    recorded as done.
+    """
+    from .operations import _error_for
+
+    try:
+        if read_current(layout).kind == "directory":
+            _cleanup_links(layout, rid, None)
+            _platform.fsync_dir(layout.releases)
+            clear_journal(layout)
+            state = "nothing was changed; current is still the original folder"
+        else:
+            finish_adopt(layout, journal)
+            method = journal.get("method")
+            record(layout, "adopt", "ok", release=rid,
+                   method=_TWO_STEP if method == "rename" else method, states={rid: SERVED})
+            clear_journal(layout)
+            state = f"the folder was adopted as releases/{rid} anyway; " \
+                    f"{describe_current(layout)}"
+    except OSError as cleanup_exc:
+        # The journal stays: the next command holding the lock finishes the migration.
+        return OperationFailed(
+            f"adopt failed ({exc}) and settling it failed too ({cleanup_exc})",
+            "the next atomic-deploy command on this root will finish the migration")
+    return _error_for(exc, "adopt", state)
 
 
 def _exchange_way(layout: Layout, rid: str) -> None:

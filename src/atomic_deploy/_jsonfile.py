@@ -101,6 +101,11 @@ def write_json_atomic(path: str, data: Any, durable: bool = True,
             f.flush()
             if durable:
                 _platform.fsync_fd(f.fileno())
+        if os.environ.get("ATOMIC_DEPLOY_FAULT"):  # only a fault, never a deferred signal, here
+            from ._signals import _inject
+
+            _inject(os.environ["ATOMIC_DEPLOY_FAULT"],
+                    f"{os.path.basename(path).partition('.')[0]}-temp-written")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

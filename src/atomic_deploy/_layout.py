@@ -26,6 +26,8 @@ ID_FORMAT = "%Y%m%d%H%M%S"
 # Operations that switch current, and the journal phase of one putting it back.
 SWITCH_OPS = ("deploy", "activate", "rollback")
 SWITCHING_BACK = "switching-back"
+# Temp files of the state's atomic writes (``.holder.json.<random>``): left only by a kill.
+STATE_TEMP_PREFIXES = (".holder.json.", ".journal.json.")
 
 
 class Layout:
@@ -83,6 +85,8 @@ class Layout:
 
 def show(path: str) -> str:
     """A path for a one-line message: control characters (newlines) escaped, nothing else touched."""
+    if not isinstance(path, str):  # an OSError's filename can be bytes or a descriptor number
+        path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
     if path.isprintable():
         return path
     return repr(path)[1:-1]
@@ -176,19 +180,34 @@ class CurrentLink:
 
 
 def release_of_target(layout: Layout, target: str) -> str | None:
-    """Map link text (relative, as we write it, or absolute, as Capistrano writes it) to an id."""
-    if os.path.isabs(target):
-        parent, name = os.path.split(os.path.normpath(target))
+    """The release whose folder link text ``target`` (``current``'s) leads into, or None.
+
+    What we write, ``releases/ID`` naming a real folder, costs one lstat. Any other text
+    (absolute, as Capistrano writes it; with ``..``, through the root's own name; into a
+    subfolder; through a link in releases/) is resolved the way the kernel resolves it from
+    ROOT (``realpath``: each symlink followed, ``..`` taken after it), and the release is the
+    entry directly below the folder that *is* releases/ (same device and inode, so bind mounts
+    and links to ROOT count), never a string prefix that a link could fake. Pruning relies on
+    this to never delete the live release, whatever form the link has.
+    """
+    head, _, name = target.partition("/")
+    if head == RELEASES and is_release_dir(layout, name):
+        return name
+    try:
+        releases = os.stat(layout.releases)
+    except OSError:
+        return None
+    path = os.path.realpath(os.path.join(layout.root, target))  # an absolute target stays itself
+    parts = path.split(os.sep)  # absolute: parts[0] == ""
+    for i in range(1, len(parts) - 1):
         try:
-            if not os.path.samefile(parent, layout.releases):
-                return None
+            st = os.stat(os.sep.join(parts[: i + 1]))
         except OSError:
-            return None
-    else:
-        parent, name = os.path.split(os.path.normpath(target))
-        if parent != RELEASES:
-            return None
-    return name if valid_release_name(name) else None
+            return None  # nothing resolves below here: not in releases/
+        if st.st_ino == releases.st_ino and st.st_dev == releases.st_dev:
+            name = parts[i + 1]
+            return name if valid_release_name(name) else None
+    return None
 
 
 def read_current(layout: Layout) -> CurrentLink:
@@ -199,7 +218,8 @@ def read_current(layout: Layout) -> CurrentLink:
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(layout.current)
         release = release_of_target(layout, target)
-        resolves = release is not None and is_release_dir(layout, release)
+        resolves = release is not None and is_release_dir(layout, release) and (
+            target == f"{RELEASES}/{release}" or os.path.isdir(layout.current))
         return CurrentLink("symlink", target, release, resolves)
     if stat.S_ISDIR(st.st_mode):
         return CurrentLink("directory")
@@ -237,7 +257,8 @@ def release_dirs(layout: Layout, entries: list[os.DirEntry[str]] | None = None) 
 
 
 def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> list[str]:
-    """Our own hidden staging/trash folders and temp links left behind by a crash."""
+    """Our own hidden staging/trash folders, temp links and state temp files left behind by a
+    crash."""
     if entries is None:
         entries = list_releases_dir(layout)
     found = [os.path.join(RELEASES, e.name) for e in entries
@@ -247,7 +268,17 @@ def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> 
             found.append(os.path.join(STATE_DIR, "tmp", e.name))
     except FileNotFoundError:
         pass
+    found += [os.path.join(STATE_DIR, n) for n in state_temp_files(layout)]
     return sorted(found)
+
+
+def state_temp_files(layout: Layout) -> list[str]:
+    """Names of the state folder's leftover temp files (see STATE_TEMP_PREFIXES)."""
+    try:
+        with os.scandir(layout.state) as it:
+            return [e.name for e in it if e.name.startswith(STATE_TEMP_PREFIXES)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def read_journal(layout: Layout) -> dict[str, Any] | None:
@@ -441,63 +472,84 @@ def _remove_tree(parent: str, name: str, budget: int | None) -> bool:
     it runs cannot redirect it. A folder we may not write into (a read-only folder of a release)
     is made writable first, as it is ours to delete. With ``budget``, stops and returns False
     after about that many entries (the tree is then partly removed); True when it is gone.
+    An error names the path it happened at (descriptor-based calls report only a descriptor
+    number or a bare name).
     """
     left = [budget if budget is not None else -1]
     pfd = os.open(parent, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
     try:
-        if not _empty_dir(pfd, name, left):
+        if not _empty_dir(pfd, name, left, os.path.join(parent, name)):
             return False
-        _rmdir(pfd, name)
+        _rmdir(pfd, name, parent)
     finally:
         os.close(pfd)
     return True
 
 
-def _empty_dir(pfd: int, name: str, left: list[int]) -> bool:
-    """Delete everything inside ``name`` (a folder in ``pfd``); False if the budget ran out.
+def _empty_dir(pfd: int, name: str, left: list[int], path: str) -> bool:
+    """Delete everything inside ``name`` (a folder in ``pfd``, at ``path``); False if the
+    budget ran out.
 
     Depth first with an explicit stack (no recursion limit); each folder is listed once, its
     files unlinked on the way and its subfolders kept by name until their turn.
     """
-    stack: list[tuple[int, str, list[str] | None]] = [(_open_dir(pfd, name), name, None)]
+    stack: list[tuple[int, str, list[str] | None, str]] = [
+        (_open_dir(pfd, name, os.path.dirname(path)), name, None, path)]
     try:
         while stack:
-            fd, dname, subdirs = stack[-1]
+            fd, dname, subdirs, where = stack[-1]
             if subdirs is None:
                 subdirs = []
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        if left[0] == 0:
-                            return False
-                        left[0] -= 1
-                        if entry.is_dir(follow_symlinks=False):
-                            subdirs.append(entry.name)
-                        else:
-                            _unlink(fd, entry.name)
-                stack[-1] = (fd, dname, subdirs)
+                try:
+                    with os.scandir(fd) as it:
+                        entries = list(it)
+                except OSError as exc:
+                    raise _at(exc, where) from None
+                for entry in entries:
+                    if left[0] == 0:
+                        return False
+                    left[0] -= 1
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        _unlink(fd, entry.name, where)
+                stack[-1] = (fd, dname, subdirs, where)
             if subdirs:
                 child = subdirs.pop()
                 try:
-                    stack.append((_open_dir(fd, child), child, None))
+                    stack.append((_open_dir(fd, child, where), child, None,
+                                  os.path.join(where, child)))
                 except FileNotFoundError:
                     pass
                 except OSError as exc:  # replaced by a file or a symlink meanwhile: unlink it
                     if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
                         raise
-                    _unlink(fd, child)
+                    _unlink(fd, child, where)
             else:
                 stack.pop()
                 os.close(fd)
                 if stack:
-                    _rmdir(stack[-1][0], dname)
+                    _rmdir(stack[-1][0], dname, stack[-1][3])
         return True
     finally:
-        for fd, _name, _subdirs in stack:
+        for fd, _name, _subdirs, _where in stack:
             os.close(fd)
 
 
-def _open_dir(dir_fd: int, name: str) -> int:
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+def _at(exc: OSError, path: str) -> OSError:
+    """``exc`` again, naming ``path``."""
+    return OSError(exc.errno, exc.strerror, path)
+
+
+def _open_dir(dir_fd: int, name: str, dir_path: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise  # the caller unlinks it
+        raise _at(exc, os.path.join(dir_path, name)) from None
 
 
 def _make_writable(dir_fd: int) -> None:
@@ -505,24 +557,35 @@ def _make_writable(dir_fd: int) -> None:
     os.chmod(dir_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
-def _remove_at(remove: Callable[..., None], dir_fd: int, name: str) -> None:
-    """``remove`` (os.unlink or os.rmdir) of ``name`` in ``dir_fd``; a read-only folder is made
-    writable for us first, as ``rm -rf`` run by its owner would."""
+def _remove_at(remove: Callable[..., None], dir_fd: int, name: str, dir_path: str) -> None:
+    """``remove`` (os.unlink or os.rmdir) of ``name`` in ``dir_fd`` (the folder at
+    ``dir_path``); a read-only folder is made writable for us first, as ``rm -rf`` run by its
+    owner would."""
     try:
         remove(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
-    except PermissionError:
-        _make_writable(dir_fd)
-        remove(name, dir_fd=dir_fd)
+    except PermissionError as exc:
+        try:
+            _make_writable(dir_fd)
+        except OSError:  # not ours to make writable (another user's folder): say what was refused
+            raise _at(exc, os.path.join(dir_path, name)) from None
+        try:
+            remove(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as again:
+            raise _at(again, os.path.join(dir_path, name)) from None
+    except OSError as exc:
+        raise _at(exc, os.path.join(dir_path, name)) from None
 
 
-def _unlink(dir_fd: int, name: str) -> None:
-    _remove_at(os.unlink, dir_fd, name)
+def _unlink(dir_fd: int, name: str, dir_path: str) -> None:
+    _remove_at(os.unlink, dir_fd, name, dir_path)
 
 
-def _rmdir(dir_fd: int, name: str) -> None:
-    _remove_at(os.rmdir, dir_fd, name)
+def _rmdir(dir_fd: int, name: str, dir_path: str) -> None:
+    _remove_at(os.rmdir, dir_fd, name, dir_path)
 
 
 def _rm_rf(parent: str, name: str) -> bool:

@@ -2,6 +2,13 @@
 
 The kernel drops the lock when the holder dies, even by ``kill -9``, so it cannot go stale, and a
 refused process only reads the holder's description: it never deletes or rewrites anything.
+
+Readers (``status``) must never make a writer fail, so they do not take the flock to see whether
+it is held: on Linux the holder also sets an open-file-description record lock (``F_OFD_SETLK``,
+independent of flock) on the same file, which a reader *tests* with ``F_OFD_GETLK``, acquiring
+nothing. Elsewhere a reader still probes with a non-blocking shared flock for an instant, and a
+writer refused while only shared holders exist (such probes, or an older version's) retries for up
+to ``READERS_GRACE`` seconds instead of failing: writers only ever lock exclusively.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ if TYPE_CHECKING:
     from typing import Callable
 
 POLL_SECONDS = 0.05
+READERS_GRACE = 2.0  # how long a writer waits out shared holders (readers) beyond --wait
+# Record locks that belong to the open file description (Linux 3.15+): no process-wide
+# release-on-any-close, and unrelated to flock, so testing one never disturbs the flock.
+_OFD = sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_GETLK")
 
 
 class Holder(Record):
@@ -94,6 +105,7 @@ class RootLock:
     def acquire(self) -> None:
         fd = _open_lock_file(self.layout)
         deadline = time.monotonic() + max(self.wait, 0.0)
+        readers_until: float | None = None
         try:
             while True:
                 try:
@@ -102,20 +114,34 @@ class RootLock:
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                         raise
-                if time.monotonic() >= deadline:
-                    waited = f" after waiting {self.wait:g}s" if self.wait > 0 else ""
-                    raise LockHeld(
-                        f"{show(self.layout.root)} is locked by {read_holder(self.layout).describe()}"
-                        f"{waited}",
-                        "nothing was changed; retry later or pass --wait SECONDS",
-                    )
+                now = time.monotonic()
+                pause = POLL_SECONDS
+                if now >= deadline:
+                    if not _only_readers(fd):
+                        waited = f" after waiting {self.wait:g}s" if self.wait > 0 else ""
+                        raise LockHeld(
+                            f"{show(self.layout.root)} is locked by "
+                            f"{read_holder(self.layout).describe()}{waited}",
+                            "nothing was changed; retry later or pass --wait SECONDS",
+                        )
+                    # Nobody writes: readers hold it for an instant each. Wait them out, bounded.
+                    readers_until = readers_until or now + READERS_GRACE
+                    if now >= readers_until:
+                        raise LockHeld(
+                            f"the lock file {show(self.layout.lock)} has been held shared for "
+                            f"{READERS_GRACE:g}s by another process (not an atomic-deploy "
+                            "writer: writers lock it exclusively)",
+                            "nothing was changed; find the holder with `fuser` or `lsof`",
+                        )
+                    pause = 0.002
                 if self._checkpoint is not None:
                     self._checkpoint()
-                time.sleep(POLL_SECONDS)
+                time.sleep(pause)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+        _mark_held(fd)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(
             self.layout.holder,
@@ -138,16 +164,58 @@ class RootLock:
         self.release()
 
 
-def probe_holder(layout: Layout) -> Holder | None:
-    """Who holds the lock right now, or None; never creates the lock file, never blocks."""
-    try:
-        fd = os.open(layout.lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
+def _only_readers(fd: int) -> bool:
+    """The flock we were refused is held shared only (no writer): a shared one is granted."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        return read_holder(layout)
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _record_lock(fd: int, cmd: int, kind: int) -> int:
+    """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns."""
+    import struct
+
+    fmt = "hhqqi"  # l_type, l_whence, l_start, l_len, l_pid: Linux's layout, native alignment
+    size = struct.calcsize(fmt)
+    arg = struct.pack(fmt, kind, os.SEEK_SET, 0, 0, 0) + bytes(32)  # room for tail padding
+    out = fcntl.fcntl(fd, cmd, arg)
+    return int(struct.unpack(fmt, out[:size])[0])
+
+
+def _mark_held(fd: int) -> None:
+    """Let readers see the lock is held without touching the flock (see the module's notes)."""
+    if not _OFD:
+        return
+    try:
+        _record_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+    except OSError:
+        # A filesystem without record locks: readers' F_OFD_GETLK fails the same way there,
+        # and they fall back to the flock probe (which writers wait out).
+        return
+
+
+def probe_holder(layout: Layout) -> Holder | None:
+    """Who holds the lock right now, or None; never creates the lock file, never blocks, and on
+    Linux acquires nothing (a writer is never refused because a reader looked)."""
+    try:
+        fd = os.open(layout.lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if _OFD:
+            try:
+                held = _record_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_RDLCK) != fcntl.F_UNLCK
+                return read_holder(layout) if held else None
+            except OSError:
+                pass  # a kernel or filesystem without them: the flock probe below
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return read_holder(layout)
     finally:
         os.close(fd)
     return None

@@ -65,14 +65,20 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
         steps.append(f"link {rel} -> {SHARED}/{rel}" + (
             "" if exists else " (create it empty)" if opts.create_missing else " (MISSING: error)"))
     steps += _hooks_plan("check", opts.check)
+    cur = read_current(layout)
     if activate:
-        cur = read_current(layout)
         steps.append(f"switch current from {cur.target or 'nothing'} to releases/{rid}")
         steps += _health_plan(opts)
-        if opts.keep is not None:
-            victims, _ = plan_prune(history, layout, opts.keep)
-            steps.append(f"prune to {opts.keep}: delete {', '.join(victims) or 'nothing'}"
-                         " (before counting the new release)")
+    if opts.keep is not None:
+        # Pruning follows the commit: count the new release, and the history record that the
+        # real run will have written by then, so the list is what the real run deletes.
+        previous = cur.release if cur.resolves else None
+        after = History([*history.records, {
+            "v": 2, "op": "deploy" if activate else "prepare", "outcome": "ok", "release": rid,
+            "previous": previous, "states": {rid: "served" if activate else "complete"}}])
+        victims, _ = plan_prune(after, layout, opts.keep, new=rid,
+                                current=rid if activate else None)
+        steps.append(f"prune to {opts.keep}: delete {', '.join(victims) or 'nothing'}")
     return steps
 
 

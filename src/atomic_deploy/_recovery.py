@@ -18,6 +18,7 @@ from ._history import BAD, SERVED, History, record
 from ._jsonfile import write_json_atomic
 from ._layout import (
     STAGING_PREFIX,
+    STATE_DIR,
     SWITCH_OPS,
     SWITCHING_BACK,
     TRASH_PREFIX,
@@ -29,6 +30,7 @@ from ._layout import (
     release_of_target,
     remove_entry,
     show,
+    state_temp_files,
 )
 from ._signals import checkpoint, fault_point
 from ._switch import link_text, point_current
@@ -106,11 +108,13 @@ def clear_journal(layout: Layout, durable: bool = True) -> None:
 
 
 def remove_leftovers(layout: Layout, problems: list[str] | None = None) -> list[str]:
-    """Delete our own hidden staging/trash folders and temp links. Only call under the lock:
-    then nothing else can be using them. One that cannot be deleted (a file another user owns)
-    never stops the operation: it is noted in ``problems``, `status` lists it, and the next
-    command tries again."""
-    removed = []
+    """Delete our own hidden staging/trash folders, temp links and state temp files. Only call
+    under the lock: then nothing else can be using them. One that cannot be deleted (a file
+    another user owns) never stops the operation: it is noted in ``problems``, `status` lists
+    it, and the next command tries again."""
+    removed = [os.path.join(STATE_DIR, name) for name in state_temp_files(layout)]
+    for name in removed:  # a kill between writing a state file's temp and renaming it
+        remove_entry(layout.state, os.path.basename(name))
     for parent, prefixes in ((layout.releases, (STAGING_PREFIX, TRASH_PREFIX)), (layout.tmp, ("",))):
         try:
             names = [e.name for e in os.scandir(parent) if e.name.startswith(prefixes)
@@ -218,7 +222,7 @@ def _recover_switch(layout: Layout, journal: Journal, tell: Tell | None) -> str:
         mark_bad, reason = bool(journal.get("mark_bad")), str(journal.get("reason") or "")
     after, told = switch_back(layout, journal, mark_bad=mark_bad, reason=reason, tell=tell)
     record(layout, op, "unhealthy" if mark_bad else "interrupted", op_id=journal.get("op_id"),
-           release=release, previous=previous, error=reason,
+           release=release, previous=previous, error=reason, recovered=True,
            states={release: BAD} if mark_bad and isinstance(release, str) else None)
     text = f"switched back ({reason}); {after}"
     if mark_bad:
@@ -235,9 +239,7 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
     if journal is None:
         removed = remove_leftovers(layout, problems)
         if removed:
-            msg = f"removed {len(removed)} leftover(s) of an interrupted run: {', '.join(removed)}"
-            log.warning("%s", msg)
-            return msg
+            return f"removed {len(removed)} leftover(s) of an interrupted run: {', '.join(removed)}"
         return None
     # Before anything else: a hook still running could change what is about to be undone.
     killed = kill_hook_groups(journal)
@@ -270,6 +272,4 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
     record(layout, "recover", "ok", interrupted=op, release=release,
            interrupted_pid=journal.get("pid"), action=action, **fields)
     clear_journal(layout)
-    msg = f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"
-    log.warning("%s", msg)
-    return msg
+    return f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"

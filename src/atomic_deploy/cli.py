@@ -482,7 +482,7 @@ _ROLLBACK_KEYS = ("wait", "after_switch", "on_failure", "health_check", "health_
 
 
 def _warn(message: str) -> None:
-    print(f"atomic-deploy: {_err('yellow', 'warning:')} {show(message)}", file=sys.stderr)
+    _err_line(f"atomic-deploy: {_err('yellow', 'warning:')} {show(message)}")
 
 
 def _config_problem(args: argparse.Namespace, root: str | None,
@@ -572,7 +572,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
         _emit(args, r.to_dict(), text)
-        _warn(r.warnings)
+        for w in r.warnings:  # after the commit point: the exit code stays 0
+            _warn(w)
     elif cmd == "activate":
         a = operations.activate(args.root, args.release, _options(args, args.root))
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
@@ -598,7 +599,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         text = (f"pruned {len(p.deleted)}: {', '.join(p.deleted)}" if p.deleted
                 else "nothing to prune") + f"; {len(p.kept)} kept"
         _emit(args, p.to_dict(), text)
-        _warn(p.warnings)
+        for w in p.warnings:
+            _warn(w)
     elif cmd == "recover":
         # No config file: recovery runs the hooks its journal recorded, whatever the file says now.
         rec = operations.recover_root(args.root, _options(args, None), dry_run=args.dry_run)
@@ -659,12 +661,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
-
-
-def _warn(warnings: list[str]) -> None:
-    """Problems after an operation completed: one line each on stderr, the exit code stays 0."""
-    for w in warnings:
-        print(f"atomic-deploy: {_err('yellow', 'warning:')} {show(w)}", file=sys.stderr)
 
 
 def _progress_for(args: argparse.Namespace, source: str | None) -> Any:

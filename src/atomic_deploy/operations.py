@@ -208,6 +208,7 @@ class _Session:
         self.history = History([])
         self.recovered: str | None = None
         self.warnings: list[str] = []  # leftovers that could not be removed, and the like
+        self.log_recovery = True  # `recover` reports what it did as its result instead
         self.journal: Journal | None = None  # while an operation's journal is on disk
         self.on_failure: list[Hook] = []
         self.hook_release: tuple[str, str | None] = ("", None)  # (release, previous) for env
@@ -222,6 +223,8 @@ class _Session:
             checkpoint("lock-acquired")
             self.history = History.load(self.layout)
             self.recovered = recover(self.layout, self.history, self.tell, self.warnings)
+            if self.recovered and self.log_recovery:
+                log.warning("%s", self.recovered)
             if self.recovered:
                 self.history = History.load(self.layout)
         except BaseException as exc:
@@ -679,6 +682,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         if opts.keep is not None:
             # After the commit point: the deploy is done whatever happens here, so a failure
             # is a warning, never a failed deploy (nothing to roll back, no on-failure hooks).
+            s.on_failure = []
             try:
                 pruned = _prune_locked(s, opts.keep)
                 result.pruned = pruned.deleted
@@ -688,8 +692,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                     exc.signum, f"the {op} of {rid} had completed; pruning was stopped; "
                     f"{describe_current(layout)}") from None
             except (AtomicDeployError, OSError) as exc:
-                result.warnings.append(f"the {op} completed, but pruning old releases failed: "
-                                       f"{exc}")
+                why = exc.message if isinstance(exc, AtomicDeployError) else str(exc)
+                result.warnings.append(f"the {op} of {rid} completed, but pruning old releases "
+                                       f"failed ({why}); {describe_current(layout)}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
@@ -779,15 +784,20 @@ def rollback(root: str, to: str | None = None, options: DeployOptions | None = N
                               recovered=s.recovered)
 
 
-def plan_prune(history: History, layout: Layout, keep: int) -> tuple[list[str], list[str]]:
-    """(victims, ordered releases) for ``prune --keep``."""
-    ordered = history.order(release_dirs(layout))
+def plan_prune(history: History, layout: Layout, keep: int, *, new: str | None = None,
+               current: str | None = None) -> tuple[list[str], list[str]]:
+    """(victims, ordered releases) for ``prune --keep``; with ``new`` (a release the history
+    already records), as if it were in releases/ too, and ``current``, as if current pointed
+    to it: what a deploy's dry run needs."""
+    ordered = history.order(release_dirs(layout) + ([new] if new else []))
     states = release_states(history, layout, ordered)
-    cur = read_current(layout)
+    if current is None:
+        cur = read_current(layout)
+        current = cur.release if cur.release is not None and cur.resolves else None
     protected = set()
-    if cur.release is not None and cur.resolves:
-        protected.add(cur.release)
-        target = rollback_target(ordered, states, cur.release)
+    if current is not None:
+        protected.add(current)
+        target = rollback_target(ordered, states, current)
         if target:
             protected.add(target)
     return prune_victims(ordered, bad_of(states), keep, protected, history.known()), ordered
@@ -848,7 +858,9 @@ def recover_root(root: str, options: DeployOptions | None = None, *,
         plan = st.recovery or ("remove the leftovers" if st.leftovers else None)
         return RecoverResult(plan, st.leftovers, dry_run=True)
     layout = check_root_for_write(root, create=False)
-    with _Session(layout, opts.wait, opts.command, opts) as s:
+    session = _Session(layout, opts.wait, opts.command, opts)
+    session.log_recovery = False
+    with session as s:
         from ._layout import leftovers
 
         return RecoverResult(s.recovered, leftovers(layout), s.warnings)
@@ -867,11 +879,12 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     With an atomic exchange (Linux ``renameat2``, macOS ``renamex_np``) readers never see a
     gap; elsewhere it is a journaled two-step rename with a short gap.
     """
-    from ._adopt import adopt_locked, check_adoptable
+    from ._adopt import adopt_locked, check_adoptable, check_current_is_folder
 
     check_seconds("--wait", wait)
     layout = check_adoptable(root, release)
     with _Session(layout, wait, command) as s:
+        check_current_is_folder(layout)  # again, holding the lock: another adopt may have won
         if release is not None and (not _new_id_ok(release)
                                     or os.path.lexists(layout.release(release))):
             raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
