@@ -275,3 +275,17 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
         p.communicate(timeout=30)
+
+
+# ---------------------------------------------------------------- hypothesis profiles
+
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hsettings
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+else:
+    # `pytest tests/test_model.py --hypothesis-profile=long`: thousands of model-test steps.
+    _hsettings.register_profile(
+        "long", max_examples=200, stateful_step_count=30, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
