@@ -107,6 +107,12 @@ def clear_journal(layout: Layout, durable: bool = True) -> None:
         _platform.fsync_dir(layout.state)
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError in words, with the path it names (not a descriptor number)."""
+    where = exc.filename if isinstance(exc.filename, str) else None
+    return f"{exc.strerror or exc}: {show(where)}" if where else str(exc.strerror or exc)
+
+
 def remove_leftovers(layout: Layout, problems: list[str] | None = None) -> list[str]:
     """Delete our own hidden staging/trash folders, temp links and state temp files. Only call
     under the lock: then nothing else can be using them. One that cannot be deleted (a file
@@ -127,7 +133,7 @@ def remove_leftovers(layout: Layout, problems: list[str] | None = None) -> list[
             try:
                 remove_entry(parent, name)
             except OSError as exc:
-                why = f"could not remove {show(where)} ({exc.strerror or exc}); it is retried later"
+                why = f"could not remove {show(where)} ({_os_error(exc)}); it is retried later"
                 log.warning("%s", why)
                 if problems is not None:
                     problems.append(why)

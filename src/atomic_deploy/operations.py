@@ -46,6 +46,7 @@ from ._layout import (
 from ._lock import RootLock
 from ._recovery import (
     Journal,
+    _os_error,
     clear_journal,
     describe_current,
     note_hook_group,
@@ -822,7 +823,7 @@ def _prune_locked(s: _Session, keep: int) -> PruneResult:
                     # Already no release (hidden): a file we may not delete must not block
                     # the root. It is a leftover: listed by status, retried by later commands.
                     warnings.append(f"{name} is no longer a release but could not be fully "
-                                    f"removed ({exc.strerror or exc}); it is retried later")
+                                    f"removed ({_os_error(exc)}); it is retried later")
             deleted.append(name)
             checkpoint("victim-removed")
         if victims:
