@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pytest
 
 from atomic_deploy import _copy, _platform
-from atomic_deploy._copy import CopyStats, copy_tree
+from atomic_deploy._copy import CopyRecord, CopyStats, copy_tree, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
 from conftest import cli_env, set_distinct_mtimes
 
@@ -398,8 +398,8 @@ def web(tmp_path: Path, n: int = 120) -> Path:
 def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | None) -> None:
     src = web(tmp_path)
     prev = _prev_release(tmp_path, src)
-    # Change three files: new content and mtime; same size and mtime but new bytes (only
-    # --checksum sees it); same bytes but another mode.
+    # Change three files: new content and mtime; same size and mtime but new bytes (what a
+    # reproducible build does); same bytes but another mode.
     changed = src / "d0" / "f000.js"
     changed.write_text("changed\n")
     sneaky = src / "d1" / "f001.js"
@@ -408,17 +408,34 @@ def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | N
     os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.chmod(src / "d2" / "f002.js", 0o600)
 
-    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs)
-    assert meta(tmp_path / "dst") == meta(src) | {"d1/f001.js": meta(prev)["d1/f001.js"]}
-    assert stats.linked == 118 and stats.copied == 2
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs, record=record)
+    assert meta(tmp_path / "dst") == meta(src)  # the same-size, same-mtime edit is seen
+    assert stats.linked == 117 and stats.copied == 3
     for i in range(3, 120):
         rel = f"d{i % 6}/f{i:03d}.js"
         assert os.stat(tmp_path / "dst" / rel).st_ino == os.stat(prev / rel).st_ino, rel
-    assert os.stat(tmp_path / "dst" / "d0/f000.js").st_ino != os.stat(prev / "d0/f000.js").st_ino
+    for rel in ("d0/f000.js", "d1/f001.js"):
+        assert os.stat(tmp_path / "dst" / rel).st_ino != os.stat(prev / rel).st_ino
+    assert sorted(record.linked) == sorted(f"d{i % 6}/f{i:03d}.js" for i in range(3, 120))
+    assert record.digests == {  # every file's content was read, and its digest kept
+        f"d{i % 6}/f{i:03d}.js": digest_file(str(src / f"d{i % 6}/f{i:03d}.js"))
+        for i in range(120)}
 
-    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), checksum=True, jobs=jobs)
-    assert meta(tmp_path / "dst2") == meta(src)  # the same-size, same-mtime edit is seen
-    assert stats.linked == 117 and stats.copied == 3
+    for checksum in (False, True):  # the previous release's manifest, or reading its files
+        digests = {} if checksum else {
+            rel: (os.stat(prev / rel).st_size, os.stat(prev / rel).st_mtime_ns, h)
+            for rel, h in record.digests.items() if rel != "d1/f001.js"}
+        out = tmp_path / f"dst-{checksum}"
+        stats = copy(src, out, link_dest=str(prev), checksum=checksum, jobs=jobs,
+                     prev_digests=digests)
+        assert meta(out) == meta(src)
+        assert stats.linked == 117 and stats.copied == 3
+
+    # The old quick check, only on request: it ships the previous release's bytes.
+    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), trust_mtime=True, jobs=jobs)
+    assert meta(tmp_path / "dst2") == meta(src) | {"d1/f001.js": meta(prev)["d1/f001.js"]}
+    assert stats.linked == 118 and stats.copied == 2
 
 
 def test_link_unchanged_never_links_group_or_world_writable(tmp_path: Path) -> None:
@@ -883,6 +900,10 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
     class Failing:
         stats = CopyStats()
 
+        def __init__(self) -> None:
+            self.digests: dict[str, str] = {}
+            self.linked: list[str] = []
+
         def file(self, *args: Any) -> None:
             while not gate.exists():  # held until the test has queued what it wants
                 select.select([], [], [], 0.005)
@@ -892,7 +913,8 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
         src, dst, link = str(tmp_path), str(tmp_path), None
 
     st = os.lstat(tmp_path)
-    pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats())  # type: ignore[arg-type,return-value]
+    pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats(),  # type: ignore[arg-type,return-value]
+                                Failing())  # type: ignore[arg-type]
     try:
         assert pool.put((Node(), [("f1", st)], False), timeout=1)
         if queued_first:  # a second batch queued while it works: never answered
