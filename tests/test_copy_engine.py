@@ -523,6 +523,56 @@ def test_link_unchanged_keeps_source_hard_links_together(tmp_path: Path, jobs: i
     assert meta(tmp_path / "dst") == meta(src)
 
 
+@pytest.mark.parametrize("kind", ["ficlone", "clonefile"])
+def test_link_unchanged_clones_from_the_previous_release_where_the_filesystem_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A clone shares the data too, but a write to it stays in its release: unchanged files
+    are cloned from the previous release (never hard-linked) where clones work."""
+    src = web(tmp_path, n=30)
+    (src / "empty.txt").write_text("")
+    prev = _prev_release(tmp_path, src)
+    (src / "d0" / "f000.js").write_text("changed\n")
+    cloned_from: list[str] = []
+
+    def clone_fd(a: int, b: int) -> None:
+        cloned_from.append(os.readlink(f"/proc/self/fd/{a}"))
+        _fake_clone(a, b)
+
+    def clonefile(a: str, b: str) -> None:
+        cloned_from.append(a)
+        _fake_clonefile(a, b)
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: kind)
+    monkeypatch.setattr(_platform, "clone_fd", clone_fd)
+    monkeypatch.setattr(_platform, "clonefile", clonefile)
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert meta(tmp_path / "dst") == meta(src)
+    assert stats.linked == 0 and record.linked == []
+    assert stats.cloned == 30  # 29 unchanged from prev, the changed one from the source
+    assert sum(p.startswith(str(prev)) for p in cloned_from) == 29
+    assert stats.copied == 1  # the empty file: created, not shared
+    for p in (tmp_path / "dst").rglob("*"):
+        if p.is_file():
+            assert p.stat().st_nlink == 1, p
+
+
+def test_link_unchanged_where_clones_are_refused_hard_links(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    src = web(tmp_path, n=12)
+    prev = _prev_release(tmp_path, src)
+
+    def refuse(a: int, b: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "no")
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", refuse)
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert stats.linked == 12 and len(record.linked) == 12 and stats.cloned == 0
+    assert meta(tmp_path / "dst") == meta(src)
+
+
 # --------------------------------------------------------------------------- seams
 
 
@@ -720,6 +770,25 @@ def test_worker_processes_with_link_dest(tmp_path: Path, forked: list[int],
     assert stats.linked == 270 and stats.copied + stats.cloned == 30
     assert meta(tmp_path / "dst") == meta(src)
     assert_reaped(forked)
+
+
+@pytest.mark.parametrize("procs", ["0", "1"])
+def test_record_is_the_same_with_or_without_worker_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: str) -> None:
+    monkeypatch.setenv(_copy.PROCESSES_ENV, procs)
+    src = web(tmp_path, n=300)
+    os.symlink("d0", src / "alias")
+    prev = _prev_release(tmp_path, src)
+    for i in range(0, 300, 10):
+        (src / f"d{i % 6}" / f"f{i:03d}.js").write_text(f"changed {i}\n")
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert stats.linked == 270
+    assert sorted(record.linked) == sorted(f"d{i % 6}/f{i:03d}.js" for i in range(300) if i % 10)
+    assert record.digests == {f"d{i % 6}/f{i:03d}.js": digest_file(str(src / f"d{i % 6}/f{i:03d}.js"))
+                              for i in range(300)}
+    kinds = {rel: (st.st_mode >> 12, target) for rel, st, target in record.entries}
+    assert kinds["alias"] == (0o12, "d0") and kinds["d3"][0] == 0o04 and len(kinds) == 300 + 8
 
 
 def test_worker_processes_checkpoint_and_progress_here(tmp_path: Path,

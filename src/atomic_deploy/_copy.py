@@ -491,8 +491,12 @@ class _Copier:
             return None
         if not self.opts.trust_mtime and not self._same_content(spath, dpath, lpath, old):
             return None
-        if st.st_size and self._clone_unchanged(spath, dpath, lpath, st):
-            return "clone"
+        if self.opts.clone_kind is not None and self._caps_for(
+                (self.opts.dst_dev, self.opts.dst_dev)).clone is not False:
+            if not st.st_size:
+                return None  # nothing to clone: a new empty file, as cheap, not shared
+            if self._clone_unchanged(spath, dpath, lpath, st):
+                return "clone"
         try:
             os.link(lpath, dpath, follow_symlinks=False)
         except OSError as exc:
@@ -517,8 +521,7 @@ class _Copier:
         """Clone the previous release's file (same filesystem as the new one) where clones
         work: no data copied, and unlike a hard link a write to either side stays there."""
         opts = self.opts
-        key = (opts.dst_dev, opts.dst_dev)
-        caps = self.caps.get(key) or self._caps_for(key)
+        caps = self._caps_for((opts.dst_dev, opts.dst_dev))
         if opts.clone_kind == "clonefile":
             # clonefile copies lpath's xattrs, which are the source's (checked above)
             return caps.clone is not False and self._clonefile(lpath, dpath, st, caps)
