@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
-from atomic_deploy import _copy, _platform
+from atomic_deploy import _copy, _manifest, _platform
 from atomic_deploy._copy import CopyRecord, CopyStats, copy_tree, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
 from conftest import cli_env, set_distinct_mtimes
@@ -408,7 +408,7 @@ def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | N
     os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.chmod(src / "d2" / "f002.js", 0o600)
 
-    record = CopyRecord()
+    record = CopyRecord(with_digests=True)
     stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs, record=record)
     assert meta(tmp_path / "dst") == meta(src)  # the same-size, same-mtime edit is seen
     assert stats.linked == 117 and stats.copied == 3
@@ -781,14 +781,16 @@ def test_record_is_the_same_with_or_without_worker_processes(
     prev = _prev_release(tmp_path, src)
     for i in range(0, 300, 10):
         (src / f"d{i % 6}" / f"f{i:03d}.js").write_text(f"changed {i}\n")
-    record = CopyRecord()
+    record = CopyRecord(with_digests=True)
     stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
     assert stats.linked == 270
     assert sorted(record.linked) == sorted(f"d{i % 6}/f{i:03d}.js" for i in range(300) if i % 10)
     assert record.digests == {f"d{i % 6}/f{i:03d}.js": digest_file(str(src / f"d{i % 6}/f{i:03d}.js"))
                               for i in range(300)}
-    kinds = {rel: (st.st_mode >> 12, target) for rel, st, target in record.entries}
-    assert kinds["alias"] == (0o12, "d0") and kinds["d3"][0] == 0o04 and len(kinds) == 300 + 8
+    # the manifest built from the record is the one a walk of the copy gives
+    assert sorted(_manifest.from_record(record)) == sorted(
+        _manifest.scan(str(tmp_path / "dst"), digest=True))
+    assert len(record.lines) == 6 + 1 + 1 and len(record.files) == 300  # folders, empty, alias
 
 
 def test_worker_processes_checkpoint_and_progress_here(tmp_path: Path,

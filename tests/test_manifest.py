@@ -89,16 +89,20 @@ def test_trust_mtime_needs_link_unchanged_and_contradicts_checksum(builds: Build
 # --------------------------------------------------------------------------- B: write-through
 
 
-@pytest.mark.parametrize("check", ["echo x >> a.txt; exit 1", "echo x >> a.txt", "chmod 600 a.txt"])
+@pytest.mark.parametrize(("check", "procs"), [
+    ("echo x >> a.txt; exit 1", "0"), ("echo x >> a.txt; exit 1", "1"),
+    ("echo x >> a.txt", "0"), ("chmod 600 a.txt", "1")])
 def test_a_check_writing_into_a_hard_linked_file_fails_and_says_the_live_release_changed(
-        tmp_path: Path, check: str) -> None:
+        tmp_path: Path, check: str, procs: str) -> None:
     build, root = tmp_path / "src", tmp_path / "R"
     build.mkdir()
     (build / "a.txt").write_text("hello\n")
     (build / "b.txt").write_text("other\n")
     assert run_cli("deploy", build, root).returncode == 0
     (v1,) = release_names(root)
-    r = run_cli("deploy", build, root, "--link-unchanged", "--check", check)
+    # procs "1": the files are linked in worker processes, which report them back
+    r = run_cli("deploy", build, root, "--link-unchanged", "--check", check,
+                env={"ATOMIC_DEPLOY_COPY_PROCESSES": procs})
     assert r.returncode == 4
     line = error_line(r)
     assert "live release's files were changed" in line and "a.txt" in line
@@ -263,3 +267,15 @@ def test_tarball_release_has_a_manifest(tmp_path: Path, root: Path) -> None:
     assert run_cli("deploy", tarball, root).returncode == 0
     r = run_cli("verify", root)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_crashed_deploys_manifest_is_removed_by_recovery(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    (v1,) = release_names(root)
+    r = run_cli("deploy", builds("v2"), root, fault="temp-link-created:KILL")
+    assert r.returncode == -9
+    manifests = root / ".atomic-deploy" / "manifests"
+    assert len(os.listdir(manifests)) == 2  # written before the switch, with its release
+    assert run_cli("deploy", builds("v3"), root).returncode == 0  # recovers first
+    assert sorted(os.listdir(manifests)) == [f"{r}.jsonl" for r in release_names(root)]
+    assert len(release_names(root)) == 2 and release_names(root)[0] == v1

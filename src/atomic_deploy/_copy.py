@@ -47,8 +47,8 @@ The walk streams: folders are listed one at a time with scandir, work is handed 
 in small batches through a bounded queue, and a folder's own metadata (mode, mtime, owner,
 xattrs) is applied as soon as everything inside it is done. Memory stays flat whatever the
 number of files (only hard-linked files are remembered, to link their other names). With a
-``record`` (a CopyRecord), each entry's relative path and lstat, the files' digests and the
-files hard-linked to ``link_dest`` are kept too, for the release's manifest and for checking that
+``record`` (a CopyRecord), each entry's manifest line, the files' digests and the files
+hard-linked to ``link_dest`` are kept too, for the release's manifest and for checking that
 nothing wrote through those links (operations._stage).
 """
 
@@ -127,18 +127,31 @@ def digest_file(path: str) -> str:
 class CopyRecord:
     """What copy_tree saw and did per entry, for the manifest and the write-through check.
 
-    ``entries``: (relative path, lstat of the source, symlink text or None), in walk order; the
-    release's copy has the same type, mode, size and mtime. ``digests``: relative path -> blake2b
-    hex of the files whose content was read (every regular file with ``digest_all`` or
-    ``link_dest``). ``linked``: relative paths of files hard-linked to ``link_dest``.
+    Kept compact (the manifest of 200,000 files must not cost more memory than the copy): each
+    entry as its manifest line (_manifest.line), built from the lstat the walk already made
+    (the release's copy gets the same type, mode, size and mtime). ``lines``: complete lines;
+    with ``with_digests``, regular files go to ``files`` instead, as (path, line without its
+    digest), completed from ``digests`` (path -> blake2b hex of the files whose content was
+    read) when the manifest is written. ``linked``: paths of files hard-linked to link_dest.
     """
 
-    __slots__ = ("digests", "entries", "linked")
+    __slots__ = ("digests", "files", "line", "lines", "linked", "with_digests")
 
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, os.stat_result, str | None]] = []
+    def __init__(self, with_digests: bool = False) -> None:
+        from ._manifest import line
+
+        self.line = line
+        self.with_digests = with_digests
+        self.lines: list[str] = []
+        self.files: list[tuple[str, str]] = []
         self.digests: dict[str, str] = {}
         self.linked: list[str] = []
+
+    def add(self, rel: str, st: os.stat_result, target: str | None) -> None:
+        if self.with_digests and stat.S_ISREG(st.st_mode):
+            self.files.append((rel, self.line(rel, st, target, None)[:-5]))  # drops "null]"
+        else:
+            self.lines.append(self.line(rel, st, target, None))
 
 
 @dataclass
@@ -863,7 +876,7 @@ class _Tree:
         link_root = self.link_dest if self.link_dest and _is_real_dir(self.link_dest) else None
         stack = [_Dir(self.src_root, self.dst_root, link_root, st, None)]
         stats = self.stats
-        entries = self.record.entries if self.record is not None else None
+        add = self.record.add if self.record is not None else None
         cut = len(self.dst_root) + 1
         while stack:
             node = stack.pop()
@@ -873,8 +886,8 @@ class _Tree:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
                     mode = st.st_mode
-                    if entries is not None and not stat.S_ISLNK(mode):
-                        entries.append((prefix + entry.name, st, None))
+                    if add is not None and not stat.S_ISLNK(mode):
+                        add(prefix + entry.name, st, None)
                     if stat.S_ISREG(mode):
                         stats.files += 1
                         if st.st_nlink > 1 and self._later_name(node, entry.name, st):
@@ -896,8 +909,8 @@ class _Tree:
                         stats.dirs += 1
                     elif stat.S_ISLNK(mode):
                         target = _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
-                        if entries is not None:
-                            entries.append((prefix + entry.name, st, target))
+                        if add is not None:
+                            add(prefix + entry.name, st, target)
                         stats.symlinks += 1
                     else:
                         kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)

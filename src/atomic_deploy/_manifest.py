@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._layout import Layout, release_dirs, show
 from .errors import CheckFailed, InvalidInput
@@ -37,11 +38,32 @@ ALGORITHM = "blake2b-256"
 VERSION = 1
 Entry = list[Any]  # [path, type, mode, size, mtime_ns, data]; see the module docstring
 
+_encode_str: Callable[[str], str] | None = None
 
-def _entry(rel: str, st: os.stat_result, target: str | None, digest: str | None) -> Entry:
+
+def line(rel: str, st: os.stat_result, target: str | None, digest: str | None) -> str:
+    """One entry's manifest line (JSON, ASCII: any file name fits), without its newline."""
+    global _encode_str
+    if _encode_str is None:
+        from json.encoder import encode_basestring_ascii
+
+        _encode_str = encode_basestring_ascii
+    enc = _encode_str
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        return [rel, "file", stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, digest]
+        data = enc(digest) if digest else "null"
+        return f"[{enc(rel)},\"file\",{stat.S_IMODE(mode)},{st.st_size},{st.st_mtime_ns},{data}]"
+    if stat.S_ISDIR(mode):
+        return f"[{enc(rel)},\"dir\",{stat.S_IMODE(mode)},null,null,null]"
+    if stat.S_ISLNK(mode):
+        return f"[{enc(rel)},\"symlink\",null,null,null,{enc(target or '')}]"
+    return f"[{enc(rel)},\"other\",{stat.S_IMODE(mode)},null,null,null]"
+
+
+def _entry(rel: str, st: os.stat_result, target: str | None) -> Entry:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return [rel, "file", stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, None]
     if stat.S_ISDIR(mode):
         return [rel, "dir", stat.S_IMODE(mode), None, None, None]
     if stat.S_ISLNK(mode):
@@ -49,87 +71,112 @@ def _entry(rel: str, st: os.stat_result, target: str | None, digest: str | None)
     return [rel, "other", stat.S_IMODE(mode), None, None, None]
 
 
-def from_record(record: CopyRecord) -> dict[str, Entry]:
+def from_record(record: CopyRecord) -> list[str]:
+    """The manifest lines of what copy_tree copied."""
     digests = record.digests
-    return {rel: _entry(rel, st, target, digests.get(rel)) for rel, st, target in record.entries}
+    enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
+    return record.lines + [head + (enc(digests[rel]) if rel in digests else "null") + "]"
+                           for rel, head in record.files]
 
 
-def _add(entries: dict[str, Entry], top: str, rel: str, digest: bool,
-         known: dict[str, Entry] | None) -> None:
-    """Add ``top/rel`` and, for a real folder, everything below it (never following links)."""
-    todo = [rel]
+def walk(top: str, rel: str | None = None) -> Iterator[tuple[str, os.stat_result, str | None]]:
+    """(path, lstat, symlink text) of everything below ``top`` (or of ``top/rel`` and what is
+    below it), never following symlinks."""
+    if rel is None:
+        with os.scandir(top) as it:
+            todo = [e.name for e in it]
+    else:
+        todo = [rel]
     while todo:
         rel = todo.pop()
         path = os.path.join(top, rel)
         st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode):
-            old = known.get(rel) if known else None
-            value = None
-            if old is not None and old[1] == "file" and old[3] == st.st_size \
-                    and old[4] == st.st_mtime_ns:
-                value = old[5]
-            if value is None and digest:
-                from ._copy import digest_file
-
-                value = digest_file(path)
-            entries[rel] = _entry(rel, st, None, value)
-            continue
-        link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
-        entries[rel] = _entry(rel, st, link, None)
+        yield rel, st, os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
         if stat.S_ISDIR(st.st_mode):
             with os.scandir(path) as it:
                 todo.extend(f"{rel}/{e.name}" for e in it)
 
 
-def scan(top: str, digest: bool, known: dict[str, Entry] | None = None) -> dict[str, Entry]:
-    """Entries of the tree at ``top`` (itself not included). A file's digest is taken from
-    ``known`` while its size and mtime match, else computed if ``digest``."""
-    entries: dict[str, Entry] = {}
-    with os.scandir(top) as it:
-        names = [e.name for e in it]
-    for name in names:
-        _add(entries, top, name, digest, known)
-    return entries
+def _lines(items: Iterator[tuple[str, os.stat_result, str | None]], top: str, digest: bool,
+           known: dict[str, tuple[str, str]] | None) -> Iterator[str]:
+    from ._copy import digest_file
+
+    for rel, st, target in items:
+        value = None
+        if stat.S_ISREG(st.st_mode):
+            plain = line(rel, st, None, None)
+            old = known.get(rel) if known else None
+            if old is not None and old[0] + "null]" == plain:  # same size and mtime as copied
+                value = old[1]
+            elif digest:
+                value = digest_file(os.path.join(top, rel))
+            if value is None:
+                yield plain
+                continue
+        yield line(rel, st, target, value)
 
 
-def refresh(entries: dict[str, Entry], top: str, rels: list[str], digest: bool) -> None:
+def scan(top: str, digest: bool, record: CopyRecord | None = None) -> list[str]:
+    """The manifest lines of the tree at ``top``, walked (after checks wrote into it, or for a
+    tarball or git source). A file's digest is the copy's (``record``) while its size and mtime
+    are those it was copied with, else computed if ``digest``."""
+    known = None
+    if record is not None:
+        known = {rel: (head, record.digests[rel]) for rel, head in record.files
+                 if rel in record.digests}
+    return list(_lines(walk(top), top, digest, known))
+
+
+def refresh(lines: list[str], top: str, rels: list[str], digest: bool) -> list[str]:
     """Read again the paths the deploy changed after the copy (shared links, REVISION), and
     the folders it may have created above them."""
+    if not rels:
+        return lines
+    enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
+    drop = tuple(p for rel in rels for p in (f"[{enc(rel)},", f"[{enc(rel)[:-1]}/"))
+    out = [x for x in lines if not x.startswith(drop)]
+    have = set()
     for rel in rels:
-        prefix = rel + "/"
-        for k in [k for k in entries if k == rel or k.startswith(prefix)]:
-            del entries[k]
         parts = rel.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            if parent not in entries:
-                entries[parent] = _entry(parent, os.lstat(os.path.join(top, parent)), None, None)
+            if parent not in have and not any(x.startswith(f"[{enc(parent)},") for x in out):
+                have.add(parent)
+                out.append(line(parent, os.lstat(os.path.join(top, parent)), None, None))
         if os.path.lexists(os.path.join(top, rel)):
-            _add(entries, top, rel, digest, None)
+            out.extend(_lines(walk(top, rel), top, digest, None))
+    return out
 
 
-def write(layout: Layout, release: str, entries: dict[str, Entry], durable: bool) -> str:
-    """Write the release's manifest atomically; returns the manifest's own digest (hex)."""
+def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
+    """Write the release's manifest atomically; returns the manifest's own digest (hex).
+
+    Lines are sorted (by their text, so by path): the same tree gives the same file."""
     import hashlib
     import json
 
     from . import _platform
     from ._layout import random_suffix
 
-    encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: any file name fits
-    rows = [entries[k] for k in sorted(entries)]
-    header = {"v": VERSION, "entries": len(rows),
-              "digest": ALGORITHM if any(r[1] == "file" and r[5] for r in rows) else None}
-    data = "\n".join([encode(header), *map(encode, rows)]).encode("ascii") + b"\n"
+    lines.sort()
+    has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)
+    header = json.dumps({"v": VERSION, "entries": len(lines),
+                         "digest": ALGORITHM if has_digest else None}, separators=(",", ":"))
+    h = hashlib.blake2b(digest_size=32)
     folder = layout.manifests
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{release}.jsonl.{random_suffix()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            # in pieces: never the whole file in memory at once
+            parts = [[header]] + [lines[i:i + 4096] for i in range(0, len(lines), 4096)]
+            for part in parts:
+                data = ("\n".join(part) + "\n").encode("ascii")
+                h.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             if durable:
                 _platform.fsync_fd(fd)
         finally:
@@ -141,7 +188,7 @@ def write(layout: Layout, release: str, entries: dict[str, Entry], durable: bool
         raise
     if durable:
         _platform.fsync_dir(folder)
-    return hashlib.blake2b(data, digest_size=32).hexdigest()
+    return h.hexdigest()
 
 
 def load(layout: Layout, release: str) -> tuple[dict[str, Any], dict[str, Entry]] | None:
@@ -208,7 +255,7 @@ def verify(layout: Layout, release: str, content: bool) -> VerifyResult:
                            "were recorded, or adopted)", "nothing was changed")
     recorded = found[1]
     top = layout.release(release)
-    actual = scan(top, digest=False)
+    actual = {rel: _entry(rel, st, target) for rel, st, target in walk(top)}
     result = VerifyResult(release, len(recorded))
     for rel in sorted(recorded.keys() | actual.keys()):
         want, have = recorded.get(rel), actual.get(rel)

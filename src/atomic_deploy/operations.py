@@ -535,7 +535,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         shared: list[str] = []
         hooks: list[dict[str, Any]] = []
         link_dest = layout.release(previous) if previous else None
-        record = CopyRecord() if kind == "dir" else None
+        with_digests = opts.digest or (opts.link_unchanged and not opts.trust_mtime)
+        record = CopyRecord(with_digests) \
+            if kind == "dir" else None
         manifest: list[str | None] = [None]
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
@@ -630,14 +632,12 @@ def _write_manifest(layout: Layout, rid: str, opts: DeployOptions, record: CopyR
 
     top = layout.release(rid)
     if record is None or opts.check:
-        known = _manifest.from_record(record) if record is not None else None
-        entries = _manifest.scan(top, opts.digest, known)
+        lines = _manifest.scan(top, opts.digest, record)
     else:
-        entries = _manifest.from_record(record)
         touched = [normalize(p) for p in opts.shared_dirs + opts.shared_files]
-        _manifest.refresh(entries, top, touched + (["REVISION"] if revision else []),
-                          opts.digest)
-    return _manifest.write(layout, rid, entries, durable=opts.fsync)
+        lines = _manifest.refresh(_manifest.from_record(record), top,
+                                  touched + (["REVISION"] if revision else []), opts.digest)
+    return _manifest.write(layout, rid, lines, durable=opts.fsync)
 
 
 def _check_release(layout: Layout, release: str) -> None:
