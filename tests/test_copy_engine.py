@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
-from atomic_deploy import _copy, _manifest, _platform
+from atomic_deploy import _copy, _copy_procs, _manifest, _platform
 from atomic_deploy._copy import CopyRecord, CopyStats, copy_tree, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
 from conftest import cli_env, set_distinct_mtimes
@@ -938,6 +938,29 @@ def test_auto_mode_forks_workers_once_files_are_cloned(tmp_path: Path,
     assert meta(tmp_path / "dst") == meta(src)
 
 
+@pytest.mark.parametrize("trust_mtime", [False, True])
+def test_auto_mode_forks_workers_to_compare_contents_with_the_previous_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_mtime: bool) -> None:
+    """Reading and hashing every file is CPU work that threads cannot share (GIL): worker
+    processes do it. Links on size and mtime alone stay on this thread."""
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+    monkeypatch.delenv(_copy.PROCESSES_ENV)
+    monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 10.0)  # no threads: only the processes
+    monkeypatch.setattr(_platform, "clone_kind", lambda: None)
+    src = web(tmp_path, n=400)
+    prev = _prev_release(tmp_path, src)
+    record = CopyRecord(with_digests=True)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), trust_mtime=trust_mtime,
+                 record=record)
+    assert stats.linked == 400 and len(record.linked) == 400
+    assert stats.jobs == (1 if trust_mtime else 2)
+    assert len(record.digests) == (0 if trust_mtime else 400)
+    assert meta(tmp_path / "dst") == meta(src)
+
+
 def test_fork_refused_copies_in_this_process(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
@@ -961,7 +984,6 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
         tmp_path: Path, queued_first: bool) -> None:
     """A worker that hit an error sends it and exits; a batch sent to it after that meets a
     closed pipe. The error it sent must be what comes out, deterministically."""
-    from atomic_deploy import _copy_procs
 
     if not _copy_procs.available():
         pytest.skip("worker processes are not available here")

@@ -715,13 +715,16 @@ class _Tree:
         return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
 
     def _procs_pay(self) -> bool:
-        """Auto mode: hand files to worker processes once they turn out to be clones.
+        """Auto mode: hand files to worker processes once they turn out to be clones, or to be
+        compared with the previous release (--link-unchanged: read and hashed, then linked).
 
         Cloning is mostly kernel work but Python's per-file share is large enough that threads
-        lose (GIL); processes do not share a GIL. Elsewhere threads, or this thread, stay.
+        lose (GIL); processes do not share a GIL. Hashing is CPU work too, in C, but small files
+        are mostly Python's per-file work. Elsewhere threads, or this thread, stay.
         """
+        compares = self.link_dest is not None and not self.opts.trust_mtime
         if self.procs != "1" and (self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES
-                                  or not self.inline.stats.cloned):
+                                  or not (self.inline.stats.cloned or compares)):
             return False
         from . import _copy_procs
 
