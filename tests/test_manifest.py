@@ -279,3 +279,18 @@ def test_a_crashed_deploys_manifest_is_removed_by_recovery(builds: Builds, root:
     assert run_cli("deploy", builds("v3"), root).returncode == 0  # recovers first
     assert sorted(os.listdir(manifests)) == [f"{r}.jsonl" for r in release_names(root)]
     assert len(release_names(root)) == 2 and release_names(root)[0] == v1
+
+
+def test_linked_files_under_a_shared_path_are_not_checked_through_the_shared_link(
+        tmp_path: Path) -> None:
+    """A shared folder replaces the release's copy: a check writing into ROOT/shared through
+    it is not a write into another release."""
+    build, root = tmp_path / "src", tmp_path / "R"
+    (build / "storage").mkdir(parents=True)
+    (build / "storage" / "log.txt").write_text("seed\n")
+    (build / "a.txt").write_text("a\n")
+    assert run_cli("deploy", build, root, "--shared-dir", "storage").returncode == 0
+    r = run_cli("deploy", build, root, "--shared-dir", "storage", "--link-unchanged",
+                "--check", "echo more >> storage/log.txt")
+    assert r.returncode == 0, r.stderr
+    assert (root / "shared" / "storage" / "log.txt").read_text() == "seed\nmore\n"

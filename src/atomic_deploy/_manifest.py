@@ -313,7 +313,10 @@ def linked_snapshot(top: str, rels: list[str]) -> Snapshot:
     """The state of the files hard-linked from other releases, before the checks run."""
     out: Snapshot = {}
     for rel in rels:
-        st = os.lstat(os.path.join(top, rel))
+        try:
+            st = os.lstat(os.path.join(top, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
         out[rel] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return out
 

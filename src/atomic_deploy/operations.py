@@ -536,8 +536,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         hooks: list[dict[str, Any]] = []
         link_dest = layout.release(previous) if previous else None
         with_digests = opts.digest or (opts.link_unchanged and not opts.trust_mtime)
-        record = CopyRecord(with_digests) \
-            if kind == "dir" else None
+        record = CopyRecord(with_digests) if kind == "dir" else None
         manifest: list[str | None] = [None]
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
@@ -592,7 +591,8 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         result = DeployResult(
             release=rid, path=layout.release(rid), previous=previous, activated=activate,
             files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
-            manifest=manifest[0], revision=revision, shared=shared, hooks=hooks, recovered=s.recovered,
+            manifest=manifest[0], revision=revision, shared=shared, hooks=hooks,
+            recovered=s.recovered,
         )
         if opts.keep is not None:
             result.pruned = _prune_locked(s, opts.keep).deleted
@@ -605,9 +605,14 @@ def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None
     """The --check hooks, and then the proof that they wrote into no file hard-linked from
     another release (those writes land in the live release too: one inode, several names)."""
     from . import _manifest
+    from ._shared import normalize
 
     top = s.layout.release(rid)
-    before = _manifest.linked_snapshot(top, record.linked) if record and record.linked else {}
+    # Shared paths replaced what was copied there (and lead out of the release): not ours.
+    shared = tuple(p for rel in opts.shared_dirs + opts.shared_files
+                   for p in (normalize(rel), normalize(rel) + "/"))
+    linked = [p for p in record.linked if not p.startswith(shared)] if record else []
+    before = _manifest.linked_snapshot(top, linked) if linked else {}
     try:
         hooks.extend(s.run_hooks("check", opts.check, top))
     except CheckFailed as exc:
