@@ -266,8 +266,8 @@ def deploy_cmd(src: Path, root: Path, *flags: str) -> list[str]:
 
 def cli_flags_supported() -> set[str]:
     out = subprocess.run([*CLI, "deploy", "--help"], env=ENV, capture_output=True, text=True)
-    return {f for f in ("--no-fsync", "--link-unchanged", "--jobs", "--checksum")
-            if f in out.stdout}
+    return {f for f in ("--no-fsync", "--link-unchanged", "--jobs", "--checksum", "--trust-mtime",
+                        "--digest") if f in out.stdout}
 
 
 def lib_cmd(src: Path, dst: Path, jobs: int = 0, link: str = "", fsync: bool = True) -> list[str]:
@@ -322,8 +322,11 @@ def suite_incr(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budge
         base, changed = sets["web"], sets[which]
         root = scratch / "root"
         rmtree(str(root))
+        # The base release as a previous --link-unchanged deploy leaves it: with its files'
+        # digests in its manifest (--digest), which the next deploy compares against.
         first = json.loads(subprocess.run(deploy_cmd(base, root, *(
-            ["--no-fsync"] if "--no-fsync" in flags else [])), env=ENV, check=True,
+            ["--no-fsync"] if "--no-fsync" in flags else []), *(
+            ["--digest"] if "--digest" in flags else [])), env=ENV, check=True,
             capture_output=True, text=True).stdout)
         prev = Path(first["path"])
         dst = scratch / "dst"
@@ -362,6 +365,16 @@ def suite_incr(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budge
                         lambda c=changed, r=root: timed_rusage(
                             deploy_cmd(c, r, "--link-unchanged", "--checksum", "--no-fsync")),
                         cleanup=undo_deploy),
+            ]
+        if "--trust-mtime" in flags:  # the size+mtime check alone (the default before 0.x)
+            vs += [
+                Variant("atomic-deploy --link-unchanged --trust-mtime",
+                        lambda c=changed, r=root: timed_rusage(
+                            deploy_cmd(c, r, "--link-unchanged", "--trust-mtime")),
+                        cleanup=undo_deploy),
+            ]
+        if "--link-unchanged" in flags:
+            vs += [
                 Variant("atomic-deploy full", lambda c=changed, r=root: timed_rusage(
                     deploy_cmd(c, r)), cleanup=undo_deploy),
             ]

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import pytest
 
-from atomic_deploy import _copy, _platform
-from atomic_deploy._copy import CopyStats, copy_tree
+from atomic_deploy import _copy, _copy_procs, _manifest, _platform
+from atomic_deploy._copy import CopyRecord, CopyStats, copy_tree, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
 from conftest import cli_env, set_distinct_mtimes
 
@@ -398,8 +398,8 @@ def web(tmp_path: Path, n: int = 120) -> Path:
 def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | None) -> None:
     src = web(tmp_path)
     prev = _prev_release(tmp_path, src)
-    # Change three files: new content and mtime; same size and mtime but new bytes (only
-    # --checksum sees it); same bytes but another mode.
+    # Change three files: new content and mtime; same size and mtime but new bytes (what a
+    # reproducible build does); same bytes but another mode.
     changed = src / "d0" / "f000.js"
     changed.write_text("changed\n")
     sneaky = src / "d1" / "f001.js"
@@ -408,17 +408,34 @@ def test_link_unchanged_links_identical_files_only(tmp_path: Path, jobs: int | N
     os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.chmod(src / "d2" / "f002.js", 0o600)
 
-    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs)
-    assert meta(tmp_path / "dst") == meta(src) | {"d1/f001.js": meta(prev)["d1/f001.js"]}
-    assert stats.linked == 118 and stats.copied == 2
+    record = CopyRecord(with_digests=True)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), jobs=jobs, record=record)
+    assert meta(tmp_path / "dst") == meta(src)  # the same-size, same-mtime edit is seen
+    assert stats.linked == 117 and stats.copied == 3
     for i in range(3, 120):
         rel = f"d{i % 6}/f{i:03d}.js"
         assert os.stat(tmp_path / "dst" / rel).st_ino == os.stat(prev / rel).st_ino, rel
-    assert os.stat(tmp_path / "dst" / "d0/f000.js").st_ino != os.stat(prev / "d0/f000.js").st_ino
+    for rel in ("d0/f000.js", "d1/f001.js"):
+        assert os.stat(tmp_path / "dst" / rel).st_ino != os.stat(prev / rel).st_ino
+    assert sorted(record.linked) == sorted(f"d{i % 6}/f{i:03d}.js" for i in range(3, 120))
+    assert record.digests == {  # every file's content was read, and its digest kept
+        f"d{i % 6}/f{i:03d}.js": digest_file(str(src / f"d{i % 6}/f{i:03d}.js"))
+        for i in range(120)}
 
-    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), checksum=True, jobs=jobs)
-    assert meta(tmp_path / "dst2") == meta(src)  # the same-size, same-mtime edit is seen
-    assert stats.linked == 117 and stats.copied == 3
+    for checksum in (False, True):  # the previous release's manifest, or reading its files
+        digests = {} if checksum else {
+            rel: (os.stat(prev / rel).st_size, os.stat(prev / rel).st_mtime_ns, h)
+            for rel, h in record.digests.items() if rel != "d1/f001.js"}
+        out = tmp_path / f"dst-{checksum}"
+        stats = copy(src, out, link_dest=str(prev), checksum=checksum, jobs=jobs,
+                     prev_digests=digests)
+        assert meta(out) == meta(src)
+        assert stats.linked == 117 and stats.copied == 3
+
+    # The old quick check, only on request: it ships the previous release's bytes.
+    stats = copy(src, tmp_path / "dst2", link_dest=str(prev), trust_mtime=True, jobs=jobs)
+    assert meta(tmp_path / "dst2") == meta(src) | {"d1/f001.js": meta(prev)["d1/f001.js"]}
+    assert stats.linked == 118 and stats.copied == 2
 
 
 def test_link_unchanged_never_links_group_or_world_writable(tmp_path: Path) -> None:
@@ -503,6 +520,56 @@ def test_link_unchanged_keeps_source_hard_links_together(tmp_path: Path, jobs: i
     a, b = os.stat(tmp_path / "dst/d0/f000.js"), os.stat(tmp_path / "dst/d1/same.js")
     assert a.st_ino == b.st_ino == os.stat(prev / "d0/f000.js").st_ino
     assert stats.hardlinks == 1
+    assert meta(tmp_path / "dst") == meta(src)
+
+
+@pytest.mark.parametrize("kind", ["ficlone", "clonefile"])
+def test_link_unchanged_clones_from_the_previous_release_where_the_filesystem_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A clone shares the data too, but a write to it stays in its release: unchanged files
+    are cloned from the previous release (never hard-linked) where clones work."""
+    src = web(tmp_path, n=30)
+    (src / "empty.txt").write_text("")
+    prev = _prev_release(tmp_path, src)
+    (src / "d0" / "f000.js").write_text("changed\n")
+    cloned_from: list[str] = []
+
+    def clone_fd(a: int, b: int) -> None:
+        cloned_from.append(os.readlink(f"/proc/self/fd/{a}"))
+        _fake_clone(a, b)
+
+    def clonefile(a: str, b: str) -> None:
+        cloned_from.append(a)
+        _fake_clonefile(a, b)
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: kind)
+    monkeypatch.setattr(_platform, "clone_fd", clone_fd)
+    monkeypatch.setattr(_platform, "clonefile", clonefile)
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert meta(tmp_path / "dst") == meta(src)
+    assert stats.linked == 0 and record.linked == []
+    assert stats.cloned == 30  # 29 unchanged from prev, the changed one from the source
+    assert sum(p.startswith(str(prev)) for p in cloned_from) == 29
+    assert stats.copied == 1  # the empty file: created, not shared
+    for p in (tmp_path / "dst").rglob("*"):
+        if p.is_file():
+            assert p.stat().st_nlink == 1, p
+
+
+def test_link_unchanged_where_clones_are_refused_hard_links(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    src = web(tmp_path, n=12)
+    prev = _prev_release(tmp_path, src)
+
+    def refuse(a: int, b: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "no")
+
+    monkeypatch.setattr(_platform, "clone_kind", lambda: "ficlone")
+    monkeypatch.setattr(_platform, "clone_fd", refuse)
+    record = CopyRecord()
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert stats.linked == 12 and len(record.linked) == 12 and stats.cloned == 0
     assert meta(tmp_path / "dst") == meta(src)
 
 
@@ -705,6 +772,27 @@ def test_worker_processes_with_link_dest(tmp_path: Path, forked: list[int],
     assert_reaped(forked)
 
 
+@pytest.mark.parametrize("procs", ["0", "1"])
+def test_record_is_the_same_with_or_without_worker_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: str) -> None:
+    monkeypatch.setenv(_copy.PROCESSES_ENV, procs)
+    src = web(tmp_path, n=300)
+    os.symlink("d0", src / "alias")
+    prev = _prev_release(tmp_path, src)
+    for i in range(0, 300, 10):
+        (src / f"d{i % 6}" / f"f{i:03d}.js").write_text(f"changed {i}\n")
+    record = CopyRecord(with_digests=True)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), record=record)
+    assert stats.linked == 270
+    assert sorted(record.linked) == sorted(f"d{i % 6}/f{i:03d}.js" for i in range(300) if i % 10)
+    assert record.digests == {f"d{i % 6}/f{i:03d}.js": digest_file(str(src / f"d{i % 6}/f{i:03d}.js"))
+                              for i in range(300)}
+    # the manifest built from the record is the one a walk of the copy gives
+    assert sorted(_manifest.from_record(record)) == sorted(
+        _manifest.scan(str(tmp_path / "dst"), digest=True))
+    assert len(record.lines) == 6 + 1 + 1 and len(record.files) == 300  # folders, empty, alias
+
+
 def test_worker_processes_checkpoint_and_progress_here(tmp_path: Path,
                                                        forked: list[int]) -> None:
     src, _ = rich_source(tmp_path, many=400)
@@ -850,6 +938,29 @@ def test_auto_mode_forks_workers_once_files_are_cloned(tmp_path: Path,
     assert meta(tmp_path / "dst") == meta(src)
 
 
+@pytest.mark.parametrize("trust_mtime", [False, True])
+def test_auto_mode_forks_workers_to_compare_contents_with_the_previous_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_mtime: bool) -> None:
+    """Reading and hashing every file is CPU work that threads cannot share (GIL): worker
+    processes do it. Links on size and mtime alone stay on this thread."""
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+    monkeypatch.delenv(_copy.PROCESSES_ENV)
+    monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 10.0)  # no threads: only the processes
+    monkeypatch.setattr(_platform, "clone_kind", lambda: None)
+    src = web(tmp_path, n=400)
+    prev = _prev_release(tmp_path, src)
+    record = CopyRecord(with_digests=True)
+    stats = copy(src, tmp_path / "dst", link_dest=str(prev), trust_mtime=trust_mtime,
+                 record=record)
+    assert stats.linked == 400 and len(record.linked) == 400
+    assert stats.jobs == (1 if trust_mtime else 2)
+    assert len(record.digests) == (0 if trust_mtime else 400)
+    assert meta(tmp_path / "dst") == meta(src)
+
+
 def test_fork_refused_copies_in_this_process(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
@@ -873,7 +984,6 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
         tmp_path: Path, queued_first: bool) -> None:
     """A worker that hit an error sends it and exits; a batch sent to it after that meets a
     closed pipe. The error it sent must be what comes out, deterministically."""
-    from atomic_deploy import _copy_procs
 
     if not _copy_procs.available():
         pytest.skip("worker processes are not available here")
@@ -882,6 +992,10 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
 
     class Failing:
         stats = CopyStats()
+
+        def __init__(self) -> None:
+            self.digests: dict[str, str] = {}
+            self.linked: list[str] = []
 
         def file(self, *args: Any) -> None:
             while not gate.exists():  # held until the test has queued what it wants
@@ -892,7 +1006,8 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
         src, dst, link = str(tmp_path), str(tmp_path), None
 
     st = os.lstat(tmp_path)
-    pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats())  # type: ignore[arg-type,return-value]
+    pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats(),  # type: ignore[arg-type,return-value]
+                                Failing())  # type: ignore[arg-type]
     try:
         assert pool.put((Node(), [("f1", st)], False), timeout=1)
         if queued_first:  # a second batch queued while it works: never answered

@@ -128,6 +128,7 @@ def test_every_command_has_json(builds: Builds, root: Path, tmp_path: Path) -> N
         "rollback": ["rollback", root],
         "status": ["status", root],
         "list": ["list", root],
+        "verify": ["verify", root],
         "prune": ["prune", root, "--keep", "1"],
         "recover": ["recover", root],
         "adopt": ["adopt", legacy],

@@ -39,7 +39,9 @@ KEYS: dict[str, tuple[type, ...]] = {
     "revision": (str,),
     "link_unchanged": (bool,),
     "checksum": (bool,),
+    "trust_mtime": (bool,),
     "link_writable": (bool,),
+    "digest": (bool,),
     "jobs": (int,),
     "fsync": (bool,),
 }

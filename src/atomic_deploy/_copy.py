@@ -9,9 +9,16 @@ or code, and a device node in it would be a security hole.
 How a file's data gets there, per file, cheapest first (docs/benchmarks.md has the numbers):
 
 1. ``link_dest`` (``--link-unchanged``): a file identical to the one at the same path in the
-   previous release (same size, mtime, mode, owner, xattrs; with ``checksum`` the same bytes) is
-   hard-linked to it instead of copied: one link(2), no data. Only read-only-safe files are
-   linked: group- or other-writable ones are copied unless ``link_writable``.
+   previous release (same size, mtime, mode, owner, xattrs, and the same content) is reused
+   instead of copied: cloned from it where the filesystem clones (a clone cannot be written
+   through to the previous release), else hard-linked to it (one link(2), no data). The content
+   is compared by digest: the source's blake2b against the one the previous release's manifest
+   recorded (``prev_digests``, trusted only while that file's size and mtime still match it),
+   else against the previous file's own, read now; ``checksum`` always reads both. Only with
+   ``trust_mtime`` is the size+mtime check alone enough (the risk: a file changed without
+   changing size or mtime, as reproducible builds do, ships the old bytes). Only
+   read-only-safe files are linked: group- or other-writable ones are copied unless
+   ``link_writable``.
 2. Clone (copy-on-write): FICLONE on Linux (btrfs, XFS with reflink), clonefile(2) on macOS
    (APFS). The data is shared until either side is written.
 3. copy_file_range(2) (Linux): the kernel copies, no user-space buffer.
@@ -39,7 +46,10 @@ propagates, so nothing writes into the staging folder once copy_tree has returne
 The walk streams: folders are listed one at a time with scandir, work is handed to the workers
 in small batches through a bounded queue, and a folder's own metadata (mode, mtime, owner,
 xattrs) is applied as soon as everything inside it is done. Memory stays flat whatever the
-number of files (only hard-linked files are remembered, to link their other names).
+number of files (only hard-linked files are remembered, to link their other names). With a
+``record`` (a CopyRecord), each entry's manifest line, the files' digests and the files
+hard-linked to ``link_dest`` are kept too, for the release's manifest and for checking that
+nothing wrote through those links (operations._stage).
 """
 
 from __future__ import annotations
@@ -87,6 +97,61 @@ _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # filesystem, too many links to one inode, protected_hardlinks, filesystem without links)
 _LINK_FALLBACK = frozenset((errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES,
                             errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)))
+
+
+_DIGEST_SIZE = 32  # blake2b-256: the manifest's content digest (see _manifest)
+
+
+def digest_fd(fd: int) -> str:
+    """blake2b-256 of an open file's whole content (read from offset 0), in hex."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+        offset += len(chunk)
+
+
+def digest_file(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    try:
+        return digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+class CopyRecord:
+    """What copy_tree saw and did per entry, for the manifest and the write-through check.
+
+    Kept compact (the manifest of 200,000 files must not cost more memory than the copy): each
+    entry as its manifest line (_manifest.line), built from the lstat the walk already made
+    (the release's copy gets the same type, mode, size and mtime). ``lines``: complete lines;
+    with ``with_digests``, regular files go to ``files`` instead, as (path, line without its
+    digest), completed from ``digests`` (path -> blake2b hex of the files whose content was
+    read) when the manifest is written. ``linked``: paths of files hard-linked to link_dest.
+    """
+
+    __slots__ = ("digests", "files", "line", "lines", "linked", "with_digests")
+
+    def __init__(self, with_digests: bool = False) -> None:
+        from ._manifest import line
+
+        self.line = line
+        self.with_digests = with_digests
+        self.lines: list[str] = []
+        self.files: list[tuple[str, str]] = []
+        self.digests: dict[str, str] = {}
+        self.linked: list[str] = []
+
+    def add(self, rel: str, st: os.stat_result, target: str | None) -> None:
+        if self.with_digests and stat.S_ISREG(st.st_mode):
+            self.files.append((rel, self.line(rel, st, target, None)[:-5]))  # drops "null]"
+        else:
+            self.lines.append(self.line(rel, st, target, None))
 
 
 @dataclass
@@ -249,25 +314,19 @@ def _umask() -> int:
     return old
 
 
-def _copy_symlink(src: str, dst: str, st: os.stat_result) -> None:
-    os.symlink(os.readlink(src), dst)
+def _copy_symlink(src: str, dst: str, st: os.stat_result) -> str:
+    target = os.readlink(src)
+    os.symlink(target, dst)
     _apply_owner(dst, st, follow=False)
     _copy_xattrs(src, dst, follow=False)
     if os.utime in os.supports_follow_symlinks:
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return target
 
 
 # --------------------------------------------------------------------------- one file
 
 
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
-        while True:
-            x = fa.read(_CHUNK)
-            if x != fb.read(_CHUNK):
-                return False
-            if not x:
-                return True
 
 
 class _Options:
@@ -280,13 +339,20 @@ class _Options:
     ACLs, BSD group rules) is learnt from the first file created, not assumed.
     """
 
-    __slots__ = ("checksum", "clone_kind", "created_owner", "dst_dev", "fsync", "keep_mode",
-                 "link_writable", "root", "umask")
+    __slots__ = ("checksum", "clone_kind", "created_owner", "digest_all", "dst_dev", "fsync",
+                 "keep_mode", "link_root", "link_writable", "prev_digests", "root",
+                 "trust_mtime", "umask")
 
-    def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int) -> None:
+    def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int,
+                 trust_mtime: bool = False, digest_all: bool = False, link_root: str = "",
+                 prev_digests: dict[str, tuple[int, int, str]] | None = None) -> None:
         self.fsync = fsync
         self.checksum = checksum
         self.link_writable = link_writable
+        self.trust_mtime = trust_mtime
+        self.digest_all = digest_all  # record every regular file's digest
+        self.link_root = link_root  # the previous release (link_dest), to find a file's path
+        self.prev_digests = prev_digests or {}  # its manifest: path -> (size, mtime_ns, digest)
         self.dst_dev = dst_dev
         self.clone_kind = _platform.clone_kind()
         self.root = os.geteuid() == 0
@@ -322,9 +388,13 @@ class _Copier:
         self.opts = opts
         self.caps = caps
         self.stats = CopyStats()
+        self.digests: dict[str, str] = {}  # destination path -> digest (CopyRecord.digests)
+        self.linked: list[str] = []  # destination paths hard-linked to link_dest
 
     def _caps(self, st: os.stat_result) -> _Caps:
-        key = (st.st_dev, self.opts.dst_dev)
+        return self._caps_for((st.st_dev, self.opts.dst_dev))
+
+    def _caps_for(self, key: tuple[int, int]) -> _Caps:
         found = self.caps.get(key)
         if found is None:
             found = self.caps.setdefault(key, _Caps())
@@ -336,9 +406,14 @@ class _Copier:
         self.copy(spath, dpath, st)
 
     def try_link(self, spath: str, dpath: str, lpath: str, st: os.stat_result) -> bool:
-        if self._link_unchanged(spath, dpath, lpath, st):
+        how = self._link_unchanged(spath, dpath, lpath, st)
+        if how == "link":
             self.stats.linked += 1
             self.stats.linked_bytes += st.st_size
+            self.linked.append(dpath)
+            return True
+        if how == "clone":
+            self.stats.cloned += 1
             return True
         return False
 
@@ -347,6 +422,8 @@ class _Copier:
         if (self.opts.clone_kind == "clonefile" and caps.clone is not False and st.st_size
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
+            if self.opts.digest_all and dpath not in self.digests:
+                self.digests[dpath] = digest_file(spath)
             return
         opts = self.opts
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
@@ -364,6 +441,8 @@ class _Copier:
                 else:
                     _copy_data(sfd, dfd, st.st_size, caps)
                     self.stats.copied += 1
+                if opts.digest_all and dpath not in self.digests:
+                    self.digests[dpath] = digest_fd(sfd)
                 opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
@@ -405,30 +484,78 @@ class _Copier:
             os.close(fd)
         return True
 
-    def _link_unchanged(self, spath: str, dpath: str, lpath: str, st: os.stat_result) -> bool:
-        """Hard-link ``lpath`` as ``dpath`` if it is the same file as ``spath``; else False."""
+    def _link_unchanged(self, spath: str, dpath: str, lpath: str,
+                        st: os.stat_result) -> str | None:
+        """Reuse ``lpath`` as ``dpath`` if it is the same file as ``spath``: "clone" or "link"
+        (how), or None (not the same, or it cannot be reused: copy it)."""
         mode = st.st_mode
         if mode & _GROUP_OTHER_WRITE and not self.opts.link_writable:
-            return False  # anyone in the group could edit every release sharing it
+            return None  # anyone in the group could edit every release sharing it
         try:
             old = os.lstat(lpath)
         except OSError:
-            return False
+            return None
         owner_ok = ((old.st_uid, old.st_gid) == (st.st_uid, st.st_gid) if self.opts.root
                     else old.st_uid == os.geteuid())
         if not (stat.S_ISREG(old.st_mode) and old.st_mode == mode and owner_ok
                 and old.st_size == st.st_size and old.st_mtime_ns == st.st_mtime_ns):
-            return False
+            return None
         if _HAS_XATTR and _xattrs_of(spath) != _xattrs_of(lpath):
-            return False
-        if self.opts.checksum and not _same_bytes(spath, lpath):
-            return False
+            return None
+        if not self.opts.trust_mtime and not self._same_content(spath, dpath, lpath, old):
+            return None
+        if self.opts.clone_kind is not None and self._caps_for(
+                (self.opts.dst_dev, self.opts.dst_dev)).clone is not False:
+            if not st.st_size:
+                return None  # nothing to clone: a new empty file, as cheap, not shared
+            if self._clone_unchanged(spath, dpath, lpath, st):
+                return "clone"
         try:
             os.link(lpath, dpath, follow_symlinks=False)
         except OSError as exc:
             if exc.errno in _LINK_FALLBACK:
-                return False
+                return None
             raise
+        return "link"
+
+    def _same_content(self, spath: str, dpath: str, lpath: str, old: os.stat_result) -> bool:
+        """True if ``spath`` holds the bytes ``lpath`` holds. The source is always read (its
+        digest goes into the new release's manifest); the previous file only where its
+        manifest has no digest for it, it changed since (size or mtime), or ``checksum``."""
+        mine = digest_file(spath)
+        self.digests[dpath] = mine
+        known = None if self.opts.checksum else self.opts.prev_digests.get(
+            lpath[len(self.opts.link_root) + 1:])
+        if known is not None and known[0] == old.st_size and known[1] == old.st_mtime_ns:
+            return known[2] == mine
+        return digest_file(lpath) == mine
+
+    def _clone_unchanged(self, spath: str, dpath: str, lpath: str, st: os.stat_result) -> bool:
+        """Clone the previous release's file (same filesystem as the new one) where clones
+        work: no data copied, and unlike a hard link a write to either side stays there."""
+        opts = self.opts
+        caps = self._caps_for((opts.dst_dev, opts.dst_dev))
+        if opts.clone_kind == "clonefile":
+            # clonefile copies lpath's xattrs, which are the source's (checked above)
+            return caps.clone is not False and self._clonefile(lpath, dpath, st, caps)
+        if opts.clone_kind != "ficlone" or caps.clone is False:
+            return False
+        lfd = os.open(lpath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        try:
+            asked = st.st_mode & 0o777
+            dfd = os.open(dpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                          asked)
+            try:
+                if opts.created_owner is None:
+                    opts.learn(dfd, asked)
+                if not self._clone_fd(lfd, dfd, st, caps):
+                    os.unlink(dpath)  # this filesystem does not clone: hard-link it instead
+                    return False
+                opts.finish(dfd, spath, st)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(lfd)
         return True
 
 
@@ -528,27 +655,38 @@ class _Pool:
 class _Tree:
     def __init__(self, src: str, dst: str, checkpoint: Callable[[str], None], fsync_each: bool,
                  link_dest: str | None, checksum: bool, link_writable: bool, jobs: int | None,
-                 progress: Callable[[int, int], None] | None) -> None:
+                 progress: Callable[[int, int], None] | None, trust_mtime: bool = False,
+                 digest_all: bool = False,
+                 prev_digests: dict[str, tuple[int, int, str]] | None = None,
+                 record: CopyRecord | None = None) -> None:
         self.src_root = src
         self.dst_root = dst
         self.checkpoint = checkpoint
         self.fsync_each = fsync_each
         self.link_dest = link_dest
+        self.record = record
         self.jobs = jobs or DEFAULT_JOBS
         self.auto = jobs is None  # decide by measuring (see _threads_pay)
-        # Auto mode links on this thread; with --checksum a link check reads both files, which
-        # is worth spreading over the workers like a copy.
-        self.links_here = self.auto and not checksum
+        # Auto mode makes size+mtime links (--trust-mtime) on this thread; comparing contents
+        # reads the source (and maybe the previous file), which is worth spreading over the
+        # workers like a copy.
+        self.links_here = self.auto and trust_mtime
         self.inline_files = 0
         self.inline_seconds = 0.0
         self.progress = progress
         self.stats = CopyStats(jobs=1)
-        self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev)
+        # Files reused from link_dest have their digest computed anyway: recorded for all, so
+        # that the next deploy compares against this release's manifest.
+        self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev,
+                             trust_mtime=trust_mtime,
+                             digest_all=digest_all or (link_dest is not None and not trust_mtime),
+                             link_root=link_dest or "", prev_digests=prev_digests)
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
         self.pool: _Pool | ProcPool | None = None
         self.procs = os.environ.get(PROCESSES_ENV, "") if self.auto else "0"
         self.proc_stats = CopyStats()  # what worker processes did (they have no copier here)
+        self.proc_sink = _Copier(self.opts, self.caps)  # their digests and linked files
         self.in_flight = 0
         self.done_files = 0
         self.done_bytes = 0
@@ -577,13 +715,16 @@ class _Tree:
         return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
 
     def _procs_pay(self) -> bool:
-        """Auto mode: hand files to worker processes once they turn out to be clones.
+        """Auto mode: hand files to worker processes once they turn out to be clones, or to be
+        compared with the previous release (--link-unchanged: read and hashed, then linked).
 
         Cloning is mostly kernel work but Python's per-file share is large enough that threads
-        lose (GIL); processes do not share a GIL. Elsewhere threads, or this thread, stay.
+        lose (GIL); processes do not share a GIL. Hashing is CPU work too, in C, but small files
+        are mostly Python's per-file work. Elsewhere threads, or this thread, stay.
         """
+        compares = self.link_dest is not None and not self.opts.trust_mtime
         if self.procs != "1" and (self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES
-                                  or not self.inline.stats.cloned):
+                                  or not (self.inline.stats.cloned or compares)):
             return False
         from . import _copy_procs
 
@@ -596,7 +737,8 @@ class _Tree:
         # one worker fewer than jobs. Forced (tests): two, so that they really interleave.
         workers = 2 if self.procs == "1" else max(1, self.jobs - 1)
         try:
-            self.pool = ProcPool(workers, lambda: _Copier(self.opts, self.caps), self.proc_stats)
+            self.pool = ProcPool(workers, lambda: _Copier(self.opts, self.caps), self.proc_stats,
+                                 self.proc_sink)
         except OSError as exc:  # fork or pipe refused (process or memory limits): copy here
             import logging
 
@@ -714,22 +856,41 @@ class _Tree:
         for c in self.copiers:
             self.stats.add(c.stats)
         self.stats.add(self.proc_stats)
+        if self.record is not None:
+            self._fill_record(self.record)
         if self.fsync_each:
             _platform.drive_barrier(self.dst_root)
         return self.stats
+
+    def _fill_record(self, record: CopyRecord) -> None:
+        """Destination paths -> paths relative to the release, from every copier."""
+        cut = len(self.dst_root) + 1
+        digests: dict[str, str] = {}
+        for c in [*self.copiers, self.proc_sink]:
+            digests.update(c.digests)
+            record.linked.extend(p[cut:] for p in c.linked)
+        for first, dpath, _node in self.later_names:  # the same inode as their first name
+            if first in digests:
+                digests[dpath] = digests[first]
+        record.digests.update((p[cut:], h) for p, h in digests.items())
 
     def _walk(self) -> None:
         st = os.stat(self.src_root)
         link_root = self.link_dest if self.link_dest and _is_real_dir(self.link_dest) else None
         stack = [_Dir(self.src_root, self.dst_root, link_root, st, None)]
         stats = self.stats
+        add = self.record.add if self.record is not None else None
+        cut = len(self.dst_root) + 1
         while stack:
             node = stack.pop()
             batch: _Files = []
+            prefix = node.dst[cut:] + "/" if len(node.dst) > cut else ""
             with os.scandir(node.src) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
                     mode = st.st_mode
+                    if add is not None and not stat.S_ISLNK(mode):
+                        add(prefix + entry.name, st, None)
                     if stat.S_ISREG(mode):
                         stats.files += 1
                         if st.st_nlink > 1 and self._later_name(node, entry.name, st):
@@ -750,7 +911,9 @@ class _Tree:
                         stack.append(_Dir(entry.path, dpath, link, st, node))
                         stats.dirs += 1
                     elif stat.S_ISLNK(mode):
-                        _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
+                        target = _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
+                        if add is not None:
+                            add(prefix + entry.name, st, target)
                         stats.symlinks += 1
                     else:
                         kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
@@ -795,6 +958,10 @@ def copy_tree(
     link_writable: bool = False,
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    trust_mtime: bool = False,
+    digest_all: bool = False,
+    prev_digests: dict[str, tuple[int, int, str]] | None = None,
+    record: CopyRecord | None = None,
 ) -> CopyStats:
     """Copy the contents of ``src`` into the existing, empty folder ``dst``.
 
@@ -802,9 +969,13 @@ def copy_tree(
     filesystem-wide sync; on macOS plain fsync per file, then one F_FULLFSYNC at the end);
     otherwise the caller flushes the whole filesystem once afterwards, or not at all.
 
-    ``link_dest``: the previous release; files identical to its file at the same path are
-    hard-linked instead of copied (see the module docstring); ``checksum`` also compares their
-    bytes; ``link_writable`` allows linking group/other-writable files. ``jobs``: copy threads
+    ``link_dest``: the previous release; files identical to its file at the same path, content
+    included, are cloned from it or hard-linked to it instead of copied (see the module
+    docstring); ``prev_digests`` is its manifest (path -> size, mtime_ns, digest), which spares
+    reading its files; ``checksum`` reads them regardless; ``trust_mtime`` links on size and
+    mtime alone, without reading anything; ``link_writable`` allows linking group/other-writable
+    files. ``digest_all``: record every file's digest in ``record`` (a CopyRecord filled with
+    what the release's manifest needs). ``jobs``: copy threads
     (1: everything on the calling thread; None: automatic, up to DEFAULT_JOBS threads, started
     only once the first files show that they pay, see ``_Tree._threads_pay``). ``progress(files, bytes)`` is
     called on the calling thread after every regular file.
@@ -812,5 +983,5 @@ def copy_tree(
     if jobs is not None and jobs < 1:
         raise InvalidInput("--jobs must be at least 1", "nothing was changed")
     tree = _Tree(src, dst, checkpoint, fsync_each, link_dest, checksum, link_writable, jobs,
-                 progress)
+                 progress, trust_mtime, digest_all, prev_digests, record)
     return tree.run()

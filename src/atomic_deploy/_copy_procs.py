@@ -11,8 +11,9 @@ symlinks, refusing special files, hard links inside the source, folders' own met
 ``checkpoint`` after every file and ``progress``; it also copies a batch itself whenever every
 worker has enough queued. Batches of files go to the workers through pipes as plain tuples
 (marshal: no import, no pickle); each worker answers per batch with how many files it finished
-and what its copier did, or the error that stopped it, which the calling process raises as its
-own (an OSError with the same errno, message and path as in-process).
+and what its copier did (counts, the files' digests, the files it hard-linked), or the error
+that stopped it, which the calling process raises as its own (an OSError with the same errno,
+message and path as in-process).
 
 Workers are forked from the calling process, so they share its settings and what the first files
 taught it (clone support, created files' owner and mode); they write nothing but files inside the
@@ -142,7 +143,10 @@ def _worker(copier: _Copier, tasks: int, results: int, parent: int) -> None:
         except BaseException as exc:  # sent to the calling process, which raises it
             error = _error_tuple(exc)
         delta = [getattr(stats, n) - b for n, b in zip(_STAT_COUNTERS, before)]
-        _send(results, (bid, done, delta, error))
+        # What the manifest and the write-through check need, per file (see CopyRecord)
+        digests, linked = list(copier.digests.items()), copier.linked
+        copier.digests, copier.linked = {}, []
+        _send(results, (bid, done, delta, error, digests, linked))
         if error is not None:
             return
 
@@ -160,9 +164,11 @@ class _Child:
 class ProcPool:
     """Forked copy workers, with the put/get interface of the thread pool in _copy."""
 
-    def __init__(self, jobs: int, make: Callable[[], _Copier], stats: CopyStats) -> None:
+    def __init__(self, jobs: int, make: Callable[[], _Copier], stats: CopyStats,
+                 sink: _Copier) -> None:
         self.stop = False
         self.stats = stats  # what the workers' copiers did (copied, cloned, linked)
+        self.sink = sink  # and the files' digests and hard links, gathered here
         self.children: list[_Child] = []
         self.batches: dict[int, tuple[Any, _Files]] = {}
         self.next_id = 0
@@ -282,11 +288,13 @@ class ProcPool:
         raise OperationFailed(f"a copy worker process ended unexpectedly{how}")
 
     def _result(self, child: _Child, msg: Any) -> None:
-        bid, done, delta, error = msg
+        bid, done, delta, error, digests, linked = msg
         child.in_flight -= 1
         node, batch = self.batches.pop(bid)
         for name, value in zip(_STAT_COUNTERS, delta):
             setattr(self.stats, name, getattr(self.stats, name) + value)
+        self.sink.digests.update(digests)
+        self.sink.linked.extend(linked)
         exc = _error_from(tuple(error)) if error is not None else None
         self.ready.append((node, batch[:done], exc))
 

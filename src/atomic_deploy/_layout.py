@@ -82,6 +82,14 @@ class Layout:
     def release(self, release_id: str) -> str:
         return os.path.join(self.releases, release_id)
 
+    @property
+    def manifests(self) -> str:
+        return os.path.join(self.state, "manifests")
+
+    def manifest(self, release_id: str) -> str:
+        """The release's manifest (_manifest): what it held when it was deployed."""
+        return os.path.join(self.manifests, release_id + ".jsonl")
+
 
 def show(path: str) -> str:
     """A path for a one-line message: control characters (newlines) escaped, nothing else touched."""
@@ -621,6 +629,12 @@ def hide_release_dir(layout: Layout, name: str) -> str | None:
         os.rename(layout.release(name), os.path.join(layout.releases, trash))
     except FileNotFoundError:
         return None
+    # Its manifest goes with it (after the rename: a crash in between leaves an unused manifest,
+    # never a release without one). Release ids are never reused, so a leftover harms nothing.
+    try:  # noqa: SIM105 - contextlib is an import status and list do not otherwise pay for
+        os.unlink(layout.manifest(name))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     return trash
 
 

@@ -26,11 +26,11 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 
 # Commands that change nothing in any root (demo and race make and remove their own).
-_READ_ONLY = ("status", "list", "doctor", "completion", "man")
+_READ_ONLY = ("status", "list", "verify", "doctor", "completion", "man")
 _BAD_ROOT_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP)
 
-COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "prune", "recover",
-            "adopt", "demo", "race", "completion", "man", "doctor")
+COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "verify", "prune",
+            "recover", "adopt", "demo", "race", "completion", "man", "doctor")
 
 EPILOG = """\
 exit codes:
@@ -39,6 +39,7 @@ exit codes:
   2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
+  verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -180,9 +181,18 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                    help="run inside the new release before the switch; failure aborts (exit 4)")
     g = p.add_argument_group("copying")
     g.add_argument("--link-unchanged", action="store_true", default=None,
-                   help="hard-link files identical to the current release instead of copying")
+                   help="reuse files identical to the current release, contents compared: "
+                        "cloned where the filesystem can, else hard-linked")
     g.add_argument("--checksum", action="store_true", default=None,
-                   help="with --link-unchanged, compare contents too")
+                   help="with --link-unchanged, read the current release's files too instead "
+                        "of trusting the digests its manifest recorded")
+    g.add_argument("--trust-mtime", action="store_true", default=None,
+                   help="with --link-unchanged, link on size and mtime alone without reading "
+                        "contents (faster; RISK: a file changed without changing size or mtime, "
+                        "as reproducible builds do, is deployed with its OLD bytes)")
+    g.add_argument("--digest", action="store_true", default=None,
+                   help="record every file's blake2b content digest in the release's manifest "
+                        "(for verify --content)")
     g.add_argument("--link-writable", action="store_true", default=None,
                    help="with --link-unchanged, also link group/other-writable files")
     g.add_argument("--jobs", type=int, metavar="N", help="parallel copy threads")
@@ -276,6 +286,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if want("list"):
         p = sub.add_parser("list", help="releases in deploy order with their state")
         p.add_argument("root", metavar="ROOT")
+        _add_json(p)
+
+    if want("verify"):
+        p = sub.add_parser("verify", help="compare a release with its manifest (drift, hot-patches)",
+                           description="Report every file of RELEASE (default: the current one) "
+                           "that differs from the manifest recorded when it was deployed: added, "
+                           "missing, or changed type, mode, size, mtime or symlink text; with "
+                           "--content also its bytes (where a digest was recorded). Read-only, "
+                           "takes no lock. Exit 0: no difference; 1: differences; 2: no manifest, "
+                           "unknown release or bad ROOT.")
+        p.add_argument("root", metavar="ROOT")
+        p.add_argument("release", metavar="RELEASE_ID", nargs="?",
+                       help="the release to check (default: current)")
+        p.add_argument("--content", action="store_true",
+                       help="also compare file contents with the recorded digests (reads them)")
         _add_json(p)
 
     if want("prune"):
@@ -444,7 +469,7 @@ _SETTINGS: dict[str, Any] = {
     "create_missing": False, "check": [], "after_switch": [], "on_failure": [],
     "health_check": None, "health_url": None, "health_timeout": 10.0, "health_retries": 3,
     "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,
-    "link_writable": False, "jobs": None, "fsync": True,
+    "trust_mtime": False, "link_writable": False, "digest": False, "jobs": None, "fsync": True,
 }
 _HOOK_LISTS = ("check", "after_switch", "on_failure")
 
@@ -621,6 +646,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "list":
         rels = query.list_releases(args.root)
         _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))
+    elif cmd == "verify":
+        return _verify(args)
     elif cmd == "doctor":
         from ._doctor import doctor, exit_status, format_checks
 
@@ -675,6 +702,27 @@ def _progress_for(args: argparse.Namespace, source: str | None) -> Any:
     except OSError:
         return None  # the deploy itself reports unreadable sources
     return Progress(sys.stderr, files, size)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ._manifest import verify_root
+
+    v = verify_root(args.root, args.release, args.content)
+    lines = [f"{d['change']:8} {show(d['path'])}"
+             + (f" ({', '.join(d['fields'])})" if d["fields"] else "") for d in v.differences]
+    n = len(v.differences)
+    summary = (f"release {v.release} matches its manifest ({v.entries} entries"
+               if v.clean else
+               f"release {v.release} differs from its manifest: {n} path{'s' if n != 1 else ''}"
+               f" ({v.entries} entries")
+    if args.content:
+        summary += f"; {v.content_checked} files' contents compared"
+        if v.no_digest:
+            summary += (f", {v.no_digest} without a recorded digest (deploy with --digest or "
+                        "--link-unchanged to record them)")
+    lines.append(summary + ")")
+    _emit(args, v.to_dict(), "\n".join(lines), data=True)
+    return EXIT_OK if v.clean else EXIT_FAILED
 
 
 def _plan(args: argparse.Namespace, steps: list[str]) -> int:

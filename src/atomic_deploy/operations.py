@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
-from ._copy import CopyStats, check_source, copy_tree
+from ._copy import CopyRecord, CopyStats, check_source, copy_tree
 from ._history import (
     BAD,
     COMPLETE,
@@ -101,7 +101,9 @@ class DeployOptions:
     # copying
     link_unchanged: bool = False
     checksum: bool = False
+    trust_mtime: bool = False  # link on size+mtime alone, without reading contents
     link_writable: bool = False
+    digest: bool = False  # record every file's content digest in the manifest
     jobs: int | None = None
     fsync: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -116,6 +118,7 @@ class DeployResult:
     files: int = 0
     bytes: int = 0
     linked: int = 0
+    manifest: str | None = None  # digest of the release's manifest file
     seconds: float = 0.0
     revision: str | None = None
     shared: list[str] = field(default_factory=list)
@@ -501,13 +504,14 @@ def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[st
 
 
 def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
-          link_dest: str | None) -> tuple[CopyStats, str | None]:
+          link_dest: str | None, record: CopyRecord | None = None,
+          ) -> tuple[CopyStats, str | None]:
     """Put the build into the staging folder; returns stats and the revision to record."""
     revision = opts.revision
     if kind == "dir":
         stats = copy_tree(src, spath, checkpoint,
                           fsync_each=_per_file_fsync(opts),
-                          **_copy_options(opts, link_dest))
+                          **_copy_options(opts, link_dest, layout, record))
     elif kind == "tar":
         from ._sources import extract_tarball
 
@@ -532,12 +536,23 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
     return stats, revision
 
 
-def _copy_options(opts: DeployOptions, link_dest: str | None) -> dict[str, Any]:
+def _copy_options(opts: DeployOptions, link_dest: str | None, layout: Layout | None = None,
+                  record: CopyRecord | None = None) -> dict[str, Any]:
     """Only the copy options actually in use, so the plain path needs nothing extra."""
     extra: dict[str, Any] = {}
     if opts.link_unchanged and link_dest:
         extra.update(link_dest=link_dest, checksum=opts.checksum,
-                     link_writable=opts.link_writable)
+                     link_writable=opts.link_writable, trust_mtime=opts.trust_mtime)
+        if layout is not None and not (opts.trust_mtime or opts.checksum):
+            # the previous release's recorded digests: its files need not be read
+            from . import _manifest
+
+            extra["prev_digests"] = _manifest.file_digests(
+                layout, os.path.basename(link_dest))
+    if record is not None:
+        extra["record"] = record
+    if opts.digest:
+        extra["digest_all"] = True
     if opts.jobs is not None:
         extra["jobs"] = opts.jobs
     if opts.progress is not None:
@@ -584,8 +599,12 @@ def validate_options(opts: DeployOptions) -> None:
     check_seconds("--wait", opts.wait)
     if opts.jobs is not None and opts.jobs < 1:
         raise bad("--jobs must be at least 1")
-    if (opts.checksum or opts.link_writable) and not opts.link_unchanged:
-        raise bad("--checksum and --link-writable only make sense with --link-unchanged")
+    if (opts.checksum or opts.link_writable or opts.trust_mtime) and not opts.link_unchanged:
+        raise bad("--checksum, --trust-mtime and --link-writable only make sense with "
+                  "--link-unchanged")
+    if opts.checksum and opts.trust_mtime:
+        raise bad("--checksum (read every file) and --trust-mtime (read none) contradict "
+                  "each other")
     if opts.git is None and opts.ref != "HEAD":
         raise bad("--ref only makes sense with --git REPO")
     if opts.health_retries < 0:
@@ -625,12 +644,15 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         shared: list[str] = []
         hooks: list[dict[str, Any]] = []
         link_dest = layout.release(previous) if previous else None
+        with_digests = opts.digest or (opts.link_unchanged and not opts.trust_mtime)
+        record = CopyRecord(with_digests) if kind == "dir" else None
+        manifest: list[str | None] = [None]
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
-            stats, revision = _fill(layout, kind, src, spath, opts, link_dest)
+            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record)
             shared.extend(link_shared(
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
@@ -650,11 +672,13 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 _platform.fsync_dir(layout.releases)
             checkpoint("release-synced")
             if opts.check:
-                hooks.extend(s.run_hooks("check", opts.check, layout.release(rid)))
+                _run_checks(s, opts, rid, previous, record, hooks)
                 _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
+            manifest[0] = _write_manifest(layout, rid, opts, record, revision)
             fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
                       "message": opts.message, "files": stats.files, "bytes": stats.bytes,
                       "revision": revision, "shared": shared or None,
+                      "manifest": manifest[0],
                       "states": {rid: SERVED if activate else COMPLETE}}
             if activate:
                 switch_to_release(layout, rid, checkpoint)
@@ -677,7 +701,8 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         result = DeployResult(
             release=rid, path=layout.release(rid), previous=previous, activated=activate,
             files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
-            revision=revision, shared=shared, hooks=hooks, recovered=s.recovered,
+            manifest=manifest[0], revision=revision, shared=shared, hooks=hooks,
+            recovered=s.recovered,
         )
         result.warnings.extend(s.warnings)
         if opts.keep is not None:
@@ -698,6 +723,51 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                                        f"failed ({why}); {describe_current(layout)}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
+
+
+def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None,
+                record: CopyRecord | None, hooks: list[dict[str, Any]]) -> None:
+    """The --check hooks, and then the proof that they wrote into no file hard-linked from
+    another release (those writes land in the live release too: one inode, several names)."""
+    from . import _manifest
+    from ._shared import normalize
+
+    top = s.layout.release(rid)
+    # Shared paths replaced what was copied there (and lead out of the release): not ours.
+    shared = tuple(p for rel in opts.shared_dirs + opts.shared_files
+                   for p in (normalize(rel), normalize(rel) + "/"))
+    linked = [p for p in record.linked if not p.startswith(shared)] if record else []
+    before = _manifest.linked_snapshot(top, linked) if linked else {}
+    try:
+        hooks.extend(s.run_hooks("check", opts.check, top))
+    except CheckFailed as exc:
+        changed = _manifest.written_through(top, before) if before else []
+        if changed:
+            raise _manifest.write_through_error(s.layout, rid, previous, before, changed,
+                                                exc) from None
+        raise
+    changed = _manifest.written_through(top, before) if before else []
+    if changed:
+        err = _manifest.write_through_error(s.layout, rid, previous, before, changed, None)
+        err.hooks = hooks
+        raise err
+
+
+def _write_manifest(layout: Layout, rid: str, opts: DeployOptions, record: CopyRecord | None,
+                    revision: str | None) -> str:
+    """Record what the release holds now; returns the manifest's digest. From the copy's own
+    record where nothing else wrote into the release, else by walking it."""
+    from . import _manifest
+    from ._shared import normalize
+
+    top = layout.release(rid)
+    if record is None or opts.check:
+        lines = _manifest.scan(top, opts.digest, record)
+    else:
+        touched = [normalize(p) for p in opts.shared_dirs + opts.shared_files]
+        lines = _manifest.refresh(_manifest.from_record(record), top,
+                                  touched + (["REVISION"] if revision else []), opts.digest)
+    return _manifest.write(layout, rid, lines, durable=opts.fsync)
 
 
 def _check_release(layout: Layout, release: str) -> None:

@@ -36,6 +36,7 @@ class ReleaseInfo(Record):
         "deployed_at",
         "id",
         "managed",
+        "manifest",
         "message",
         "rollback_target",
         "source",
@@ -46,7 +47,7 @@ class ReleaseInfo(Record):
     def __init__(self, id: str, state: str, current: bool, rollback_target: bool,
                  deployed_at: str | None = None, user: str | None = None,
                  message: str | None = None, source: str | None = None,
-                 managed: bool = True) -> None:
+                 managed: bool = True, manifest: str | None = None) -> None:
         self.id = id
         self.state = state  # "current", "good" or "bad"
         self.current = current
@@ -56,6 +57,7 @@ class ReleaseInfo(Record):
         self.message = message
         self.source = source
         self.managed = managed  # False: not in the history (made by hand or by another tool)
+        self.manifest = manifest  # digest of its manifest file, as recorded when deployed
 
 
 class Status(Record):
@@ -68,6 +70,7 @@ class Status(Record):
         "last",
         "leftovers",
         "lock_holder",
+        "manifests",
         "previous",
         "recovery",
         "releases",
@@ -79,7 +82,8 @@ class Status(Record):
                  current_state: str, previous: str | None, releases: int, bad: list[str],
                  lock_holder: dict[str, Any] | None, interrupted: dict[str, Any] | None,
                  leftovers: list[str] | None = None, stray: list[str] | None = None,
-                 last: dict[str, Any] | None = None, recovery: str | None = None) -> None:
+                 last: dict[str, Any] | None = None, recovery: str | None = None,
+                 manifests: dict[str, str] | None = None) -> None:
         self.root = root
         self.current = current
         self.current_target = current_target
@@ -94,6 +98,7 @@ class Status(Record):
         self.stray = [] if stray is None else stray
         self.last = last
         self.recovery = recovery  # what the next mutating command's recovery will do
+        self.manifests = {} if manifests is None else manifests  # release -> manifest digest
 
 
 def _current_state(layout: Layout) -> tuple[str | None, str | None, str]:
@@ -171,7 +176,21 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
         out.append(ReleaseInfo(
             name, "current" if name == current else "bad" if name in bad else "good",
             name == current, name == target, rec.get("time"), rec.get("user"),
-            rec.get("message"), rec.get("source"), i is not None))
+            rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
+    return out
+
+
+def _manifests(history: History, ordered: list[str]) -> dict[str, str]:
+    """Each release's manifest digest, from the history record that created it (cheap: the
+    history is read anyway; hashing the manifests themselves would cost a read of each)."""
+    created = history.created()
+    records = history.records
+    out = {}
+    for name in ordered:
+        i = created.get(name)
+        digest = records[i].get("manifest") if i is not None else None
+        if digest:
+            out[name] = digest
     return out
 
 
@@ -203,4 +222,5 @@ def status(root: str) -> Status:
         last=history.records[-1] if history.records else None,
         recovery=plan_recovery(journal, layout, history.finished(str(journal.get("op_id")))
                                if journal is not None else False),
+        manifests=_manifests(history, ordered),
     )

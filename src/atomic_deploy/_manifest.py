@@ -1,0 +1,367 @@
+"""Per-release manifests: what a release held when it was deployed, to find drift later.
+
+``ROOT/.atomic-deploy/manifests/<release>.jsonl``: a header line ``{"v": 1, "digest":
+"blake2b-256" or null, "entries": N}``, then one JSON array per entry, sorted by path:
+``[path, type, mode, size, mtime_ns, data]`` with ``type`` "file", "dir", "symlink" or "other";
+``mode`` the permission bits (null for symlinks); ``size`` and ``mtime_ns`` for files only;
+``data`` the file's blake2b-256 content digest in hex (null where none was computed) or a
+symlink's text. Nothing in it depends on the release id or the host, so the manifest's own
+digest (recorded in the history, shown by ``status --json`` and ``list --json``) is the same
+for the same build deployed on two hosts.
+
+It is built from what the copy already saw (copy_tree's CopyRecord: the lstat of every entry,
+whose mode, size and mtime the release's copy has), corrected for what the deploy put in
+afterwards (shared links, REVISION); a release whose check hooks ran, or that came from a
+tarball or git, is walked instead. Written atomically (temp file, fsync, rename); removed with
+its release (_layout.hide_release_dir).
+
+Also here: the check that ``--check`` hooks did not write through hard links into other
+releases (``linked_snapshot``, ``written_through``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._layout import Layout, release_dirs, show
+from .errors import CheckFailed, InvalidInput
+
+if TYPE_CHECKING:
+    from ._copy import CopyRecord
+
+ALGORITHM = "blake2b-256"
+VERSION = 1
+Entry = list[Any]  # [path, type, mode, size, mtime_ns, data]; see the module docstring
+
+_encode_str: Callable[[str], str] | None = None
+
+
+def line(rel: str, st: os.stat_result, target: str | None, digest: str | None) -> str:
+    """One entry's manifest line (JSON, ASCII: any file name fits), without its newline."""
+    global _encode_str
+    if _encode_str is None:
+        from json.encoder import encode_basestring_ascii
+
+        _encode_str = encode_basestring_ascii
+    enc = _encode_str
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        data = enc(digest) if digest else "null"
+        return f"[{enc(rel)},\"file\",{stat.S_IMODE(mode)},{st.st_size},{st.st_mtime_ns},{data}]"
+    if stat.S_ISDIR(mode):
+        return f"[{enc(rel)},\"dir\",{stat.S_IMODE(mode)},null,null,null]"
+    if stat.S_ISLNK(mode):
+        return f"[{enc(rel)},\"symlink\",null,null,null,{enc(target or '')}]"
+    return f"[{enc(rel)},\"other\",{stat.S_IMODE(mode)},null,null,null]"
+
+
+def _entry(rel: str, st: os.stat_result, target: str | None) -> Entry:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return [rel, "file", stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, None]
+    if stat.S_ISDIR(mode):
+        return [rel, "dir", stat.S_IMODE(mode), None, None, None]
+    if stat.S_ISLNK(mode):
+        return [rel, "symlink", None, None, None, target]
+    return [rel, "other", stat.S_IMODE(mode), None, None, None]
+
+
+def from_record(record: CopyRecord) -> list[str]:
+    """The manifest lines of what copy_tree copied."""
+    digests = record.digests
+    enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
+    return record.lines + [head + (enc(digests[rel]) if rel in digests else "null") + "]"
+                           for rel, head in record.files]
+
+
+def walk(top: str, rel: str | None = None) -> Iterator[tuple[str, os.stat_result, str | None]]:
+    """(path, lstat, symlink text) of everything below ``top`` (or of ``top/rel`` and what is
+    below it), never following symlinks."""
+    if rel is None:
+        with os.scandir(top) as it:
+            todo = [e.name for e in it]
+    else:
+        todo = [rel]
+    while todo:
+        rel = todo.pop()
+        path = os.path.join(top, rel)
+        st = os.lstat(path)
+        yield rel, st, os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(path) as it:
+                todo.extend(f"{rel}/{e.name}" for e in it)
+
+
+def _lines(items: Iterator[tuple[str, os.stat_result, str | None]], top: str, digest: bool,
+           known: dict[str, tuple[str, str]] | None) -> Iterator[str]:
+    from ._copy import digest_file
+
+    for rel, st, target in items:
+        value = None
+        if stat.S_ISREG(st.st_mode):
+            plain = line(rel, st, None, None)
+            old = known.get(rel) if known else None
+            if old is not None and old[0] + "null]" == plain:  # same size and mtime as copied
+                value = old[1]
+            elif digest:
+                value = digest_file(os.path.join(top, rel))
+            if value is None:
+                yield plain
+                continue
+        yield line(rel, st, target, value)
+
+
+def scan(top: str, digest: bool, record: CopyRecord | None = None) -> list[str]:
+    """The manifest lines of the tree at ``top``, walked (after checks wrote into it, or for a
+    tarball or git source). A file's digest is the copy's (``record``) while its size and mtime
+    are those it was copied with, else computed if ``digest``."""
+    known = None
+    if record is not None:
+        known = {rel: (head, record.digests[rel]) for rel, head in record.files
+                 if rel in record.digests}
+    return list(_lines(walk(top), top, digest, known))
+
+
+def refresh(lines: list[str], top: str, rels: list[str], digest: bool) -> list[str]:
+    """Read again the paths the deploy changed after the copy (shared links, REVISION), and
+    the folders it may have created above them."""
+    if not rels:
+        return lines
+    enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
+    drop = tuple(p for rel in rels for p in (f"[{enc(rel)},", f"[{enc(rel)[:-1]}/"))
+    out = [x for x in lines if not x.startswith(drop)]
+    have = set()
+    for rel in rels:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in have and not any(x.startswith(f"[{enc(parent)},") for x in out):
+                have.add(parent)
+                out.append(line(parent, os.lstat(os.path.join(top, parent)), None, None))
+        if os.path.lexists(os.path.join(top, rel)):
+            out.extend(_lines(walk(top, rel), top, digest, None))
+    return out
+
+
+def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
+    """Write the release's manifest atomically; returns the manifest's own digest (hex).
+
+    Lines are sorted (by their text, so by path): the same tree gives the same file."""
+    import hashlib
+    import json
+
+    from . import _platform
+    from ._layout import random_suffix
+
+    lines.sort()
+    has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)
+    header = json.dumps({"v": VERSION, "entries": len(lines),
+                         "digest": ALGORITHM if has_digest else None}, separators=(",", ":"))
+    h = hashlib.blake2b(digest_size=32)
+    folder = layout.manifests
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{release}.jsonl.{random_suffix()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            # in pieces: never the whole file in memory at once
+            parts = [[header]] + [lines[i:i + 4096] for i in range(0, len(lines), 4096)]
+            for part in parts:
+                data = ("\n".join(part) + "\n").encode("ascii")
+                h.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            if durable:
+                _platform.fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, layout.manifest(release))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _platform.fsync_dir(folder)
+    return h.hexdigest()
+
+
+def load(layout: Layout, release: str) -> tuple[dict[str, Any], dict[str, Entry]] | None:
+    """(header, entries by path), or None if the release has no manifest. Raises ValueError
+    for a manifest that is not one."""
+    from ._jsonfile import loads
+
+    try:
+        with open(layout.manifest(release), "rb") as f:
+            text = f.read().decode("ascii")
+    except FileNotFoundError:
+        return None
+    first, _, rest = text.partition("\n")
+    header = loads(first)
+    if not isinstance(header, dict) or header.get("v") != VERSION:
+        raise ValueError("not a version 1 manifest")
+    body = rest.strip()
+    # One parse for all rows: a JSON string never holds a raw newline, so rows are split on it.
+    rows = loads("[" + body.replace("\n", ",") + "]") if body else []
+    return header, {r[0]: r for r in rows}
+
+
+def file_digests(layout: Layout, release: str) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, digest) of the release's files whose digest was recorded; empty
+    if it has no manifest or an unreadable one (the caller then reads the files themselves)."""
+    try:
+        found = load(layout, release)
+    except (OSError, ValueError, TypeError, IndexError):
+        return {}
+    if found is None:
+        return {}
+    return {p: (e[3], e[4], e[5]) for p, e in found[1].items() if e[1] == "file" and e[5]}
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@dataclass
+class VerifyResult:
+    release: str
+    entries: int  # in the manifest
+    clean: bool = True
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    content_checked: int = 0  # files whose content was compared (--content)
+    no_digest: int = 0  # files --content could not check: no digest recorded
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_FIELDS = (("mode", 2), ("size", 3), ("mtime", 4))
+
+
+def verify(layout: Layout, release: str, content: bool) -> VerifyResult:
+    """Compare a release with its manifest: every path added, missing or changed (type, mode,
+    size, mtime, symlink text; with ``content`` the files' digests too)."""
+    try:
+        found = load(layout, release)
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the manifest of release {release} is unreadable ({exc})",
+                           "nothing was changed") from None
+    if found is None:
+        raise InvalidInput(f"release {release} has no manifest (deployed before manifests "
+                           "were recorded, or adopted)", "nothing was changed")
+    recorded = found[1]
+    top = layout.release(release)
+    actual = {rel: _entry(rel, st, target) for rel, st, target in walk(top)}
+    result = VerifyResult(release, len(recorded))
+    for rel in sorted(recorded.keys() | actual.keys()):
+        want, have = recorded.get(rel), actual.get(rel)
+        if have is None:
+            result.differences.append({"path": rel, "change": "missing", "fields": []})
+            continue
+        if want is None:
+            result.differences.append({"path": rel, "change": "added", "fields": []})
+            continue
+        fields: list[str] = []
+        if want[1] != have[1]:
+            fields.append("type")
+        elif want[1] == "symlink":
+            if want[5] != have[5]:
+                fields.append("target")
+        else:
+            fields += [name for name, i in _FIELDS if want[i] != have[i]]
+            if content and want[1] == "file":
+                if not want[5]:
+                    result.no_digest += 1
+                elif "size" not in fields:
+                    from ._copy import digest_file
+
+                    result.content_checked += 1
+                    if digest_file(os.path.join(top, rel)) != want[5]:
+                        fields.append("content")
+        if fields:
+            result.differences.append({"path": rel, "change": "changed", "fields": fields})
+    result.clean = not result.differences
+    return result
+
+
+def verify_root(root: str, release: str | None, content: bool) -> VerifyResult:
+    """``atomic-deploy verify``: ``release`` (default: the one current points to) of ``root``."""
+    from ._layout import existing_root, is_release_dir, read_current, valid_release_name
+
+    layout = existing_root(root)
+    if release is None:
+        cur = read_current(layout)
+        if not cur.healthy or cur.release is None:
+            raise InvalidInput("no current release to verify (current is missing, dangling or "
+                               "outside releases/); name a RELEASE_ID", "nothing was changed")
+        release = cur.release
+    elif not valid_release_name(release) or not is_release_dir(layout, release):
+        raise InvalidInput(f"unknown release id {show(release)!r}", "nothing was changed")
+    return verify(layout, release, content)
+
+
+# --------------------------------------------------------------------------- write-through
+
+Snapshot = dict[str, tuple[int, int, int, int]]  # path -> (inode, size, mtime_ns, ctime_ns)
+
+
+def linked_snapshot(top: str, rels: list[str]) -> Snapshot:
+    """The state of the files hard-linked from other releases, before the checks run."""
+    out: Snapshot = {}
+    for rel in rels:
+        try:
+            st = os.lstat(os.path.join(top, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        out[rel] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def written_through(top: str, before: Snapshot) -> list[str]:
+    """Paths whose shared inode changed since ``before`` (data, times, mode, owner: anything
+    that moves ctime). A path the checks removed or replaced by a new file is not one: that
+    changed only this release."""
+    changed = []
+    for rel, (ino, size, mtime, ctime) in before.items():
+        try:
+            st = os.lstat(os.path.join(top, rel))
+        except FileNotFoundError:
+            continue
+        if st.st_ino == ino and (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (size, mtime,
+                                                                                 ctime):
+            changed.append(rel)
+    return sorted(changed)
+
+
+def write_through_error(layout: Layout, release: str, current: str | None,
+                        before: Snapshot, changed: list[str],
+                        hook_error: CheckFailed | None) -> CheckFailed:
+    """The one error for checks that changed files shared with other releases."""
+    inodes = {(before[rel][0]) for rel in changed}
+    shared_with = []
+    for name in release_dirs(layout):
+        if name == release:
+            continue
+        top = layout.release(name)
+        for rel in changed:
+            try:
+                if os.lstat(os.path.join(top, rel)).st_ino in inodes:
+                    shared_with.append(name + (" (current, live)" if name == current else ""))
+                    break
+            except OSError:
+                continue
+    shown = ", ".join(show(p) for p in changed[:5]) + (
+        f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    why = f"{hook_error.message}, and it " if hook_error is not None else "a check "
+    n = len(changed)
+    message = (f"{why}changed {n} file{'s' if n != 1 else ''} hard-linked by --link-unchanged "
+               f"({shown}): the live release's files were changed too, in "
+               f"{', '.join(shared_with) or 'the previous release'}; redeploy to restore them")
+    err = CheckFailed(message)
+    if hook_error is not None:
+        err.hooks = hook_error.hooks
+    return err
