@@ -63,7 +63,7 @@ def test_failed_and_interrupted_records_change_no_state(tmp_path: Path) -> None:
         [_rec("rollback", "interrupted", "20250101000002", previous_target="releases/x")],
         [{"v": 2, "op": "rollback", "outcome": "failed", "release": "20250101000002"}],
         [{"v": 2, "op": "activate", "outcome": "interrupted", "release": "20250101000002",
-          "states": {"20250101000002": "served"}}],  # never read: only completed records count
+          "states": {"20250101000002": "served"}}],  # schema 2: the writer says what changed
     ):
         h = History(records)
         states = release_states(h, layout, names)

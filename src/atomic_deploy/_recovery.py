@@ -34,6 +34,7 @@ from ._layout import (
 )
 from ._signals import checkpoint, fault_point
 from ._switch import link_text, point_current
+from .errors import InterruptedBySignal
 
 log = logging.getLogger("atomic_deploy")
 
@@ -212,7 +213,12 @@ def _recover_switch(layout: Layout, journal: Journal, tell: Tell | None) -> str:
             return f"rolled back; {undo(layout, journal)}"
         mark_bad, reason = False, "interrupted"
         if isinstance(release, str) and cur == link_text(release) and is_release_dir(layout, release):
-            why = tell(journal, release, previous, True) if tell is not None else None
+            try:
+                why = tell(journal, release, previous, True) if tell is not None else None
+            except InterruptedBySignal as exc:  # stopped while its hooks re-ran: nothing decided
+                raise InterruptedBySignal(
+                    exc.signum, f"recovery of the interrupted {op} of {release} was stopped; "
+                    f"{describe_current(layout)}; the next command recovers it") from None
             if why is None:
                 states = {release: SERVED}
                 if op == "rollback" and previous and previous != release:

@@ -233,7 +233,8 @@ class _Session:
                 self.history = History.load(self.layout)
         except BaseException as exc:
             self.__exit__()
-            if isinstance(exc, AtomicDeployError) and not isinstance(exc, InterruptedBySignal):
+            if isinstance(exc, AtomicDeployError) and (
+                    not isinstance(exc, InterruptedBySignal) or exc.state):
                 raise
             raise _error_for(exc, "starting", "nothing was changed") from None
         return self
@@ -275,6 +276,10 @@ class _Session:
             return None
         except _Unhealthy as exc:
             return exc.message
+        except InterruptedBySignal:
+            if health:  # recovery's re-run: stop, leave the operation for the next command
+                raise
+            return "stopped by a second signal"
         except AtomicDeployError as exc:
             return exc.message
         finally:
@@ -343,10 +348,16 @@ class _Session:
             )
         self.journal = None  # on-failure hooks run after the journal is gone
         interrupted = isinstance(exc, (InterruptedBySignal, KeyboardInterrupt))
+        outcome = "interrupted" if interrupted else "failed"
+        release = journal.get("release")
+        states = None
+        if journal.get("mark_bad") and isinstance(release, str):
+            # It had failed its after-switch hook or health check before this error: kept, bad.
+            outcome, states = "unhealthy", {release: BAD}
         try:
-            record(self.layout, op, "interrupted" if interrupted else "failed", op_id=op_id,
-                   release=journal.get("release"), previous_target=journal.get("previous"),
-                   error=str(exc) or type(exc).__name__)
+            record(self.layout, op, outcome, op_id=op_id, release=release,
+                   previous_target=journal.get("previous"),
+                   error=str(exc) or type(exc).__name__, states=states)
             clear_journal(self.layout)
         except OSError:
             pass  # disk full: the journal stays, and the next run's recovery is a no-op undo
