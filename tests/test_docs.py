@@ -24,3 +24,14 @@ def test_json_doc_covers_every_command() -> None:
     text = (DOCS / "json.md").read_text()
     for cmd in COMMANDS:
         assert f"`{cmd}`" in text, cmd
+
+
+def test_design_doc_lists_every_fault_step() -> None:
+    from atomic_deploy import _signals
+
+    text = " ".join((DOCS / "design.md").read_text().split())
+    section = text[text.index("## Fault injection"):text.index("## Durability")]
+    steps = {*_signals.DEPLOY_STEPS, *_signals.SWITCH_STEPS, *_signals.PRUNE_STEPS,
+             *_signals.UNDO_STEPS, *_signals.RECOVER_STEPS, "lock-wait"}
+    missing = [s for s in sorted(steps) if not re.search(rf"\b{re.escape(s)}\b", section)]
+    assert not missing, f"docs/design.md 'Fault injection' does not name {missing}"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import atomic_deploy
-from conftest import make_build, wait_for
+from atomic_deploy.errors import CheckFailed
+from conftest import make_build, release_names, run_cli, wait_for
 
 SIZE = 64 * 1024
 
@@ -103,3 +107,102 @@ def test_reader_harness_counts_a_gap(tmp_path: Path) -> None:
     os.symlink(saved, root / "current")
     results = _collect(tmp_path, procs, stop)
     assert results[0]["enoent"] > 0
+
+
+# ------------------------------------------------------------------------------ switching back
+# Every way current goes back to the release it left: a failed after-switch hook or health
+# check, a signal after the switch, and recovery of a deploy killed after the switch. Each must
+# point current back before anything of the abandoned release is deleted, or readers resolving
+# current in between find nothing.
+
+CYCLES = 30
+
+
+def _assert_no_gap(results: list[dict[str, object]], expect_seen: set[str]) -> None:
+    total = sum(int(r["reads"]) for r in results)  # type: ignore[call-overload]
+    assert total > 1000, results
+    assert [r["enoent"] for r in results] == [0] * len(results), results
+    assert [r["torn"] for r in results] == [0] * len(results), results
+    seen = set().union(*(set(r["seen"]) for r in results))  # type: ignore[call-overload]
+    assert expect_seen <= seen, f"readers never saw {expect_seen - seen}: {results}"
+
+
+def _assert_back_on(root: Path, rid: str) -> None:
+    assert os.readlink(root / "current") == f"releases/{rid}"
+    assert (root / "current" / "data").read_bytes() == b"A" * SIZE
+    assert not (root / ".atomic-deploy" / "journal.json").exists()
+
+
+def test_readers_see_no_gap_when_a_failed_after_switch_or_health_check_switches_back(
+        tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
+    b = atomic_deploy.deploy(str(_release(tmp_path, "B", "B")), str(root)).release
+    atomic_deploy.activate(str(root), a)
+    new = _release(tmp_path, "N", "N")
+    # Fails for any release but A, so the after-switch run for the restored release succeeds.
+    after_switch = [f'test "$ATOMIC_DEPLOY_RELEASE" = {a}']
+    procs, stop = _run_readers(tmp_path, root, 4)
+    try:
+        for i in range(CYCLES):
+            if i % 3 == 0:
+                opts = {"after_switch": after_switch}
+            else:
+                opts = {"health_check": "exit 1", "health_retries": 0}
+            if i % 3 == 2:  # activate switches back the same way
+                with pytest.raises(CheckFailed):
+                    atomic_deploy.activate(str(root), b, **opts)
+            else:
+                with pytest.raises(CheckFailed):
+                    atomic_deploy.deploy(str(new), str(root), **opts)
+            _assert_back_on(root, a)
+    finally:
+        results = _collect(tmp_path, procs, stop)
+    _assert_no_gap(results, {"A", "N", "B"})
+
+
+def test_readers_see_no_gap_when_a_signal_after_the_switch_switches_back(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
+    b = atomic_deploy.deploy(str(_release(tmp_path, "B", "B")), str(root)).release
+    atomic_deploy.activate(str(root), a)
+    new = _release(tmp_path, "N", "N")
+    procs, stop = _run_readers(tmp_path, root, 4)
+    try:
+        for i in range(CYCLES):
+            step = ("switched", "switch-synced")[i % 2]
+            sig = ("TERM", "INT", "HUP")[i % 3]
+            if i % 4 == 3:
+                r = run_cli("activate", root, b, fault=f"{step}:{sig}")
+            else:
+                r = run_cli("deploy", new, root, fault=f"{step}:{sig}")
+            assert r.returncode == 128 + getattr(signal, "SIG" + sig), r.stderr
+            assert "switched back" in r.stderr, r.stderr
+            _assert_back_on(root, a)
+            assert release_names(root) == sorted([a, b])  # the new release is gone
+    finally:
+        results = _collect(tmp_path, procs, stop)
+    _assert_no_gap(results, {"A", "N", "B"})
+
+
+def test_readers_see_no_gap_when_recovery_undoes_a_deploy_killed_after_the_switch(
+        tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
+    new = _release(tmp_path, "N", "N")
+    procs, stop = _run_readers(tmp_path, root, 4)
+    try:
+        for i in range(CYCLES):
+            step = ("switched", "switch-synced")[i % 2]
+            r = run_cli("deploy", new, root, fault=f"{step}:KILL")
+            assert r.returncode == -signal.SIGKILL, r.stderr
+            assert (root / "current" / "data").read_bytes() == b"N" * SIZE
+            # the next mutating command recovers: switches back, then removes the new release
+            r = run_cli("prune", root, "--keep", "100")
+            assert r.returncode == 0, r.stderr
+            assert "recovered interrupted deploy" in r.stderr, r.stderr
+            _assert_back_on(root, a)
+            assert release_names(root) == [a]
+    finally:
+        results = _collect(tmp_path, procs, stop)
+    _assert_no_gap(results, {"A", "N"})

@@ -26,6 +26,7 @@ from ._layout import (
     remove_entry,
     show,
 )
+from ._signals import fault_point
 from ._switch import point_current
 
 log = logging.getLogger("atomic_deploy")
@@ -72,9 +73,11 @@ def undo(layout: Layout, journal: Journal) -> str:
     previous: str | None = journal.get("previous")
     if read_current(layout).target != previous:
         point_current(layout, previous)
+    fault_point("undo-switched-back")
     created = journal.get("release") if journal.get("creates_release") else None
     if created:
         discard_release_dir(layout, created)
+        fault_point("undo-release-discarded")
     staging = journal.get("staging")
     if staging:
         remove_entry(layout.releases, staging)
@@ -102,6 +105,7 @@ def recover(layout: Layout, history: History) -> str | None:
             log.warning("%s", msg)
             return msg
         return None
+    fault_point("recover-started")
     op = journal.get("op", "unknown")
     who = f"pid {journal.get('pid', '?')} at {journal.get('started', '?')}"
     release = journal.get("release")
@@ -122,6 +126,7 @@ def recover(layout: Layout, history: History) -> str | None:
         action = f"rolled back; {undo(layout, journal)}"
     record(layout, "recover", "ok", interrupted=op, release=release,
            interrupted_pid=journal.get("pid"), action=action)
+    fault_point("recover-recorded")
     clear_journal(layout)
     msg = f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"
     log.warning("%s", msg)

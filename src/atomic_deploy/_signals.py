@@ -46,6 +46,11 @@ DEPLOY_STEPS = (
 SWITCH_STEPS = ("lock-acquired", "journal-written", "temp-link-created", "switched",
                 "switch-synced", "committed")
 PRUNE_STEPS = ("lock-acquired", "journal-written", "victim-hidden", "victim-removed", "committed")
+# Inside a rollback (a failed or interrupted operation undoing itself, or recovery undoing an
+# interrupted one) and inside recovery. These are fault points only (``fault_point``): a pending
+# signal never interrupts a rollback.
+UNDO_STEPS = ("undo-switched-back", "undo-release-discarded")
+RECOVER_STEPS = ("recover-started", "recover-recorded")
 
 
 class SignalGuard:
@@ -97,6 +102,16 @@ def checkpoint(step: str) -> None:
         _inject(spec, step)
     if guard is not None and guard.received is not None:
         raise InterruptedBySignal(guard.received)
+
+
+def fault_point(step: str) -> None:
+    """Inject the configured fault at ``step`` but never raise for a pending signal: for steps
+    inside a rollback or recovery, which must run to their end once started."""
+    _log.debug("step %s", step)
+    guard = _active
+    spec = guard.fault if guard is not None else os.environ.get(FAULT_ENV)
+    if spec:
+        _inject(spec, step)
 
 
 _fired: set[str] = set()
