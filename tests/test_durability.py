@@ -175,7 +175,7 @@ def test_deploy_flush_order_with_syncfs(builds: Builds, root: Path, rec: Recorde
     assert current_target(root) == f"releases/{rid}"
 
 
-@pytest.mark.skipif(not HAVE_PROC_FD, reason="needs /proc/self/fd to tell which file was fsynced")
+@pytest.mark.skipif(not HAVE_PROC_FD, reason="not Linux: needs /proc/self/fd to tell which file was fsynced")
 def test_deploy_flush_order_with_per_file_fsync(builds: Builds, root: Path, rec: Recorder,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: False)
@@ -281,7 +281,7 @@ def fault_syncfs(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
 
 def fault_file_fsync(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     if not HAVE_PROC_FD:
-        pytest.skip("needs /proc/self/fd to fail only the release's files")
+        pytest.skip("not Linux: needs /proc/self/fd to fail only the release's files")
     monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: False)
     releases = str(root / "releases")
     for name in ("fsync_fd", "fsync_nobarrier"):

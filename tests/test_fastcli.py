@@ -249,7 +249,7 @@ def _run_with_stdout(args: list[str], stdout: Any) -> subprocess.CompletedProces
 def test_output_to_a_full_disk_is_one_line_saying_what_happened(
         tmp_path: Path, args: list[str]) -> None:
     if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
+        pytest.skip("not Linux: no /dev/full here")
     root, build = tmp_path / "root", tmp_path / "build"
     _deploy(root, build, 1)
     argv = [a.format(root=root, build=build) for a in args]

@@ -305,7 +305,7 @@ def test_real_sigint_mid_copy_rolls_back(builds: Builds, root: Path, tmp_path: P
     assert_clean(root)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="not Linux: reads /proc/PID/status")
 def test_two_real_signals_first_wins_and_handler_acts_once(
         builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     v1, v2 = builds("v1"), builds("v2")
