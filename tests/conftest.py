@@ -154,17 +154,43 @@ def nobody_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    """The real CLI as uid 65534 (setpriv), to meet permission errors while running as root."""
+def _as_nobody(python: str, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     import shutil
 
     setpriv = shutil.which("setpriv")
     assert setpriv is not None
     return subprocess.run(
         [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-m", "atomic_deploy", *map(str, args)],
+         python, "-m", "atomic_deploy", *map(str, args)],
         env=cli_env(), capture_output=True, text=True, timeout=60,
     )
+
+
+_nobody_python: list[str] = []  # found once per session
+_nobody_problems: list[str] = []
+
+
+def _find_nobody_python() -> str | None:
+    """This interpreter if uid 65534 can run it, else the system's python3. A pyenv interpreter
+    under /root (mode 0700) cannot load its libpython as nobody; the tests run as nobody are
+    about the tool meeting permission errors, which any supported Python shows."""
+    if not _nobody_python and not _nobody_problems:
+        for python in dict.fromkeys([sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]):
+            if not os.path.exists(python):
+                continue
+            probe = _as_nobody(python, "--version")
+            if probe.returncode == 0:
+                _nobody_python.append(python)
+                break
+            _nobody_problems.append(f"{python}: {probe.stderr.strip()[-200:]}")
+    return _nobody_python[0] if _nobody_python else None
+
+
+def run_as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """The real CLI as uid 65534 (setpriv), to meet permission errors while running as root."""
+    python = _find_nobody_python()
+    assert python is not None, _nobody_problems
+    return _as_nobody(python, *args)
 
 
 def require_unprivileged_runs() -> None:
@@ -175,10 +201,9 @@ def require_unprivileged_runs() -> None:
         pytest.skip("needs root, to run the CLI as uid 65534 with setpriv")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    probe = run_as_nobody("--version")
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with PYTHONPATH={SRC} "
-                    f"(interpreter or src not readable by nobody): {probe.stderr.strip()[-300:]}")
+    if _find_nobody_python() is None:
+        pytest.skip(f"uid {NOBODY} cannot run any Python with PYTHONPATH={SRC} "
+                    f"(interpreter or src not readable by nobody): {'; '.join(_nobody_problems)}")
 
 
 # ---------------------------------------------------------------- a guard against deleting outside ROOT
