@@ -256,7 +256,7 @@ def test_copy_range_copies_past_a_stale_size(tmp_path: Path) -> None:
     dfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         if not hasattr(os, "copy_file_range"):
-            pytest.skip("no copy_file_range")
+            pytest.skip("not Linux: no os.copy_file_range")
         assert _platform.copy_range(sfd, dfd, 10) == len(data)
     finally:
         os.close(sfd)
@@ -865,7 +865,7 @@ def test_special_files_refused_with_worker_processes(tmp_path: Path, forked: lis
 def test_workers_stop_when_the_calling_process_is_killed(tmp_path: Path) -> None:
     """SIGKILL of the deploy (no cleanup runs) must not leave workers writing into staging."""
     if not hasattr(os, "pidfd_open"):
-        pytest.skip("needs os.pidfd_open (Linux, Python 3.9+)")
+        pytest.skip("not Linux: needs os.pidfd_open")
     src = web(tmp_path, n=3000)
     dst = tmp_path / "dst"
     dst.mkdir()

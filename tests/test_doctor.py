@@ -409,7 +409,7 @@ def test_exit_status_and_format() -> None:
     assert bad.to_dict() == {"name": "c", "status": "fail", "detail": "broken", "fix": "do this"}
 
 
-# --- through the CLI, once cli.py offers the command -------------------------------------------
+# --- through the CLI ---------------------------------------------------------------------------
 
 
 def _cli_has_doctor() -> bool:
@@ -421,8 +421,8 @@ def _cli_has_doctor() -> bool:
     return "doctor" in sub.choices
 
 
-@pytest.mark.skipif(not _cli_has_doctor(), reason="cli.py has no `doctor` command yet")
 def test_cli_doctor(deployed: Path, tmp_path: Path) -> None:
+    assert _cli_has_doctor(), "cli.py has no `doctor` command (README documents it)"
     r = run_cli("doctor", deployed)
     assert r.returncode == 0, r.stderr
     assert "current" in r.stdout and "0 failed" in r.stdout

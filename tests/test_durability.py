@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_deploy_flush_order_with_syncfs(builds: Builds, root: Path, rec: Recorde
     assert current_target(root) == f"releases/{rid}"
 
 
-@pytest.mark.skipif(not HAVE_PROC_FD, reason="needs /proc/self/fd to tell which file was fsynced")
+@pytest.mark.skipif(not HAVE_PROC_FD, reason="not Linux: needs /proc/self/fd to tell which file was fsynced")
 def test_deploy_flush_order_with_per_file_fsync(builds: Builds, root: Path, rec: Recorder,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: False)
@@ -280,7 +281,7 @@ def fault_syncfs(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
 
 def fault_file_fsync(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     if not HAVE_PROC_FD:
-        pytest.skip("needs /proc/self/fd to fail only the release's files")
+        pytest.skip("not Linux: needs /proc/self/fd to fail only the release's files")
     monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: False)
     releases = str(root / "releases")
     for name in ("fsync_fd", "fsync_nobarrier"):
@@ -368,3 +369,247 @@ def test_fsync_error_exit_code_through_cli(builds: Builds, root: Path,
     assert current_target(root) == f"releases/{first}"
     assert release_names(root) == [first]
     assert hidden_entries(root) == []
+
+
+# --------------------------------------------------------------------------- the real calls
+# The tests above record the tool's own flush functions. These record what reaches the
+# operating system, in order: every os.fsync with the file it was given (through /proc/self/fd)
+# and that file's content at that moment, the C library's syncfs with the folder it was given
+# and the tree under it at that moment, and every rename. A flush function that returns without
+# flushing, or a flush of the wrong descriptor, fails here.
+
+needs_proc_fd = pytest.mark.skipif(
+    not HAVE_PROC_FD, reason="not Linux: needs /proc/self/fd to tell which file was fsynced")
+
+
+class OsCalls:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.on = False
+        self.watch: dict[str, Any] = {}
+
+    def index(self, pred: Callable[[Event], bool], what: str) -> int:
+        for i, e in enumerate(self.events):
+            if pred(e):
+                return i
+        raise AssertionError(f"no {what} in {self.events}")
+
+
+def _content(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def oscalls(monkeypatch: pytest.MonkeyPatch) -> Iterator[OsCalls]:
+    if not HAVE_PROC_FD:
+        pytest.skip("not Linux: needs /proc/self/fd to tell which file a call was given")
+    from conftest import snapshot
+
+    calls = OsCalls()
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if calls.on:
+            p = fd_path(fd) or "?"
+            calls.events.append(("fsync", p, _content(p) if os.path.isfile(p) else None))
+
+    def rename(a: Any, b: Any, **kw: Any) -> None:
+        if calls.on:
+            calls.events.append(("rename", os.fspath(a), os.fspath(b)))
+        real_rename(a, b, **kw)
+
+    def replace(a: Any, b: Any, **kw: Any) -> None:
+        if calls.on:
+            a_s = os.fspath(a)
+            calls.events.append(("replace", a_s, os.fspath(b), _content(a_s)))
+        real_replace(a, b, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+
+    real_syncfs = _platform._syncfs()
+    if real_syncfs is not None:
+        def syncfs(fd: int) -> int:
+            rc = int(real_syncfs(fd))  # type: ignore[operator]
+            if calls.on:
+                p = fd_path(fd) or "?"
+                calls.events.append(("syncfs", p, snapshot(Path(p)), rc))
+            return rc
+
+        monkeypatch.setattr(_platform, "_syncfs", lambda: syncfs)
+    yield calls
+
+
+def _staging_rename(calls: OsCalls, root: Path, rid: str) -> tuple[int, str]:
+    releases = str(root / "releases")
+    i = calls.index(lambda e: e[0] == "rename" and is_staging(e[1], releases)
+                    and e[2] == os.path.join(releases, rid), "rename of the staging folder")
+    return i, calls.events[i][1]
+
+
+@needs_proc_fd
+def test_journal_temp_file_is_fsynced_with_its_content_before_its_rename(
+        builds: Builds, root: Path, oscalls: OsCalls) -> None:
+    atomic_deploy.deploy(str(builds("v1")), str(root))
+    oscalls.on = True
+    rid = atomic_deploy.deploy(str(builds("v2")), str(root)).release
+    oscalls.on = False
+    journal = str(root / ".atomic-deploy" / "journal.json")
+    i = oscalls.index(lambda e: e[0] == "replace" and e[2] == journal, "rename onto journal.json")
+    tmp, content = oscalls.events[i][1], oscalls.events[i][3]
+    assert os.path.basename(tmp).startswith(".journal.json."), tmp
+    assert content and json.loads(content)["release"] == rid
+    # that very file was fsynced, holding exactly what was renamed into place
+    flushed = [e for e in oscalls.events[:i] if e[0] == "fsync" and e[1] == tmp]
+    assert flushed, f"{tmp} renamed over journal.json without an fsync of it: {oscalls.events[:i]}"
+    assert flushed[-1][2] == content
+    # and the folder after the rename (an fsync of the state folder, by fd)
+    state = str(root / ".atomic-deploy")
+    assert [e for e in oscalls.events[i:] if e[0] == "fsync" and e[1] == state]
+
+
+@needs_proc_fd
+@pytest.mark.skipif(not _platform.can_sync_filesystem(),
+                    reason="not Linux: no syncfs in this C library (per-file fsync tested below)")
+def test_release_is_flushed_by_a_real_syncfs_of_the_complete_tree_before_its_rename(
+        builds: Builds, root: Path, oscalls: OsCalls) -> None:
+    from conftest import snapshot
+
+    atomic_deploy.deploy(str(builds("v1")), str(root))
+    oscalls.on = True
+    rid = atomic_deploy.deploy(str(builds("v2")), str(root)).release
+    oscalls.on = False
+    i_rename, staging = _staging_rename(oscalls, root, rid)
+    synced = [e for e in oscalls.events[:i_rename] if e[0] == "syncfs"]
+    assert synced, f"staging folder renamed into releases/ with no syncfs before: {oscalls.events}"
+    path, tree, rc = synced[-1][1:]
+    assert path == staging and rc == 0
+    # the whole release had been written when it was flushed
+    assert tree == snapshot(builds("v2")) == snapshot(root / "releases" / rid)
+
+
+@needs_proc_fd
+def test_release_files_are_each_fsynced_with_their_content_before_the_rename(
+        builds: Builds, root: Path, oscalls: OsCalls, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: False)  # as on macOS/BSD
+    build = make_build(root.parent / "build", files={
+        "index.html": "i\n", "a/b/c.txt": "c" * 70000, "a/empty.txt": "", "z.txt": "z\n"})
+    atomic_deploy.deploy(str(builds("v1")), str(root))
+    oscalls.on = True
+    rid = atomic_deploy.deploy(str(build), str(root)).release
+    oscalls.on = False
+    i_rename, staging = _staging_rename(oscalls, root, rid)
+    before = {os.path.relpath(e[1], staging): e[2] for e in oscalls.events[:i_rename]
+              if e[0] == "fsync" and e[1].startswith(staging + os.sep) and e[2] is not None}
+    for rel in ("index.html", "a/b/c.txt", "a/empty.txt", "z.txt"):
+        assert rel in before, f"{rel} not fsynced before the rename: {sorted(before)}"
+        assert before[rel] == (build / rel).read_bytes(), f"{rel} fsynced before it was written"
+    dirs = {os.path.relpath(e[1], staging) for e in oscalls.events[:i_rename]
+            if e[0] == "fsync" and (e[1] == staging or e[1].startswith(staging + os.sep))
+            and e[2] is None}
+    assert {".", "a", "a/b"} <= dirs
+    assert not [e for e in oscalls.events if e[0] == "syncfs"]
+
+
+@needs_proc_fd
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
+def test_syncfs_returning_an_error_aborts_the_deploy(builds: Builds, root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     code: int) -> None:
+    """syncfs returns -1 with errno set (as the C library does after a write-back error): one
+    error line, exit 1, nothing switched, the new release gone."""
+    import ctypes
+
+    first = atomic_deploy.deploy(str(builds("v1")), str(root)).release
+    seen: list[str] = []
+
+    def failing_syncfs(fd: int) -> int:
+        seen.append(fd_path(fd) or "?")
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(_platform, "_syncfs", lambda: failing_syncfs)
+    before = history(root)
+
+    rc = main(["deploy", str(builds("v2")), str(root)])
+
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1, err
+    assert len(err) == 1 and err[0].startswith("atomic-deploy: error:"), err
+    assert os.strerror(code) in err[0]
+    assert len(seen) == 1 and is_staging(seen[0], str(root / "releases")), seen
+    assert current_target(root) == f"releases/{first}"
+    assert (root / "current" / "version.txt").read_text() == "v1\n"
+    assert release_names(root) == [first]
+    assert hidden_entries(root) == []
+    assert not (root / ".atomic-deploy" / "journal.json").exists()
+    after = history(root)[len(before):]
+    assert [(h["op"], h["outcome"]) for h in after] == [("deploy", "failed")]
+
+
+def test_real_cli_under_strace_flushes_before_each_rename(builds: Builds, root: Path,
+                                                          tmp_path: Path) -> None:
+    """The same order seen from outside, on the system calls the real CLI makes (strace -f -y
+    names the file behind each descriptor): nothing the wrappers above could miss."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    if not _platform.can_sync_filesystem():
+        pytest.skip("not Linux: no syncfs in this C library")
+    atomic_deploy.deploy(str(builds("v1")), str(root))
+    out = tmp_path / "strace.log"
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-y", "-o", str(out),
+         "-e", "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2",
+         sys.executable, "-m", "atomic_deploy", "deploy", str(builds("v2")), str(root)],
+        env=cli_env(), capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "ptrace" in r.stderr:
+        pytest.skip(f"strace cannot trace here: {r.stderr.strip()[-200:]}")
+    assert r.returncode == 0, r.stderr
+    rid = release_names(root)[-1]
+    calls: list[tuple[str, list[str], int]] = []
+    for line in out.read_text().splitlines():
+        m = re.match(r"^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)", line)
+        if m is None:
+            continue
+        name, args, rc = m.group(1), m.group(2), int(m.group(3))
+        if name.startswith("rename"):
+            paths = re.findall(r'"((?:[^"\\]|\\.)*)"', args)
+        else:
+            fd = re.match(r"\d+<(.*)>$", args)
+            paths = [fd.group(1)] if fd else []
+        calls.append((name, paths, rc))
+
+    def first(pred: Callable[[tuple[str, list[str], int]], bool], what: str) -> int:
+        for i, c in enumerate(calls):
+            if pred(c):
+                return i
+        raise AssertionError(f"no {what} in {calls}")
+
+    journal = str(root / ".atomic-deploy" / "journal.json")
+    i_j = first(lambda c: c[0].startswith("rename") and c[1][-1:] == [journal], "journal rename")
+    tmp = calls[i_j][1][0]
+    assert [c for c in calls[:i_j] if c[0] in ("fsync", "fdatasync") and c[1] == [tmp]
+            and c[2] == 0], f"{tmp} renamed without an fsync: {calls[:i_j]}"
+    dest = str(root / "releases" / rid)
+    i_r = first(lambda c: c[0].startswith("rename") and c[1][-1:] == [dest], "release rename")
+    staging = calls[i_r][1][0]
+    assert is_staging(staging, str(root / "releases"))
+    assert [c for c in calls[:i_r] if c == ("syncfs", [staging], 0)], calls[:i_r]
+    i_c = first(lambda c: c[0].startswith("rename") and c[1][-1:] == [str(root / "current")],
+                "switch of current")
+    assert i_j < i_r < i_c

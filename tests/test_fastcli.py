@@ -16,7 +16,7 @@ import pytest
 
 import atomic_deploy
 from atomic_deploy import _fastcli, _history, _jsonfile, cli
-from conftest import cli_env, make_build
+from conftest import cli_env, history, make_build, snapshot
 
 FLAG_SETS = ([], ["--json"], ["-q"], ["--quiet"], ["--no-color"], ["--json", "-q"],
              ["--no-color", "--json"])
@@ -248,7 +248,7 @@ def _run_with_stdout(args: list[str], stdout: Any) -> subprocess.CompletedProces
 def test_output_to_a_full_disk_is_one_line_saying_what_happened(
         tmp_path: Path, args: list[str]) -> None:
     if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
+        pytest.skip("not Linux: no /dev/full here")
     root, build = tmp_path / "root", tmp_path / "build"
     _deploy(root, build, 1)
     argv = [a.format(root=root, build=build) for a in args]
@@ -271,17 +271,37 @@ def test_closed_or_abandoned_stdout_is_no_failure(tmp_path: Path, args: list[str
     root, build = tmp_path / "root", tmp_path / "build"
     _deploy(root, build, 1)
     argv = [a.format(root=root, build=build) for a in args]
+
+    def check_on_disk(before: dict[str, Any], releases_before: list[str]) -> None:
+        """A deploy really completed (new release, complete, current on it, journal gone); any
+        other command changed nothing."""
+        if args[0] != "deploy":
+            assert snapshot(root) == before
+            return
+        new = sorted(set(_released(root)) - set(releases_before))
+        assert len(new) == 1, _released(root)
+        assert os.readlink(root / "current") == f"releases/{new[0]}"
+        assert snapshot(root / "releases" / new[0]) == snapshot(build)
+        assert not (root / ".atomic-deploy" / "journal.json").exists()
+        assert [n for n in _released(root) if n.startswith(".")] == []
+        last = history(root)[-1]
+        assert (last["op"], last["outcome"], last["release"]) == ("deploy", "ok", new[0])
+
+    before, releases_before = snapshot(root), _released(root)
     closed = subprocess.run([sys.executable, "-m", "atomic_deploy", *argv], env=cli_env(),
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             timeout=60, pass_fds=(), stdout=None, close_fds=True,
                             preexec_fn=lambda: os.close(1))
     assert (closed.returncode, closed.stderr) == (0, "")
+    check_on_disk(before, releases_before)
+    before, releases_before = snapshot(root), _released(root)
     reader_gone = subprocess.Popen([sys.executable, "-m", "atomic_deploy", *argv], env=cli_env(),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert reader_gone.stdout is not None
     reader_gone.stdout.close()  # nobody reads: the first write gets EPIPE
     _out, err = reader_gone.communicate(timeout=60)
     assert (reader_gone.returncode, err) == (0, "")
+    check_on_disk(before, releases_before)
 
 
 def test_many_releases_into_a_closed_pipe_exit_0(tmp_path: Path) -> None:

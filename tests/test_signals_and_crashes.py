@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import atomic_deploy
-from atomic_deploy._signals import DEPLOY_STEPS, PRUNE_STEPS, SWITCH_STEPS
+from atomic_deploy._signals import DEPLOY_STEPS, PRUNE_STEPS, RECOVER_STEPS, SWITCH_STEPS, UNDO_STEPS
 from conftest import (
     Builds,
     current_target,
@@ -326,7 +326,7 @@ def test_real_sigint_mid_copy_rolls_back(builds: Builds, root: Path, tmp_path: P
     assert_clean(root)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="not Linux: reads /proc/PID/status")
 def test_two_real_signals_first_wins_and_handler_acts_once(
         builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     v1, v2 = builds("v1"), builds("v2")
@@ -557,6 +557,90 @@ def test_prune_killed_at_every_step_then_deploy_recovers(builds: Builds, root: P
     assert release_names(root) == sorted([*left, new])
     for rid in left:
         assert_release_is(root, rid, bs[ids.index(rid)])
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 in the middle of a rollback or of a recovery
+
+
+def assert_back_on_first(root: Path, r1: str, v1: Path) -> None:
+    assert current_release(root) == r1
+    assert release_names(root) == [r1]
+    assert_release_is(root, r1, v1)
+
+
+@pytest.mark.parametrize("step", UNDO_STEPS)
+def test_killed_while_a_signalled_deploy_switches_back(builds: Builds, root: Path,
+                                                       step: str) -> None:
+    """A deploy interrupted after its switch is rolling back when it is killed: current is a
+    complete release, and the next command finishes the rollback."""
+    v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
+    r1 = deploy_ok(root, v1)
+    # The after-switch hook signals the deploy (sh's parent): the deploy undoes itself, and the
+    # fault kills it at `step` of that undo.
+    r = run_cli("deploy", v2, root, "--after-switch", "kill -TERM $PPID", fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert journal_path(root).exists()
+    assert current_release(root) == r1  # already switched back
+    if step == "undo-switched-back":
+        assert len(release_names(root)) == 2
+    assert_status_reports_without_changing(root, "deploy", journaled=True)
+
+    r = run_cli("deploy", v3, root)
+
+    assert_recovered(r, root, "deploy", journaled=True)
+    new = current_release(root)
+    assert new is not None and new != r1
+    assert_release_is(root, new, v3)
+    assert release_names(root) == [r1, new]
+
+
+@pytest.mark.parametrize("step", UNDO_STEPS + RECOVER_STEPS)
+def test_killed_while_recovering_a_killed_deploy(builds: Builds, root: Path, step: str) -> None:
+    """kill -9 after the switch, then kill -9 again in the middle of the recovery: current is a
+    complete release throughout, and the third command finishes the recovery."""
+    v1, v2 = builds("v1"), builds("v2")
+    r1 = deploy_ok(root, v1)
+    r = run_cli("deploy", v2, root, fault="switched:KILL")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r2 = current_release(root)
+    assert r2 is not None and r2 != r1
+    assert_release_is(root, r2, v2)
+
+    r = run_cli("prune", root, "--keep", "5", fault=f"{step}:KILL")
+
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert journal_path(root).exists()  # the recovery did not finish: its journal stays
+    now = current_release(root)
+    assert now == (r2 if step == "recover-started" else r1)
+    assert now is not None
+    assert_release_is(root, now, v2 if now == r2 else v1)
+    assert_status_reports_without_changing(root, "deploy", journaled=True)
+
+    r = run_cli("prune", root, "--keep", "5")
+
+    assert r.returncode == 0, r.stderr
+    assert "recovered interrupted deploy" in r.stderr, r.stderr
+    assert_clean(root)
+    assert_back_on_first(root, r1, v1)
+    done = [h for h in records(root, "recover") if h.get("outcome") == "ok"]
+    # a recovery killed after its record is recorded again by the one that finishes it
+    assert len(done) == (2 if step == "recover-recorded" else 1), history(root)
+
+
+def test_a_signal_during_a_rollback_does_not_interrupt_it(builds: Builds, root: Path) -> None:
+    """SIGTERM at a step of the undo is ignored there: the rollback finishes, exit 128+TERM."""
+    v1, v2 = builds("v1"), builds("v2")
+    r1 = deploy_ok(root, v1)
+
+    r = run_cli("deploy", v2, root, "--after-switch", "kill -INT $PPID",
+                fault="undo-switched-back:TERM")
+
+    assert r.returncode == 128 + signal.SIGINT, r.stderr
+    assert "switched back" in one_error_line(r.stderr)
+    assert_clean(root)
+    assert_back_on_first(root, r1, v1)
 
 
 # --------------------------------------------------------------------------------------------

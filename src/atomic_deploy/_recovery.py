@@ -152,9 +152,11 @@ def undo(layout: Layout, journal: Journal) -> str:
     previous: str | None = journal.get("previous")
     if read_current(layout).target != previous:
         point_current(layout, previous)
+    fault_point("undo-switched-back")
     created = journal.get("release") if journal.get("creates_release") else None
     if created:
         discard_release_dir(layout, created)
+        fault_point("undo-release-discarded")
     staging = journal.get("staging")
     if staging:
         remove_entry(layout.releases, staging)
@@ -253,6 +255,7 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
         if removed:
             return f"removed {len(removed)} leftover(s) of an interrupted run: {', '.join(removed)}"
         return None
+    fault_point("recover-started")
     # Before anything else: a hook still running could change what is about to be undone.
     killed = kill_hook_groups(journal)
     op = journal.get("op", "unknown")
@@ -283,5 +286,6 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
         fields["states"] = {release: SERVED}  # the adopted folder is what current serves
     record(layout, "recover", "ok", interrupted=op, release=release,
            interrupted_pid=journal.get("pid"), action=action, **fields)
+    fault_point("recover-recorded")
     clear_journal(layout)
     return f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"

@@ -46,6 +46,11 @@ DEPLOY_STEPS = (
 SWITCH_STEPS = ("lock-acquired", "journal-written", "temp-link-created", "switched",
                 "switch-synced", "committed")
 PRUNE_STEPS = ("lock-acquired", "journal-written", "victim-hidden", "victim-removed", "committed")
+# Inside a rollback (a failed or interrupted operation undoing itself, or recovery undoing an
+# interrupted one) and inside recovery. These are fault points only (``fault_point``): a pending
+# signal never interrupts a rollback.
+UNDO_STEPS = ("undo-switched-back", "undo-release-discarded")
+RECOVER_STEPS = ("recover-started", "recover-recorded")
 
 
 class SignalGuard:
@@ -115,8 +120,9 @@ def checkpoint(step: str) -> None:
 
 
 def fault_point(step: str) -> None:
-    """A checkpoint for cleanup code (switching back): faults are injected, but a signal that
-    has arrived does not raise here, since the cleanup is what that signal asked for."""
+    """Inject the configured fault at ``step`` but never raise for a pending signal: for steps
+    inside a rollback or recovery, which must run to their end once started."""
+    _log.debug("step %s", step)
     guard = _active
     spec = guard.fault if guard is not None else os.environ.get(FAULT_ENV)
     if spec:
