@@ -52,6 +52,21 @@ def start_cli(*args: str | os.PathLike[str], fault: str | None = None,
     )
 
 
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (where PID 1 does not reap orphans, a killed one stays a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
     """Poll a condition (never a bare sleep): fail the test if it does not hold in time."""
     deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from conftest import (
     cli_env,
     current_target,
     history,
+    process_running,
     release_names,
     run_cli,
     start_cli,
@@ -98,21 +99,6 @@ def test_no_stderr_at_all_keeps_hook_output_off_stdout(builds: Builds, root: Pat
 
 # ---------------------------------------------------------------- hooks die with the tool
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (where PID 1 does not reap orphans, a killed one stays a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
 def _sleeper(marker: Path) -> str:
     """A hook whose grandchild (sleep, behind sh) writes its pid to ``marker`` and lingers; run
     again (recovery re-runs after-switch hooks and health checks), it passes at once."""
@@ -133,7 +119,7 @@ def _kill_tool_while_hook_runs(root: Path, build: Path, marker: Path,
     except AssertionError:
         proc.kill()
         raise AssertionError(proc.communicate()) from None
-    assert _running(sleeper)
+    assert process_running(sleeper)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     return sleeper, proc
@@ -148,7 +134,7 @@ def test_kill_9_of_the_tool_kills_the_running_hook_and_its_children(
     if phase == "on-failure":
         flags += ["--check", "exit 3"]
     sleeper, _ = _kill_tool_while_hook_runs(root, builds("v2"), marker, *flags)
-    wait_for(lambda: not _running(sleeper), timeout=10, what="the hook's sleep to be killed")
+    wait_for(lambda: not process_running(sleeper), timeout=10, what="the hook's sleep to be killed")
     # The next command recovers: killed after its switch, the deploy is finished once its
     # after-switch hook and health check pass again; killed before, it is undone (back on v1).
     r = run_cli("prune", root, "--keep", "5")
@@ -169,7 +155,7 @@ def test_a_hook_left_in_the_background_outlives_a_finished_deploy(
     assert r.returncode == 0, r.stderr
     server = int(marker.read_text())
     try:
-        assert _running(server)
+        assert process_running(server)
     finally:
         os.kill(server, signal.SIGKILL)
 
@@ -209,9 +195,9 @@ def test_recovery_kills_a_hook_group_that_survived_the_tool(builds: Builds, root
     os.kill(pgid, signal.SIGSTOP)  # the supervisor, its leader, can no longer react
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert _running(sleeper)  # the tool is gone, its hook is not
+    assert process_running(sleeper)  # the tool is gone, its hook is not
     r = run_cli("prune", root, "--keep", "5")
-    assert not _running(sleeper)  # gone before the command returned
+    assert not process_running(sleeper)  # gone before the command returned
     assert r.returncode == 0, r.stderr
     assert "killed 1 hook process group(s) still running" in r.stderr
     # Then the deploy, killed after its switch, was finished: its health check passed again.

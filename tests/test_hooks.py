@@ -25,22 +25,9 @@ from atomic_deploy._hooks import (
 )
 from atomic_deploy._signals import SignalGuard
 from atomic_deploy.errors import InvalidInput, OperationFailed
-from conftest import wait_for
+from conftest import process_running, wait_for
 
 PY = sys.executable
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # Where PID 1 does not reap orphans (some containers), a killed grandchild stays a zombie.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def run(cmd: _hooks.Hook, cwd: Path, **kw: Any) -> HookResult:
@@ -171,7 +158,7 @@ def test_timeout_kills_the_whole_group(tmp_path: Path, fast_kill: None) -> None:
     assert (res.timed_out, res.returncode, res.interrupted_by, res.ok) == (True, None, None, False)
     assert res.status == "timed out" and res.seconds < 5
     grandchild = int(res.tail[0])
-    wait_for(lambda: not alive(grandchild), 5, "the backgrounded grandchild to die")
+    wait_for(lambda: not process_running(grandchild), 5, "the backgrounded grandchild to die")
     assert str(HookFailed.from_result(res)) == "check hook failed: timed out"
 
 
@@ -180,7 +167,7 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(tmp_path: Path, fast_kill: 
     res = run("trap '' TERM; sleep 100 & echo $!; echo $$; sleep 100", tmp_path, timeout=0.2)
     assert res.timed_out and 0.5 <= res.seconds < 5
     pids = [int(line) for line in res.tail]
-    wait_for(lambda: not any(map(alive, pids)), 5, f"pids {pids} to die")
+    wait_for(lambda: not any(map(process_running, pids)), 5, f"pids {pids} to die")
 
 
 def test_pending_signal_stops_the_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -191,7 +178,7 @@ def test_pending_signal_stops_the_hook(tmp_path: Path, monkeypatch: pytest.Monke
               on_output=lambda line: pids.append(int(line)))
     assert (res.interrupted_by, res.timed_out, res.returncode) == (signal.SIGINT, False, None)
     assert res.status == "interrupted by SIGINT"
-    wait_for(lambda: not alive(pids[0]), 5, "the grandchild to die")
+    wait_for(lambda: not process_running(pids[0]), 5, "the grandchild to die")
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
@@ -215,7 +202,7 @@ def test_callback_error_kills_the_hook_and_propagates(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="callback broke"):
         run("echo $$; exec sleep 100", tmp_path, on_output=on_output)
-    assert not alive(pids[0])  # killed and reaped before the error propagated
+    assert not process_running(pids[0])  # killed and reaped before the error propagated
 
 
 def test_background_process_does_not_hang_the_hook(tmp_path: Path,
