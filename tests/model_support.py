@@ -48,7 +48,6 @@ class Pending:
     build: str | None = None
     hooks: bool = False  # after-switch hook recorded in the journal
     target_healthy: bool = True
-    unhealthy: State | None = None  # the root had the re-run hooks failed (switched back)
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class State:
     current: str | None = None  # a release id, DIR or None (no current)
     pending: Pending | None = None
     exists: bool = True  # ROOT exists at all
+    link_abs: bool = False  # current is an absolute link (Capistrano's), until a switch
 
     def visible(self) -> dict[str, Rel]:
         """The releases status and list show: an uncommitted new release only while current
@@ -80,7 +80,12 @@ class State:
         return replace(self, rels={k: v for k, v in self.rels.items() if k not in ids})
 
     def at(self, current: str | None) -> State:
-        return replace(self, current=current)
+        return replace(self, current=current,
+                       link_abs=self.link_abs and current == self.current)
+
+    def switched_to(self, current: str | None) -> State:
+        """current after a completed switch: a relative link written by the tool."""
+        return replace(self, current=current, link_abs=False)
 
     def substitute(self, new_id: str) -> State:
         """Replace the NEW placeholder by the id the tool picked."""
@@ -91,8 +96,7 @@ class State:
         p = self.pending
         if p is not None:
             p = replace(p, before=p.before.substitute(new_id), after=p.after.substitute(new_id),
-                        release=sub(p.release),
-                        unhealthy=p.unhealthy.substitute(new_id) if p.unhealthy else None)
+                        release=sub(p.release))
         return replace(self, rels=rels, current=sub(self.current), pending=p)
 
     def mentions_new(self) -> bool:
@@ -109,17 +113,10 @@ class Outcome:
     known_bug: str | None = None  # an outcome the docs do not allow, tolerated: see KNOWN_BUGS
 
 
-# Behaviour that contradicts the docs, found by this model and reproduced by the xfail tests in
-# test_model.py. The model tolerates them (so the random runs go on to look for other
-# problems) unless ATOMIC_DEPLOY_MODEL_STRICT=1. Remove an entry once the tool is fixed.
-KNOWN_BUGS = {
-    "switch-back-io-error-unmarked": (
-        "an I/O error while switching back after a failed after-switch hook keeps the new "
-        "release without any state: listed as good (unmanaged) and later a rollback target"),
-    "signal-in-recovery-hooks-marks-bad": (
-        "a signal while recovery re-runs the after-switch hooks of a switched operation is "
-        "taken for a hook failure: the release is switched away from and marked bad"),
-}
+# Behaviour that contradicts the docs, found by this model: the model tolerates an entry (so
+# the random runs go on to look for other problems) unless ATOMIC_DEPLOY_MODEL_STRICT=1, and a
+# strict xfail test in test_model.py reproduces it. Remove both once the tool is fixed.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _natural(name: str) -> list[tuple[int, object]]:
@@ -132,7 +129,10 @@ def generated(name: str) -> bool:
 
 
 def order_key(name: str) -> tuple[int, int, list[tuple[int, object]]]:
-    """Deploy order: generated ids numerically, after every other name (natural order)."""
+    """Deploy order: generated ids numerically, after every other name (natural order); a new
+    release after all of them (test_model checks that the id the tool picks sorts last)."""
+    if name == NEW:
+        return (2, 0, [])
     return (1, int(name), []) if generated(name) else (0, 0, _natural(name))
 
 
@@ -254,13 +254,11 @@ def expect(m: State, cmd: Command, healthy: dict[str, bool]) -> list[Outcome]:
                 codes.add(0)
             if op in ("activate", "rollback"):
                 codes.add(2)
-            outs = [one(codes, p.after, "recovered, then stopped by the signal")]
             if step == "hook-after-switch" and p.kind == "finish":
-                outs.append(one(codes, p.before, "switched back (interrupted, not marked bad)"))
-                if p.unhealthy is not None:
-                    outs.append(replace(one(codes | {0}, p.unhealthy, "switched back, marked bad"),
-                                        known_bug="signal-in-recovery-hooks-marks-bad"))
-            return outs
+                # Stopped while re-running the hooks that decide: nothing decided, the
+                # operation is left for the next command.
+                return [one(x, m, "recovery stopped while re-running the hooks")]
+            return [one(codes, p.after, "recovered, then stopped by the signal")]
         base = p.after
     f = None if fired else fault
     return _op(base, cmd, f, healthy)
@@ -282,7 +280,7 @@ def _op(b: State, cmd: Command, fault: tuple[str, str] | None,
             if step == "committed":
                 return [one(x, done, "prepared, then the fault")]
             return [one(0, done, "prepared")]
-        done = b.with_rel(NEW, cmd.build, SERVED).at(NEW)
+        done = b.with_rel(NEW, cmd.build, SERVED).switched_to(NEW)
         unh = b.with_rel(NEW, cmd.build, BAD)
         outs = _switch(b, op, NEW, cmd.build, done, unh, DEPLOY_BEFORE_SWITCH, cmd, fault,
                        healthy[cmd.build])
@@ -293,7 +291,7 @@ def _op(b: State, cmd: Command, fault: tuple[str, str] | None,
         t = cmd.release
         if t is None or t not in b.rels:
             return [one(2, b, "activate: unknown release")]
-        done = b.mark_ids({t: SERVED}).at(t)
+        done = b.mark_ids({t: SERVED}).switched_to(t)
         unh = b.mark_ids({t: BAD})
         return _switch(b, op, t, None, done, unh, SWITCH_BEFORE_SWITCH, cmd, fault,
                        healthy[b.rels[t].build])
@@ -304,7 +302,7 @@ def _op(b: State, cmd: Command, fault: tuple[str, str] | None,
         t = cmd.release if cmd.release is not None else rollback_target(b.rels, cur)
         if t is None or t not in b.rels or t == cur:
             return [one(2, b, "rollback: no target / unknown / already current")]
-        done = b.mark_ids({cur: BAD, t: SERVED}).at(t)
+        done = b.mark_ids({cur: BAD, t: SERVED}).switched_to(t)
         unh = b.mark_ids({t: BAD})
         return _switch(b, op, t, None, done, unh, SWITCH_BEFORE_SWITCH, cmd, fault,
                        healthy[b.rels[t].build])
@@ -335,14 +333,16 @@ def _switch(b: State, op: str, target: str, build: str | None, done: State, unh:
 
     def pend(kind: str, after: State, current: str | None) -> State:
         p = Pending(op, kind, before=b, after=after, release=target if build else None,
-                    build=build, hooks=cmd.hooks, target_healthy=target_healthy,
-                    unhealthy=unh)
+                    build=build, hooks=cmd.hooks, target_healthy=target_healthy)
         return replace(b, current=current, pending=p)
 
     if step in before_steps:
         return _before_switch(b, x, action, op, target if build else None, build)
     after_switch = ("switched", "switch-synced") + (("hook-after-switch",) if cmd.hooks else ())
     if step in after_switch:
+        if action == "KILL" and target == prev and not b.link_abs:
+            # The link text did not change: recovery sees nothing switched and undoes it.
+            return [one(x, pend("undo", b, target), "killed after a switch to itself: undone")]
         if action == "KILL":
             return [one(x, pend("finish", final, target),
                         "killed after the switch: recovery finishes it (or switches back)")]
@@ -353,13 +353,8 @@ def _switch(b: State, op: str, target: str, build: str | None, done: State, unh:
                         "killed while switching back: recovery finishes the switch-back")]
         if action in EXIT_SIGNAL:
             return [one({4, x}, unh, "signal while switching back: switched back, marked bad")]
-        outs = [one(1, unh, "I/O error while switching back: kept and marked bad"),
-                one(1, b, "I/O error while switching back: undone")]
-        if build is not None:
-            outs.append(Outcome(frozenset({1}), b.with_rel(target, build, FOREIGN),
-                                "I/O error while switching back: kept without a state",
-                                known_bug="switch-back-io-error-unmarked"))
-        return outs
+        return [one(1, unh, "I/O error while switching back: kept and marked bad"),
+                one(1, b, "I/O error while switching back: removed (deploy) or left as it was")]
     if step == "committed" and not unhealthy:
         return [one(x, done, "fault after the commit: done")]
     return [one(final_exit, final, "unhealthy: switched back" if unhealthy else "done")]
@@ -400,24 +395,24 @@ def _prune(b: State, keep: int, fault: tuple[str, str] | None,
 def _adopt(b: State, fault: tuple[str, str] | None) -> list[Outcome]:
     step, action = fault if fault else ("", "")
     x = fault_exit(action) if fault else 0
-    done = b.with_rel(NEW, "legacy", SERVED).at(NEW)
+    done = b.with_rel(NEW, "legacy", SERVED).switched_to(NEW)
 
     def pend(after: State, current: str | None) -> State:
         p = Pending("adopt", "done", before=b, after=after, release=NEW, build="legacy")
         return replace(b, current=current, pending=p)
 
+    # A signal or error mid-adopt undoes it before the folder moved and finishes it after;
+    # only kill -9 leaves a journal (finished, or undone, by the next adopt or command).
     if step == "adopt-links-made":
         if action == "KILL":
             return [one(x, pend(b, DIR), "adopt killed before the exchange")]
         if action in EXIT_SIGNAL:
-            return [one(x, b, "adopt stopped before the exchange"),
-                    one(x, pend(b, DIR), "adopt stopped before the exchange, journal left")]
-        return [one(0, done, "exchange failed: adopted by two renames"),
-                one(x, b, "adopt failed before the exchange"),
-                one(x, pend(b, DIR), "adopt failed before the exchange, journal left")]
+            return [one(x, b, "adopt stopped before the exchange: undone")]
+        return [one(0, done, "exchange failed: adopted by two renames")]
     if step in ("adopt-exchanged", "adopt-moved"):
         if action == "KILL":
             return [one(x, pend(done, NEW), "adopt killed after the exchange")]
-        return [one(x, done, "adopt stopped after the exchange: done"),
-                one(x, pend(done, NEW), "adopt stopped after the exchange, journal left")]
+        return [one(x, done, "adopt stopped after the exchange: finished")]
+    if step == "committed":
+        return [one(x, done, "adopted, then the fault")]
     return [one(0, done, "adopted")]
