@@ -13,7 +13,7 @@ import pytest
 
 import atomic_deploy
 from atomic_deploy.errors import CheckFailed
-from conftest import make_build, release_names, run_cli, wait_for
+from conftest import current_target, make_build, release_names, run_cli, wait_for
 
 SIZE = 64 * 1024
 
@@ -202,7 +202,7 @@ def test_readers_see_no_gap_when_a_signal_after_the_switch_switches_back(tmp_pat
     _assert_no_gap(results, {"A", "N", "B"})
 
 
-def test_readers_see_no_gap_when_recovery_undoes_a_deploy_killed_after_the_switch(
+def test_readers_see_no_gap_when_recovery_switches_back_a_deploy_killed_after_the_switch(
         tmp_path: Path) -> None:
     root = tmp_path / "www"
     a = atomic_deploy.deploy(str(_release(tmp_path, "A", "A")), str(root)).release
@@ -211,15 +211,20 @@ def test_readers_see_no_gap_when_recovery_undoes_a_deploy_killed_after_the_switc
     try:
         for i in range(CYCLES):
             step = ("switched", "switch-synced")[i % 2]
-            r = run_cli("deploy", new, root, fault=f"{step}:KILL")
+            # killed after its switch, before its health check ran
+            r = run_cli("deploy", new, root, "--health-check", "false", "--health-retries", "0",
+                        fault=f"{step}:KILL")
             assert r.returncode == -signal.SIGKILL, r.stderr
             assert (root / "current" / "data").read_bytes() == b"N" * SIZE
-            # the next mutating command recovers: switches back, then removes the new release
+            killed = current_target(root)
+            # the next mutating command recovers: the health check fails again, so it switches
+            # back, and keeps the new release marked bad
             r = run_cli("prune", root, "--keep", "100")
             assert r.returncode == 0, r.stderr
             assert "recovered interrupted deploy" in r.stderr, r.stderr
             _assert_back_on(root, a)
-            assert release_names(root) == [a]
+            assert f"releases/{release_names(root)[-1]}" == killed
+            assert len(release_names(root)) == i + 2
     finally:
         results = _collect(tmp_path, procs, stop)
     _assert_no_gap(results, {"A", "N"})

@@ -268,8 +268,7 @@ def test_planted_temp_link_is_never_followed_or_reused(
 
     if when == "before":
         os.symlink(evil, planted)
-    monkeypatch.setattr(_switch, "random_suffix", predicted)
-    monkeypatch.setattr(_layout, "random_suffix", predicted)
+    monkeypatch.setattr(_switch, "random_suffix", predicted)  # the temp link's name only
     if op == "activate":
         result: Any = atomic_deploy.activate(str(root), ids[0])
         intended = ids[0]

@@ -569,22 +569,32 @@ def assert_back_on_first(root: Path, r1: str, v1: Path) -> None:
     assert_release_is(root, r1, v1)
 
 
-@pytest.mark.parametrize("step", UNDO_STEPS)
+# The tool's pid, seen from a hook: the hook's parent is the supervisor the tool started.
+TOOL_PID = "$(awk '{print $4}' /proc/$PPID/stat)"
+SWITCH_BACK_STEPS = ("switching-back", "switched-back")
+
+
+@pytest.mark.parametrize("step", SWITCH_BACK_STEPS)
 def test_killed_while_a_signalled_deploy_switches_back(builds: Builds, root: Path,
-                                                       step: str) -> None:
-    """A deploy interrupted after its switch is rolling back when it is killed: current is a
-    complete release, and the next command finishes the rollback."""
+                                                       tmp_path: Path, step: str) -> None:
+    """A deploy interrupted after its switch is switching back when it is killed: current is a
+    complete release, and the next command finishes the switch-back."""
     v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
     r1 = deploy_ok(root, v1)
-    # The after-switch hook signals the deploy (sh's parent): the deploy undoes itself, and the
-    # fault kills it at `step` of that undo.
-    r = run_cli("deploy", v2, root, "--after-switch", "kill -TERM $PPID", fault=f"{step}:KILL")
+    # The after-switch hook signals the deploy: it switches back, and the fault kills it at
+    # `step` of that.
+    once = tmp_path / "signalled"  # recovery runs this hook again: signal only once
+    r = run_cli("deploy", v2, root, "--after-switch",
+                f"[ -e {once} ] || {{ touch {once}; kill -TERM {TOOL_PID}; }}",
+                fault=f"{step}:KILL")
 
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert journal_path(root).exists()
-    assert current_release(root) == r1  # already switched back
-    if step == "undo-switched-back":
-        assert len(release_names(root)) == 2
+    assert json.loads(journal_path(root).read_text())["phase"] == "switching-back"
+    cur = current_release(root)
+    assert cur is not None
+    assert_release_is(root, cur, v1 if step == "switched-back" else v2)
+    assert len(release_names(root)) == 2
     assert_status_reports_without_changing(root, "deploy", journaled=True)
 
     r = run_cli("deploy", v3, root)
@@ -593,29 +603,26 @@ def test_killed_while_a_signalled_deploy_switches_back(builds: Builds, root: Pat
     new = current_release(root)
     assert new is not None and new != r1
     assert_release_is(root, new, v3)
-    assert release_names(root) == [r1, new]
+    assert release_names(root) == [r1, new]  # the signalled deploy's release was removed
 
 
 @pytest.mark.parametrize("step", UNDO_STEPS + RECOVER_STEPS)
 def test_killed_while_recovering_a_killed_deploy(builds: Builds, root: Path, step: str) -> None:
-    """kill -9 after the switch, then kill -9 again in the middle of the recovery: current is a
-    complete release throughout, and the third command finishes the recovery."""
+    """kill -9 before the switch, then kill -9 again in the middle of the recovery undoing it:
+    current is a complete release throughout, and the third command finishes the recovery."""
     v1, v2 = builds("v1"), builds("v2")
     r1 = deploy_ok(root, v1)
-    r = run_cli("deploy", v2, root, fault="switched:KILL")
+    r = run_cli("deploy", v2, root, fault="release-synced:KILL")
     assert r.returncode == -signal.SIGKILL, r.stderr
-    r2 = current_release(root)
-    assert r2 is not None and r2 != r1
-    assert_release_is(root, r2, v2)
+    assert current_release(root) == r1
+    assert len(release_names(root)) == 2  # renamed into releases/, never current
 
     r = run_cli("prune", root, "--keep", "5", fault=f"{step}:KILL")
 
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert journal_path(root).exists()  # the recovery did not finish: its journal stays
-    now = current_release(root)
-    assert now == (r2 if step == "recover-started" else r1)
-    assert now is not None
-    assert_release_is(root, now, v2 if now == r2 else v1)
+    assert current_release(root) == r1
+    assert_release_is(root, r1, v1)
     assert_status_reports_without_changing(root, "deploy", journaled=True)
 
     r = run_cli("prune", root, "--keep", "5")
@@ -629,13 +636,14 @@ def test_killed_while_recovering_a_killed_deploy(builds: Builds, root: Path, ste
     assert len(done) == (2 if step == "recover-recorded" else 1), history(root)
 
 
-def test_a_signal_during_a_rollback_does_not_interrupt_it(builds: Builds, root: Path) -> None:
-    """SIGTERM at a step of the undo is ignored there: the rollback finishes, exit 128+TERM."""
+def test_a_signal_during_a_switch_back_does_not_interrupt_it(builds: Builds, root: Path) -> None:
+    """SIGTERM at a step of the switch-back is ignored there: it finishes, exit 128+INT (the
+    first signal)."""
     v1, v2 = builds("v1"), builds("v2")
     r1 = deploy_ok(root, v1)
 
-    r = run_cli("deploy", v2, root, "--after-switch", "kill -INT $PPID",
-                fault="undo-switched-back:TERM")
+    r = run_cli("deploy", v2, root, "--after-switch", f"kill -INT {TOOL_PID}",
+                fault="switched-back:TERM")
 
     assert r.returncode == 128 + signal.SIGINT, r.stderr
     assert "switched back" in one_error_line(r.stderr)
