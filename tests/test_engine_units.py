@@ -85,3 +85,98 @@ def test_switch_passes_its_checkpoints_in_order_and_syncs_root_after_the_rename(
     _switch.switch_to_release(layout, "r1", lambda step: events.append(step))
     assert events == ["temp-link-created", "switched",
                       ("fsync_dir", layout.root, "releases/r1"), "switch-synced"]
+
+
+# ---------------------------------------------------------------- _jsonfile
+
+
+def test_records_are_equal_only_to_the_same_type_with_the_same_fields() -> None:
+    from atomic_deploy._lock import Holder
+
+    class OtherHolder(Holder):
+        __slots__ = ()
+
+    a = Holder(1, "h", "t", "c")
+    assert a == Holder(1, "h", "t", "c")
+    assert a != Holder(2, "h", "t", "c")
+    assert a != OtherHolder(1, "h", "t", "c")
+    assert OtherHolder(1, "h", "t", "c") != a
+    assert a != {"pid": 1, "host": "h", "started": "t", "command": "c"}
+
+
+def test_json_temp_name_already_taken_is_skipped_and_left_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomic_deploy import _jsonfile
+
+    target = tmp_path / "state.json"
+    (tmp_path / ".state.json.file").write_text("planted")
+    (tmp_path / "elsewhere").write_text("outside")
+    os.symlink(tmp_path / "elsewhere", tmp_path / ".state.json.link")
+    names = iter(["file", "link", "free"])
+    monkeypatch.setattr(_jsonfile, "random_suffix", lambda: next(names))
+    _jsonfile.write_json_atomic(str(target), {"b": 1, "a": 2})
+    assert _jsonfile.read_json(str(target)) == {"a": 2, "b": 1}
+    assert (tmp_path / ".state.json.file").read_text() == "planted"
+    assert (tmp_path / "elsewhere").read_text() == "outside"
+    assert sorted(os.listdir(tmp_path)) == [".state.json.file", ".state.json.link", "elsewhere",
+                                             "state.json"]
+
+
+def test_json_write_gives_up_when_every_temp_name_is_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomic_deploy import _jsonfile
+
+    (tmp_path / ".state.json.taken").write_text("planted")
+    drawn: list[str] = []
+    monkeypatch.setattr(_jsonfile, "random_suffix", lambda: drawn.append("x") or "taken")
+    with pytest.raises(FileExistsError):
+        _jsonfile.write_json_atomic(str(tmp_path / "state.json"), {})
+    assert len(drawn) > 2
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_json_write_that_fails_leaves_no_temp_file(tmp_path: Path) -> None:
+    from atomic_deploy import _jsonfile
+
+    (tmp_path / "state.json").mkdir()  # rename over a folder fails
+    with pytest.raises(OSError):
+        _jsonfile.write_json_atomic(str(tmp_path / "state.json"), {"a": 1})
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_state_files_are_created_0644_whatever_the_umask(tmp_path: Path) -> None:
+    from atomic_deploy import _jsonfile
+
+    old = os.umask(0)
+    try:
+        _jsonfile.write_json_atomic(str(tmp_path / "state.json"), {"a": 1})
+        _jsonfile.append_json_line(str(tmp_path / "log.jsonl"), {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("state.json", "log.jsonl"):
+        assert (os.stat(tmp_path / name).st_mode & 0o777) == 0o644, name
+
+
+def test_append_after_a_torn_last_line_starts_a_new_line(tmp_path: Path) -> None:
+    from atomic_deploy import _jsonfile
+
+    log = tmp_path / "history.jsonl"
+    log.write_bytes(b'{"op": "deploy"}\n{"op": "depl')  # a power cut mid-append
+    # then whole lines, the file's size odd and even: no blank line is ever added
+    for op in ("rollback", "activate", "prune", "adopt"):
+        _jsonfile.append_json_line(str(log), {"op": op})
+    assert log.read_bytes() == (b'{"op": "deploy"}\n{"op": "depl\n{"op": "rollback"}\n'
+                                b'{"op": "activate"}\n{"op": "prune"}\n{"op": "adopt"}\n')
+    assert [r["op"] for r in _jsonfile.read_json_lines(str(log))] == [
+        "deploy", "rollback", "activate", "prune", "adopt"]
+
+
+def test_append_never_follows_a_symlinked_log(tmp_path: Path) -> None:
+    from atomic_deploy import _jsonfile
+
+    (tmp_path / "outside").write_text("x\n")
+    os.symlink(tmp_path / "outside", tmp_path / "history.jsonl")
+    with pytest.raises(OSError) as info:
+        _jsonfile.append_json_line(str(tmp_path / "history.jsonl"), {"op": "deploy"})
+    assert info.value.errno == errno.ELOOP
+    assert (tmp_path / "outside").read_text() == "x\n"
