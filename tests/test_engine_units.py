@@ -180,3 +180,92 @@ def test_append_never_follows_a_symlinked_log(tmp_path: Path) -> None:
         _jsonfile.append_json_line(str(tmp_path / "history.jsonl"), {"op": "deploy"})
     assert info.value.errno == errno.ELOOP
     assert (tmp_path / "outside").read_text() == "x\n"
+
+
+# ---------------------------------------------------------------- _lock
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                                reason="not Linux: counts open descriptors in /proc/self/fd")
+
+
+def test_lock_file_is_0644_and_close_on_exec(tmp_path: Path) -> None:
+    import fcntl
+
+    from atomic_deploy._lock import RootLock
+
+    layout = _root(tmp_path)
+    old = os.umask(0)
+    try:
+        lock = RootLock(layout)
+        lock.acquire()
+    finally:
+        os.umask(old)
+    try:
+        assert (os.stat(layout.lock).st_mode & 0o777) == 0o644
+        assert lock._fd is not None
+        assert fcntl.fcntl(lock._fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC  # hooks never inherit it
+    finally:
+        lock.release()
+
+
+def test_a_symlinked_lock_file_is_refused_and_not_followed(tmp_path: Path) -> None:
+    from atomic_deploy._lock import RootLock, probe_holder
+    from atomic_deploy.errors import InvalidInput
+
+    layout = _root(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_text("")
+    os.symlink(outside, layout.lock)
+    with pytest.raises(InvalidInput, match="is a symlink"):
+        RootLock(layout).acquire()
+    # status's probe does not follow it either, even when what it points to is locked
+    import fcntl
+
+    fd = os.open(outside, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert probe_holder(layout) is None
+    finally:
+        os.close(fd)
+
+
+def test_a_lock_file_that_cannot_be_opened_says_so_not_symlink(tmp_path: Path) -> None:
+    from atomic_deploy._lock import RootLock
+    from atomic_deploy.errors import InvalidInput
+
+    layout = _root(tmp_path)
+    os.mkdir(layout.lock)  # EISDIR
+    with pytest.raises(InvalidInput) as info:
+        RootLock(layout).acquire()
+    assert "cannot open lock file" in info.value.message and "symlink" not in info.value.message
+
+
+@needs_proc
+@pytest.mark.parametrize("wait", [0.0, 0.2])
+def test_lock_held_names_the_holder_and_how_long_it_waited_and_leaks_nothing(
+        tmp_path: Path, wait: float) -> None:
+    from atomic_deploy._lock import RootLock, probe_holder
+    from atomic_deploy.errors import LockHeld
+
+    layout = _root(tmp_path)
+    assert probe_holder(layout) is None  # free: nobody named
+    holder = RootLock(layout, command="deploy A")
+    holder.acquire()
+    try:
+        held = probe_holder(layout)
+        assert held is not None and held.pid == os.getpid() and held.command == "deploy A"
+        before = _open_fds()
+        with pytest.raises(LockHeld) as info:
+            RootLock(layout, wait=wait, command="deploy B").acquire()
+        assert _open_fds() == before  # the refused attempt closed its descriptor
+        assert "deploy A" in info.value.message
+        assert ("after waiting 0.2s" in info.value.message) == (wait > 0)
+        assert "after waiting" in info.value.message or wait == 0
+    finally:
+        holder.release()
+    assert probe_holder(layout) is None
