@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,13 +260,47 @@ def test_lock_held_names_the_holder_and_how_long_it_waited_and_leaks_nothing(
     try:
         held = probe_holder(layout)
         assert held is not None and held.pid == os.getpid() and held.command == "deploy A"
+        assert f"since {held.started} " in held.describe() and os.uname().nodename in held.describe()
         before = _open_fds()
+        started = time.monotonic()
         with pytest.raises(LockHeld) as info:
-            RootLock(layout, wait=wait, command="deploy B").acquire()
+            (RootLock(layout, wait=wait, command="deploy B") if wait else RootLock(layout)).acquire()
+        waited = time.monotonic() - started
         assert _open_fds() == before  # the refused attempt closed its descriptor
         assert "deploy A" in info.value.message
-        assert ("after waiting 0.2s" in info.value.message) == (wait > 0)
-        assert "after waiting" in info.value.message or wait == 0
+        assert ("after waiting" in info.value.message) == (wait > 0), info.value.message
+        if wait:
+            assert "after waiting 0.2s" in info.value.message and waited >= wait
+        else:
+            assert waited < 0.5  # no --wait: refused at once
     finally:
         holder.release()
     assert probe_holder(layout) is None
+
+
+def test_an_untrusted_lock_file_is_refused_without_leaking_its_descriptor(tmp_path: Path) -> None:
+    from atomic_deploy._lock import RootLock
+    from atomic_deploy.errors import InvalidInput
+
+    layout = _root(tmp_path)
+    first = RootLock(layout)
+    first.acquire()  # creates the lock file
+    first.release()
+    os.chmod(layout.lock, 0o666)
+    before = _open_fds() if os.path.isdir("/proc/self/fd") else set()
+    with pytest.raises(InvalidInput, match="writable by every user"):
+        RootLock(layout).acquire()
+    if before:
+        assert _open_fds() == before
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_an_unreadable_holder_file_names_no_one(tmp_path: Path, content: str | None) -> None:
+    from atomic_deploy._lock import read_holder
+
+    layout = _root(tmp_path)
+    if content is not None:
+        Path(layout.holder).write_text(content)
+    holder = read_holder(layout)
+    assert holder.pid is None
+    assert holder.describe() == "another process (no holder details recorded)"
