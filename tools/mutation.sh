@@ -8,7 +8,9 @@
 # the tests listed for that module below. It works on a copy of the
 # repository in a temporary folder, so the checkout is never mutated (a killed run cannot leave
 # a mutant behind). Needs: pip install -e '.[mutation]' (cosmic-ray, pytest). Prints each
-# surviving mutant's diff and the score; the session is kept as mutation-MODULE.sqlite.
+# surviving mutant's diff and the score; the session is kept as mutation-MODULE.sqlite. A mutant
+# whose tests run longer than MUTATION_TIMEOUT seconds (default 120: a mutant that makes a wait
+# endless) counts as killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
@@ -49,7 +51,7 @@ quoted=$(printf '%q ' "${tests[@]}")
 cat > mutation.toml <<TOML
 [cosmic-ray]
 module-path = "$file"
-timeout = 300.0
+timeout = ${MUTATION_TIMEOUT:-120}.0
 excluded-modules = []
 test-command = "env PYTHONPATH=$work/src $py -m pytest -x -q -p no:cacheprovider -o addopts= $quoted"
 
