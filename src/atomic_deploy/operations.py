@@ -687,6 +687,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
                                        fsync_each=_per_file_fsync(opts))))
+            # The release folder's mtime is when it was made, not the build folder's (which a
+            # reproducible build pins to 1980): Capistrano's rollback orders releases by mtime.
+            os.utime(spath)
             if _per_file_fsync(opts):
                 for rel in opts.shared_dirs + opts.shared_files:
                     _platform.fsync_dir(os.path.dirname(os.path.join(spath, rel)) or spath)
