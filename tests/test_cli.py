@@ -292,7 +292,7 @@ def test_parser_for_one_command_is_that_command_of_the_full_parser(command: str)
 
 
 def test_usage_errors_found_after_parsing_point_at_the_command_help(tmp_path: Path) -> None:
-    r = run_cli("prune", tmp_path)
+    r = run_cli("prune", tmp_path, "--keep", "all")  # prune without --keep prunes to 5
     assert r.returncode == 2 and "(see: atomic-deploy prune --help)" in r.stderr
     r = run_cli("deploy", tmp_path)
     assert r.returncode == 2 and "(see: atomic-deploy deploy --help)" in r.stderr

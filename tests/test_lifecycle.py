@@ -108,7 +108,11 @@ def test_explicit_config_and_errors(tmp_path: Path, builds: Builds, root: Path) 
     cfg.write_text("bogus = 1\n")
     r = run_cli("deploy", builds("v1"), root, "--config", cfg)
     assert r.returncode == 2 and "unknown setting" in r.stderr and r.stderr.count("\n") == 1
-    cfg.write_text("keep = 'two'\n")
+    cfg.write_text("keep = 'two'\n")  # a string, but not "all"
+    r = run_cli("deploy", builds("v1"), root, "--config", cfg)
+    assert r.returncode == 2 and "keep = 'two'" in r.stderr and str(cfg) in r.stderr
+    assert r.stderr.count("\n") == 1
+    cfg.write_text("keep = 2.5\n")
     r = run_cli("deploy", builds("v1"), root, "--config", cfg)
     assert r.returncode == 2 and "wrong type" in r.stderr
     cfg.write_text("keep = [\n")

@@ -245,7 +245,7 @@ def test_concurrent_deploys_all_succeed_one_after_another(
     n = 8
     builds = [make_build(tmp_path / "builds" / f"c{i}", version=f"c{i}") for i in range(n)]
     # the first deploy creates the root too: start all at once, from nothing
-    runs = [start_cli("deploy", b, root, "--wait", "120") for b in builds]
+    runs = [start_cli("deploy", b, root, "--wait", "120", "--keep", "all") for b in builds]
     procs.extend(runs)
     outs = [p.communicate(timeout=150) for p in runs]
 

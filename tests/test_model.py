@@ -294,7 +294,8 @@ class RootMachine(RuleBasedStateMachine):
                keep: int | None = None) -> Any:
         argv = ["deploy", str(self.builds / build), str(self.root)]
         argv += ["--after-switch", HOOK] if hooks else []
-        argv += ["--keep", str(keep)] if keep else []
+        # No keep: no pruning (what the model knows), not the default of 5.
+        argv += ["--keep", str(keep) if keep else "all"]
         return multiple(*self._run(Command("deploy", build=build, hooks=hooks, keep=keep,
                                            fault=fault), argv))
 

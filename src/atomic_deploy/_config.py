@@ -20,7 +20,7 @@ FILENAME = "atomic-deploy.toml"
 # key -> accepted Python types. A hook is a shell string or an argument list.
 _HOOK = (str, list)
 KEYS: dict[str, tuple[type, ...]] = {
-    "keep": (int,),
+    "keep": (int, str),  # a number of releases, or "all" (checked with the other options)
     "wait": (int, float),
     "message": (str,),
     "shared_dirs": (list,),

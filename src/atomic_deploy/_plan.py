@@ -35,7 +35,7 @@ def _health_plan(opts: DeployOptions) -> list[str]:
 
 
 def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bool) -> list[str]:
-    from .operations import _source_kind, plan_prune, validate_options
+    from .operations import KEEP_ALL, _source_kind, keep_after, plan_prune, validate_options
 
     validate_options(opts)
 
@@ -69,16 +69,20 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     if activate:
         steps.append(f"switch current from {cur.target or 'nothing'} to releases/{rid}")
         steps += _health_plan(opts)
-    if opts.keep is not None:
+    keep = keep_after(opts, activate)
+    if keep is not None:
         # Pruning follows the commit: count the new release, and the history record that the
         # real run will have written by then, so the list is what the real run deletes.
         previous = cur.release if cur.resolves else None
         after = History([*history.records, {
             "v": 2, "op": "deploy" if activate else "prepare", "outcome": "ok", "release": rid,
             "previous": previous, "states": {rid: "served" if activate else "complete"}}])
-        victims, _ = plan_prune(after, layout, opts.keep, new=rid,
+        victims, _ = plan_prune(after, layout, keep, new=rid,
                                 current=rid if activate else None)
-        steps.append(f"prune to {opts.keep}: delete {', '.join(victims) or 'nothing'}")
+        default = " (the default; --keep all turns pruning off)" if opts.keep is None else ""
+        steps.append(f"prune to {keep}{default}: delete {', '.join(victims) or 'nothing'}")
+    elif opts.keep == KEEP_ALL:
+        steps.append("prune nothing (keep = all)")
     return steps
 
 

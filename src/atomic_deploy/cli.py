@@ -116,6 +116,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _keep(text: str) -> int | str:
+    """argparse type for --keep: a number of releases, or ``all`` (no pruning)."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of releases or 'all': {text!r}") from None
+
+
 def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
@@ -245,8 +255,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if want("deploy"):
         p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
         _add_stage_options(p)
-        p.add_argument("--keep", type=int, metavar="N",
-                       help="afterwards prune to N good releases (current and rollback target kept)")
+        p.add_argument("--keep", type=_keep, metavar="N|all",
+                       help="afterwards prune to N good releases (default 5; current and rollback "
+                            "target kept); 'all' prunes nothing")
         _add_switch_hooks(p)
         _add_dry_run(p)
 
@@ -306,8 +317,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if want("prune"):
         p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
         p.add_argument("root", metavar="ROOT")
-        p.add_argument("--keep", type=int, metavar="N",
-                       help="number of good releases to keep (bad ones do not count)")
+        p.add_argument("--keep", type=_keep, metavar="N",
+                       help="number of good releases to keep (default 5; bad ones do not count)")
         _add_wait(p)
         _add_config(p)
         _add_dry_run(p)
@@ -612,15 +623,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _emit(args, a.to_dict(), f"rolled back to {a.release} ({a.marked_bad} marked bad)")
     elif cmd == "prune":
         opts = _options(args, args.root)
-        if opts.keep is None:
-            _usage(cmd, "prune needs --keep N (or keep = N in the config file)")
+        if opts.keep == operations.KEEP_ALL:
+            _usage(cmd, "keep = all turns pruning off; give prune --keep N")
+        operations.validate_options(opts)
+        keep = operations.DEFAULT_KEEP if opts.keep is None else opts.keep
         if args.dry_run:
             from ._plan import plan_prune_steps
 
-            if opts.keep < 1:
-                raise InvalidInput("--keep must be at least 1", "nothing was changed")
-            return _plan(args, plan_prune_steps(args.root, opts.keep))
-        p = operations.prune(args.root, opts.keep, wait=opts.wait, command=opts.command)
+            return _plan(args, plan_prune_steps(args.root, keep))
+        p = operations.prune(args.root, keep, wait=opts.wait, command=opts.command)
         text = (f"pruned {len(p.deleted)}: {', '.join(p.deleted)}" if p.deleted
                 else "nothing to prune") + f"; {len(p.kept)} kept"
         _emit(args, p.to_dict(), text)

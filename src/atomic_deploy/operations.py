@@ -69,12 +69,18 @@ T = TypeVar("T")
 Hook = Union[str, list[str]]
 log = logging.getLogger("atomic_deploy")
 
+# Releases a deploy keeps when not told otherwise (Capistrano's keep_releases is 5 too);
+# ``keep="all"`` turns pruning off.
+DEFAULT_KEEP = 5
+KEEP_ALL = "all"
+
 
 @dataclass
 class DeployOptions:
     """Everything a deploy can be told; the CLI, the config file and the API all fill this."""
 
-    keep: int | None = None
+    # None: the command's default (deploy: DEFAULT_KEEP; prepare: no pruning); KEEP_ALL: none
+    keep: int | str | None = None
     wait: float = 0.0
     message: str | None = None
     command: str | None = None
@@ -603,8 +609,10 @@ def validate_options(opts: DeployOptions) -> None:
     def bad(msg: str) -> InvalidInput:
         return InvalidInput(msg, "nothing was changed")
 
-    if opts.keep is not None and opts.keep < 1:
-        raise bad("--keep must be at least 1")
+    if isinstance(opts.keep, str) and opts.keep != KEEP_ALL:
+        raise bad(f"--keep must be a number of releases or {KEEP_ALL!r}, not {opts.keep!r}")
+    if isinstance(opts.keep, int) and opts.keep < 1:
+        raise bad(f"--keep must be at least 1 (or {KEEP_ALL!r} to keep every release)")
     if opts.strip_components < 0:
         raise bad("--strip-components must be 0 or more")
     check_seconds("--wait", opts.wait)
@@ -631,6 +639,17 @@ def validate_options(opts: DeployOptions) -> None:
 
     for p in opts.shared_dirs + opts.shared_files:
         normalize(p)
+
+
+def keep_after(opts: DeployOptions, activate: bool) -> int | None:
+    """How many good releases a deploy (``activate``) or prepare prunes to afterwards; None: no
+    pruning. A deploy prunes to DEFAULT_KEEP unless told otherwise; a prepare, like Capistrano's
+    flow (cleanup follows a deploy), prunes only when told to."""
+    if isinstance(opts.keep, int):
+        return opts.keep
+    if opts.keep is None and activate:
+        return DEFAULT_KEEP
+    return None
 
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
@@ -668,6 +687,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
                                        fsync_each=_per_file_fsync(opts))))
+            # The release folder's mtime is when it was made, not the build folder's (which a
+            # reproducible build pins to 1980): Capistrano's rollback orders releases by mtime.
+            os.utime(spath)
             if _per_file_fsync(opts):
                 for rel in opts.shared_dirs + opts.shared_files:
                     _platform.fsync_dir(os.path.dirname(os.path.join(spath, rel)) or spath)
@@ -716,14 +738,18 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             recovered=s.recovered,
         )
         result.warnings.extend(s.warnings)
-        if opts.keep is not None:
+        keep = keep_after(opts, activate)
+        if keep is not None:
             # After the commit point: the deploy is done whatever happens here, so a failure
             # is a warning, never a failed deploy (nothing to roll back, no on-failure hooks).
             s.on_failure = []
             try:
-                pruned = _prune_locked(s, opts.keep)
-                result.pruned = pruned.deleted
-                result.warnings.extend(pruned.warnings)
+                # Nothing to delete (the usual case under the default): no prune operation, so
+                # no journal and no history record for every deploy.
+                if plan_prune(s.history, layout, keep)[0]:
+                    pruned = _prune_locked(s, keep)
+                    result.pruned = pruned.deleted
+                    result.warnings.extend(pruned.warnings)
             except InterruptedBySignal as exc:
                 raise InterruptedBySignal(
                     exc.signum, f"the {op} of {rid} had completed; pruning was stopped; "
@@ -916,7 +942,8 @@ def _prune_locked(s: _Session, keep: int) -> PruneResult:
                        warnings=s.warnings + warnings)
 
 
-def prune(root: str, keep: int, *, wait: float = 0.0, command: str | None = None) -> PruneResult:
+def prune(root: str, keep: int = DEFAULT_KEEP, *, wait: float = 0.0,
+          command: str | None = None) -> PruneResult:
     """Delete old releases, keeping ``keep`` good ones plus current and the rollback target."""
     if keep < 1:
         raise InvalidInput("--keep must be at least 1", "nothing was changed")
