@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ._history import History
-from ._layout import Layout, new_release_id, read_current, release_dirs, show
+from ._layout import Layout, check_root_parent, new_release_id, read_current, release_dirs, show
 from ._shared import SHARED, check_shared, normalize
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     history = History.load(layout)
     rid = new_release_id(set(release_dirs(layout)) | history.used_ids())
     steps = []
+    check_root_parent(root)
     if not os.path.isdir(layout.root):
         steps.append(f"create ROOT {show(layout.root)}")
     what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
