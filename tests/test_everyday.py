@@ -3,12 +3,142 @@ tarball wrapped in one folder, symlinks pointing out of a folder build."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Builds, error_line, release_names, run_cli
+from conftest import Builds, current_target, error_line, history, release_names, run_cli, snapshot
+
+# ---------------------------------------------------------------- hook lists in the config file
+
+
+def test_a_list_of_strings_in_the_config_file_is_a_list_of_commands(
+        builds: Builds, root: Path, tmp_path: Path) -> None:
+    """What a Deployer user writes: each string is one shell command, run in order."""
+    seen = tmp_path / "seen"
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(
+        f'check = ["echo check-a >> {seen}", "echo check-b >> {seen}"]\n'
+        f'after_switch = ["echo a >> {seen}", "echo b >> {seen}"]\n')
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 0, r.stderr
+    assert seen.read_text().split() == ["check-a", "check-b", "a", "b"]
+    record = history(root)[-1]
+    assert [h["command"] for h in record["hooks"]] == [
+        f"echo check-a >> {seen}", f"echo check-b >> {seen}",
+        f"echo a >> {seen}", f"echo b >> {seen}"]
+
+
+def test_an_argv_in_the_config_file_is_a_list_inside_the_list(builds: Builds, root: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "argv"
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(
+        f'after_switch = [["{sys.executable}", "-c", '
+        f'"import sys; open(sys.argv[1], \'w\').write(sys.argv[2])", "{out}", "$HOME"], '
+        f'"echo shell-$((1 + 1)) >> {out}.sh"]\n'
+        f'health_check = [["test", "-f", "version.txt"]]\n')
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "$HOME"  # no shell
+    assert Path(f"{out}.sh").read_text() == "shell-2\n"
+    health = [h for h in history(root)[-1]["hooks"] if h["phase"] == "health-check"]
+    assert health and health[0]["ok"] is True
+
+
+def test_dry_run_shows_each_hook_as_it_will_run(builds: Builds, root: Path) -> None:
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(
+        'check = "test -f index.html"\n'
+        'after_switch = ["echo a", "echo b", ["systemctl", "reload", "my nginx"]]\n'
+        'on_failure = [["notify", "it failed"]]\n'
+        'health_check = "curl -fsS http://127.0.0.1/"\n')
+    r = run_cli("deploy", builds("v1"), root, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "  run check hook: sh -c 'test -f index.html'" in lines
+    hooks = [line for line in lines if "after-switch hook" in line]
+    assert hooks == ["  run after-switch hook: sh -c 'echo a'",
+                     "  run after-switch hook: sh -c 'echo b'",
+                     "  run after-switch hook: systemctl reload 'my nginx'"]
+    assert any(line.startswith("  run health check: sh -c 'curl -fsS http://127.0.0.1/'")
+               for line in lines), lines
+    r = run_cli("deploy", builds("v1"), root, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "run after-switch hook: sh -c 'echo b'" in json.loads(r.stdout)["plan"]
+
+
+BAD_HOOKS = {
+    "empty string": ('after_switch = ["echo a", ""]', "after_switch", "command 2 is empty"),
+    "blank string": ('check = "   "', "check", "is empty"),
+    "empty argv": ("on_failure = [[]]", "on_failure", "empty argument list"),
+    "empty program": ('check = [["", "x"]]', "check", "empty program name"),
+    "number": ("after_switch = [1]", "after_switch", "found int"),
+    "number in argv": ('after_switch = [["echo", 1]]', "after_switch", "found list"),
+    "table": ('after_switch = {cmd = "x"}', "after_switch", "wrong type"),
+    "several health checks": ('health_check = ["true", "true"]', "health_check",
+                              "one command"),
+    "empty health check": ('health_check = [[]]', "health_check", "empty argument list"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HOOKS))
+def test_a_bad_hook_in_the_config_file_is_refused_before_anything_is_copied(
+        builds: Builds, root: Path, case: str) -> None:
+    text, key, why = BAD_HOOKS[case]
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(text + "\n")
+    before = snapshot(root)
+    for extra in ([], ["--dry-run"]):
+        r = run_cli("deploy", builds("v1"), root, *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        line = error_line(r)
+        assert f"atomic-deploy.toml: {key}" in line and why in line, line
+        assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("flags", [["--check", ""], ["--after-switch", "true",
+                                                       "--after-switch", " "],
+                                   ["--health-check", ""], ["--on-failure", ""]])
+def test_a_bad_hook_flag_is_refused_before_anything_is_copied(builds: Builds, root: Path,
+                                                              flags: list[str]) -> None:
+    r = run_cli("deploy", builds("v1"), root, *flags)
+    assert r.returncode == 2, r.stderr
+    assert flags[-2] in error_line(r) and "is empty" in error_line(r)
+    assert not root.exists()
+
+
+def test_rollback_goes_on_without_a_bad_hook_setting(builds: Builds, root: Path,
+                                                     tmp_path: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run_cli("deploy", builds(v), root).returncode == 0
+    first = release_names(root)[0]
+    seen = tmp_path / "seen"
+    (root / "atomic-deploy.toml").write_text(
+        f'after_switch = ["echo a >> {seen}", "echo b >> {seen}"]\non_failure = [[]]\n')
+    r = run_cli("rollback", root)
+    assert r.returncode == 0, r.stderr
+    assert current_target(root) == f"releases/{first}"
+    assert seen.read_text().split() == ["a", "b"]
+    assert "on_failure" in r.stderr and "going on without it" in r.stderr
+
+
+@pytest.mark.parametrize("text,status", [
+    ('after_switch = [["systemctl", "reload", "nginx"]]\nhealth_check = [["true"]]', "ok"),
+    ('after_switch = ["echo a", "echo b"]', "ok"),
+    ('after_switch = ["echo a", ""]', "fail"),
+])
+def test_doctor_reads_hook_settings_as_the_commands_do(builds: Builds, root: Path, text: str,
+                                                       status: str) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    (root / "atomic-deploy.toml").write_text(text + "\n")
+    r = run_cli("doctor", root, "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["config"]["status"] == status, checks["config"]
+
 
 # ---------------------------------------------------------------- a mistyped ROOT
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import TYPE_CHECKING
 
 from ._history import History
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
 
 
 def _hook_text(cmd: Hook) -> str:
-    return cmd if isinstance(cmd, str) else " ".join(cmd)
+    """The hook exactly as it will run, in shell words: a string is ``sh -c STRING``, an
+    argument list its own words (so ["echo a", "echo b"] cannot pass for two commands)."""
+    return shlex.join(["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd))
 
 
 def _hooks_plan(phase: str, hooks: list[Hook]) -> list[str]:

@@ -471,7 +471,7 @@ _SETTINGS: dict[str, Any] = {
     "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,
     "trust_mtime": False, "link_writable": False, "digest": False, "jobs": None, "fsync": True,
 }
-_HOOK_LISTS = ("check", "after_switch", "on_failure")
+_HOOK_KEYS = ("check", "after_switch", "on_failure", "health_check")
 
 
 def _options(args: argparse.Namespace, root: str | None,
@@ -491,9 +491,8 @@ def _options(args: argparse.Namespace, root: str | None,
     for key, default in _SETTINGS.items():
         flag = getattr(args, key, None)
         value = flag if flag is not None else config.get(key, default)
-        if key in _HOOK_LISTS and isinstance(value, (str, list)) and key in config \
-                and flag is None:
-            value = [value]  # a config hook is one command: a shell string or an argv list
+        if key in _HOOK_KEYS and key in config and flag is None:
+            value = _config.hooks(key, value)  # a list of strings is a list of commands
         values[key] = value
     values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
     if not getattr(args, "quiet", False):

@@ -627,10 +627,42 @@ def validate_options(opts: DeployOptions) -> None:
         from . import _hooks
 
         _hooks.check_url_syntax(opts.health_url)
+    for flag, cmds in (("--check", opts.check), ("--after-switch", opts.after_switch),
+                       ("--on-failure", opts.on_failure)):
+        if not isinstance(cmds, list):  # the API: a bare string would run letter by letter
+            raise bad(f"{flag}: a list of commands is needed, not {type(cmds).__name__}")
+        for i, cmd in enumerate(cmds, 1):
+            _check_hook(f"{flag} command {i}" if len(cmds) > 1 else flag, cmd)
+    if opts.health_check is not None:
+        _check_hook("--health-check", opts.health_check)
     from ._shared import normalize
 
     for p in opts.shared_dirs + opts.shared_files:
         normalize(p)
+
+
+def _check_hook(flag: str, cmd: Any) -> None:
+    """One hook as _hooks.hook_argv will take it: found before anything is copied, not after
+    the switch. Named by its flag (the config key, when it came from the file: cli says so)."""
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"{flag}: {why}", "nothing was changed")
+
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise InvalidInput(f"{flag} is empty", "nothing was changed")
+        args = [cmd]
+    elif isinstance(cmd, (list, tuple)):
+        if not cmd:
+            raise InvalidInput(f"{flag} is an empty argument list", "nothing was changed")
+        if not all(isinstance(a, str) for a in cmd):
+            raise bad(f"argument list {list(cmd)!r}: every argument must be a string")
+        if not cmd[0]:
+            raise bad(f"argument list {list(cmd)!r} has an empty program name")
+        args = list(cmd)
+    else:
+        raise bad(f"a command is a string or a list of strings, not {type(cmd).__name__}")
+    if any("\0" in a for a in args):
+        raise bad("command contains a NUL character")
 
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
