@@ -3,9 +3,11 @@ tarball wrapped in one folder, symlinks pointing out of a folder build."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,79 @@ def _umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
+
+
+# ---------------------------------------------------------------- a tarball wrapped in one folder
+
+
+def _tarball(path: Path, names: list[str], compression: str = "gz") -> Path:
+    """A tarball of files (names ending in / are folders) holding their own names."""
+    with tarfile.open(path, f"w:{compression}") as tf:
+        for name in names:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            else:
+                data = name.encode()
+                info.size, info.mode = len(data), 0o644
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+ONE_FOLDER = ["v3/", "v3/public/", "v3/public/index.html", "v3/version.txt"]
+
+
+@pytest.mark.parametrize("cmd", ["deploy", "prepare"])
+def test_tarball_with_one_top_level_folder_says_to_strip_it(tmp_path: Path, root: Path,
+                                                            cmd: str) -> None:
+    archive = _tarball(tmp_path / "app-1.5.tar.gz", ONE_FOLDER)
+    r = run_cli(cmd, archive, root)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, r.stderr
+    assert "one folder, v3/" in warnings[0] and "--strip-components 1" in warnings[0]
+    (release,) = release_names(root)
+    assert (root / "releases" / release / "v3" / "public" / "index.html").is_file()
+    r = run_cli(cmd, archive, root, "--json")
+    assert r.returncode == 0, r.stderr
+    (warning,) = json.loads(r.stdout)["warnings"]
+    assert "one folder, v3/" in warning and "--strip-components 1" in warning
+
+
+def test_dry_run_says_so_too_without_extracting(tmp_path: Path, root: Path) -> None:
+    archive = _tarball(tmp_path / "app.tar.xz", ["./", *("./" + n for n in ONE_FOLDER)], "xz")
+    r = run_cli("deploy", archive, root, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)["plan"]
+    hints = [step for step in plan if "--strip-components 1" in step]
+    assert len(hints) == 1 and "one folder, v3/" in hints[0], plan
+    assert not root.exists()
+    r = run_cli("deploy", archive, root, "--dry-run", "--strip-components", "1")
+    assert r.returncode == 0, r.stderr
+    assert "strip" not in r.stdout
+
+
+@pytest.mark.parametrize("names", [
+    ["index.html", "public/", "public/app.js"],  # a normal build
+    ["v3/", "v3/index.html", "README"],  # a folder and a file at the top
+    ["v3/index.html", "v4/index.html"],  # two folders
+    ["index.html"],  # one file
+])
+def test_no_hint_unless_everything_is_inside_one_folder(tmp_path: Path, root: Path,
+                                                        names: list[str]) -> None:
+    archive = _tarball(tmp_path / "app.tgz", names)
+    r = run_cli("deploy", archive, root, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "strip" not in r.stdout
+    r = run_cli("deploy", archive, root)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+def test_no_hint_when_stripping(tmp_path: Path, root: Path) -> None:
+    archive = _tarball(tmp_path / "app.tgz", ["build/", *("build/" + n for n in ONE_FOLDER)])
+    r = run_cli("deploy", archive, root, "--strip-components", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # v3/ is all that is left, but it was asked for
+    assert (root / "current" / "v3" / "version.txt").is_file()

@@ -56,6 +56,12 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
         files = sum(len(f) for _d, _s, f in os.walk(src))
         what += f" ({files} files)"
     steps.append(f"{what} into a hidden staging folder, flush it, rename it to releases/{rid}")
+    if kind == "tar" and not opts.strip_components:
+        from ._sources import one_folder_hint, single_top_folder
+
+        folder = single_top_folder(src)
+        if folder is not None:
+            steps.append(f"warning: {one_folder_hint(src, folder)}")
     if opts.revision:
         steps.append(f"write REVISION {opts.revision}")
     check_shared(layout, opts.shared_dirs, opts.shared_files, create_missing=True)

@@ -77,6 +77,9 @@ class ExtractStats:
     dirs: int = 0  # folders created, including ones only implied by a member's path
     symlinks: int = 0
     bytes: int = 0  # file data written (hard links add nothing)
+    # The one folder everything was extracted into, when there is nothing else at the top
+    # (and nothing was stripped): most likely a build wrapped in its own folder.
+    single_folder: str | None = None
 
 
 def _no_checkpoint(step: str) -> None:
@@ -438,6 +441,9 @@ class _Extractor:
                 _set_mtime(path, mtime)
             if self.fsync_each:
                 _platform.fsync_dir(path)
+        top = [key for key in self.kinds if "/" not in key]
+        if not self.strip and len(top) == 1 and self.kinds[top[0]] in ("dir", "implied"):
+            s.single_folder = top[0]
         # The release folder's own mode never comes from the archive (a "./" entry from a 0o700
         # build folder would lock the web server out): readable by all, like a fresh folder.
         os.chmod(self.dest, 0o755)
@@ -518,6 +524,50 @@ def extract_tarball(
         raise InvalidInput(f"cannot read {label}: {exc.strerror}") from exc
     with f:
         return _extract(f, dest, strip_components, checkpoint, fsync_each, label)
+
+
+def one_folder_hint(archive: str, folder: str) -> str:
+    """What to say when everything in ``archive`` is inside ``folder``."""
+    return (f"everything in {show(archive)} is inside one folder, {show(folder)}/, so the release "
+            f"holds {show(folder)}/... rather than its contents; if that is not what you want, "
+            "deploy with --strip-components 1")
+
+
+def single_top_folder(archive: str) -> str | None:
+    """The one top-level folder of ``archive`` when it holds nothing else at the top, else None;
+    read from the member headers alone, nothing extracted (what a dry run can afford). Stops at
+    the second top-level name. An archive that cannot be read raises InvalidInput, as the
+    extraction would."""
+    label = f"archive {show(archive)}"
+    try:
+        f = open(archive, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {label}: {exc.strerror}") from exc
+    found: str | None = None
+    is_dir = False
+    with f:
+        feed = _decoder(f, label)
+        try:
+            with tarfile.open(fileobj=cast(IO[bytes], feed), mode="r|") as tf:
+                seen = getattr(tf, "members", None)
+                for m in tf:
+                    if isinstance(seen, list):
+                        seen.clear()
+                    parts = [p for p in m.name.split("/") if p and p != "."]
+                    if not parts:
+                        continue
+                    if found is None:
+                        found = parts[0]
+                    elif parts[0] != found:
+                        return None
+                    # a folder when it has members below it or is one itself
+                    is_dir = is_dir or len(parts) > 1 or m.isdir()
+                    if len(parts) == 1 and not m.isdir():
+                        return None
+        except tarfile.TarError as exc:
+            raise InvalidInput(f"{label} is not a valid tar archive, or is truncated: "
+                               f"{exc}") from exc
+    return found if is_dir else None
 
 
 def _git_env() -> dict[str, str]:

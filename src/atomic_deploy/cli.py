@@ -588,6 +588,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 progress.close()
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
+            for w in r.warnings:
+                _warn(w)
             return EXIT_OK
         linked = f", {r.linked} hard-linked" if r.linked else ""
         text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "

@@ -125,7 +125,8 @@ class DeployResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
-    # Problems after the commit point (pruning): the deploy itself completed.
+    # Problems after the commit point (pruning), and what looks like a mistake in the build
+    # (one folder wrapping a tarball's contents, symlinks out of it): the deploy completed.
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -516,8 +517,9 @@ def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[st
 
 def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
           link_dest: str | None, record: CopyRecord | None = None,
-          ) -> tuple[CopyStats, str | None]:
-    """Put the build into the staging folder; returns stats and the revision to record."""
+          warnings: list[str] | None = None) -> tuple[CopyStats, str | None]:
+    """Put the build into the staging folder; returns stats and the revision to record.
+    What looks like a mistake in the build itself goes to ``warnings``."""
     revision = opts.revision
     if kind == "dir":
         stats = copy_tree(src, spath, checkpoint,
@@ -529,6 +531,10 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
         ex = extract_tarball(src, spath, opts.strip_components, checkpoint,
                              fsync_each=_per_file_fsync(opts))
         stats = CopyStats(files=ex.files, dirs=ex.dirs, symlinks=ex.symlinks, bytes=ex.bytes)
+        if ex.single_folder is not None and warnings is not None:
+            from ._sources import one_folder_hint
+
+            warnings.append(one_folder_hint(src, ex.single_folder))
     else:
         from ._sources import export_git
 
@@ -690,12 +696,14 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         with_digests = opts.digest or (opts.link_unchanged and not opts.trust_mtime)
         record = CopyRecord(with_digests) if kind == "dir" else None
         manifest: list[str | None] = [None]
+        build_warnings: list[str] = []  # about the build itself, shown once it is deployed
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
-            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record)
+            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record,
+                                    build_warnings)
             shared.extend(link_shared(
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
@@ -747,7 +755,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             manifest=manifest[0], revision=revision, shared=shared, hooks=hooks,
             recovered=s.recovered,
         )
-        result.warnings.extend(s.warnings)
+        result.warnings.extend(build_warnings + s.warnings)
         if opts.keep is not None:
             # After the commit point: the deploy is done whatever happens here, so a failure
             # is a warning, never a failed deploy (nothing to roll back, no on-failure hooks).
