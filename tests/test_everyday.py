@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Builds, current_target, error_line, history, release_names, run_cli, snapshot
+from conftest import (
+    Builds,
+    current_target,
+    error_line,
+    hidden_entries,
+    history,
+    make_build,
+    release_names,
+    run_cli,
+    snapshot,
+)
 
 # ---------------------------------------------------------------- hook lists in the config file
 
@@ -255,3 +265,83 @@ def test_no_hint_when_stripping(tmp_path: Path, root: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # v3/ is all that is left, but it was asked for
     assert (root / "current" / "v3" / "version.txt").is_file()
+
+
+# ---------------------------------------------------------------- symlinks out of a folder build
+
+
+def _build_with_links(path: Path) -> Path:
+    make_build(path, {"public/index.html": "<h1>hi</h1>\n", "public/sub/page.html": "p\n",
+                      "storage/app.log": "log\n"})
+    os.symlink("/etc/passwd", path / "public" / "passwd")  # absolute
+    os.symlink("../../../etc/hosts", path / "public" / "sub" / "hosts")  # climbs out
+    os.symlink("sub", path / "public" / "s")  # inside
+    os.symlink("s/../../..", path / "public" / "up")  # climbs out through a link
+    os.symlink("../index.html", path / "public" / "sub" / "home.html")  # inside
+    os.symlink("../storage", path / "public" / "storage")  # inside (a shared folder later)
+    return path
+
+
+EXTERNAL = [{"path": "public/passwd", "target": "/etc/passwd"},
+            {"path": "public/sub/hosts", "target": "../../../etc/hosts"},
+            {"path": "public/up", "target": "s/../../.."}]
+
+
+@pytest.mark.parametrize("cmd", ["deploy", "prepare"])
+def test_links_out_of_a_folder_build_are_copied_with_a_warning(tmp_path: Path, root: Path,
+                                                               cmd: str) -> None:
+    build = _build_with_links(tmp_path / "build")
+    r = run_cli(cmd, build, root, "--shared-dir", "storage")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, r.stderr
+    for link in EXTERNAL:
+        assert f"{link['path']} -> {link['target']}" in warnings[0]
+    assert "3 symlinks pointing outside" in warnings[0] and "storage" not in warnings[0]
+    (release,) = release_names(root)
+    assert os.readlink(root / "releases" / release / "public" / "passwd") == "/etc/passwd"
+    r = run_cli(cmd, build, root, "--shared-dir", "storage", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["external_links"] == EXTERNAL
+    assert len(out["warnings"]) == 1
+
+
+def test_no_warning_for_links_inside_the_build_and_the_shared_links(tmp_path: Path,
+                                                                    root: Path) -> None:
+    build = make_build(tmp_path / "build", {"public/index.html": "x\n", "storage/a": "a\n"})
+    os.symlink("index.html", build / "public" / "home.html")
+    os.symlink("../storage/a", build / "public" / "a")
+    root.mkdir()
+    (root / "shared").mkdir()
+    (root / "shared" / ".env").write_text("X=1\n")
+    r = run_cli("deploy", build, root, "--shared-dir", "storage", "--shared-file", ".env",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    out = json.loads(r.stdout)
+    assert out["external_links"] == [] and out["warnings"] == []
+    assert os.path.islink(root / "current" / "storage")  # the tool's own link, not reported
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_refuse_external_links_fails_and_removes_the_staged_release(
+        builds: Builds, tmp_path: Path, root: Path, how: str) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    (first,) = release_names(root)
+    build = _build_with_links(tmp_path / "build")
+    extra = ["--refuse-external-links"] if how == "flag" else []
+    if how == "config":
+        (root / "atomic-deploy.toml").write_text("refuse_external_links = true\n")
+    r = run_cli("deploy", build, root, *extra)
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert "public/passwd -> /etc/passwd" in line and "--refuse-external-links" in line
+    assert "nothing was switched, the new release was removed" in line
+    assert release_names(root) == [first]
+    assert current_target(root) == f"releases/{first}"
+    assert hidden_entries(root) == []
+    assert history(root)[-1]["outcome"] == "failed"
+    # A build without such links goes through.
+    r = run_cli("deploy", builds("v2"), root, *extra)
+    assert r.returncode == 0, r.stderr

@@ -40,6 +40,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "health_interval": (int, float),
     "hook_timeout": (int, float),
     "strip_components": (int,),
+    "refuse_external_links": (bool,),
     "revision": (str,),
     "link_unchanged": (bool,),
     "checksum": (bool,),

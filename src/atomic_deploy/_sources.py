@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Callable, Protocol, cast
 
 from . import _platform
+from ._copy import symlink_escape
 from ._layout import show
 from .errors import InvalidInput, OperationFailed
 
@@ -56,7 +57,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
-_MAX_HOPS = 40  # Linux MAXSYMLINKS; macOS gives up sooner (32), so nothing longer can resolve
 _WINDOW = 1 << 16  # recent archive bytes kept to inspect the block tarfile treated as the end
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -247,6 +247,8 @@ def _set_mtime(target: str | int, mtime: float, follow: bool = True) -> None:
 
 
 _WORDS = {"dir": "folder", "implied": "folder", "file": "file", "link": "symlink"}
+_ESCAPES = {"outside": "points outside the release",
+            "loop": "is part of a symlink loop or too long a chain of symlinks"}
 
 
 class _Extractor:
@@ -302,34 +304,9 @@ class _Extractor:
                 self.stats.dirs += 1
 
     def escape(self, key: str) -> str | None:
-        """Why the symlink at ``key`` leads out of the release (or nowhere), else None.
-
-        Resolution follows the links extracted so far, like the kernel would, but refuses to go
-        above dest at any step: "../<dest's name>/x" would resolve while staging and dangle (or
-        reach a sibling release) once renamed. Missing names and files are walked as if they were
-        folders, which is stricter than the kernel.
-        """
-        cur = key.split("/")[:-1]
-        pending = list(reversed(self.links[key].split("/")))
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not cur:
-                    return "points outside the release"
-                cur.pop()
-                continue
-            cur.append(part)
-            target = self.links.get("/".join(cur))
-            if target is not None:
-                hops += 1
-                if hops > _MAX_HOPS:
-                    return "is part of a symlink loop or too long a chain of symlinks"
-                cur.pop()
-                pending.extend(reversed(target.split("/")))
-        return None
+        """Why the symlink at ``key`` leads out of the release (or nowhere), else None: its
+        resolution through the links extracted so far (``_copy.symlink_escape``)."""
+        return _ESCAPES.get(symlink_escape(self.links, key) or "")
 
     def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name

@@ -169,6 +169,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                    help="drop N leading path components from tarball members")
     g.add_argument("--revision", metavar="TEXT",
                    help="record this revision in the history and a REVISION file")
+    g.add_argument("--refuse-external-links", action="store_true", default=None,
+                   help="fail (exit 2) if a folder build has symlinks pointing outside it "
+                        "(default: copy them as they are, with a warning)")
     g = p.add_argument_group("shared data (kept in ROOT/shared, linked into every release)")
     g.add_argument("--shared-dir", action="append", metavar="PATH", dest="shared_dirs",
                    help="relative folder; seeded from the release on first use (repeatable)")
@@ -465,7 +468,8 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
 # Option name -> (config key, default when neither flag nor config gives one).
 _SETTINGS: dict[str, Any] = {
     "keep": None, "wait": 0.0, "message": None, "git": None, "ref": "HEAD",
-    "strip_components": 0, "revision": None, "shared_dirs": [], "shared_files": [],
+    "strip_components": 0, "revision": None, "refuse_external_links": False,
+    "shared_dirs": [], "shared_files": [],
     "create_missing": False, "check": [], "after_switch": [], "on_failure": [],
     "health_check": None, "health_url": None, "health_timeout": 10.0, "health_retries": 3,
     "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,

@@ -83,6 +83,7 @@ class DeployOptions:
     ref: str = "HEAD"
     strip_components: int = 0
     revision: str | None = None
+    refuse_external_links: bool = False  # a folder build's symlinks out of it: error, not warning
     # shared data
     shared_dirs: list[str] = field(default_factory=list)
     shared_files: list[str] = field(default_factory=list)
@@ -125,6 +126,8 @@ class DeployResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
+    # Symlinks of a folder build that lead out of it: {"path": ..., "target": ...} each.
+    external_links: list[dict[str, str]] = field(default_factory=list)
     # Problems after the commit point (pruning), and what looks like a mistake in the build
     # (one folder wrapping a tarball's contents, symlinks out of it): the deploy completed.
     warnings: list[str] = field(default_factory=list)
@@ -525,6 +528,8 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
         stats = copy_tree(src, spath, checkpoint,
                           fsync_each=_per_file_fsync(opts),
                           **_copy_options(opts, link_dest, layout, record))
+        if stats.external_links:
+            _external_links(stats.external_links, opts, warnings)
     elif kind == "tar":
         from ._sources import extract_tarball
 
@@ -551,6 +556,22 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
 
         write_revision(spath, revision, fsync=_per_file_fsync(opts))
     return stats, revision
+
+
+def _external_links(links: list[tuple[str, str]], opts: DeployOptions,
+                    warnings: list[str] | None) -> None:
+    """Symlinks of a folder build that lead out of it (``/etc/passwd``, ``../../x``): copied
+    as they are, as ``cp -a`` would, with a warning; an error with --refuse-external-links.
+    (A tarball's or git tree's are always refused, by the extraction.)"""
+    shown = ", ".join(f"{show(path)} -> {show(target)}" for path, target in links[:5])
+    more = f" and {len(links) - 5} more" if len(links) > 5 else ""
+    n = f"{len(links)} symlink{'s' if len(links) != 1 else ''}"
+    if opts.refuse_external_links:
+        raise InvalidInput(f"the build has {n} pointing outside it: {shown}{more} "
+                           "(refused by --refuse-external-links)")
+    if warnings is not None:
+        warnings.append(f"the build has {n} pointing outside it, deployed as they are: "
+                        f"{shown}{more} (--refuse-external-links makes this an error)")
 
 
 def _copy_options(opts: DeployOptions, link_dest: str | None, layout: Layout | None = None,
@@ -754,6 +775,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
             manifest=manifest[0], revision=revision, shared=shared, hooks=hooks,
             recovered=s.recovered,
+            external_links=[{"path": p, "target": t} for p, t in stats.external_links],
         )
         result.warnings.extend(build_warnings + s.warnings)
         if opts.keep is not None:
