@@ -255,9 +255,9 @@ def test_pyz_deploys_status_and_rollback_under_isolated_python(minor: str, tmp_p
     seen = tmp_path / "seen"
     (root / "atomic-deploy.toml").write_text(
         f'message = "from the config under {minor}"\nkeep = 2\n'
-        f'after_switch = ["{python}", "-c", "import os, sys; '
+        f'after_switch = [["{python}", "-c", "import os, sys; '
         f'open(sys.argv[1], \'a\').write(os.environ[\'ATOMIC_DEPLOY_RELEASE\'] + \'\\\\n\')", '
-        f'"{seen}"]\n')
+        f'"{seen}"]]\n')
     for version in ("v2", "v3"):
         proc = pyz("deploy", make_build(tmp_path / version, version=version), root)
         assert proc.returncode == 0, output(proc)

@@ -184,9 +184,9 @@ def test_argv_hook_from_config_reaches_no_shell(builds: Builds, root: Path,
     root.mkdir()
     out = tmp_path / "argv"
     (root / "atomic-deploy.toml").write_text(
-        f'after_switch = ["{sys.executable}", "-c", '
+        f'after_switch = [["{sys.executable}", "-c", '
         f'"import sys; open(sys.argv[2], \'w\').write(sys.argv[1])", "$(touch {tmp_path}/pwned)", '
-        f'"{out}"]\n')
+        f'"{out}"]]\n')
     r = run_cli("deploy", builds("v1"), root)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == f"$(touch {tmp_path}/pwned)"

@@ -23,6 +23,7 @@ from atomic_deploy._sources import (
     ExtractStats,
     export_git,
     extract_tarball,
+    single_top_folder,
     tarball_kind,
     write_revision,
 )
@@ -247,12 +248,15 @@ def test_good_archive_every_compression(place: Place, comp: str) -> None:
     assert os.path.samefile(place.dest / "app/hard", place.dest / "app/data.txt")
     assert stat.S_IMODE(place.dest.stat().st_mode) == 0o755  # the staging folder was 0o700
     assert stats == ExtractStats(files=5, dirs=5, symlinks=4, bytes=len(b"#!/bin/sh\necho hi\n")
-                                 + len(b"data\n") + len(b"deep\n") + 1)
+                                 + len(b"data\n") + len(b"deep\n") + 1,
+                                 single_folder="app")  # everything is under app/
     assert calls == ["copy-file"] * 5  # after every file, hard links included
+    # The dry run's look at the same archive: headers only.
+    assert single_top_folder(str(place.archive)) == "app"
 
 
 def test_strip_one_component(place: Place) -> None:
-    extract(place, GOOD, "gz", strip=1)
+    assert extract(place, GOOD, "gz", strip=1).single_folder is None  # stripping was asked
     assert without_implicit(meta(place.dest)) == expected_good("app/")
 
 

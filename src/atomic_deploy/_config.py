@@ -17,8 +17,12 @@ from .errors import InvalidInput
 
 FILENAME = "atomic-deploy.toml"
 
-# key -> accepted Python types. A hook is a shell string or an argument list.
+# key -> accepted Python types. A hook key holds a shell string (one command) or a list of
+# commands, each a shell string or an argument list (see ``hooks``).
 _HOOK = (str, list)
+# Hook keys that hold any number of commands, like their repeatable flags; health_check is one.
+HOOK_LISTS = ("check", "after_switch", "on_failure")
+_ARGV_EXAMPLE = '[["systemctl", "reload", "nginx"]]'
 KEYS: dict[str, tuple[type, ...]] = {
     "keep": (int, str),  # a number of releases, or "all" (checked with the other options)
     "wait": (int, float),
@@ -36,6 +40,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "health_interval": (int, float),
     "hook_timeout": (int, float),
     "strip_components": (int,),
+    "refuse_external_links": (bool,),
     "revision": (str,),
     "link_unchanged": (bool,),
     "checksum": (bool,),
@@ -116,9 +121,41 @@ def check_value(path: str, key: str, value: Any) -> None:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise InvalidInput(f"{show(path)}: {key} has the wrong type "
                            f"({type(value).__name__})", "nothing was changed")
-    if isinstance(value, list) and not all(isinstance(x, str) for x in value):
+    if key in HOOK_LISTS or key == "health_check":
+        _check_hook_shape(path, key, value)
+    elif isinstance(value, list) and not all(isinstance(x, str) for x in value):
         raise InvalidInput(f"{show(path)}: {key} must be a list of strings",
                            "nothing was changed")
+
+
+def _check_hook_shape(path: str, key: str, value: Any) -> None:
+    """A hook key: a string, or a list of commands, each a string or a list of strings. A list
+    of strings is several shell commands (what a Deployer user writes), never one argv: an
+    argument vector is a list inside the list. Empty commands are the options check's."""
+    if isinstance(value, str):
+        return
+    for cmd in value:
+        if not isinstance(cmd, (str, list)) or (
+                isinstance(cmd, list) and not all(isinstance(x, str) for x in cmd)):
+            raise InvalidInput(
+                f"{show(path)}: {key} must be a command string or a list of commands, each a "
+                f"string (run by sh -c) or a list of strings (an argument vector, no shell: "
+                f"{_ARGV_EXAMPLE}); found {type(cmd).__name__} {cmd!r}", "nothing was changed")
+    if key == "health_check" and len(value) != 1:
+        raise InvalidInput(
+            f"{show(path)}: health_check is one command, not a list of {len(value)}: a string "
+            f"(run by sh -c), or [[\"curl\", \"-fsS\", \"URL\"]] for an argument vector",
+            "nothing was changed")
+
+
+def hooks(key: str, value: Any) -> Any:
+    """A checked hook setting as DeployOptions holds it: for check, after_switch and
+    on_failure a list of commands (a string is one), for health_check one command."""
+    if key == "health_check":
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+    if isinstance(value, str):
+        return [value]
+    return list(value)
 
 
 def load(root: str, explicit: str | None = None) -> dict[str, Any]:

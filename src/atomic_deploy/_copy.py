@@ -60,7 +60,8 @@ import queue
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _platform
@@ -166,10 +167,53 @@ class CopyStats:
     linked_bytes: int = 0
     hardlinks: int = 0  # extra names of files hard-linked inside the source
     jobs: int = 1  # copy threads used (or worker processes, this one included)
+    # (path, target) of each symlink copied that leads out of the tree (symlink_escape)
+    external_links: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, other: CopyStats) -> None:
         for name in ("copied", "cloned", "linked", "linked_bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+MAX_HOPS = 40  # Linux MAXSYMLINKS; macOS gives up sooner (32), so nothing longer can resolve
+
+
+def symlink_escape(links: Mapping[str, str], key: str) -> str | None:
+    """Where the symlink at ``key`` leads, judged inside the tree whose symlinks are ``links``
+    (path relative to the top -> target): "outside" if its resolution goes above the top at
+    any step or its target is absolute, "loop" if it is part of a loop or a chain longer than
+    MAX_HOPS, else None.
+
+    Resolution follows the tree's other links, as the kernel would, but never goes above the
+    top even for a moment: "../<the top's name>/x" would resolve in one place and dangle (or
+    reach a sibling release) once renamed. Missing names and files are walked as if they were
+    folders, which is stricter than the kernel.
+    """
+    if links[key].startswith("/"):
+        return "outside"
+    cur = key.split("/")[:-1]
+    pending = list(reversed(links[key].split("/")))
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not cur:
+                return "outside"
+            cur.pop()
+            continue
+        cur.append(part)
+        target = links.get("/".join(cur))
+        if target is not None:
+            hops += 1
+            if hops > MAX_HOPS:
+                return "loop"
+            if target.startswith("/"):
+                return "outside"
+            cur.pop()
+            pending.extend(reversed(target.split("/")))
+    return None
 
 
 def check_source(source: str, root: str) -> str:
@@ -695,6 +739,9 @@ class _Tree:
         # linked at the end, once every worker is done (the first name may still be in flight).
         self.first_name: dict[tuple[int, int], str] = {}
         self.later_names: list[tuple[str, str, _Dir]] = []
+        # Every symlink copied (path relative to the top -> target): judged once the whole
+        # tree is known, since a link may lead through another (symlink_escape).
+        self.links: dict[str, str] = {}
 
     # ---- dispatching
 
@@ -856,6 +903,9 @@ class _Tree:
         for c in self.copiers:
             self.stats.add(c.stats)
         self.stats.add(self.proc_stats)
+        links = self.links
+        self.stats.external_links = [(key, links[key]) for key in sorted(links)
+                                     if symlink_escape(links, key) == "outside"]
         if self.record is not None:
             self._fill_record(self.record)
         if self.fsync_each:
@@ -912,6 +962,7 @@ class _Tree:
                         stats.dirs += 1
                     elif stat.S_ISLNK(mode):
                         target = _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
+                        self.links[prefix + entry.name] = target
                         if add is not None:
                             add(prefix + entry.name, st, target)
                         stats.symlinks += 1

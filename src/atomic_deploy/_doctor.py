@@ -464,8 +464,9 @@ def _config_check(layout: Layout) -> Check:
     python = f"Python {sys.version.split()[0]}"
     try:
         data = _config.load(layout.root)
-        hooks = ("check", "after_switch", "on_failure")
-        kwargs: dict[str, Any] = {k: [v] if k in hooks else v for k, v in data.items()}
+        hooks = ("check", "after_switch", "on_failure", "health_check")
+        kwargs: dict[str, Any] = {k: _config.hooks(k, v) if k in hooks else v
+                                  for k, v in data.items()}
         validate_options(DeployOptions(**kwargs))
     except InvalidInput as exc:
         return Check("config", FAIL, f"{exc.message} (read with {python})",

@@ -302,13 +302,22 @@ def read_journal(layout: Layout) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"op": "unknown", "corrupt": True}
 
 
-def _makedirs(path: str) -> None:
-    """mkdir -p with 0755 at every level, whatever the umask allows beyond that."""
-    if os.path.isdir(path):
+def check_root_parent(root: str) -> None:
+    """A ROOT that does not exist yet is created only inside an existing folder, as ``mkdir``
+    (not ``mkdir -p``) would: a mistyped path must not grow a new tree somewhere."""
+    path = os.path.abspath(root)
+    if os.path.lexists(path):
         return
     parent = os.path.dirname(path)
-    if parent and parent != path:
-        _makedirs(parent)
+    if not os.path.isdir(parent):
+        why = "is not a folder" if os.path.lexists(parent) else "does not exist either"
+        raise InvalidInput(f"cannot create ROOT {show(root)}: its parent folder {show(parent)} "
+                           f"{why} (mistyped path? only ROOT itself is created, never its "
+                           "parents)", "nothing was changed")
+
+
+def _mkdir_root(path: str) -> None:
+    """Create ROOT itself (its parent exists: ``check_root_parent``), mode 0755 less the umask."""
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
@@ -328,8 +337,9 @@ def check_root_for_write(root: str, create: bool, allow_current_dir: bool = Fals
     layout = Layout(os.path.abspath(root))
     if create and os.path.isdir(layout.root):
         check_looks_like_a_root(layout)
+    check_root_parent(root)
     try:
-        _makedirs(layout.root)
+        _mkdir_root(layout.root)
     except OSError as exc:
         raise InvalidInput(
             f"cannot create ROOT {show(root)}: {exc.strerror}", "nothing was changed"

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import TYPE_CHECKING
 
 from ._history import History
-from ._layout import Layout, new_release_id, read_current, release_dirs, show
+from ._layout import Layout, check_root_parent, new_release_id, read_current, release_dirs, show
 from ._shared import SHARED, check_shared, normalize
 
 if TYPE_CHECKING:
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
 
 
 def _hook_text(cmd: Hook) -> str:
-    return cmd if isinstance(cmd, str) else " ".join(cmd)
+    """The hook exactly as it will run, in shell words: a string is ``sh -c STRING``, an
+    argument list its own words (so ["echo a", "echo b"] cannot pass for two commands)."""
+    return shlex.join(["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd))
 
 
 def _hooks_plan(phase: str, hooks: list[Hook]) -> list[str]:
@@ -44,6 +47,7 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     history = History.load(layout)
     rid = new_release_id(set(release_dirs(layout)) | history.used_ids())
     steps = []
+    check_root_parent(root)
     if not os.path.isdir(layout.root):
         steps.append(f"create ROOT {show(layout.root)}")
     what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
@@ -52,6 +56,12 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
         files = sum(len(f) for _d, _s, f in os.walk(src))
         what += f" ({files} files)"
     steps.append(f"{what} into a hidden staging folder, flush it, rename it to releases/{rid}")
+    if kind == "tar" and not opts.strip_components:
+        from ._sources import one_folder_hint, single_top_folder
+
+        folder = single_top_folder(src)
+        if folder is not None:
+            steps.append(f"warning: {one_folder_hint(src, folder)}")
     if opts.revision:
         steps.append(f"write REVISION {opts.revision}")
     check_shared(layout, opts.shared_dirs, opts.shared_files, create_missing=True)

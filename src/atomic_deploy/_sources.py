@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Callable, Protocol, cast
 
 from . import _platform
+from ._copy import symlink_escape
 from ._layout import show
 from .errors import InvalidInput, OperationFailed
 
@@ -56,7 +57,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
-_MAX_HOPS = 40  # Linux MAXSYMLINKS; macOS gives up sooner (32), so nothing longer can resolve
 _WINDOW = 1 << 16  # recent archive bytes kept to inspect the block tarfile treated as the end
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -77,6 +77,9 @@ class ExtractStats:
     dirs: int = 0  # folders created, including ones only implied by a member's path
     symlinks: int = 0
     bytes: int = 0  # file data written (hard links add nothing)
+    # The one folder everything was extracted into, when there is nothing else at the top
+    # (and nothing was stripped): most likely a build wrapped in its own folder.
+    single_folder: str | None = None
 
 
 def _no_checkpoint(step: str) -> None:
@@ -244,6 +247,8 @@ def _set_mtime(target: str | int, mtime: float, follow: bool = True) -> None:
 
 
 _WORDS = {"dir": "folder", "implied": "folder", "file": "file", "link": "symlink"}
+_ESCAPES = {"outside": "points outside the release",
+            "loop": "is part of a symlink loop or too long a chain of symlinks"}
 
 
 class _Extractor:
@@ -299,34 +304,9 @@ class _Extractor:
                 self.stats.dirs += 1
 
     def escape(self, key: str) -> str | None:
-        """Why the symlink at ``key`` leads out of the release (or nowhere), else None.
-
-        Resolution follows the links extracted so far, like the kernel would, but refuses to go
-        above dest at any step: "../<dest's name>/x" would resolve while staging and dangle (or
-        reach a sibling release) once renamed. Missing names and files are walked as if they were
-        folders, which is stricter than the kernel.
-        """
-        cur = key.split("/")[:-1]
-        pending = list(reversed(self.links[key].split("/")))
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not cur:
-                    return "points outside the release"
-                cur.pop()
-                continue
-            cur.append(part)
-            target = self.links.get("/".join(cur))
-            if target is not None:
-                hops += 1
-                if hops > _MAX_HOPS:
-                    return "is part of a symlink loop or too long a chain of symlinks"
-                cur.pop()
-                pending.extend(reversed(target.split("/")))
-        return None
+        """Why the symlink at ``key`` leads out of the release (or nowhere), else None: its
+        resolution through the links extracted so far (``_copy.symlink_escape``)."""
+        return _ESCAPES.get(symlink_escape(self.links, key) or "")
 
     def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name
@@ -438,6 +418,9 @@ class _Extractor:
                 _set_mtime(path, mtime)
             if self.fsync_each:
                 _platform.fsync_dir(path)
+        top = [key for key in self.kinds if "/" not in key]
+        if not self.strip and len(top) == 1 and self.kinds[top[0]] in ("dir", "implied"):
+            s.single_folder = top[0]
         # The release folder's own mode never comes from the archive (a "./" entry from a 0o700
         # build folder would lock the web server out): readable by all, like a fresh folder.
         os.chmod(self.dest, 0o755)
@@ -518,6 +501,50 @@ def extract_tarball(
         raise InvalidInput(f"cannot read {label}: {exc.strerror}") from exc
     with f:
         return _extract(f, dest, strip_components, checkpoint, fsync_each, label)
+
+
+def one_folder_hint(archive: str, folder: str) -> str:
+    """What to say when everything in ``archive`` is inside ``folder``."""
+    return (f"everything in {show(archive)} is inside one folder, {show(folder)}/, so the release "
+            f"holds {show(folder)}/... rather than its contents; if that is not what you want, "
+            "deploy with --strip-components 1")
+
+
+def single_top_folder(archive: str) -> str | None:
+    """The one top-level folder of ``archive`` when it holds nothing else at the top, else None;
+    read from the member headers alone, nothing extracted (what a dry run can afford). Stops at
+    the second top-level name. An archive that cannot be read raises InvalidInput, as the
+    extraction would."""
+    label = f"archive {show(archive)}"
+    try:
+        f = open(archive, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {label}: {exc.strerror}") from exc
+    found: str | None = None
+    is_dir = False
+    with f:
+        feed = _decoder(f, label)
+        try:
+            with tarfile.open(fileobj=cast(IO[bytes], feed), mode="r|") as tf:
+                seen = getattr(tf, "members", None)
+                for m in tf:
+                    if isinstance(seen, list):
+                        seen.clear()
+                    parts = [p for p in m.name.split("/") if p and p != "."]
+                    if not parts:
+                        continue
+                    if found is None:
+                        found = parts[0]
+                    elif parts[0] != found:
+                        return None
+                    # a folder when it has members below it or is one itself
+                    is_dir = is_dir or len(parts) > 1 or m.isdir()
+                    if len(parts) == 1 and not m.isdir():
+                        return None
+        except tarfile.TarError as exc:
+            raise InvalidInput(f"{label} is not a valid tar archive, or is truncated: "
+                               f"{exc}") from exc
+    return found if is_dir else None
 
 
 def _git_env() -> dict[str, str]:

@@ -179,6 +179,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                    help="drop N leading path components from tarball members")
     g.add_argument("--revision", metavar="TEXT",
                    help="record this revision in the history and a REVISION file")
+    g.add_argument("--refuse-external-links", action="store_true", default=None,
+                   help="fail (exit 2) if a folder build has symlinks pointing outside it "
+                        "(default: copy them as they are, with a warning)")
     g = p.add_argument_group("shared data (kept in ROOT/shared, linked into every release)")
     g.add_argument("--shared-dir", action="append", metavar="PATH", dest="shared_dirs",
                    help="relative folder; seeded from the release on first use (repeatable)")
@@ -476,13 +479,14 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
 # Option name -> (config key, default when neither flag nor config gives one).
 _SETTINGS: dict[str, Any] = {
     "keep": None, "wait": 0.0, "message": None, "git": None, "ref": "HEAD",
-    "strip_components": 0, "revision": None, "shared_dirs": [], "shared_files": [],
+    "strip_components": 0, "revision": None, "refuse_external_links": False,
+    "shared_dirs": [], "shared_files": [],
     "create_missing": False, "check": [], "after_switch": [], "on_failure": [],
     "health_check": None, "health_url": None, "health_timeout": 10.0, "health_retries": 3,
     "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,
     "trust_mtime": False, "link_writable": False, "digest": False, "jobs": None, "fsync": True,
 }
-_HOOK_LISTS = ("check", "after_switch", "on_failure")
+_HOOK_KEYS = ("check", "after_switch", "on_failure", "health_check")
 
 
 def _options(args: argparse.Namespace, root: str | None,
@@ -502,9 +506,8 @@ def _options(args: argparse.Namespace, root: str | None,
     for key, default in _SETTINGS.items():
         flag = getattr(args, key, None)
         value = flag if flag is not None else config.get(key, default)
-        if key in _HOOK_LISTS and isinstance(value, (str, list)) and key in config \
-                and flag is None:
-            value = [value]  # a config hook is one command: a shell string or an argv list
+        if key in _HOOK_KEYS and key in config and flag is None:
+            value = _config.hooks(key, value)  # a list of strings is a list of commands
         values[key] = value
     values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
     if not getattr(args, "quiet", False):
@@ -600,6 +603,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 progress.close()
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
+            for w in r.warnings:
+                _warn(w)
             return EXIT_OK
         linked = f", {r.linked} hard-linked" if r.linked else ""
         text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "

@@ -89,6 +89,7 @@ class DeployOptions:
     ref: str = "HEAD"
     strip_components: int = 0
     revision: str | None = None
+    refuse_external_links: bool = False  # a folder build's symlinks out of it: error, not warning
     # shared data
     shared_dirs: list[str] = field(default_factory=list)
     shared_files: list[str] = field(default_factory=list)
@@ -131,7 +132,10 @@ class DeployResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
-    # Problems after the commit point (pruning): the deploy itself completed.
+    # Symlinks of a folder build that lead out of it: {"path": ..., "target": ...} each.
+    external_links: list[dict[str, str]] = field(default_factory=list)
+    # Problems after the commit point (pruning), and what looks like a mistake in the build
+    # (one folder wrapping a tarball's contents, symlinks out of it): the deploy completed.
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -522,19 +526,26 @@ def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[st
 
 def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
           link_dest: str | None, record: CopyRecord | None = None,
-          ) -> tuple[CopyStats, str | None]:
-    """Put the build into the staging folder; returns stats and the revision to record."""
+          warnings: list[str] | None = None) -> tuple[CopyStats, str | None]:
+    """Put the build into the staging folder; returns stats and the revision to record.
+    What looks like a mistake in the build itself goes to ``warnings``."""
     revision = opts.revision
     if kind == "dir":
         stats = copy_tree(src, spath, checkpoint,
                           fsync_each=_per_file_fsync(opts),
                           **_copy_options(opts, link_dest, layout, record))
+        if stats.external_links:
+            _external_links(stats.external_links, opts, warnings)
     elif kind == "tar":
         from ._sources import extract_tarball
 
         ex = extract_tarball(src, spath, opts.strip_components, checkpoint,
                              fsync_each=_per_file_fsync(opts))
         stats = CopyStats(files=ex.files, dirs=ex.dirs, symlinks=ex.symlinks, bytes=ex.bytes)
+        if ex.single_folder is not None and warnings is not None:
+            from ._sources import one_folder_hint
+
+            warnings.append(one_folder_hint(src, ex.single_folder))
     else:
         from ._sources import export_git
 
@@ -551,6 +562,22 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
 
         write_revision(spath, revision, fsync=_per_file_fsync(opts))
     return stats, revision
+
+
+def _external_links(links: list[tuple[str, str]], opts: DeployOptions,
+                    warnings: list[str] | None) -> None:
+    """Symlinks of a folder build that lead out of it (``/etc/passwd``, ``../../x``): copied
+    as they are, as ``cp -a`` would, with a warning; an error with --refuse-external-links.
+    (A tarball's or git tree's are always refused, by the extraction.)"""
+    shown = ", ".join(f"{show(path)} -> {show(target)}" for path, target in links[:5])
+    more = f" and {len(links) - 5} more" if len(links) > 5 else ""
+    n = f"{len(links)} symlink{'s' if len(links) != 1 else ''}"
+    if opts.refuse_external_links:
+        raise InvalidInput(f"the build has {n} pointing outside it: {shown}{more} "
+                           "(refused by --refuse-external-links)")
+    if warnings is not None:
+        warnings.append(f"the build has {n} pointing outside it, deployed as they are: "
+                        f"{shown}{more} (--refuse-external-links makes this an error)")
 
 
 def _copy_options(opts: DeployOptions, link_dest: str | None, layout: Layout | None = None,
@@ -635,6 +662,14 @@ def validate_options(opts: DeployOptions) -> None:
         from . import _hooks
 
         _hooks.check_url_syntax(opts.health_url)
+    for flag, cmds in (("--check", opts.check), ("--after-switch", opts.after_switch),
+                       ("--on-failure", opts.on_failure)):
+        if not isinstance(cmds, list):  # the API: a bare string would run letter by letter
+            raise bad(f"{flag}: a list of commands is needed, not {type(cmds).__name__}")
+        for i, cmd in enumerate(cmds, 1):
+            _check_hook(f"{flag} command {i}" if len(cmds) > 1 else flag, cmd)
+    if opts.health_check is not None:
+        _check_hook("--health-check", opts.health_check)
     from ._shared import normalize
 
     for p in opts.shared_dirs + opts.shared_files:
@@ -650,6 +685,30 @@ def keep_after(opts: DeployOptions, activate: bool) -> int | None:
     if opts.keep is None and activate:
         return DEFAULT_KEEP
     return None
+
+
+def _check_hook(flag: str, cmd: Any) -> None:
+    """One hook as _hooks.hook_argv will take it: found before anything is copied, not after
+    the switch. Named by its flag (the config key, when it came from the file: cli says so)."""
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"{flag}: {why}", "nothing was changed")
+
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise InvalidInput(f"{flag} is empty", "nothing was changed")
+        args = [cmd]
+    elif isinstance(cmd, (list, tuple)):
+        if not cmd:
+            raise InvalidInput(f"{flag} is an empty argument list", "nothing was changed")
+        if not all(isinstance(a, str) for a in cmd):
+            raise bad(f"argument list {list(cmd)!r}: every argument must be a string")
+        if not cmd[0]:
+            raise bad(f"argument list {list(cmd)!r} has an empty program name")
+        args = list(cmd)
+    else:
+        raise bad(f"a command is a string or a list of strings, not {type(cmd).__name__}")
+    if any("\0" in a for a in args):
+        raise bad("command contains a NUL character")
 
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
@@ -677,12 +736,14 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         with_digests = opts.digest or (opts.link_unchanged and not opts.trust_mtime)
         record = CopyRecord(with_digests) if kind == "dir" else None
         manifest: list[str | None] = [None]
+        build_warnings: list[str] = []  # about the build itself, shown once it is deployed
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
-            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record)
+            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record,
+                                    build_warnings)
             shared.extend(link_shared(
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
@@ -736,8 +797,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             files=stats.files, bytes=stats.bytes, linked=getattr(stats, "linked", 0),
             manifest=manifest[0], revision=revision, shared=shared, hooks=hooks,
             recovered=s.recovered,
+            external_links=[{"path": p, "target": t} for p, t in stats.external_links],
         )
-        result.warnings.extend(s.warnings)
+        result.warnings.extend(build_warnings + s.warnings)
         keep = keep_after(opts, activate)
         if keep is not None:
             # After the commit point: the deploy is done whatever happens here, so a failure
