@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NoReturn
 from . import __version__
 from ._fastcli import drop_stdout
 from ._layout import show
-from ._render import JSON_SCHEMA, envelope, format_list, format_status
+from ._render import JSON_SCHEMA, envelope, format_list, format_status, status_exit_code
 from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0
@@ -39,7 +39,10 @@ exit codes:
   2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
+  status: 0 current serves a complete release, 1 it does not (absent, dangling,
+        outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
+  doctor: 0 no check failed, 1 a check failed
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -279,7 +282,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_json(p)
 
     if want("status"):
-        p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
+        p = sub.add_parser("status", help="current, rollback target, lock holder, interrupted work",
+                           description="Show ROOT's current release, rollback target, releases, "
+                           "lock holder and interrupted work. Read-only, takes no lock. Exit 0: "
+                           "current serves a complete release (also with an interrupted operation "
+                           "waiting for recovery); 1: it does not (absent, dangling, outside "
+                           "releases/, a folder or file), the report printed in full; 2: ROOT is "
+                           "not a deploy root.")
         p.add_argument("root", metavar="ROOT")
         _add_json(p)
 
@@ -643,6 +652,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif cmd == "status":
         s = query.status(args.root)
         _emit(args, s.to_dict(), format_status(s))
+        return status_exit_code(s)
     elif cmd == "list":
         rels = query.list_releases(args.root)
         _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))

@@ -1,0 +1,133 @@
+"""What a new user reads and relies on: the words of status and list, exit codes a monitoring
+script can act on, dry runs, and the hints for arguments given in the wrong order."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Builds, current_target, error_line, history, release_names, run_cli, snapshot
+
+
+def _listed(root: Path) -> dict[str, str]:
+    r = run_cli("list", root, "--json")
+    assert r.returncode == 0, r.stderr
+    return {x["id"]: x["state"] for x in json.loads(r.stdout)["releases"]}
+
+
+# --- release states in words --------------------------------------------------------------
+
+
+def test_a_prepared_release_is_listed_as_prepared_not_good(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    r = run_cli("prepare", builds("v2"), root)
+    assert r.returncode == 0
+    live, prepared = release_names(root)
+    assert r.stdout.strip() == prepared
+    assert _listed(root) == {live: "current", prepared: "prepared"}
+    text = run_cli("list", root).stdout
+    row = next(line for line in text.splitlines() if prepared in line)
+    assert row.split()[1] == "prepared", text
+    assert "never a rollback target" in text
+    # Once live it has served: rolled away from it is bad, then activated again it is current.
+    assert run_cli("activate", root, prepared).returncode == 0
+    assert _listed(root) == {live: "good", prepared: "current"}
+    assert run_cli("rollback", root).returncode == 0
+    assert _listed(root) == {live: "current", prepared: "bad"}
+
+
+def test_status_names_the_rollback_target_and_activate_the_release_live_before(
+        builds: Builds, root: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run_cli("deploy", builds(v), root).returncode == 0
+    a, b = release_names(root)
+    assert run_cli("prepare", builds("v3"), root).returncode == 0
+    c = release_names(root)[-1]
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert (s["current"], s["rollback_target"], s["previous"]) == (b, a, a)
+    text = run_cli("status", root).stdout
+    rows = dict(line.split(None, 1) if not line.startswith("rollback target")
+                else ("rollback target", line[len("rollback target"):].strip())
+                for line in text.splitlines())
+    assert rows["rollback target"] == a and "previous" not in rows, text
+    # activate says what was live before it: not the rollback target (a), but b.
+    r = run_cli("activate", root, c)
+    assert r.returncode == 0 and r.stdout.strip() == f"activated {c} (previous: {b})"
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert (s["current"], s["rollback_target"]) == (c, b)
+
+
+# --- status exit codes --------------------------------------------------------------------
+
+
+def _break(root: Path, how: str) -> None:
+    cur = root / "current"
+    if how == "healthy":
+        return
+    if how == "interrupted":  # a crashed deploy's journal; current still serves a release
+        (root / ".atomic-deploy" / "journal.json").write_text(json.dumps(
+            {"op": "deploy", "release": "20991231000000", "pid": 999999,
+             "creates_release": True}))
+        return
+    cur.unlink()
+    if how == "dangling":
+        cur.symlink_to("releases/20000101000000")
+    elif how == "outside":
+        cur.symlink_to("/srv/elsewhere")
+    elif how == "folder":
+        cur.mkdir()
+    elif how == "file":
+        cur.write_text("x\n")
+
+
+@pytest.mark.parametrize(("how", "code", "state"), [
+    ("healthy", 0, "ok"), ("interrupted", 0, "ok"), ("dangling", 1, "dangling"),
+    ("outside", 1, "outside-releases"), ("folder", 1, "directory"), ("file", 1, "file"),
+    ("absent", 1, "absent")])
+def test_status_exits_1_when_current_cannot_serve_a_release(
+        builds: Builds, root: Path, how: str, code: int, state: str) -> None:
+    for v in ("v1", "v2"):
+        assert run_cli("deploy", builds(v), root).returncode == 0
+    _break(root, how)
+    before = snapshot(root)
+    r = run_cli("status", root)
+    assert (r.returncode, r.stderr) == (code, ""), r.stderr
+    assert r.stdout.startswith("root") and "lock" in r.stdout  # printed in full
+    assert ("not serving a release" in r.stdout) == (code == 1)
+    j = run_cli("status", root, "--json")
+    assert j.returncode == code
+    s = json.loads(j.stdout)
+    assert (s["ok"], s["current_state"], s["serving"], s["releases"]) == (True, state, code == 0, 2)
+    q = run_cli("status", root, "-q")
+    assert (q.returncode, q.stdout) == (code, "")
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("what", ["empty", "other-content"])
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_a_folder_that_is_no_deploy_root_is_refused(tmp_path: Path, builds: Builds,
+                                                   what: str, command: str) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if what == "other-content":
+        folder = builds("v1")  # the build given as ROOT by mistake
+    r = run_cli(command, folder)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "is not a deploy root" in error_line(r) and "nothing was changed" in r.stderr
+    assert "no releases" not in r.stdout + r.stderr
+    assert os.listdir(folder) == ([] if what == "empty" else os.listdir(folder))
+
+
+def test_a_root_whose_first_deploy_failed_is_still_a_root(builds: Builds, root: Path) -> None:
+    """deploy creates ROOT before copying: a first deploy that fails leaves a root (state
+    folder, empty releases/), which status and list describe, not refuse."""
+    assert run_cli("deploy", builds("v1"), root, "--check", "false").returncode == 4
+    assert release_names(root) == [] and current_target(root) is None
+    r = run_cli("list", root)
+    assert (r.returncode, r.stdout.strip()) == (0, "no releases")
+    r = run_cli("status", root, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["current_state"] == "absent"
+    assert history(root)[-1]["outcome"] == "failed"
