@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,29 @@ def test_a_root_whose_first_deploy_failed_is_still_a_root(builds: Builds, root: 
     r = run_cli("status", root, "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["current_state"] == "absent"
     assert history(root)[-1]["outcome"] == "failed"
+
+
+# --- man on a terminal --------------------------------------------------------------------
+
+MAN = shutil.which("man")
+
+
+@pytest.mark.skipif(MAN is None, reason="man is not installed (apt-get install man-db)")
+def test_man_on_a_terminal_is_formatted_by_man() -> None:
+    from test_output import run_in_pty
+
+    code, screen = run_in_pty("man", env={"MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "100"})
+    assert code == 0, screen
+    screen = re.sub(".\x08", "", screen)  # overstrike bold and underline, as a pager shows them
+    assert ".TH" not in screen and '.\\"' not in screen and ".SH" not in screen, screen[:400]
+    assert "SYNOPSIS" in screen and "atomic-deploy deploy" in screen
+    # Into a pipe or a file it is still the roff source.
+    r = run_cli("man")
+    assert r.returncode == 0 and "\n.TH " in r.stdout
+
+
+def test_man_on_a_terminal_without_man_prints_the_roff(tmp_path: Path) -> None:
+    from test_output import run_in_pty
+
+    code, screen = run_in_pty("man", env={"PATH": str(tmp_path)})  # no man on PATH
+    assert code == 0 and ".TH " in screen

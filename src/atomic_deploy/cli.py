@@ -377,7 +377,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_json(p)
 
     if want("man"):
-        p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
+        p = sub.add_parser("man", help="the atomic-deploy(1) man page: shown by man(1) on a "
+                           "terminal, else printed as roff")
         p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
         _add_json(p)
     return parser
@@ -687,7 +688,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.output:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(page)
-        else:
+        elif not _page_man(page):
             _out_line(page, end="")
     elif cmd == "race":
         return _race(args)
@@ -698,6 +699,31 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
+
+
+def _page_man(page: str) -> bool:
+    """On a terminal, show ``page`` as man(1) shows pages: formatted and paged (`man -l -`
+    reads it from stdin). False, and nothing shown, when stdout is no terminal (the roff is the
+    output: `man > atomic-deploy.1`) or there is no man that can."""
+    if sys.stdout is None or not sys.stdout.isatty():
+        return False
+    import shutil
+    import signal
+    import subprocess
+
+    man = shutil.which("man")
+    if man is None:
+        return False
+    # Ctrl-C belongs to the pager (less ignores it); it must not kill man under it.
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.run([man, "-l", "-"], input=page, text=True, stderr=subprocess.PIPE,
+                              check=False)
+    except OSError:
+        return False
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    return proc.returncode == 0
 
 
 def _progress_for(args: argparse.Namespace, source: str | None) -> Any:
