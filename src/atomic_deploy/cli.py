@@ -358,7 +358,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser("doctor", help="check that ROOT's filesystem and state are fit for deploys",
                            description="Read-only checks of ROOT: filesystem type, rename over a "
                            "symlink, flock, fsync, reflink, free space, current, stray entries, "
-                           "leftovers, interrupted work, the lock and permissions. Probes run in a "
+                           "leftovers, interrupted work, the lock, permissions, the config file "
+                           "and its hooks (can their programs run). A read-only mount is named as "
+                           "such. Probes run in a "
                            "private folder inside ROOT that is removed afterwards. Exits 1 if any "
                            "check fails (warnings do not).")
         p.add_argument("root", metavar="ROOT")
