@@ -159,3 +159,60 @@ def test_man_on_a_terminal_without_man_prints_the_roff(tmp_path: Path) -> None:
 
     code, screen = run_in_pty("man", env={"PATH": str(tmp_path)})  # no man on PATH
     assert code == 0 and ".TH " in screen
+
+
+# --- activate: arguments swapped, dry runs ------------------------------------------------
+
+
+def test_activate_with_id_and_root_swapped_says_so(builds: Builds, root: Path) -> None:
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    (rid,) = release_names(root)
+    before = snapshot(root)
+    for args in (["activate", rid, root], ["activate", rid, root, "--dry-run"]):
+        r = run_cli(*args)
+        assert r.returncode == 2
+        line = error_line(r)
+        assert "did you swap ROOT and RELEASE_ID? The order is ROOT RELEASE_ID" in line, line
+    assert snapshot(root) == before
+
+
+def test_activate_dry_run_prints_the_plan_and_changes_nothing(builds: Builds, root: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run_cli("deploy", builds(v), root).returncode == 0
+    a, b = release_names(root)
+    assert run_cli("rollback", root).returncode == 0  # b is bad now
+    before = snapshot(root)
+    r = run_cli("activate", root, b, "--dry-run", "--after-switch", "touch /tmp/never")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "dry run, nothing changed; would:",
+        f"  switch current from releases/{a} to releases/{b}",
+        f"  clear the bad mark of {b}",
+        "  run after-switch hook: touch /tmp/never",
+        "  if any of these fail: switch back and mark the new release bad"]
+    j = run_cli("activate", root, b, "--dry-run", "--json")
+    assert j.returncode == 0 and json.loads(j.stdout)["dry_run"] is True
+    assert json.loads(j.stdout)["plan"][0] == f"switch current from releases/{a} to releases/{b}"
+    bad = run_cli("activate", root, "20000101000000", "--dry-run")
+    assert bad.returncode == 2 and "unknown release id" in error_line(bad)
+    assert snapshot(root) == before
+
+
+def test_adopt_dry_run_prints_the_plan_and_changes_nothing(root: Path) -> None:
+    (root / "current").mkdir(parents=True)
+    (root / "current" / "index.html").write_text("legacy\n")
+    before = snapshot(root)
+    r = run_cli("adopt", root, "--dry-run", "--id", "legacy-1", "--no-exchange")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "dry run, nothing changed; would:",
+        "  move the folder current to releases/legacy-1 and make current a link to it, with "
+        "two renames (current briefly absent)",
+        "  record legacy-1 in the history as a release that has served"]
+    j = run_cli("adopt", root, "--dry-run", "--json")
+    assert j.returncode == 0 and json.loads(j.stdout)["dry_run"] is True
+    assert snapshot(root) == before and sorted(os.listdir(root)) == ["current"]
+    taken = run_cli("adopt", root, "--dry-run", "--id", ".hidden")
+    assert taken.returncode == 2 and "invalid or taken" in error_line(taken)
+    assert run_cli("adopt", root, "--id", "legacy-1").returncode == 0  # the plan holds
+    assert current_target(root) == "releases/legacy-1"

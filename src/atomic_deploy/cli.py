@@ -269,6 +269,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_switch_hooks(p)
         _add_wait(p)
         _add_config(p)
+        _add_dry_run(p)
         _add_json(p)
 
     if want("rollback"):
@@ -336,6 +337,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--no-exchange", action="store_true",
                        help="use the two-step rename even where an atomic exchange exists")
         _add_wait(p)
+        _add_dry_run(p)
         _add_json(p)
 
     if want("demo"):
@@ -612,7 +614,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for w in r.warnings:  # after the commit point: the exit code stays 0
             _warn(w)
     elif cmd == "activate":
-        a = operations.activate(args.root, args.release, _options(args, args.root))
+        opts = _options(args, args.root)
+        if args.dry_run:
+            from ._plan import plan_activate_steps
+
+            return _plan(args, plan_activate_steps(args.root, args.release, opts))
+        a = operations.activate(args.root, args.release, opts)
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
     elif cmd == "rollback":
         opts = _rollback_options(args)
@@ -649,6 +656,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             text += f"\nleftovers that could not be removed: {', '.join(rec.leftovers)}"
         _emit(args, rec.to_dict(), text)
     elif cmd == "adopt":
+        if args.dry_run:
+            from ._plan import plan_adopt_steps
+
+            return _plan(args, plan_adopt_steps(args.root, args.id, not args.no_exchange))
         ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
                               use_exchange=not args.no_exchange)
         _emit(args, ad.to_dict(), f"adopted the folder as releases/{ad.release} using {ad.method}")
