@@ -781,20 +781,19 @@ def _plan(args: argparse.Namespace, steps: list[str]) -> int:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from ._race import run_race
+    from ._race import COLUMNS, run_race
 
     if args.seconds <= 0 or args.readers < 1:
         raise InvalidInput("--seconds must be positive and --readers at least 1")
     results = run_race(args.seconds, args.readers)
     atomic_errors = sum(r.errors for r in results if r.strategy == "atomic")
-    rows = [("strategy", "switches", "reads", "ENOENT", "torn", "error rate")]
-    # reads: every attempt, failed ones included, so ENOENT and torn are parts of it
-    for r in results:
-        rows.append((r.strategy, str(r.switches), str(r.attempts), str(r.enoent), str(r.torn),
-                     f"{r.error_rate:.2%}"))
+    # The same names as the JSON keys, meaning the same (docs/json.md).
+    rows = [COLUMNS, *(r.row() for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
+    lines.append("attempts: reads tried; reads: those that opened the file; errors: enoent + "
+                 "torn + other_errors; error_rate: errors / attempts")
     for r in results:
         if r.strategy == "ln":
             verdict = "atomic here" if r.errors == 0 else "NOT atomic here"
