@@ -216,3 +216,39 @@ def test_adopt_dry_run_prints_the_plan_and_changes_nothing(root: Path) -> None:
     assert taken.returncode == 2 and "invalid or taken" in error_line(taken)
     assert run_cli("adopt", root, "--id", "legacy-1").returncode == 0  # the plan holds
     assert current_target(root) == "releases/legacy-1"
+
+
+# --- sources in the history ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_every_kind_of_source_is_recorded_by_its_absolute_path(tmp_path: Path) -> None:
+    """Bug: `deploy --git repo ROOT` recorded "repo", meaningless once the shell's cwd is gone;
+    folders and tarballs were already absolute."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from conftest import cli_env, make_build
+
+    work = tmp_path / "work"
+    make_build(work / "build")
+    with tarfile.open(work / "site.tar.gz", "w:gz") as tar:
+        tar.add(work / "build", arcname=".")
+    repo = work / "repo"
+    make_build(repo)
+    git_env = {**cli_env(), "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    for args in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=T", "-c", "user.email=t@example.com", "-c",
+                  "commit.gpgsign=false", "commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=git_env,
+                       capture_output=True)
+    for argv in (["deploy", "build", "../root"], ["deploy", "./site.tar.gz", "../root"],
+                 ["deploy", "--git", "repo", "../root"], ["deploy", "--git", "./repo/", "../root"]):
+        r = subprocess.run([sys.executable, "-m", "atomic_deploy", *argv], cwd=work,
+                           env=git_env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    sources = [h["source"] for h in history(tmp_path / "root") if h["op"] == "deploy"]
+    assert sources == [str(work / "build"), str(work / "site.tar.gz"), str(repo), str(repo)]
+    listed = json.loads(run_cli("list", tmp_path / "root", "--json").stdout)["releases"]
+    assert [x["source"] for x in listed] == sources

@@ -497,7 +497,10 @@ def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[st
     if opts.git is not None:
         if opts.ref.startswith("-"):
             raise InvalidInput(f"invalid git ref {opts.ref!r}", "nothing was changed")
-        return "git", opts.git
+        # A local repository is recorded by its absolute path, as folders and tarballs are: a
+        # relative one means nothing in the history once the shell's cwd is gone. Anything else
+        # (a URL) stays as given.
+        return "git", os.path.abspath(opts.git) if os.path.exists(opts.git) else opts.git
     if source is None:
         raise InvalidInput("no SOURCE given (a folder, a tarball, or --git REPO)",
                            "nothing was changed")
