@@ -253,8 +253,9 @@ def test_current_not_a_symlink(builds: Builds, root: Path, kind: str, cmd: str) 
 
 def _status(root: Path) -> dict[str, Any]:
     r = run_cli("status", root, "--json")
-    assert r.returncode == 0, r.stderr
-    return dict(json.loads(r.stdout))
+    out = dict(json.loads(r.stdout))
+    assert r.returncode == (0 if out["current_state"] == "ok" else 1), r.stderr
+    return out
 
 
 @pytest.mark.parametrize(("target", "state"), [
@@ -280,7 +281,7 @@ def test_bad_current_link_reported_and_repaired_by_deploy(
     assert st["current_state"] == state
     assert st["current_target"] == text
     before = snapshot(root)
-    assert main(["status", str(root)]) == 0  # the text form, in-process
+    assert main(["status", str(root)]) == 1  # the text form, in-process: serves no release
     assert state in capsys.readouterr().out
     assert snapshot(root) == before  # status touches nothing
 

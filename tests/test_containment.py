@@ -449,5 +449,7 @@ def test_link_into_releases_that_leads_out_is_not_a_release(tmp_path: Path, root
     for text in ("releases/escape", f"releases/{a}/../escape", str(outside)):
         os.unlink(root / "current")
         os.symlink(text, root / "current")
-        status = ok("status", root)
+        r = run_cli("status", root, "--json")
+        status = json.loads(r.stdout)
         assert (status["current"], status["current_state"]) == (None, "outside-releases"), text
+        assert r.returncode == 1  # serves no release

@@ -434,3 +434,92 @@ def test_cli_doctor(deployed: Path, tmp_path: Path) -> None:
     r = run_cli("doctor", tmp_path / "missing")
     assert r.returncode == 1
     assert "does not exist" in r.stdout
+
+
+# --- a read-only mount, hooks that cannot run -------------------------------------------------
+
+
+def test_read_only_mount_is_named_not_chown(tmp_path: Path, builds: Builds) -> None:
+    """Bug: root on a read-only mount was "not writable by uid 0", fix "chown 0", to root who
+    owns it."""
+    from test_real_faults import Mounts, mount_problem
+
+    reason = mount_problem()
+    if reason:
+        pytest.skip(reason)
+    src = tmp_path / "src"
+    atomic_deploy.deploy(str(builds("v1")), str(src))
+    mounts = Mounts()
+    try:
+        ro = mounts.read_only_bind(src, tmp_path / "ro")
+        r = run_cli("doctor", ro, "--json")
+        assert r.returncode == 1, r.stderr
+        root_check = by_name([Check(**c) for c in json.loads(r.stdout)["checks"]])["root"]
+        assert root_check.status == "fail"
+        assert "read-only filesystem" in root_check.detail and str(ro) in root_check.detail
+        assert root_check.fix is not None and "remount" in root_check.fix
+        assert "chown" not in root_check.fix
+    finally:
+        mounts.unmount_all()
+
+
+def test_unwritable_root_owned_by_this_user_says_chmod(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False)
+    found = by_name(doctor(str(tmp_path)))["root"]
+    assert found.status == "fail" and found.fix == f"chmod u+wx {tmp_path}"
+
+
+def _config(root: Path, text: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "atomic-deploy.toml").write_text(text)
+
+
+def test_argv_hook_whose_program_is_missing_or_not_executable_fails(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    _config(root, f'check = [["no-such-program-{os.getpid()}", "x"]]\n'
+                  f'after_switch = [["{plain}"]]\n'
+                  f'health_check = [["{tmp_path}/gone", "--fast"]]\n')
+    hooks = by_name(doctor(str(root)))["hooks"]
+    assert hooks.status == "fail"
+    assert f"no-such-program-{os.getpid()}' is not found on PATH" in hooks.detail
+    assert f"{plain} is not executable" in hooks.detail
+    assert f"{tmp_path}/gone does not exist" in hooks.detail
+    assert hooks.fix
+    r = run_cli("doctor", root)
+    assert r.returncode == 1 and "not found on PATH" in r.stdout
+
+
+def test_runnable_hooks_are_ok_and_shell_strings_are_said_to_be_unchecked(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _config(root, f'check = [["{sys.executable}", "-c", "pass"]]\n'
+                  'after_switch = "systemctl reload nginx"\n'
+                  'on_failure = [["sh", "-c", "true"]]\n')
+    hooks = by_name(doctor(str(root)))["hooks"]
+    assert hooks.status == "ok", hooks
+    assert "2 argument-list hook(s)" in hooks.detail
+    assert "1 shell command(s)" in hooks.detail and "not checked" in hooks.detail
+
+
+def test_relative_hook_program_missing_from_current_release_warns(deployed: Path) -> None:
+    _config(deployed, 'check = [["bin/smoke-test"]]\n')
+    hooks = by_name(doctor(str(deployed)))["hooks"]
+    assert hooks.status == "warn" and "in the current release" in hooks.detail
+    (deployed / "current" / "bin").mkdir()
+    (deployed / "current" / "bin" / "smoke-test").write_text("#!/bin/sh\n")
+    (deployed / "current" / "bin" / "smoke-test").chmod(0o755)
+    assert by_name(doctor(str(deployed)))["hooks"].status == "ok"
+
+
+def test_a_list_of_strings_is_several_shell_commands(tmp_path: Path) -> None:
+    """As the deploy reads it: `after_switch = ["echo a", "echo b"]` is two shell commands, not
+    one argument list whose program would be "echo a"."""
+    root = tmp_path / "root"
+    _config(root, 'after_switch = ["echo a", "echo b"]\n')
+    hooks = by_name(doctor(str(root)))["hooks"]
+    assert hooks.status == "ok", hooks
+    assert "2 shell command(s)" in hooks.detail and "argument-list" not in hooks.detail

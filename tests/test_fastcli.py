@@ -72,8 +72,34 @@ def _torn_history(root: Path, build: Path) -> None:
         f.write('{"op": "deploy", "outcome": "o')  # a power cut mid-append
 
 
+def _outside_releases(root: Path, build: Path) -> None:
+    _deploy(root, build, 1)
+    os.replace(root / "current", root / "old-current")
+    os.symlink("/srv/elsewhere", root / "current")
+
+
+def _current_is_file(root: Path, build: Path) -> None:
+    _deploy(root, build, 1)
+    os.replace(root / "current", root / "old-current")
+    (root / "current").write_text("x\n")
+
+
+def _no_current(root: Path, build: Path) -> None:
+    _deploy(root, build, 2)
+    (root / "current").unlink()
+
+
+def _only_prepared(root: Path, build: Path) -> None:
+    make_build(build)
+    atomic_deploy.prepare(str(build), str(root))
+
+
 def _empty(root: Path, build: Path) -> None:
     root.mkdir()
+
+
+def _other_content(root: Path, build: Path) -> None:
+    make_build(root)  # a build folder given as ROOT by mistake
 
 
 def _missing(root: Path, build: Path) -> None:
@@ -86,7 +112,12 @@ def _not_a_folder(root: Path, build: Path) -> None:
 
 ROOTS: list[Callable[[Path, Path], None]] = [
     _plain, _after_rollback, _odd_entries, _dangling, _current_is_folder, _interrupted,
-    _torn_history, _empty, _missing, _not_a_folder]
+    _torn_history, _outside_releases, _current_is_file, _no_current, _only_prepared, _empty,
+    _other_content, _missing, _not_a_folder]
+NOT_ROOTS = (_empty, _other_content, _missing, _not_a_folder)  # status and list exit 2
+# status exits 1: current cannot serve a release (list still exits 0)
+NOT_SERVING = (_dangling, _current_is_folder, _outside_releases, _current_is_file, _no_current,
+               _only_prepared)
 
 
 def _run(main: Callable[[list[str]], int], argv: list[str],
@@ -117,10 +148,13 @@ def test_same_output_and_exit_code_as_the_full_cli(
         quick = _run(_fastcli.main, argv, capsys)
         handed_over = bool(full_calls)
         assert quick == _run(real_full, argv, capsys), argv
-        if prepare in (_missing, _not_a_folder):
+        if prepare in NOT_ROOTS:
             assert quick[0] == 2 and handed_over, "errors are reported by the full CLI"
-        else:
-            assert quick[0] == 0 and not handed_over, "answered without argparse"
+            continue
+        assert not handed_over, "answered without argparse"
+        assert quick[0] == (1 if command == "status" and prepare in NOT_SERVING else 0)
+        if "-q" not in flags and "--quiet" not in flags:
+            assert quick[1], "printed in full, whatever the exit code"
 
 
 def test_lock_holder_shown_the_same(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,7 @@ def test_race_json_atomic_zero_errors_naive_counted() -> None:
 def test_race_table_output() -> None:
     r = run_cli("race", "--seconds", "0.2", "--readers", "2")
     assert r.returncode == 0, r.stderr
-    assert "strategy" in r.stdout and "ENOENT" in r.stdout
+    assert "strategy" in r.stdout and "enoent" in r.stdout
     assert "ln on this system:" in r.stdout
 
 
@@ -66,3 +66,27 @@ def test_ln_strategy_with_busybox_is_reported(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "ln").symlink_to(busybox)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert _race.describe_ln() == "busybox ln"
+
+
+def test_race_text_columns_are_the_json_keys_with_the_same_values(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug: the text table's "reads" counted every attempt, the JSON's "reads" only those that
+    opened. Now each column is a JSON key and shows that key's value."""
+    fixed = [_race.RaceResult("naive", 10, reads=70, enoent=20, torn=3, other_errors=7),
+             _race.RaceResult("atomic", 12, reads=90, enoent=0, torn=0, other_errors=0)]
+    monkeypatch.setattr(_race, "run_race", lambda seconds, readers: fixed)
+    assert main(["race", "--seconds", "1", "--readers", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert main(["race", "--seconds", "1", "--readers", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    header = lines[0].split()
+    assert set(header) <= set(results[0]) and "reads" in header and "attempts" in header
+    for line, result in zip(lines[1:3], results):
+        cells = dict(zip(header, line.split()))
+        for key, text in cells.items():
+            if key == "error_rate":
+                assert text == f"{result[key]:.2%}"
+            else:
+                assert text == str(result[key]), key
+    naive = dict(zip(header, lines[1].split()))
+    assert (naive["attempts"], naive["reads"], naive["errors"]) == ("97", "70", "30")

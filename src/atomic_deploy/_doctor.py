@@ -162,9 +162,7 @@ def doctor(root: str) -> list[Check]:
                       "give the folder that holds (or will hold) current and releases/")]
     layout = Layout(os.path.abspath(root))
     writable = os.access(layout.root, os.W_OK | os.X_OK)
-    checks = [Check("root", OK, f"{show(layout.root)} is a writable directory") if writable else
-              Check("root", FAIL, f"{show(layout.root)} is not writable by uid {os.geteuid()}",
-                    f"run as the user that owns it, or: chown {os.geteuid()} {q}")]
+    checks = [_root_check(layout, writable, st, q)]
     checks.append(_guard("filesystem", lambda: _filesystem(layout)))
     checks.append(_guard("same filesystem", lambda: _same_filesystem(layout)))
     if writable:
@@ -172,6 +170,7 @@ def doctor(root: str) -> list[Check]:
     checks.append(_guard("free space", lambda: _free_space(layout, q)))
     checks.append(_guard("layout", lambda: _layout_check(layout)))
     checks.append(_guard("config", lambda: _config_check(layout)))
+    checks.append(_guard("hooks", lambda: _hooks_check(layout)))
     checks += _permissions(layout)
     checks.append(_guard("current", lambda: _current(layout, q)))
     checks.append(_guard("stray entries", lambda: _stray(layout)))
@@ -180,6 +179,42 @@ def doctor(root: str) -> list[Check]:
     checks.append(_guard("interrupted", lambda: _interrupted(layout, holder, q)))
     checks.append(Check("lock", OK, "free" if holder is None else f"held by {holder.describe()}"))
     return checks
+
+
+def _root_check(layout: Layout, writable: bool, st: os.stat_result, q: str) -> Check:
+    if writable:
+        return Check("root", OK, f"{show(layout.root)} is a writable directory")
+    if _read_only_fs(layout.root):
+        # No owner or mode makes a read-only mount writable: name the mount, not chown.
+        mount = _mount_of(layout.root)
+        where = f" (mounted read-only at {show(mount.mount_point)})" if mount else ""
+        point = shlex.quote(mount.mount_point) if mount else "MOUNT_POINT"
+        return Check("root", FAIL, f"{show(layout.root)} is on a read-only filesystem{where}: "
+                     "nothing can be deployed here",
+                     f"remount it read-write (mount -o remount,rw {point}), or keep ROOT on a "
+                     "writable filesystem")
+    uid = os.geteuid()
+    fix = (f"chmod u+wx {q}" if st.st_uid == uid else
+           f"run as the user that owns it (uid {st.st_uid}), or: chown {uid} {q}")
+    return Check("root", FAIL, f"{show(layout.root)} is not writable by uid {uid}", fix)
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs flags here: the access check spoke already
+        return False
+
+
+def _mount_of(path: str) -> Mount | None:
+    if not _platform.IS_LINUX:
+        return None
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return mount_for(os.path.realpath(path), parse_mountinfo(text))
 
 
 def _guard(name: str, fn: Callable[[], Check]) -> Check:
@@ -474,6 +509,88 @@ def _config_check(layout: Layout) -> Check:
                      "and prune refuse to run, and rollback warns and goes on without it")
     return Check("config", OK, f"{_config.FILENAME}: {len(data)} setting(s), readable by "
                  f"{python}")
+
+
+_HOOK_KEYS = ("check", "after_switch", "health_check", "on_failure")
+
+
+def _hook_commands(key: str, value: Any) -> list[str | list[str]]:
+    """The commands one config hook setting holds, read as the deploy reads them: a string is
+    one shell command, a list holds several (each a string or an argument list); health_check
+    is one command."""
+    from . import _config
+
+    if value is None:
+        return []
+    cmd = _config.hooks(key, value)
+    return [cmd] if key == "health_check" else list(cmd)
+
+
+def _program_problem(program: str, where: str | None) -> str | None:
+    """Why ``program`` (argv[0] of a hook) cannot be run, or None. A bare name is looked up in
+    this process's PATH, as the hook's would be; a relative path is relative to the release the
+    hook runs in (``where``: current's, the best guess before a deploy)."""
+    if "/" not in program:
+        if shutil.which(program) is None:
+            return f"{program!r} is not found on PATH"
+        return None
+    relative = not os.path.isabs(program)
+    if relative:
+        if where is None:
+            return None  # nothing deployed to resolve it against yet
+        program = os.path.join(where, program)
+    # In the current release: the release being deployed may still bring it.
+    note = " in the current release" if relative else ""
+    if not os.path.exists(program):
+        return f"{show(program)} does not exist{note}"
+    if os.path.isdir(program) or not os.access(program, os.X_OK):
+        return f"{show(program)} is not executable{note}"
+    return None
+
+
+def _hooks_check(layout: Layout) -> Check:
+    """The hooks of the config file: an argument-list hook whose program cannot be run fails
+    every deploy that runs it (a check aborts it, an after-switch hook switches back)."""
+    from . import _config
+    from ._hooks import SHELL
+
+    path = _config.config_path(layout.root)
+    if path is None:
+        return Check("hooks", OK, "none in a config file (hooks given as flags are not seen "
+                     "here)")
+    try:
+        data = _config.load(layout.root)
+    except InvalidInput:
+        return Check("hooks", OK, "not checked: the config file cannot be read (see config)")
+    cur = read_current(layout)
+    where = layout.release(cur.release) if cur.healthy and cur.release else None
+    problems: list[str] = []
+    status, shell, argv = WARN, 0, 0
+    for key in _HOOK_KEYS:
+        for cmd in _hook_commands(key, data.get(key)):
+            if isinstance(cmd, str):
+                shell += 1
+                continue
+            argv += 1
+            why = _program_problem(cmd[0], where) if cmd and isinstance(cmd[0], str) else None
+            if why:
+                problems.append(f"{key} = {cmd!r}: {why}")
+                if not why.endswith("in the current release"):
+                    status = FAIL
+    if problems:
+        return Check("hooks", status, "; ".join(problems),
+                     "install the program or fix its path in the config file (an argument "
+                     "list runs without a shell: give the full path, or a name on PATH)")
+    if shell and not os.access(SHELL, os.X_OK):
+        return Check("hooks", FAIL, f"{shell} shell command(s), but {SHELL} cannot be run",
+                     f"install a POSIX shell as {SHELL}")
+    parts = []
+    if argv:
+        parts.append(f"{argv} argument-list hook(s): their programs exist and are executable")
+    if shell:
+        parts.append(f"{shell} shell command(s): run by {SHELL}, which exists; what they run "
+                     "is not checked")
+    return Check("hooks", OK, "; ".join(parts) if parts else "none in the config file")
 
 
 def _permissions(layout: Layout) -> list[Check]:

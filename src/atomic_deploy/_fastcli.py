@@ -74,12 +74,14 @@ def _quick(args: list[str]) -> int | None:
         return None  # missing or extra arguments, other options, "--": argparse decides
     as_json = "--json" in args
     quiet = "-q" in args or "--quiet" in args
+    code = 0
     try:
         from . import _render, query
 
         if args[0] == "status":
             s = query.status(roots[0])
             payload, text = s.to_dict(), _render.format_status(s)
+            code = _render.status_exit_code(s)
         else:
             rels = query.list_releases(roots[0])
             payload = {"releases": [r.to_dict() for r in rels]}
@@ -90,7 +92,7 @@ def _quick(args: list[str]) -> int | None:
     except Exception:
         return None
     if sys.stdout is None:  # closed by the caller: nothing to write to, as print() does
-        return 0
+        return code
     try:
         if as_json:
             import json
@@ -103,7 +105,7 @@ def _quick(args: list[str]) -> int | None:
         drop_stdout()
     except OSError:  # disk full: cli.main says so, in its words
         return None
-    return 0
+    return code
 
 
 def drop_stdout() -> None:

@@ -1,5 +1,5 @@
-"""``--dry-run``: what deploy, rollback and prune would do, computed without changing anything
-(no lock taken, no folder created)."""
+"""``--dry-run``: what deploy, activate, rollback, prune and adopt would do, computed without
+changing anything (no lock taken, no folder created)."""
 
 from __future__ import annotations
 
@@ -116,3 +116,54 @@ def plan_prune_steps(root: str, keep: int) -> list[str]:
     victims, ordered = plan_prune(History.load(layout), layout, keep)
     kept = [n for n in ordered if n not in victims]
     return [f"delete releases/{v}" for v in victims] + [f"keep {', '.join(kept) or 'nothing'}"]
+
+
+def _existing_root_for_switch(root: str) -> Layout:
+    """What the real command's root checks refuse, without the folders they create."""
+    from ._layout import check_current_is_link, existing_root
+
+    layout = existing_root(root)
+    check_current_is_link(layout)
+    if not os.path.isdir(layout.releases):
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"nothing deployed in {show(root)} yet (no releases/ folder); nothing "
+                           "to roll back to, activate or prune", "nothing was changed")
+    return layout
+
+
+def plan_activate_steps(root: str, release: str, opts: DeployOptions) -> list[str]:
+    from ._history import BAD, release_states
+    from .operations import _check_release, check_not_swapped, validate_options
+
+    validate_options(opts)
+    check_not_swapped(root, release)
+    layout = _existing_root_for_switch(root)
+    _check_release(layout, release)
+    cur = read_current(layout)
+    steps = []
+    if cur.healthy and cur.release == release:
+        steps.append(f"{release} is already current: switch current to it again (same link)")
+    else:
+        steps.append(f"switch current from {cur.target or 'nothing'} to releases/{release}")
+    if release_states(History.load(layout), layout, [release]).get(release) == BAD:
+        steps.append(f"clear the bad mark of {release}")
+    return steps + _health_plan(opts)
+
+
+def plan_adopt_steps(root: str, release: str | None, use_exchange: bool) -> list[str]:
+    from . import _platform
+    from ._adopt import check_current_is_folder
+    from ._layout import existing_root
+    from .operations import check_new_adopt_id
+
+    layout = existing_root(root)
+    check_current_is_folder(layout)
+    history = History.load(layout)
+    rid = check_new_adopt_id(layout, history, release)
+    exchange = _platform.exchange_name() if use_exchange else None
+    how = (f"in one step with {exchange} (two renames, current briefly absent, where the "
+           "filesystem refuses it)" if exchange else
+           "with two renames (current briefly absent)")
+    return [f"move the folder current to releases/{rid} and make current a link to it, {how}",
+            f"record {rid} in the history as a release that has served"]

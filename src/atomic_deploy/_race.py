@@ -23,6 +23,9 @@ from ._layout import Layout
 from ._switch import point_current
 
 STRATEGIES = ("naive", "ln", "atomic")
+# The text table's columns: the JSON keys, in this order, meaning the same (docs/json.md).
+COLUMNS = ("strategy", "switches", "attempts", "reads", "enoent", "torn", "other_errors",
+           "errors", "error_rate")
 PAYLOAD = 4096  # bytes per version file: a torn read would mix two payloads
 
 _READER = r"""
@@ -69,6 +72,12 @@ class RaceResult:
     @property
     def error_rate(self) -> float:
         return self.errors / self.attempts if self.attempts else 0.0
+
+    def row(self) -> tuple[str, ...]:
+        """The text table's cells for COLUMNS (error_rate as a percentage)."""
+        d = self.to_dict()
+        return tuple(f"{self.error_rate:.2%}" if c == "error_rate" else str(d[c])
+                     for c in COLUMNS)
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = asdict(self)

@@ -17,6 +17,13 @@ def envelope(command: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {"schema": JSON_SCHEMA, "command": command, "ok": True, **payload}
 
 
+def status_exit_code(s: Any) -> int:
+    """``status`` exits 1 when current cannot serve a release (absent, dangling, outside
+    releases/, not a link), so that monitoring can act on the code alone; 0 when it can, even
+    with an interrupted operation waiting for recovery (current is still complete)."""
+    return 0 if s.serving else 1
+
+
 def format_status(s: Any) -> str:
     cur = s.current or "none"
     if s.current_state != "ok":
@@ -24,10 +31,12 @@ def format_status(s: Any) -> str:
             + ")"
     if s.current_state == "directory":
         cur += "; `atomic-deploy adopt ROOT` turns it into a release"
+    if not s.serving:
+        cur += "; not serving a release"
     rows = [
         ("root", s.root),
         ("current", cur),
-        ("previous", s.previous or "none"),
+        ("rollback target", s.rollback_target or "none"),
         ("releases", f"{s.releases}" + (f" ({len(s.bad)} bad: {', '.join(s.bad)})" if s.bad else "")),
     ]
     h = s.lock_holder
@@ -62,7 +71,9 @@ def format_list(rels: list[Any]) -> str:
     w0, w1, w2, w3 = (max(map(len, column)) for column in list(zip(*rows))[:4])
     lines = [f"{a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d:<{w3}}  {e}" for a, b, c, d, e in rows]
     legend = [t for t, on in (("* current", any(r.current for r in rels)),
-                              ("< rollback target", any(r.rollback_target for r in rels))) if on]
+                              ("< rollback target", any(r.rollback_target for r in rels)),
+                              ("prepared: never live, so never a rollback target",
+                               any(r.state == "prepared" for r in rels))) if on]
     if legend:
         lines.append(f"({', '.join(legend)})")
     return "\n".join(line.rstrip() for line in lines)

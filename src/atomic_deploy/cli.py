@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NoReturn
 from . import __version__
 from ._fastcli import drop_stdout
 from ._layout import show
-from ._render import JSON_SCHEMA, envelope, format_list, format_status
+from ._render import JSON_SCHEMA, envelope, format_list, format_status, status_exit_code
 from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0
@@ -39,7 +39,10 @@ exit codes:
   2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
+  status: 0 current serves a complete release, 1 it does not (absent, dangling,
+        outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
+  doctor: 0 no check failed, 1 a check failed
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -280,6 +283,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_switch_hooks(p)
         _add_wait(p)
         _add_config(p)
+        _add_dry_run(p)
         _add_json(p)
 
     if want("rollback"):
@@ -293,7 +297,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_json(p)
 
     if want("status"):
-        p = sub.add_parser("status", help="current, previous, lock holder, interrupted work")
+        p = sub.add_parser("status", help="current, rollback target, lock holder, interrupted work",
+                           description="Show ROOT's current release, rollback target, releases, "
+                           "lock holder and interrupted work. Read-only, takes no lock. Exit 0: "
+                           "current serves a complete release (also with an interrupted operation "
+                           "waiting for recovery); 1: it does not (absent, dangling, outside "
+                           "releases/, a folder or file), the report printed in full; 2: ROOT is "
+                           "not a deploy root.")
         p.add_argument("root", metavar="ROOT")
         _add_json(p)
 
@@ -341,6 +351,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--no-exchange", action="store_true",
                        help="use the two-step rename even where an atomic exchange exists")
         _add_wait(p)
+        _add_dry_run(p)
         _add_json(p)
 
     if want("demo"):
@@ -363,7 +374,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser("doctor", help="check that ROOT's filesystem and state are fit for deploys",
                            description="Read-only checks of ROOT: filesystem type, rename over a "
                            "symlink, flock, fsync, reflink, free space, current, stray entries, "
-                           "leftovers, interrupted work, the lock and permissions. Probes run in a "
+                           "leftovers, interrupted work, the lock, permissions, the config file "
+                           "and its hooks (can their programs run). A read-only mount is named as "
+                           "such. Probes run in a "
                            "private folder inside ROOT that is removed afterwards. Exits 1 if any "
                            "check fails (warnings do not).")
         p.add_argument("root", metavar="ROOT")
@@ -382,7 +395,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_json(p)
 
     if want("man"):
-        p = sub.add_parser("man", help="print the atomic-deploy(1) man page (roff)")
+        p = sub.add_parser("man", help="the atomic-deploy(1) man page: shown by man(1) on a "
+                           "terminal, else printed as roff")
         p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
         _add_json(p)
     return parser
@@ -616,7 +630,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for w in r.warnings:  # after the commit point: the exit code stays 0
             _warn(w)
     elif cmd == "activate":
-        a = operations.activate(args.root, args.release, _options(args, args.root))
+        opts = _options(args, args.root)
+        if args.dry_run:
+            from ._plan import plan_activate_steps
+
+            return _plan(args, plan_activate_steps(args.root, args.release, opts))
+        a = operations.activate(args.root, args.release, opts)
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
     elif cmd == "rollback":
         opts = _rollback_options(args)
@@ -653,12 +672,17 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             text += f"\nleftovers that could not be removed: {', '.join(rec.leftovers)}"
         _emit(args, rec.to_dict(), text)
     elif cmd == "adopt":
+        if args.dry_run:
+            from ._plan import plan_adopt_steps
+
+            return _plan(args, plan_adopt_steps(args.root, args.id, not args.no_exchange))
         ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
                               use_exchange=not args.no_exchange)
         _emit(args, ad.to_dict(), f"adopted the folder as releases/{ad.release} using {ad.method}")
     elif cmd == "status":
         s = query.status(args.root)
         _emit(args, s.to_dict(), format_status(s))
+        return status_exit_code(s)
     elif cmd == "list":
         rels = query.list_releases(args.root)
         _emit(args, {"releases": [r.to_dict() for r in rels]}, format_list(rels))
@@ -693,7 +717,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.output:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(page)
-        else:
+        elif not _page_man(page):
             _out_line(page, end="")
     elif cmd == "race":
         return _race(args)
@@ -704,6 +728,31 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
+
+
+def _page_man(page: str) -> bool:
+    """On a terminal, show ``page`` as man(1) shows pages: formatted and paged (`man -l -`
+    reads it from stdin). False, and nothing shown, when stdout is no terminal (the roff is the
+    output: `man > atomic-deploy.1`) or there is no man that can."""
+    if sys.stdout is None or not sys.stdout.isatty():
+        return False
+    import shutil
+    import signal
+    import subprocess
+
+    man = shutil.which("man")
+    if man is None:
+        return False
+    # Ctrl-C belongs to the pager (less ignores it); it must not kill man under it.
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.run([man, "-l", "-"], input=page, text=True, stderr=subprocess.PIPE,
+                              check=False)
+    except OSError:
+        return False
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    return proc.returncode == 0
 
 
 def _progress_for(args: argparse.Namespace, source: str | None) -> Any:
@@ -748,20 +797,19 @@ def _plan(args: argparse.Namespace, steps: list[str]) -> int:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from ._race import run_race
+    from ._race import COLUMNS, run_race
 
     if args.seconds <= 0 or args.readers < 1:
         raise InvalidInput("--seconds must be positive and --readers at least 1")
     results = run_race(args.seconds, args.readers)
     atomic_errors = sum(r.errors for r in results if r.strategy == "atomic")
-    rows = [("strategy", "switches", "reads", "ENOENT", "torn", "error rate")]
-    # reads: every attempt, failed ones included, so ENOENT and torn are parts of it
-    for r in results:
-        rows.append((r.strategy, str(r.switches), str(r.attempts), str(r.enoent), str(r.torn),
-                     f"{r.error_rate:.2%}"))
+    # The same names as the JSON keys, meaning the same (docs/json.md).
+    rows = [COLUMNS, *(r.row() for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
+    lines.append("attempts: reads tried; reads: those that opened the file; errors: enoent + "
+                 "torn + other_errors; error_rate: errors / attempts")
     for r in results:
         if r.strategy == "ln":
             verdict = "atomic here" if r.errors == 0 else "NOT atomic here"

@@ -507,7 +507,10 @@ def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[st
     if opts.git is not None:
         if opts.ref.startswith("-"):
             raise InvalidInput(f"invalid git ref {opts.ref!r}", "nothing was changed")
-        return "git", opts.git
+        # A local repository is recorded by its absolute path, as folders and tarballs are: a
+        # relative one means nothing in the history once the shell's cwd is gone. Anything else
+        # (a URL) stays as given.
+        return "git", os.path.abspath(opts.git) if os.path.exists(opts.git) else opts.git
     if source is None:
         raise InvalidInput("no SOURCE given (a folder, a tarball, or --git REPO)",
                            "nothing was changed")
@@ -902,11 +905,27 @@ def _switch_op(s: _Session, op: str, release: str, previous: str | None,
     return hooks
 
 
+def check_not_swapped(root: str, release: str) -> None:
+    """``activate ID ROOT``: ROOT is no deploy root but the release id is one. Say so, as
+    deploy does for SOURCE and ROOT, rather than "ROOT 2026... does not exist"."""
+    from ._layout import RELEASES, STATE_DIR
+
+    def is_root(path: str) -> bool:
+        return os.path.isdir(os.path.join(path, RELEASES)) or \
+            os.path.isdir(os.path.join(path, STATE_DIR))
+
+    if release and not is_root(root) and is_root(release):
+        raise InvalidInput(f"ROOT {show(root)} is not a deploy root, but {show(release)} is: "
+                           "did you swap ROOT and RELEASE_ID? The order is ROOT RELEASE_ID",
+                           "nothing was changed")
+
+
 def activate(root: str, release: str, options: DeployOptions | None = None,
              **kwargs: Any) -> ActivateResult:
     """Switch ``current`` to an existing complete release (clears a bad mark)."""
     opts = options or DeployOptions(**kwargs)
     validate_options(opts)
+    check_not_swapped(root, release)
     layout = check_root_for_write(root, create=False)
     with _Session(layout, opts.wait, opts.command, opts) as s:
         _check_release(layout, release)
@@ -1043,6 +1062,20 @@ def _new_id_ok(name: str) -> bool:
             and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))
 
 
+def check_new_adopt_id(layout: Layout, history: History, release: str | None) -> str:
+    """The id ``adopt`` gives the folder: ``release`` if it is usable, else a new one."""
+    if release is not None and (not _new_id_ok(release)
+                                or os.path.lexists(layout.release(release))):
+        raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
+                           "digits, '.', '_' and '-', not first '.' or '-')",
+                           "nothing was changed")
+    if release is not None and release in history.used_ids():
+        # A record already means another release by that name (its state, its bad mark).
+        raise InvalidInput(f"release id {release!r} was used before in this root's history; "
+                           "choose another", "nothing was changed")
+    return release or new_release_id(set(release_dirs(layout)) | history.used_ids())
+
+
 def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
           command: str | None = None, use_exchange: bool = True) -> AdoptResult:
     """Move a ``current`` that is a real folder into ``releases/`` and make ``current`` a link.
@@ -1056,16 +1089,7 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     layout = check_adoptable(root, release)
     with _Session(layout, wait, command) as s:
         check_current_is_folder(layout)  # again, holding the lock: another adopt may have won
-        if release is not None and (not _new_id_ok(release)
-                                    or os.path.lexists(layout.release(release))):
-            raise InvalidInput(f"release id {show(release)!r} is invalid or taken (use letters, "
-                               "digits, '.', '_' and '-', not first '.' or '-')",
-                               "nothing was changed")
-        if release is not None and release in s.history.used_ids():
-            # A record already means another release by that name (its state, its bad mark).
-            raise InvalidInput(f"release id {release!r} was used before in this root's history; "
-                               "choose another", "nothing was changed")
-        rid = release or new_release_id(set(release_dirs(layout)) | s.history.used_ids())
+        rid = check_new_adopt_id(layout, s.history, release)
         method = adopt_locked(s, rid, use_exchange)
         return AdoptResult(rid, method, recovered=s.recovered)
 

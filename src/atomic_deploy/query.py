@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 
-from ._history import History, bad_of, release_states, rollback_target
+from ._history import BAD, COMPLETE, History, bad_of, release_states, rollback_target
 from ._jsonfile import Record
 from ._layout import (
+    CURRENT,
     RELEASES,
+    STATE_DIR,
     SWITCH_OPS,
     SWITCHING_BACK,
     Layout,
@@ -22,8 +24,10 @@ from ._layout import (
     read_current,
     read_journal,
     release_dirs,
+    show,
 )
 from ._lock import probe_holder
+from .errors import InvalidInput
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,7 +53,9 @@ class ReleaseInfo(Record):
                  message: str | None = None, source: str | None = None,
                  managed: bool = True, manifest: str | None = None) -> None:
         self.id = id
-        self.state = state  # "current", "good" or "bad"
+        # current; bad; prepared (complete, never current: no rollback target); good (has
+        # served, or another tool's)
+        self.state = state
         self.current = current
         self.rollback_target = rollback_target
         self.deployed_at = deployed_at
@@ -74,7 +80,9 @@ class Status(Record):
         "previous",
         "recovery",
         "releases",
+        "rollback_target",
         "root",
+        "serving",
         "stray",
     )
 
@@ -89,7 +97,12 @@ class Status(Record):
         self.current_target = current_target
         # ok, absent, dangling, outside-releases, directory, file, other
         self.current_state = current_state
+        # current is a link to a complete release: the site can be served (exit 0, else 1)
+        self.serving = current_state == "ok"
+        # The rollback target. "previous" is its schema-1 name, kept for readers that use it;
+        # everywhere else "previous" means the release that was live before an operation.
         self.previous = previous
+        self.rollback_target = previous
         self.releases = releases
         self.bad = bad
         self.lock_holder = lock_holder
@@ -134,16 +147,29 @@ def plan_recovery(journal: dict[str, Any] | None, layout: Layout, finished: bool
     return "undo it; current stays as it is"
 
 
-def list_releases(root: str) -> list[ReleaseInfo]:
+def deploy_root(root: str) -> Layout:
+    """ROOT for status and list: an existing folder that holds ``current``, ``releases/`` or the
+    state folder (a root made by any deploy, even a failed first one, has the last two; one made
+    by another tool has the first two). Anything else is not a root: saying "no releases" for a
+    mistyped path would read as a healthy, empty root."""
     layout = existing_root(root)
+    if not any(os.path.lexists(os.path.join(layout.root, n)) for n in (CURRENT, RELEASES,
+                                                                      STATE_DIR)):
+        raise InvalidInput(f"ROOT {show(root)} is not a deploy root (it has no {CURRENT}, "
+                           f"{RELEASES}/ or {STATE_DIR}/)", "nothing was changed")
+    return layout
+
+
+def list_releases(root: str) -> list[ReleaseInfo]:
+    layout = deploy_root(root)
     history = History.load(layout)
     return _releases(layout, history)
 
 
 def _view(layout: Layout, history: History, current: str | None,
           entries: list[os.DirEntry[str]], journal: dict[str, Any] | None,
-          ) -> tuple[list[str], set[str], str | None]:
-    """Releases in deploy order, the bad ones and the rollback target, for ``current`` (the
+          ) -> tuple[list[str], dict[str, str], str | None]:
+    """Releases in deploy order, their states and the rollback target, for ``current`` (the
     release current points to, None unless the link is healthy).
 
     A release whose deploy has not committed (running now, or interrupted before its history
@@ -158,15 +184,24 @@ def _view(layout: Layout, history: History, current: str | None,
     ordered = history.order(names)
     states = release_states(history, layout, ordered)
     target = rollback_target(ordered, states, current) if current else None
-    return ordered, bad_of(states), target
+    return ordered, states, target
+
+
+def _list_state(name: str, current: str | None, states: dict[str, str]) -> str:
+    """What ``list`` calls a release: current, bad, prepared (complete, never current, so never
+    a rollback target) or good (has served, or another tool's folder)."""
+    if name == current:
+        return "current"
+    state = states.get(name)
+    return "bad" if state == BAD else "prepared" if state == COMPLETE else "good"
 
 
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
-    ordered, bad, target = _view(layout, history, current, list_releases_dir(layout),
-                                 read_journal(layout))
+    ordered, states, target = _view(layout, history, current, list_releases_dir(layout),
+                                    read_journal(layout))
     created = history.created()
     records = history.records
     out = []
@@ -174,7 +209,7 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
         i = created.get(name)
         rec = records[i] if i is not None else {}
         out.append(ReleaseInfo(
-            name, "current" if name == current else "bad" if name in bad else "good",
+            name, _list_state(name, current, states),
             name == current, name == target, rec.get("time"), rec.get("user"),
             rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
     return out
@@ -195,13 +230,14 @@ def _manifests(history: History, ordered: list[str]) -> dict[str, str]:
 
 
 def status(root: str) -> Status:
-    layout = existing_root(root)
+    layout = deploy_root(root)
     history = History.load(layout)
     entries = list_releases_dir(layout)
     journal = read_journal(layout)
     current, target, state = _current_state(layout)
     healthy = current if state == "ok" else None
-    ordered, bad, previous = _view(layout, history, healthy, entries, journal)
+    ordered, states, previous = _view(layout, history, healthy, entries, journal)
+    bad = bad_of(states)
     holder = probe_holder(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
