@@ -188,7 +188,7 @@ def test_activate_dry_run_prints_the_plan_and_changes_nothing(builds: Builds, ro
         "dry run, nothing changed; would:",
         f"  switch current from releases/{a} to releases/{b}",
         f"  clear the bad mark of {b}",
-        "  run after-switch hook: touch /tmp/never",
+        "  run after-switch hook: sh -c 'touch /tmp/never'",
         "  if any of these fail: switch back and mark the new release bad"]
     j = run_cli("activate", root, b, "--dry-run", "--json")
     assert j.returncode == 0 and json.loads(j.stdout)["dry_run"] is True
