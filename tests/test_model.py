@@ -392,7 +392,7 @@ class RootMachine(RuleBasedStateMachine):
                 + "\n".join(self.trace))
 
 
-_LONG = _profile_name() in ("long", "ci")  # the registered profile decides the run's size
+_LONG = _profile_name() in ("long", "thorough")  # these profiles decide the run's size
 RootMachine.TestCase.settings = settings(
     settings() if _LONG else settings(max_examples=10, stateful_step_count=12),
     deadline=None, database=None,
