@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +51,9 @@ def start_cli(*args: str | os.PathLike[str], fault: str | None = None,
         [sys.executable, "-m", "atomic_deploy", *map(str, args)],
         env=cli_env(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
 
 
 def process_running(pid: int) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from conftest import (
+    SIGNALS,
     Builds,
     current_target,
     hidden_entries,
@@ -40,9 +41,6 @@ from conftest import (
     start_cli,
     wait_for,
 )
-
-SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
-
 
 # --------------------------------------------------------------------------------------------
 # helpers

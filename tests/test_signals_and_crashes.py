@@ -26,6 +26,7 @@ import pytest
 import atomic_deploy
 from atomic_deploy._signals import DEPLOY_STEPS, PRUNE_STEPS, RECOVER_STEPS, SWITCH_STEPS, UNDO_STEPS
 from conftest import (
+    SIGNALS,
     Builds,
     current_target,
     hidden_entries,
@@ -37,7 +38,6 @@ from conftest import (
     wait_for,
 )
 
-SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}
 # Steps at which a journal exists: written after the lock, removed just before "committed".
 NO_JOURNAL_STEPS = ("lock-acquired", "committed")
 # Steps after current was switched but before the commit record: recovery finishes the operation.

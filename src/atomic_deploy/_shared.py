@@ -112,11 +112,6 @@ def check_shared(layout: Layout, dirs: list[str], files: list[str],
                 )
 
 
-def check_files_exist(layout: Layout, files: list[str], create_missing: bool) -> None:
-    """``check_shared`` for files only (kept for callers that have no folders)."""
-    check_shared(layout, [], files, create_missing)
-
-
 def _check_release_entry(staged: str, kind: str, rel: str) -> None:
     """The release's own copy of a shared path must be of the type asked for: a file linked as
     a shared folder would be replaced by an empty folder, a folder (a web root) linked as a
