@@ -49,7 +49,15 @@ KEYS: dict[str, tuple[type, ...]] = {
     "digest": (bool,),
     "jobs": (int,),
     "fsync": (bool,),
+    # remote roots: read from the --config file on the deploying machine
+    "ssh": (str,),
+    "remote_python": (str,),
+    "connect_timeout": (int, float),
+    "accept_new_host_keys": (bool,),
+    "compress": (bool,),
 }
+# The keys above that only the deploying machine's side uses.
+REMOTE_KEYS = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress")
 
 
 def _parser(path: str) -> Any:
@@ -156,6 +164,21 @@ def hooks(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return [value]
     return list(value)
+
+
+def from_json(text: str) -> dict[str, Any]:
+    """Settings the deploying machine read from its --config file and passed on (--config-json)."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--config-json: {exc}", "nothing was changed") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("--config-json: not a table", "nothing was changed")
+    for key, value in data.items():
+        check_value("--config-json", key, value)
+    return data
 
 
 def load(root: str, explicit: str | None = None) -> dict[str, Any]:

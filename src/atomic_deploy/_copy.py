@@ -216,19 +216,20 @@ def symlink_escape(links: Mapping[str, str], key: str) -> str | None:
     return None
 
 
-def check_source(source: str, root: str) -> str:
-    """Validate the build folder; returns its absolute path. Nothing is touched."""
+def check_source(source: str, root: str | None) -> str:
+    """Validate the build folder; returns its absolute path. Nothing is touched. ``root`` is
+    None when it is on another machine."""
     if not os.path.lexists(source):
         raise InvalidInput(f"source {show(source)} does not exist", "nothing was changed")
     if not os.path.isdir(source):
         raise InvalidInput(f"source {show(source)} is not a directory", "nothing was changed")
     real_src = os.path.realpath(source)
-    real_root = os.path.realpath(root)
+    real_root = os.path.realpath(root) if root is not None else "\0"
     if real_src == real_root:
         raise InvalidInput("source and ROOT are the same directory", "nothing was changed")
     if real_src.startswith(real_root.rstrip("/") + "/"):
         raise InvalidInput(f"source {show(source)} is inside ROOT", "nothing was changed")
-    if real_root.startswith(real_src.rstrip("/") + "/"):
+    if root is not None and real_root.startswith(real_src.rstrip("/") + "/"):
         raise InvalidInput(
             f"ROOT {show(root)} is inside source {show(source)}; the release would contain itself",
             "nothing was changed",

@@ -72,6 +72,8 @@ def _quick(args: list[str]) -> int | None:
     roots = [a for a in args[1:] if a not in _FLAGS]
     if len(roots) != 1 or roots[0].startswith("-") or not roots[0]:
         return None  # missing or extra arguments, other options, "--": argparse decides
+    if ":" in roots[0].split("/", 1)[0] or roots[0].startswith("ssh://"):
+        return None  # a remote root (host:/path): over ssh, by cli.main
     as_json = "--json" in args
     quiet = "-q" in args or "--quiet" in args
     code = 0

@@ -51,6 +51,10 @@ PRUNE_STEPS = ("lock-acquired", "journal-written", "victim-hidden", "victim-remo
 # signal never interrupts a rollback.
 UNDO_STEPS = ("undo-switched-back", "undo-release-discarded")
 RECOVER_STEPS = ("recover-started", "recover-recorded")
+# The deploying machine's side of a remote deploy (remote/_client.py), in protocol order: after
+# the host said ready, after the transfer, after sealed, after switched, after sending commit.
+SESSION_STEPS = ("session-ready", "session-transferred", "session-sealed", "session-switched",
+                 "session-committing")
 
 
 class SignalGuard:

@@ -503,6 +503,13 @@ def extract_tarball(
         return _extract(f, dest, strip_components, checkpoint, fsync_each, label)
 
 
+def extract_stream(stream: _Readable, dest: str, label: str,
+                   checkpoint: Callable[[str], None] = _no_checkpoint, *,
+                   fsync_each: bool = False) -> ExtractStats:
+    """``extract_tarball`` for a tar stream that is no file (a build sent over ssh)."""
+    return _extract(stream, dest, 0, checkpoint, fsync_each, label)
+
+
 def one_folder_hint(archive: str, folder: str) -> str:
     """What to say when everything in ``archive`` is inside ``folder``."""
     return (f"everything in {show(archive)} is inside one folder, {show(folder)}/, so the release "

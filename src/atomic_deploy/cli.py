@@ -399,7 +399,38 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "terminal, else printed as roff")
         p.add_argument("--output", "-o", metavar="FILE", help="write the page to FILE instead")
         _add_json(p)
+    for name, p in sub.choices.items():
+        if name in _ROOT_COMMANDS:
+            _add_remote(p, stage=name in ("deploy", "prepare"))
     return parser
+
+
+# Commands that take a ROOT, which may be a remote root (host:/path, ssh://host:port/path).
+_ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "verify",
+                  "prune", "recover", "adopt", "doctor")
+# Options of this machine's side only: never passed on to the tool on the host.
+_LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
+               "config", "source", "root", "session", "config_json")
+
+
+def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
+    g = p.add_argument_group("remote roots ([user@]host:/path or ssh://[user@]host[:port]/path)")
+    g.add_argument("--ssh", metavar="COMMAND",
+                   help="the ssh command to use, e.g. \"ssh -F ./ssh_config\" (default: "
+                        "$ATOMIC_DEPLOY_SSH, else ssh)")
+    g.add_argument("--remote-python", metavar="PATH",
+                   help="the host's Python 3.9+ (default: python3 on its PATH)")
+    g.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS",
+                   help="give up on a host that does not answer in this long (default 10)")
+    g.add_argument("--accept-new-host-keys", action="store_true", default=None,
+                   help="add unknown host keys to known_hosts (StrictHostKeyChecking="
+                        "accept-new); a changed key is still refused")
+    if stage:
+        g.add_argument("--compress", action="store_true", default=None,
+                       help="compress the transfer (for slow links)")
+        # The host's side of a remote deploy: the session protocol on stdin and stdout.
+        p.add_argument("--session", metavar="LABEL", help=argparse.SUPPRESS)
+    p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
 
 
 def version_text() -> str:
@@ -510,6 +541,8 @@ def _options(args: argparse.Namespace, root: str | None,
     from . import _config
     from .operations import DeployOptions
 
+    if config is None and getattr(args, "config_json", None):
+        config = _config.from_json(args.config_json)
     if config is None:
         config = _config.load(root, getattr(args, "config", None)) \
             if root and not getattr(args, "no_config", False) else {}
@@ -568,8 +601,12 @@ def _rollback_options(args: argparse.Namespace) -> Any:
     still run). A bad flag is still an error: it was typed just now."""
     from . import _config
 
-    config = {} if args.no_config else _config.load_lenient(
-        args.root, args.config, _ROLLBACK_KEYS, _warn)
+    if args.config_json:
+        config = {k: v for k, v in _config.from_json(args.config_json).items()
+                  if k in _ROLLBACK_KEYS}
+    else:
+        config = {} if args.no_config else _config.load_lenient(
+            args.root, args.config, _ROLLBACK_KEYS, _warn)
     while True:
         bad = _config_problem(args, args.root, config)
         if bad is None:
@@ -584,6 +621,11 @@ def _usage(cmd: str, message: str) -> NoReturn:
 
 
 def _stage_paths(args: argparse.Namespace, parser_error: Any) -> tuple[str | None, str]:
+    if getattr(args, "session", None) is not None:  # the build comes over the session
+        root = args.root if args.root is not None else args.source
+        if root is None or (args.root is not None and args.source is not None):
+            parser_error("with --session give only ROOT")
+        return None, str(root)
     if args.git is not None:
         if args.root is None and args.source is not None:
             return None, str(args.source)
@@ -610,6 +652,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         fn = operations.deploy if cmd == "deploy" else operations.prepare
         progress = _progress_for(args, source)
         opts.progress = progress
+        opts.session = getattr(args, "channel", None)
         try:
             r = fn(source, root, opts)
         finally:
@@ -862,6 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.DEBUG if getattr(args, "verbose", False)
                  else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
+        if getattr(args, "session", None) is not None:
+            return _session_main(args, parser)
         return _main(args, parser)
     finally:
         log.removeHandler(handler)
@@ -869,8 +914,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.propagate = saved[1]
 
 
+def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The host's side of a remote deploy: the protocol owns stdout; what the command would
+    print there goes back in the protocol's last message (its stderr passes through)."""
+    import io
+
+    from .remote._session import SessionChannel
+
+    real = sys.stdout
+    args.channel = SessionChannel(args.session, sys.stdin.buffer, real.buffer)
+    captured = io.StringIO()
+    sys.stdout = captured
+    try:
+        code = _main(args, parser)
+    finally:
+        sys.stdout = real
+    args.channel.finish(code, captured.getvalue())
+    return code
+
+
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
+        remote = _remote_root(args)
+        if remote is not None:
+            return _remote(args, parser, remote)
         return _run(args, parser)
     except UsageError as exc:  # parser.error() for combinations argparse cannot express
         return _usage_error(str(exc), getattr(args, "json", False))
@@ -915,3 +982,159 @@ def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:
                                "error": exc.message, "state": exc.state,
                                "exit_code": exc.exit_code}, sort_keys=True))
     return exc.exit_code
+
+
+# -- remote roots ---------------------------------------------------------------------------
+
+def _remote_root(args: argparse.Namespace) -> Any:
+    """The RemoteRoot the command's ROOT names, or None for a local root."""
+    if args.command not in _ROOT_COMMANDS or getattr(args, "session", None) is not None:
+        return None
+    root = args.root
+    if args.command in ("deploy", "prepare") and root is None and args.git is not None:
+        root = args.source
+    if not isinstance(root, str) or not (":" in root.split("/", 1)[0]
+                                         or root.startswith("ssh://")):
+        return None
+    from .remote import parse_root
+
+    return parse_root(root)
+
+
+def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str,
+                 config: dict[str, Any]) -> list[str]:
+    """The command line for the tool on the host: the same command and options, ROOT its path
+    there, minus what is this machine's business."""
+    sub: Any = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags: list[str] = [args.command]
+    positional: list[str] = []
+    for action in sub.choices[args.command]._actions:
+        dest = action.dest
+        if dest in _LOCAL_ONLY or dest == "help" or (
+                dest == "strip_components" and args.command in ("deploy", "prepare")):
+            if dest == "root" or (dest == "source" and args.command not in
+                                  ("deploy", "prepare")):
+                positional.append(path)
+            continue
+        value = getattr(args, dest, None)
+        if not action.option_strings:
+            if value is not None:
+                positional.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            if value is True:
+                flags.append(flag)
+        elif isinstance(action, argparse._StoreFalseAction):
+            if value is False:
+                flags.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value or []:
+                flags += [flag, str(item)]
+        elif value is not None:
+            flags += [flag, str(value)]
+    from ._config import REMOTE_KEYS
+
+    rest = {k: v for k, v in config.items() if k not in REMOTE_KEYS}
+    if rest:
+        flags += ["--config-json", json.dumps(rest)]
+    return [*flags, "--", *positional]
+
+
+def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any) -> int:
+    import shutil
+
+    from .remote import _client
+    from .remote._ssh import SshSettings
+
+    cmd = args.command
+    config: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from . import _config
+
+        config = _config.load(".", args.config)
+    if getattr(args, "dry_run", False):
+        raise InvalidInput(f"{cmd} --dry-run on a remote root is not supported yet; run "
+                           f"atomic-deploy status {remote} to see where it stands",
+                           "nothing was changed")
+    timeout = args.connect_timeout if args.connect_timeout is not None \
+        else float(config.get("connect_timeout", 10.0))
+    settings = SshSettings.from_text(
+        args.ssh or config.get("ssh"), connect_timeout=timeout,
+        accept_new_host_keys=bool(args.accept_new_host_keys
+                                  or config.get("accept_new_host_keys")),
+        python=args.remote_python or config.get("remote_python") or "python3")
+    argv = _remote_argv(parser, args, remote.path, config)
+    build, scratch = None, None
+    transfer = None
+    if cmd in ("deploy", "prepare"):
+        source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
+        build, scratch, revision = _local_build(args, source)
+        if revision and args.revision is None:
+            argv[1:1] = ["--revision", revision]
+        import socket
+
+        label = f"{socket.gethostname()}:{os.path.abspath(source or args.git or build)}"
+        argv[1:1] = ["--session", label]
+        transfer = _client.Transfer(
+            compress=bool(args.compress or config.get("compress")),
+            trust_mtime=bool(args.trust_mtime),
+            progress=not getattr(args, "quiet", False) and sys.stderr is not None
+            and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+    try:
+        outcome = _client.run(remote, argv, settings, _err_line,
+                              mutating=cmd not in _READ_ONLY,
+                              create_root=cmd in ("deploy", "prepare"), build=build,
+                              transfer=transfer)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if outcome.stdout:
+        _out_line(outcome.stdout, end="")
+    return outcome.exit_code
+
+
+def _local_build(args: argparse.Namespace, source: str | None) -> tuple[str, str | None,
+                                                                         str | None]:
+    """(folder to send, scratch folder to remove, revision): the source is read here."""
+    import tempfile
+
+    from . import _sources
+
+    if args.git is not None:
+        scratch = tempfile.mkdtemp(prefix="atomic-deploy-build-")
+        build = os.path.join(scratch, "build")
+        os.mkdir(build)
+        repo = os.path.abspath(args.git) if os.path.exists(args.git) else args.git
+        try:
+            commit = _sources.export_git(repo, args.ref or "HEAD", build)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return build, scratch, commit
+    assert source is not None
+    if os.path.isfile(source):
+        if _sources.tarball_kind(source) is None:
+            raise InvalidInput(f"source {show(source)} is a file but not a tar archive "
+                               "(.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz)", "nothing was changed")
+        scratch = tempfile.mkdtemp(prefix="atomic-deploy-build-")
+        build = os.path.join(scratch, "build")
+        os.mkdir(build)
+        try:
+            ex = _sources.extract_tarball(source, build, args.strip_components or 0)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        if ex.single_folder is not None:
+            _warn(_sources.one_folder_hint(source, ex.single_folder))
+        return build, scratch, None
+    if args.strip_components:
+        raise InvalidInput("--strip-components applies to tarball sources only",
+                           "nothing was changed")
+    from ._copy import check_source
+
+    return check_source(source, None), None, None

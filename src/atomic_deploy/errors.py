@@ -65,3 +65,15 @@ class InterruptedBySignal(AtomicDeployError):
         super().__init__(f"interrupted by {name}", state)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class ConnectFailed(AtomicDeployError):
+    """A host could not be reached or refused the login (or has no usable python3): nothing
+    was changed there."""
+
+    exit_code = 2
+
+
+class ConnectionLost(OperationFailed):
+    """The connection to a host dropped during an operation; the host undoes its own
+    unfinished work when it sees its input end (``state`` says what is known)."""

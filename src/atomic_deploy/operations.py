@@ -90,6 +90,9 @@ class DeployOptions:
     strip_components: int = 0
     revision: str | None = None
     refuse_external_links: bool = False  # a folder build's symlinks out of it: error, not warning
+    # The build comes from a deploying machine over a remote session (remote/_session.py):
+    # it fills the staging folder, and says when to seal, switch and commit.
+    session: Any = None
     # shared data
     shared_dirs: list[str] = field(default_factory=list)
     shared_files: list[str] = field(default_factory=list)
@@ -504,6 +507,8 @@ def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions
 
 def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[str, str]:
     """('dir' | 'tar' | 'git', absolute source) after validating it; nothing touched."""
+    if opts.session is not None:
+        return "session", str(opts.session.label)
     if opts.git is not None:
         if opts.ref.startswith("-"):
             raise InvalidInput(f"invalid git ref {opts.ref!r}", "nothing was changed")
@@ -745,8 +750,17 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
-            stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record,
-                                    build_warnings)
+            if kind == "session":
+                stats, linked = opts.session.receive(spath, link_dest, rid)
+                revision = opts.revision
+                if revision:
+                    from ._sources import write_revision
+
+                    write_revision(spath, revision, fsync=_per_file_fsync(opts))
+            else:
+                stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record,
+                                        build_warnings)
+                linked = record.linked if record else []
             shared.extend(link_shared(
                 layout, spath, opts.shared_dirs, opts.shared_files, opts.create_missing,
                 lambda a, b: copy_tree(a, b, checkpoint,
@@ -759,7 +773,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                     _platform.fsync_dir(os.path.dirname(os.path.join(spath, rel)) or spath)
                 _platform.fsync_dir(spath)
             checkpoint("copied")
-            _flush_tree(spath, opts, written_by_us=True)
+            _flush_tree(spath, opts, written_by_us=kind != "session")
             checkpoint("flushed")
             if os.path.lexists(layout.release(rid)):  # cannot happen under the lock; never merge
                 raise OperationFailed(f"release {rid} appeared while staging")
@@ -769,7 +783,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 _platform.fsync_dir(layout.releases)
             checkpoint("release-synced")
             if opts.check:
-                _run_checks(s, opts, rid, previous, record, hooks)
+                _run_checks(s, opts, rid, previous, linked, hooks)
                 _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
             manifest[0] = _write_manifest(layout, rid, opts, record, revision)
             fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
@@ -777,6 +791,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                       "revision": revision, "shared": shared or None,
                       "manifest": manifest[0],
                       "states": {rid: SERVED if activate else COMPLETE}}
+            if opts.session is not None:
+                opts.session.gate("sealed", "switch" if activate else "commit", release=rid,
+                                  files=stats.files, bytes=stats.bytes, linked=stats.linked)
             if activate:
                 switch_to_release(layout, rid, checkpoint)
                 try:
@@ -786,6 +803,8 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                         s, op, op_id, opts, rid, previous, cur.target, exc.message, hooks,
                         {"source": src, "message": opts.message, "revision": revision},
                     ) from None
+                if opts.session is not None:
+                    opts.session.gate("switched", "commit", release=rid)
             fields["hooks"] = hooks or None
             return (stats, revision), fields
 
@@ -828,7 +847,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
 
 
 def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None,
-                record: CopyRecord | None, hooks: list[dict[str, Any]]) -> None:
+                linked_files: list[str], hooks: list[dict[str, Any]]) -> None:
     """The --check hooks, and then the proof that they wrote into no file hard-linked from
     another release (those writes land in the live release too: one inode, several names)."""
     from . import _manifest
@@ -838,7 +857,7 @@ def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None
     # Shared paths replaced what was copied there (and lead out of the release): not ours.
     shared = tuple(p for rel in opts.shared_dirs + opts.shared_files
                    for p in (normalize(rel), normalize(rel) + "/"))
-    linked = [p for p in record.linked if not p.startswith(shared)] if record else []
+    linked = [p for p in linked_files if not p.startswith(shared)]
     before = _manifest.linked_snapshot(top, linked) if linked else {}
     try:
         hooks.extend(s.run_hooks("check", opts.check, top))

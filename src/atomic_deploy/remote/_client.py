@@ -1,0 +1,280 @@
+"""The deploying machine's side: run one command on a remote root, and for deploy and prepare,
+drive the host's session while the build is transferred.
+
+The host runs the same tool (uploaded when it lacks this exact build), so its lock, journal,
+recovery, hooks and health checks are the ones proven locally; its stdout is returned to the
+CLI to print, its stderr lines are passed to ``emit`` as they come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+from .._signals import fault_point
+from ..errors import ConnectionLost, InvalidInput, OperationFailed
+from . import _ship
+from ._address import RemoteRoot
+from ._session import VERSION
+from ._ssh import Connection, Probe, SshSettings, pump_lines
+
+Emit = Callable[[str], None]
+
+
+@dataclass
+class Transfer:
+    """How the build goes over: rsync (the default when both ends have it) or a tar stream."""
+
+    compress: bool = False
+    trust_mtime: bool = False  # rsync's quick check (size + mtime) instead of --checksum
+    progress: bool = False
+    method: str = ""  # filled in: "rsync" or "tar"
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stdout: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    probe: Probe | None = None
+    transfer: Transfer | None = None
+
+
+class _LocalSignal(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def run(root: RemoteRoot, argv: list[str], settings: SshSettings, emit: Emit, *,
+        mutating: bool, create_root: bool = False, build: str | None = None,
+        transfer: Transfer | None = None) -> Outcome:
+    """Run ``atomic-deploy ARGV`` on the host; with ``build`` (a local folder), as a session
+    that receives it."""
+    tool = _ship.tool()
+    with Connection(root, settings) as conn:
+        probe = conn.connect(tool)
+        installed = probe.have_tool
+        if not installed and mutating:  # a read-only command writes nothing: from memory
+            conn.install(tool, create_root)
+            installed = True
+        proc = conn.start(argv, tool, installed=installed)
+        assert proc.stdout is not None and proc.stderr is not None
+        errs = threading.Thread(target=pump_lines, args=(proc.stderr, emit), daemon=True)
+        errs.start()
+        if build is None:
+            out = proc.stdout.read()
+            code = proc.wait()
+            errs.join()
+            if code == 255:
+                raise ConnectionLost(f"lost the connection to {root.label}",
+                                     "the command may or may not have run there")
+            return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
+        t = transfer or Transfer()
+        t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
+        outcome = _Driver(conn, proc, build, t, emit, activate=argv[0] == "deploy").drive()
+        errs.join()
+        outcome.probe, outcome.transfer = probe, t
+        return outcome
+
+
+class _Driver:
+    """The session protocol's local end (see _session)."""
+
+    def __init__(self, conn: Connection, proc: subprocess.Popen[bytes], build: str,
+                 transfer: Transfer, emit: Emit, *, activate: bool) -> None:
+        self.conn, self.proc, self.build, self.transfer, self.emit = conn, proc, build, \
+            transfer, emit
+        self.activate = activate
+        self.events: list[dict[str, Any]] = []
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def send(self, cmd: str, **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        line = json.dumps({"v": VERSION, "cmd": cmd, **fields}).encode() + b"\n"
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the host's end is gone: reading its events says how it ended
+
+    def next_event(self) -> dict[str, Any] | None:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # not ours (a login script's chatter): the protocol is JSON lines
+            if isinstance(msg, dict) and "event" in msg:
+                self.events.append(msg)
+                return msg
+
+    def drive(self) -> Outcome:
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        main = threading.current_thread() is threading.main_thread()
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            for sig in handled:  # a second signal: just go, the host undoes on its own
+                signal.signal(sig, signal.SIG_DFL)
+            raise _LocalSignal(signum)
+
+        if main:
+            previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+        try:
+            try:
+                return self._steps()
+            except _LocalSignal as stop:
+                return self._stopped(stop.signum)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self.child is not None and self.child.poll() is None:
+                self.child.kill()
+                self.child.wait()
+
+    def _steps(self) -> Outcome:
+        ev = self.next_event()
+        if ev is None or ev["event"] != "ready":
+            return self._ended(ev)
+        fault_point("session-ready")
+        try:
+            self._transfer(ev)
+        except (_TransferFailed, OSError) as exc:
+            self.send("abort", reason=str(exc))  # the host removes the staged release
+            return self._ended(self._until_done())
+        fault_point("session-transferred")
+        self.send("seal")
+        ev = self.next_event()
+        if ev is None or ev["event"] == "done":
+            return self._ended(ev)
+        if ev["event"] == "sealed":
+            fault_point("session-sealed")
+            self.send("switch" if self.activate else "commit")
+            ev = self.next_event()
+            if ev is not None and ev["event"] == "switched":
+                fault_point("session-switched")
+                self.send("commit")
+                fault_point("session-committing")
+                ev = self.next_event()
+        return self._ended(ev)
+
+    def _stopped(self, signum: int) -> Outcome:
+        """A signal here: tell the host to undo, wait for it to say how it ended."""
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+        self.send("abort", signal=signum)
+        with contextlib.suppress(_LocalSignal):
+            self._until_done()
+        self.proc.wait()
+        return Outcome(128 + signum, "", self.events)
+
+    def _until_done(self) -> dict[str, Any] | None:
+        while True:
+            ev = self.next_event()
+            if ev is None or ev["event"] == "done":
+                return ev
+
+    def _ended(self, ev: dict[str, Any] | None) -> Outcome:
+        code = self.proc.wait()
+        if ev is not None and ev.get("event") == "done":
+            return Outcome(int(ev.get("exit", 1)), str(ev.get("stdout", "")), self.events)
+        label = self.conn.root.label
+        last = self.events[-1]["event"] if self.events else None
+        if last in ("switched",):
+            state = ("the host had switched and was told to commit: see atomic-deploy status "
+                     f"{self.conn.root}")
+        elif last is None:
+            state = "nothing was changed"
+        else:
+            state = (f"the host undoes the unfinished deploy when it sees the connection close "
+                     f"(check: atomic-deploy status {self.conn.root})")
+        why = f"ssh exit status {code}" if code else "the host's tool ended without a result"
+        raise ConnectionLost(f"lost the connection to {label} ({why})", state)
+
+    # -- transfer ---------------------------------------------------------------------------
+    def _transfer(self, ready: dict[str, Any]) -> None:
+        staging, link_dest = str(ready["staging"]), ready.get("link_dest")
+        if self.transfer.method == "rsync":
+            self._rsync(staging, link_dest if isinstance(link_dest, str) else None)
+        else:
+            self._tar()
+
+    def _rsync(self, staging: str, link_dest: str | None) -> None:
+        t = self.transfer
+        argv = ["rsync", "-a", "--protect-args", "-e", self.conn.rsh()]
+        if not t.trust_mtime:
+            argv.append("--checksum")  # size+mtime alone would keep the old bytes of a file
+            # rebuilt in the same second with the same size
+        if t.compress:
+            argv.append("--compress")
+        if link_dest:
+            argv.append(f"--link-dest={link_dest}")
+        if t.progress:
+            argv.append("--info=progress2")
+        host = self.conn.root.host
+        host = f"[{host}]" if ":" in host else host
+        dest = f"{self.conn.root.user}@{host}" if self.conn.root.user else host
+        argv += ["--", self.build.rstrip("/") + "/", f"{dest}:{staging}/"]
+        import time
+
+        started = time.monotonic()
+        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.child.stdout is not None
+        pump_lines(self.child.stdout, self.emit)
+        code = self.child.wait()
+        self.child = None
+        t.seconds = time.monotonic() - started
+        if code != 0:
+            raise _TransferFailed(f"rsync to {self.conn.root.label} failed (exit status {code})")
+
+    def _tar(self) -> None:
+        assert self.proc.stdin is not None
+        self.send("tar")
+        out = _FrameWriter(self.proc.stdin)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            top = self.build
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                for name in sorted(dirnames) + sorted(filenames):
+                    path = os.path.join(dirpath, name)
+                    tar.add(path, arcname=os.path.relpath(path, top), recursive=False)
+        out.end()
+
+
+class _TransferFailed(OperationFailed):
+    pass
+
+
+class _FrameWriter:
+    """tarfile's output, framed for the session's stdin (see _session)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self._out.write(b"#%d\n" % len(data) + bytes(data))
+        return len(data)
+
+    def end(self) -> None:
+        self._out.write(b"#0\n")
+        self._out.flush()
+
+
+def check_build(path: str) -> None:
+    if not os.path.isdir(path):
+        raise InvalidInput(f"the build {path!r} is not a folder", "nothing was changed")

@@ -1,0 +1,183 @@
+"""The session protocol: one tool process on the host, holding the root's lock for the whole
+deploy, steered by the deploying machine over the ssh channel.
+
+Messages are JSON lines, ``"v": 1`` in each. The host (this module's ``SessionChannel``, inside
+``atomic-deploy deploy --session LABEL ROOT`` on the host) writes events to stdout; the deploying
+machine writes commands to stdin::
+
+    host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null}
+    local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there)
+      or:  {"cmd": "tar"} + frames    the build follows as a tar stream, in frames
+           "#<n>\\n" + n bytes, ending with "#0\\n"; then {"cmd": "seal"}
+    host:  {"event": "sealed", "release": ID, "files": N, "bytes": N, "linked": N}
+    local: {"cmd": "switch"}           (deploy; prepare goes straight to commit)
+    host:  {"event": "switched", "release": ID}   after-switch hooks and health check passed
+    local: {"cmd": "commit"}
+    host:  {"event": "done", "exit": CODE, "stdout": TEXT}   and the process exits
+
+Any failure on the host ends in ``done`` with the exit code and output the tool would have
+given locally (its stderr lines pass through as they happen). ``{"cmd": "abort", "reason":
+TEXT}`` at any point makes the host undo its work as it does for a failure; ``{"cmd": "abort",
+"signal": N}`` as it does for signal N (the deploying machine was interrupted). End of input
+before ``commit`` (the deploying process died, the connection dropped) is taken as SIGHUP: the
+host undoes its own work by the recovery rules, switching back (with after-switch hooks) if
+it had switched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import stat
+import threading
+from typing import IO, Any
+
+from .._copy import CopyStats
+from .._signals import checkpoint
+from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
+
+VERSION = 1
+
+
+class _Frames:
+    """A readable stream over the tar frames the reader thread queued."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._end = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._end and (n < 0 or len(self._buf) < n):
+            checkpoint("session-receive")
+            chunk = self._chunks.get()
+            if not chunk:
+                self._end = True
+                if chunk is None:
+                    raise OperationFailed("the build's tar stream ended early (input closed)")
+                break
+            self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class SessionChannel:
+    """The host's end: what ``deploy --session`` and ``prepare --session`` wait on."""
+
+    def __init__(self, label: str, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.label = label
+        self._in = stdin
+        self._out = stdout
+        self._msgs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._data: queue.Queue[bytes | None] = queue.Queue()
+        self._committing = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="session-input", daemon=True).start()
+
+    # -- input ------------------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            for line in iter(self._in.readline, b""):
+                if line.startswith(b"#"):
+                    n = int(line[1:])
+                    self._data.put(self._in.read(n) if n else b"")
+                    continue
+                msg = json.loads(line)
+                if isinstance(msg, dict) and msg.get("cmd") == "commit":
+                    self._committing = True
+                self._msgs.put(msg if isinstance(msg, dict) else {"cmd": repr(msg)})
+        except (OSError, ValueError):
+            pass
+        if not self._committing:
+            # The deploying machine is gone: stop as for a hang-up, and undo.
+            os.kill(os.getpid(), signal.SIGHUP)
+        self._msgs.put(None)
+        self._data.put(None)
+
+    def wait(self, *expected: str) -> dict[str, Any]:
+        while True:
+            checkpoint("session-wait")
+            try:
+                msg = self._msgs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if msg is None:
+                checkpoint("session-wait")  # the SIGHUP the reader sent
+                raise InterruptedBySignal(signal.SIGHUP)
+            cmd = msg.get("cmd")
+            if cmd == "abort" and isinstance(msg.get("signal"), int):
+                raise InterruptedBySignal(msg["signal"])  # Ctrl-C there: as if here
+            if cmd == "abort":
+                raise OperationFailed(f"stopped by the deploying machine "
+                                      f"({msg.get('reason') or 'no reason given'})")
+            if cmd in expected:
+                return msg
+            raise OperationFailed(f"session protocol error: expected {' or '.join(expected)}, "
+                                  f"got {cmd!r}")
+
+    # -- output -----------------------------------------------------------------------------
+    def send(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"v": VERSION, "event": event, **fields}).encode() + b"\n"
+        with self._lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the deploying machine is gone; its end of input says so
+
+    # -- the steps operations.py calls ------------------------------------------------------
+    def receive(self, staging: str, link_dest: str | None,
+                release: str) -> tuple[CopyStats, list[str]]:
+        """Tell where the build goes, wait until it is there; its stats, and the paths of the
+        files that are hard links to ``link_dest``'s (the check hooks' write-through test)."""
+        self.send("ready", release=release, staging=staging, link_dest=link_dest)
+        msg = self.wait("seal", "tar")
+        if msg["cmd"] == "tar":
+            from .._sources import extract_stream
+
+            extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
+                           checkpoint)
+            self.wait("seal")
+        return _walk(staging, link_dest)
+
+    def gate(self, event: str, expect: str, **info: Any) -> None:
+        """Say ``event``; go on when the deploying machine says ``expect``."""
+        self.send(event, **info)
+        self.wait(expect)
+
+    def finish(self, code: int, stdout: str) -> None:
+        self.send("done", exit=code, stdout=stdout)
+
+
+def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str]]:
+    stats = CopyStats()
+    linked: list[str] = []
+    if not os.path.isdir(top) or os.path.islink(top):
+        raise InvalidInput("the staging folder is gone")
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                stats.dirs += 1
+            elif stat.S_ISLNK(st.st_mode):
+                stats.symlinks += 1
+            elif stat.S_ISREG(st.st_mode):
+                stats.files += 1
+                stats.bytes += st.st_size
+                if link_dest and st.st_nlink > 1:
+                    rel = os.path.relpath(path, top)
+                    try:
+                        old = os.lstat(os.path.join(link_dest, rel))
+                    except OSError:
+                        continue
+                    if (old.st_dev, old.st_ino) == (st.st_dev, st.st_ino):
+                        linked.append(rel)
+                        stats.linked += 1
+                        stats.linked_bytes += st.st_size
+    return stats, linked

@@ -1,0 +1,235 @@
+"""The system's OpenSSH client, driven the way Ansible's ssh connection plugin drives it.
+
+So ``~/.ssh/config``, keys, the agent, ProxyJump and known_hosts work as the user set them.
+One master connection per host (``ControlMaster``/``ControlPersist``, ``ControlPath`` with
+``%C`` in a private 0700 folder) carries every command and transfer of one atomic-deploy run
+and is closed at its end. ``BatchMode=yes``: never a prompt. Host key checking stays as the
+user configured it (``--accept-new-host-keys`` adds ``StrictHostKeyChecking=accept-new``).
+``ConnectTimeout`` bounds the connect and the banner exchange (a stopped sshd), and
+``ServerAliveInterval`` finds a host that stops answering mid-operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .._layout import show
+from ..errors import ConnectFailed
+from ._address import RemoteRoot
+from ._bootstrap import BOOTSTRAP, EXIT_OLD_PYTHON
+from ._ship import Tool
+
+SSH_ENV = "ATOMIC_DEPLOY_SSH"
+ALIVE_INTERVAL = 5  # seconds between keep-alives; 3 unanswered ones drop the connection
+MASTER_PERSIST = 120  # an orphaned master (this process killed) goes away after this long
+
+
+@dataclass
+class SshSettings:
+    command: list[str] = field(default_factory=lambda: ["ssh"])
+    connect_timeout: float = 10.0
+    accept_new_host_keys: bool = False
+    python: str = "python3"
+
+    @classmethod
+    def from_text(cls, command: str | None, **kw: Any) -> SshSettings:
+        text = command or os.environ.get(SSH_ENV) or "ssh"
+        try:
+            argv = shlex.split(text)
+        except ValueError as exc:
+            raise ConnectFailed(f"--ssh {text!r}: {exc}", "nothing was changed") from None
+        if not argv:
+            raise ConnectFailed("--ssh is empty", "nothing was changed")
+        return cls(command=argv, **kw)
+
+
+@dataclass
+class Probe:
+    python: tuple[int, ...]
+    have_tool: bool
+    rsync: bool
+    root_exists: bool
+
+
+class Connection:
+    """One host: its master connection and the commands run over it."""
+
+    def __init__(self, root: RemoteRoot, settings: SshSettings) -> None:
+        self.root = root
+        self.settings = settings
+        self._dir: str | None = None
+        self.master = False
+
+    # -- command lines ----------------------------------------------------------------------
+    def ssh_options(self) -> list[str]:
+        """Options every ssh of this connection gets (rsync's ``-e`` too)."""
+        s = self.settings
+        opts = ["-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={max(1, math.ceil(s.connect_timeout))}",
+                "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", "ServerAliveCountMax=3",
+                "-o", "LogLevel=ERROR"]
+        if self._dir is not None:
+            opts += ["-o", f"ControlPath={self._dir}/%C"]
+        if s.accept_new_host_keys:
+            opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        if self.root.port:
+            opts += ["-p", str(self.root.port)]
+        return opts
+
+    def ssh_argv(self, remote_command: str, *, master: bool = False) -> list[str]:
+        mux = ["-o", "ControlMaster=yes", "-o", f"ControlPersist={MASTER_PERSIST}"] if master \
+            else ["-o", "ControlMaster=no"]
+        return [*self.settings.command, *self.ssh_options(), *mux, "--",
+                self.root.destination, remote_command]
+
+    def rsh(self) -> str:
+        """The ssh command as rsync's ``-e`` takes it (quoted words, over the master)."""
+        return " ".join(shlex.quote(a) for a in
+                        [*self.settings.command, *self.ssh_options(), "-o", "ControlMaster=no"])
+
+    def _bootstrap_command(self) -> str:
+        return f"exec {shlex.quote(self.settings.python)} -c {shlex.quote(BOOTSTRAP)}"
+
+    @staticmethod
+    def request(mode: str, root: str, tool: Tool, **extra: Any) -> bytes:
+        req = {"mode": mode, "root": root, "name": tool.name, "sha256": tool.sha256, **extra}
+        return json.dumps(req).encode() + b"\n"  # ASCII: non-UTF-8 paths travel as \udcXX
+
+    # -- the connection ---------------------------------------------------------------------
+    def connect(self, tool: Tool) -> Probe:
+        """Open the master connection and ask the host what it has, in one round trip."""
+        self._dir = tempfile.mkdtemp(prefix="atomic-deploy-ssh-")  # 0700
+        out = self._call(self.request("probe", self.root.path, tool), master=True)
+        self.master = True
+        try:
+            info = json.loads(out.splitlines()[-1])
+            return Probe(tuple(info["python"]), bool(info["have"]), bool(info["rsync"]),
+                         bool(info["root"]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ConnectFailed(f"{self.root.label} answered the probe with {out[-200:]!r}; "
+                                "is its login shell printing something?",
+                                "nothing was changed") from None
+
+    def install(self, tool: Tool, create_root: bool) -> None:
+        """Upload the tool into ROOT/.atomic-deploy/bin (see _bootstrap)."""
+        self._call(self.request("install", self.root.path, tool, size=len(tool.data),
+                                create=create_root) + tool.data)
+
+    def _call(self, stdin: bytes, *, master: bool = False) -> str:
+        timeout = self.settings.connect_timeout + 60
+        try:
+            proc = subprocess.run(self.ssh_argv(self._bootstrap_command(), master=master),
+                                  input=stdin, capture_output=True, timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise ConnectFailed(f"{self.root.label} did not answer within {timeout:g} s",
+                                "nothing was changed") from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot run {show(self.settings.command[0])}: "
+                                f"{exc.strerror or exc}", "nothing was changed") from None
+        if proc.returncode != 0:
+            raise self.failure(proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        return proc.stdout.decode("utf-8", "replace")
+
+    def start(self, argv: list[str], tool: Tool, *, installed: bool) -> subprocess.Popen[bytes]:
+        """The tool running on the host with ``argv``: stdin, stdout and stderr are pipes,
+        stdin already past the request (and, from memory, the tool's bytes)."""
+        if installed:
+            head = self.request("run", self.root.path, tool, argv=argv)
+        else:
+            head = self.request("memrun", self.root.path, tool, argv=argv,
+                                size=len(tool.data)) + tool.data
+        # Its own session: a Ctrl-C on the terminal reaches only this process, which tells
+        # the host why it stops instead of just vanishing.
+        proc = subprocess.Popen(self.ssh_argv(self._bootstrap_command()), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(head)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the ssh died at once: its exit status and stderr say why
+        return proc
+
+    def close(self) -> None:
+        """Close the master (``ssh -O exit``) and remove the control folder."""
+        if self._dir is None:
+            return
+        if self.master:
+            cmd = [*self.settings.command, *self.ssh_options(), "-O", "exit", "--",
+                   self.root.destination]
+            # (if this fails, ControlPersist ends the master anyway)
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=30, check=False)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None
+        self.master = False
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- errors -------------------------------------------------------------------------------
+    def failure(self, code: int, stderr: str) -> ConnectFailed:
+        """One line for a failed ssh or bootstrap: what happened on which host, what to do."""
+        label = self.root.label
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit status {code}"
+        text = stderr
+        nothing = "nothing was changed"
+        if code == 255:
+            if "HOST IDENTIFICATION HAS CHANGED" in text or ("Host key for" in text and \
+                    "has changed" in text):
+                return ConnectFailed(
+                    f"the host key of {label} has changed since it was recorded in "
+                    "known_hosts: refusing to connect (if the host was really reinstalled, "
+                    f"check the new key and remove the old one: ssh-keygen -R {self.root.host})",
+                    nothing)
+            if "Host key verification failed" in text or "No ED25519 host key" in text or \
+                    "host key is not known" in text:
+                return ConnectFailed(
+                    f"the host key of {label} is not in known_hosts: refusing to connect "
+                    f"without checking it (connect once with ssh {self.root.destination} and "
+                    "check the key, or pass --accept-new-host-keys)", nothing)
+            if "Permission denied" in text or "Too many authentication failures" in text:
+                return ConnectFailed(
+                    f"{label} refused the login ({last}): check the user name, the key and "
+                    "the ssh agent; atomic-deploy never asks for a password", nothing)
+            if "Connection refused" in text:
+                return ConnectFailed(f"nothing listens for ssh on {label} (connection refused)",
+                                     nothing)
+            if "timed out" in text.lower() or "Connection timed out" in text:
+                return ConnectFailed(
+                    f"{label} did not answer within {self.settings.connect_timeout:g} s "
+                    "(--connect-timeout)", nothing)
+            if "Could not resolve hostname" in text:
+                return ConnectFailed(f"cannot resolve the host name {self.root.host!r}", nothing)
+            return ConnectFailed(f"cannot connect to {label}: {last}", nothing)
+        if code in (126, 127):
+            return ConnectFailed(
+                f"cannot run {self.settings.python} on {label} ({last}): atomic-deploy needs "
+                "python3 3.9 or newer on the host (--remote-python PATH names another)", nothing)
+        prefix = "atomic-deploy: error: "
+        why = last[len(prefix):] if last.startswith(prefix) else last
+        if code == EXIT_OLD_PYTHON:
+            return ConnectFailed(f"{label}: {why}", nothing)
+        return ConnectFailed(f"{label}: {why}", nothing)
+
+
+def pump_lines(stream: IO[bytes], emit: Any) -> None:
+    """Pass each line of ``stream`` to ``emit`` (as text) until it ends: a host's stderr."""
+    for raw in iter(stream.readline, b""):
+        emit(raw.decode("utf-8", "surrogateescape").rstrip("\n"))

@@ -1,0 +1,389 @@
+"""Remote roots, end to end: the real CLI deploying over the system's OpenSSH client to real
+sshd servers, each test host with its own /srv (tests/sshlab.py), with real rsync.
+
+Every test asserts on the host's disk from outside (``host.path``), and on exit codes and the
+one error line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atomic_deploy._signals import SESSION_STEPS
+from atomic_deploy.errors import InvalidInput
+from atomic_deploy.remote import RemoteRoot, parse_root
+from conftest import error_line, make_build, run_cli, start_cli, wait_for
+from sshlab import Host, SSHLab
+
+# -- addresses (no ssh needed) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("web1:/srv/app", RemoteRoot("web1", "/srv/app")),
+    ("deploy@web1:/srv/app", RemoteRoot("web1", "/srv/app", "deploy")),
+    ("web1:app", RemoteRoot("web1", "app")),
+    ("ssh://deploy@web1:2222/srv/app", RemoteRoot("web1", "/srv/app", "deploy", 2222)),
+    ("ssh://web1/srv/app", RemoteRoot("web1", "/srv/app")),
+    ("ssh://[::1]:2222/srv/app", RemoteRoot("::1", "/srv/app", None, 2222)),
+    ("[::1]:/srv/app", RemoteRoot("::1", "/srv/app")),
+    ("u@[::1]:/srv/app", RemoteRoot("::1", "/srv/app", "u")),
+    ("./a:b", None), ("/x:y", None), ("plain", None), (":path", None), ("a/b:c", None),
+])
+def test_remote_root_forms(text: str, want: RemoteRoot | None) -> None:
+    assert parse_root(text) == want
+
+
+@pytest.mark.parametrize("text", [
+    "-oProxyCommand=x:/srv", "web1:", "web1::module", "ssh://web1",
+    "ssh://web1:99999/srv", "we b1:/srv", "a;b:/srv", "ssh://-x/srv", "-l:/srv",
+])
+def test_bad_remote_roots_are_refused(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_root(text)
+
+
+def test_option_injection_through_the_host_is_one_line_exit_2(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build")
+    r = run_cli("deploy", "--", build, "-oProxyCommand=touch:/srv/app")
+    assert r.returncode == 2, r.stderr
+    assert "would be read by ssh as an option" in error_line(r)
+    assert r.stderr.count("\n") == 1
+
+
+# -- the lab ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lab(ssh_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHLab:
+    # The tool built for upload is cached per test, not in the user's home.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATOMIC_DEPLOY_SSH", ssh_lab.ssh_command)
+    return ssh_lab
+
+
+@pytest.fixture
+def web1(lab: SSHLab) -> Host:
+    return lab.add_host("web1")
+
+
+def cli(*args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("timeout", 120)
+    kw.setdefault("env", {k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")})
+    return run_cli(*args, **kw)
+
+
+def data(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+def current(host: Host, root: str = "/srv/app") -> str:
+    return os.readlink(host.path(root) / "current")
+
+
+def idle(host: Host, root: str = "/srv/app") -> bool:
+    """The host has finished whatever it was doing: no journal, no tool process left."""
+    state = host.path(root) / ".atomic-deploy"
+    return not (state / "journal.json").exists() and not any(
+        "atomic-deploy" in cmd for cmd in _host_commands(host))
+
+
+def _host_commands(host: Host) -> list[str]:
+    out = []
+    for pid in host.processes():
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                "utf-8", "replace"))
+    return out
+
+
+# -- every command ---------------------------------------------------------------------------
+
+
+def test_deploy_status_list_rollback_with_hooks_on_the_host(lab: SSHLab, web1: Host,
+                                                            tmp_path: Path) -> None:
+    web2 = lab.add_host("web2")
+    v1 = make_build(tmp_path / "v1", version="v1")
+    v2 = make_build(tmp_path / "v2", version="v2")
+    told = "echo $ATOMIC_DEPLOY_RELEASE >> /srv/told"
+    r = cli("deploy", v1, web1.dest(), "--after-switch", told, "--json",
+            "--health-check", "test -f /srv/app/current/version.txt")
+    assert r.returncode == 0, r.stderr
+    first = data(r)["release"]
+    assert (web1.path("/srv/app/current/version.txt")).read_text() == "v1\n"
+    assert not web2.path("/srv/app").exists()  # the other host's /srv is untouched
+    assert web1.path("/srv/told").read_text().split() == [first]
+    assert not web2.path("/srv/told").exists()
+
+    r = cli("deploy", v2, web1.dest(), "-m", "second", "--after-switch", told)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("deployed ")
+    assert web1.path("/srv/app/current/version.txt").read_text() == "v2\n"
+
+    r = cli("status", web1.dest())
+    assert r.returncode == 0, r.stderr
+    assert f"rollback target  {first}" in r.stdout
+    st = data(cli("status", web1.dest(), "--json"))
+    assert st["root"] == "/srv/app" and st["rollback_target"] == first
+    r = cli("list", web1.dest(), "--json")
+    assert next(x["id"] for x in data(r)["releases"]) == first
+
+    r = cli("rollback", web1.dest(), "--after-switch", told)
+    assert r.returncode == 0, r.stderr
+    assert current(web1) == f"releases/{first}"
+    assert web1.path("/srv/told").read_text().split()[-1] == first
+
+    r = cli("status", web2.dest())  # not a root there: the same exit code as locally
+    assert r.returncode == 2
+    assert "does not exist" in error_line(r) or "not a deploy root" in r.stdout + r.stderr
+
+
+def test_prepare_activate_verify_prune_recover_doctor(web1: Host, tmp_path: Path) -> None:
+    ids = []
+    for v in ("v1", "v2", "v3"):
+        r = cli("prepare", make_build(tmp_path / v, version=v), web1.dest())
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+    assert not (web1.path("/srv/app") / "current").exists()
+    r = cli("activate", web1.dest(), ids[1])
+    assert r.returncode == 0, r.stderr
+    assert current(web1) == f"releases/{ids[1]}"
+    assert cli("verify", web1.dest()).returncode == 0
+    (web1.path("/srv/app/current/version.txt")).write_text("hot-patched")
+    r = cli("verify", web1.dest(), "--json")
+    assert r.returncode == 1
+    r = cli("prune", web1.dest(), "--keep", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert data(r)["deleted"] == [ids[0]] or ids[0] in data(r)["deleted"]
+    r = cli("recover", web1.dest())
+    assert r.returncode == 0 and "nothing to recover" in r.stdout
+    r = cli("doctor", web1.dest(), "--json")
+    assert r.returncode in (0, 1) and data(r)["root"] == "/srv/app"
+    r = cli("activate", web1.dest(), "20990101000000")
+    assert r.returncode == 2 and "unknown release id" in error_line(r)
+
+
+def test_adopt_over_ssh(web1: Host) -> None:
+    app = web1.path("/srv/app")
+    (app / "current").mkdir(parents=True)
+    (app / "current" / "index.html").write_text("legacy")
+    r = cli("adopt", web1.dest())
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(app / "current")
+    assert (app / "current" / "index.html").read_text() == "legacy"
+
+
+# -- transfer --------------------------------------------------------------------------------
+
+
+def test_second_deploy_sends_only_changed_files_and_never_stale_bytes(web1: Host,
+                                                                     tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    files = {f"f{i:03}.txt": f"content {i}\n" for i in range(40)}
+    make_build(build, files)
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    (build / "f007.txt").write_text("changed 7\n")
+    # Same size, same mtime, new bytes: what size+mtime would call unchanged.
+    st = os.stat(build / "f011.txt")
+    (build / "f011.txt").write_text("CONTENT 11\n")
+    os.utime(build / "f011.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    d = data(r)
+    assert d["files"] == 40 and d["linked"] == 38  # f007 and f011 were sent, the rest linked
+    cur = web1.path("/srv/app/current")
+    assert (cur / "f011.txt").read_text() == "CONTENT 11\n"
+    assert (cur / "f007.txt").read_text() == "changed 7\n"
+    prev = web1.path("/srv/app/releases") / d["previous"]
+    assert os.stat(cur / "f001.txt").st_ino == os.stat(prev / "f001.txt").st_ino
+
+
+def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> None:
+    host = lab.add_host("norsync", rsync=False)
+    build = make_build(tmp_path / "build", {"a/b.txt": "b", "c.txt": "c"})
+    os.symlink("c.txt", build / "link")
+    r = cli("deploy", build, host.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    cur = host.path("/srv/app/current")
+    assert (cur / "a/b.txt").read_text() == "b"
+    assert os.readlink(cur / "link") == "c.txt"
+    assert (cur / "c.txt").read_text() == "c"
+
+
+def test_the_tool_is_uploaded_once_and_reused(web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build")
+    r = cli("status", web1.dest())  # read-only on a new root: runs from memory, writes nothing
+    assert r.returncode == 2
+    assert not web1.path("/srv/app").exists()
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    bindir = web1.path("/srv/app/.atomic-deploy/bin")
+    (tool,) = list(bindir.iterdir())
+    assert oct(tool.stat().st_mode & 0o777) == "0o700"
+    assert oct(bindir.stat().st_mode & 0o777) == "0o700"
+    before = tool.stat()
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    assert cli("status", web1.dest()).returncode == 0
+    after = tool.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # A tampered tool is never run: status runs the good one from memory, and the next
+    # mutating command puts the good one back.
+    good = tool.read_bytes()
+    tool.write_bytes(good.replace(b"def main(", b"def main_tampered("))
+    assert cli("status", web1.dest()).returncode == 0
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    assert tool.read_bytes() == good
+
+
+# -- failures: one line, exit code, the host sound -------------------------------------------
+
+
+def test_changed_host_key_is_refused(web1: Host, tmp_path: Path) -> None:
+    web1.regenerate_host_key(trust=False)
+    r = cli("status", web1.dest())
+    assert r.returncode == 2
+    assert "host key of web1 has changed" in error_line(r)
+    assert r.stderr.count("\n") == 1
+
+
+def test_unknown_host_key_needs_accept_new(lab: SSHLab, web1: Host, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    ssh = f"{lab.ssh_command} -o UserKnownHostsFile={empty}"
+    r = cli("status", web1.dest(), "--ssh", ssh)
+    assert r.returncode == 2 and "not in known_hosts" in error_line(r)
+    r = cli("deploy", make_build(tmp_path / "b"), web1.dest(), "--ssh", ssh,
+            "--accept-new-host-keys")
+    assert r.returncode == 0, r.stderr
+    assert empty.read_text().strip()
+
+
+def test_refused_login(web1: Host) -> None:
+    web1.refuse_login()
+    r = cli("status", web1.dest())
+    assert r.returncode == 2 and "refused the login" in error_line(r)
+
+
+def test_nothing_listens(lab: SSHLab) -> None:
+    lab.add_alias("dead", lab.unused_port())
+    r = cli("status", "dead:/srv/app")
+    assert r.returncode == 2 and "nothing listens for ssh on dead" in error_line(r)
+
+
+def test_a_host_that_never_answers_is_given_up_in_bounded_time(web1: Host) -> None:
+    web1.pause()
+    try:
+        started = time.monotonic()
+        r = cli("status", web1.dest(), "--connect-timeout", "2")
+        assert time.monotonic() - started < 30
+        assert r.returncode == 2 and "did not answer within 2 s" in error_line(r)
+    finally:
+        web1.resume()
+
+
+def test_a_host_without_python3(lab: SSHLab, tmp_path: Path) -> None:
+    host = lab.add_host("nopy", python=False)
+    r = cli("deploy", make_build(tmp_path / "b"), host.dest())
+    assert r.returncode == 2
+    assert "cannot run python3 on nopy" in error_line(r)
+    assert not host.path("/srv/app").exists()
+
+
+def test_disk_full_on_the_host_during_the_transfer(lab: SSHLab, tmp_path: Path) -> None:
+    host = lab.add_host("small", disk_mb=3)
+    assert cli("deploy", make_build(tmp_path / "small"), host.dest()).returncode == 0
+    before = current(host)
+    big = make_build(tmp_path / "big")
+    (big / "blob").write_bytes(os.urandom(4 << 20))
+    r = cli("deploy", big, host.dest())
+    assert r.returncode == 1, r.stderr
+    assert "nothing was switched" in r.stderr
+    assert current(host) == before
+    releases = host.path("/srv/app/releases")
+    assert not [n for n in os.listdir(releases) if n.startswith(".")]
+    assert cli("status", host.dest()).returncode == 0
+
+
+@pytest.mark.parametrize("step", SESSION_STEPS)
+def test_deploying_process_killed_at_each_step(web1: Host, tmp_path: Path, step: str) -> None:
+    told = "echo $ATOMIC_DEPLOY_RELEASE >> /srv/told"
+    assert cli("deploy", make_build(tmp_path / "v1", version="v1"), web1.dest()).returncode == 0
+    before = current(web1)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), web1.dest(), "--json",
+            "--after-switch", told, fault=f"{step}:KILL")
+    assert r.returncode == -signal.SIGKILL
+    wait_for(lambda: idle(web1), what="the host to finish on its own")
+    after = current(web1)
+    version = web1.path("/srv/app/current/version.txt").read_text()
+    if step == "session-committing":
+        assert after != before and version == "v2\n"
+    else:
+        assert after == before and version == "v1\n"
+    if step == "session-switched":  # it had switched and told: now told of the restored one
+        assert web1.path("/srv/told").read_text().split()[-1] == before.split("/")[-1]
+    st = data(cli("status", web1.dest(), "--json"))
+    assert st["recovery"] is None and not st["leftovers"]
+    assert not [n for n in os.listdir(web1.path("/srv/app/releases")) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_deploying_process_interrupted_tells_the_host(web1: Host, tmp_path: Path,
+                                                      sig: str) -> None:
+    assert cli("deploy", make_build(tmp_path / "v1", version="v1"), web1.dest()).returncode == 0
+    before = current(web1)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), web1.dest(),
+            fault=f"session-switched:{sig}")
+    assert r.returncode == 128 + getattr(signal, f"SIG{sig}")
+    assert f"interrupted by SIG{sig}; switched back" in error_line(r)
+    assert current(web1) == before
+
+
+def test_connection_killed_mid_switch(web1: Host, tmp_path: Path) -> None:
+    assert cli("deploy", make_build(tmp_path / "v1", version="v1"), web1.dest()).returncode == 0
+    before = current(web1)
+    pause = tmp_path / "go"
+    p = start_cli("deploy", make_build(tmp_path / "v2", version="v2"), web1.dest(),
+                  "--after-switch", "echo $ATOMIC_DEPLOY_RELEASE >> /srv/told",
+                  fault=f"session-switched:PAUSE:{pause}",
+                  env={k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")})
+    wait_for(lambda: Path(f"{pause}.paused").exists(), timeout=120, what="the switch")
+    assert current(web1) != before  # switched, waiting for the commit
+    web1.kill_sessions()
+    wait_for(lambda: idle(web1), what="the host to undo on its own")
+    assert current(web1) == before
+    assert web1.path("/srv/told").read_text().split()[-1] == before.split("/")[-1]
+    pause.touch()
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert "lost the connection to web1" in err
+    assert err.count("atomic-deploy: error:") == 1
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "a b", "q'uote\"d", "$(touch${IFS}pwned)", "semi;colon", "new\nline", "bad\udcffbyte",
+])
+def test_hostile_paths_and_messages_never_reach_a_shell(web1: Host, tmp_path: Path,
+                                                       name: str) -> None:
+    root = f"/srv/{name}"
+    build = make_build(tmp_path / "build", {f"{name}.txt": "x"} if "\n" not in name else None)
+    # An injected command would run in the login's home folder (this machine's, too).
+    home = Path(os.path.expanduser("~"))
+    r = cli("deploy", build, f"web1:{root}", "-m", f"msg {name} `touch pwned2`", "--json")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(web1.path("/srv") / os.fsencode(name).decode(
+        sys.getfilesystemencoding(), "surrogateescape") / "current")
+    h = cli("list", f"web1:{root}", "--json")
+    assert h.returncode == 0, h.stderr
+    assert data(h)["releases"][0]["message"] == f"msg {name} `touch pwned2`"
+    assert not (home / "pwned").exists() and not (home / "pwned2").exists()
