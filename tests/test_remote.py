@@ -387,3 +387,28 @@ def test_hostile_paths_and_messages_never_reach_a_shell(web1: Host, tmp_path: Pa
     assert h.returncode == 0, h.stderr
     assert data(h)["releases"][0]["message"] == f"msg {name} `touch pwned2`"
     assert not (home / "pwned").exists() and not (home / "pwned2").exists()
+
+
+def test_a_deploying_machine_gone_silent_is_given_up(web1: Host, tmp_path: Path) -> None:
+    """Its network vanished without closing the connection (here: the process is stopped, so
+    its pings stop): the host undoes the deploy on its own rather than holding the lock."""
+    assert cli("deploy", make_build(tmp_path / "v1", version="v1"), web1.dest()).returncode == 0
+    before = current(web1)
+    pause = tmp_path / "go"
+    env = {k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")}
+    env["ATOMIC_DEPLOY_PING_INTERVAL"] = "0.5"
+    p = start_cli("deploy", make_build(tmp_path / "v2", version="v2"), web1.dest(),
+                  fault=f"session-switched:PAUSE:{pause}", env=env)
+    wait_for(lambda: Path(f"{pause}.paused").exists(), timeout=120, what="the switch")
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: idle(web1) and current(web1) == before, timeout=60,
+                 what="the host to give up")
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+
+    pause.touch()
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert "no word from the deploying machine" in err
+    assert current(web1) == before

@@ -17,7 +17,7 @@ import subprocess
 import tarfile
 import threading
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from .._signals import fault_point
 from ..errors import ConnectionLost, InvalidInput, OperationFailed
@@ -27,6 +27,8 @@ from ._session import VERSION
 from ._ssh import Connection, Probe, SshSettings, pump_lines
 
 Emit = Callable[[str], None]
+PING_ENV = "ATOMIC_DEPLOY_PING_INTERVAL"  # seconds between pings (tests make it short)
+PING_INTERVAL = 15.0
 
 
 @dataclass
@@ -97,15 +99,30 @@ class _Driver:
         self.activate = activate
         self.events: list[dict[str, Any]] = []
         self.child: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        self._done = threading.Event()
 
     def send(self, cmd: str, **fields: Any) -> None:
         assert self.proc.stdin is not None
         line = json.dumps({"v": VERSION, "cmd": cmd, **fields}).encode() + b"\n"
-        try:
-            self.proc.stdin.write(line)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # the host's end is gone: reading its events says how it ended
+        self._write(line)
+
+    def _write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        with self._send_lock:
+            try:
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the host's end is gone: reading its events says how it ended
+
+    def _ping(self, interval: float) -> None:
+        """Tell the host this side is alive (see _session.SILENT_PINGS); the first at once,
+        so the host knows the interval from the start."""
+        while True:
+            self.send("ping", interval=interval)
+            if self._done.wait(interval):
+                return
 
     def next_event(self) -> dict[str, Any] | None:
         assert self.proc.stdout is not None
@@ -134,11 +151,18 @@ class _Driver:
         if main:
             previous = {sig: signal.signal(sig, on_signal) for sig in handled}
         try:
+            interval = float(os.environ.get(PING_ENV) or PING_INTERVAL)
+        except ValueError:
+            interval = PING_INTERVAL
+        threading.Thread(target=self._ping, args=(interval,), name="session-ping",
+                         daemon=True).start()
+        try:
             try:
                 return self._steps()
             except _LocalSignal as stop:
                 return self._stopped(stop.signum)
         finally:
+            self._done.set()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if self.child is not None and self.child.poll() is None:
@@ -244,7 +268,7 @@ class _Driver:
     def _tar(self) -> None:
         assert self.proc.stdin is not None
         self.send("tar")
-        out = _FrameWriter(self.proc.stdin)
+        out = _FrameWriter(self._write)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             top = self.build
             for dirpath, dirnames, filenames in os.walk(top):
@@ -262,17 +286,16 @@ class _TransferFailed(OperationFailed):
 class _FrameWriter:
     """tarfile's output, framed for the session's stdin (see _session)."""
 
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
 
     def write(self, data: bytes) -> int:
         if data:
-            self._out.write(b"#%d\n" % len(data) + bytes(data))
+            self._write(b"#%d\n" % len(data) + bytes(data))
         return len(data)
 
     def end(self) -> None:
-        self._out.write(b"#0\n")
-        self._out.flush()
+        self._write(b"#0\n")
 
 
 def check_build(path: str) -> None:

@@ -13,6 +13,7 @@ machine writes commands to stdin::
     local: {"cmd": "switch"}           (deploy; prepare goes straight to commit)
     host:  {"event": "switched", "release": ID}   after-switch hooks and health check passed
     local: {"cmd": "commit"}
+    local: {"cmd": "ping", "interval": N}   every N seconds meanwhile (see SILENT_PINGS)
     host:  {"event": "done", "exit": CODE, "stdout": TEXT}   and the process exits
 
 Any failure on the host ends in ``done`` with the exit code and output the tool would have
@@ -32,6 +33,7 @@ import queue
 import signal
 import stat
 import threading
+import time
 from typing import IO, Any
 
 from .._copy import CopyStats
@@ -39,6 +41,11 @@ from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
 VERSION = 1
+# The deploying machine says {"cmd": "ping", "interval": N} every N seconds while a session is
+# open; after SILENT_PINGS intervals without a word from it (its network gone without a FIN, it
+# was suspended), the host gives up as on end of input. Until the first ping: DEFAULT_SILENCE.
+SILENT_PINGS = 4
+DEFAULT_SILENCE = 60.0
 
 
 class _Frames:
@@ -76,6 +83,8 @@ class SessionChannel:
         self._msgs: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._data: queue.Queue[bytes | None] = queue.Queue()
         self._committing = False
+        self._heard = time.monotonic()
+        self._silence = DEFAULT_SILENCE
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name="session-input", daemon=True).start()
 
@@ -83,11 +92,17 @@ class SessionChannel:
     def _read(self) -> None:
         try:
             for line in iter(self._in.readline, b""):
+                self._heard = time.monotonic()
                 if line.startswith(b"#"):
                     n = int(line[1:])
                     self._data.put(self._in.read(n) if n else b"")
                     continue
                 msg = json.loads(line)
+                if isinstance(msg, dict) and msg.get("cmd") == "ping":
+                    interval = msg.get("interval")
+                    if isinstance(interval, (int, float)) and interval > 0:
+                        self._silence = SILENT_PINGS * float(interval)
+                    continue
                 if isinstance(msg, dict) and msg.get("cmd") == "commit":
                     self._committing = True
                 self._msgs.put(msg if isinstance(msg, dict) else {"cmd": repr(msg)})
@@ -103,8 +118,13 @@ class SessionChannel:
         while True:
             checkpoint("session-wait")
             try:
-                msg = self._msgs.get(timeout=0.5)
+                msg = self._msgs.get(timeout=min(0.5, self._silence / 4))
             except queue.Empty:
+                silent = time.monotonic() - self._heard
+                if silent > self._silence:
+                    raise OperationFailed(
+                        f"no word from the deploying machine for {silent:.0f} s (its network "
+                        "or the process is gone)") from None
                 continue
             if msg is None:
                 checkpoint("session-wait")  # the SIGHUP the reader sent
