@@ -226,7 +226,8 @@ class Host:
         return self.pid is not None
 
     def start(self) -> None:
-        """Start sshd (on the port it had, if it had one) and wait until a login works."""
+        """Start sshd (on the port it had, if it had one) and wait until it answers and, unless
+        its key is refused or its host key untrusted on purpose, until ``ssh ALIAS true`` works."""
         if self.running:
             return
         if self.lab.isolated and self._holder is None:
