@@ -11,9 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+
+if TYPE_CHECKING:
+    from sshlab import SSHLab
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -400,3 +403,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _blocked_skips and exitstatus == 0:
         session.exitstatus = 1
+
+
+# ---------------------------------------------------------------- OpenSSH test hosts (tests/sshlab.py)
+
+@pytest.fixture
+def ssh_lab() -> Iterator[SSHLab]:
+    """A fresh SSHLab (tests/sshlab.py) with no hosts yet; everything is torn down afterwards,
+    also when the test fails. Skips where OpenSSH's server is not installed."""
+    import sshlab
+
+    problem = sshlab.unavailable()
+    if problem:
+        pytest.skip(problem)
+    lab = sshlab.SSHLab()
+    try:
+        yield lab
+    finally:
+        lab.close()
