@@ -156,7 +156,7 @@ def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
     import json
 
     from . import _platform
-    from ._layout import random_suffix
+    from ._jsonfile import random_suffix
 
     lines.sort()
     has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)

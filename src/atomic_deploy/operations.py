@@ -28,6 +28,7 @@ from ._history import (
     release_states,
     rollback_target,
 )
+from ._jsonfile import random_suffix
 from ._layout import (
     STAGING_PREFIX,
     SWITCH_OPS,
@@ -36,7 +37,6 @@ from ._layout import (
     hide_release_dir,
     is_release_dir,
     new_release_id,
-    random_suffix,
     read_current,
     release_dirs,
     remove_entry,
