@@ -46,6 +46,7 @@ from ._layout import (
 from ._lock import RootLock
 from ._recovery import (
     Journal,
+    _error_for,
     _os_error,
     clear_journal,
     describe_current,
@@ -192,23 +193,6 @@ class _Unhealthy(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
-    """The typed error to raise once ``exc`` has been dealt with and the root is in ``state``."""
-    if isinstance(exc, InterruptedBySignal):
-        return InterruptedBySignal(exc.signum, state)
-    if isinstance(exc, KeyboardInterrupt):  # only outside the main thread's deferred handler
-        import signal
-
-        return InterruptedBySignal(signal.SIGINT, state)
-    if isinstance(exc, AtomicDeployError):
-        exc.state = state
-        return exc
-    if isinstance(exc, OSError):
-        where = f" ({show(exc.filename)})" if exc.filename else ""
-        return OperationFailed(f"{op} failed: {exc.strerror or exc}{where}", state)
-    return exc
 
 
 class _Session:
@@ -1090,6 +1074,6 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     with _Session(layout, wait, command) as s:
         check_current_is_folder(layout)  # again, holding the lock: another adopt may have won
         rid = check_new_adopt_id(layout, s.history, release)
-        method = adopt_locked(s, rid, use_exchange)
+        method = adopt_locked(s.layout, rid, use_exchange)
         return AdoptResult(rid, method, recovered=s.recovered)
 
