@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
-from ._copy import CopyRecord, CopyStats, check_source, copy_tree
+from ._copy import CopyStats, check_source, copy_tree
 from ._history import (
     BAD,
     COMPLETE,
@@ -44,6 +44,7 @@ from ._layout import (
     valid_release_name,
 )
 from ._lock import RootLock
+from ._manifest import CopyRecord
 from ._recovery import (
     Journal,
     _error_for,
