@@ -24,7 +24,8 @@ from typing import Any, Callable
 import pytest
 
 from atomic_deploy import _copy, _copy_procs, _manifest, _platform
-from atomic_deploy._copy import CopyRecord, CopyStats, copy_tree, digest_file
+from atomic_deploy._copy import CopyStats, copy_tree
+from atomic_deploy._manifest import CopyRecord, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
 from conftest import cli_env, set_distinct_mtimes
 

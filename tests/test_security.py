@@ -229,7 +229,7 @@ def test_temp_link_names_are_random_and_long(root: Path, builds: Builds) -> None
     finally:
         for n in names:
             os.unlink(root / ".atomic-deploy" / "tmp" / n)
-    suffixes = {_layout.random_suffix() for _ in range(50)}
+    suffixes = {_jsonfile.random_suffix() for _ in range(50)}
     assert len(suffixes) == 50
     assert all(re.fullmatch(r"[0-9a-f]{16,}", s) for s in suffixes)
 
@@ -256,7 +256,7 @@ def test_planted_temp_link_is_never_followed_or_reused(
     evil = "/etc" if points_to == "etc" else str(outside)
     planted = root / ".atomic-deploy" / "tmp" / f"current.{PLANTED}"
     calls: list[str] = []
-    real = _layout.random_suffix
+    real = _jsonfile.random_suffix
 
     def predicted() -> str:
         calls.append("x")

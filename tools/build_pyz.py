@@ -61,11 +61,11 @@ run()
 
 
 def package_version(package: Path = PACKAGE) -> str:
-    """``__version__`` from the package's ``__init__.py``, read without importing it."""
-    text = (package / "__init__.py").read_text(encoding="utf-8")
+    """``__version__`` from the package's ``_version.py``, read without importing it."""
+    text = (package / "_version.py").read_text(encoding="utf-8")
     match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
     if not match:
-        raise SystemExit(f"build_pyz: no __version__ in {package / '__init__.py'}")
+        raise SystemExit(f"build_pyz: no __version__ in {package / '_version.py'}")
     return match.group(1)
 
 

@@ -10,9 +10,8 @@ TYPE_CHECKING = False  # typing costs more than `atomic-deploy status` itself
 if TYPE_CHECKING:
     from typing import Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
+    "__version__": "_version",
     "AtomicDeployError": "errors",
     "CheckFailed": "errors",
     "InterruptedBySignal": "errors",
@@ -62,6 +61,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._version import __version__
     from .errors import (
         AtomicDeployError,
         CheckFailed,

@@ -14,26 +14,31 @@ the first link's text before the second exchange could then find its target gone
 
 Without one (BSDs, filesystems that refuse it): rename the folder into ``releases/<id>``, then
 rename a new link over ``current``; readers see ``current`` missing between the two renames.
-Both ways are journaled: after a crash the next command finishes the migration. A signal or an
-error stops it where it is safe: before the folder moved, the link is removed and nothing changed;
-after, the migration is finished on the spot (current is never left missing or half-made).
+Both ways are journaled: after a crash the next command finishes the migration
+(_recovery.finish_adopt). A signal or an error stops it where it is safe: before the folder
+moved, the link is removed and nothing changed; after, the migration is finished on the spot
+(current is never left missing or half-made).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _platform
 from ._history import SERVED, now_iso, record
 from ._layout import Layout, check_root_for_write, read_current, show
-from ._recovery import clear_journal, describe_current, write_journal
+from ._recovery import (
+    _error_for,
+    clear_journal,
+    describe_current,
+    finish_adopt,
+    remove_adopt_links,
+    write_journal,
+)
 from ._signals import checkpoint
 from ._switch import link_text, point_current
 from .errors import InterruptedBySignal, InvalidInput, OperationFailed
-
-if TYPE_CHECKING:
-    from .operations import _Session
 
 ADOPT_STEPS = ("lock-acquired", "adopt-links-made", "adopt-exchanged", "adopt-moved",
                "committed")
@@ -56,8 +61,8 @@ def check_current_is_folder(layout: Layout) -> None:
                            "nothing was changed")
 
 
-def adopt_locked(s: _Session, rid: str, use_exchange: bool) -> str:
-    layout = s.layout
+def adopt_locked(layout: Layout, rid: str, use_exchange: bool) -> str:
+    """The migration itself, under the lock; returns the method used."""
     method = _platform.exchange_name() if use_exchange else None
     journal: dict[str, Any] = {"op": "adopt", "release": rid, "method": method or "rename",
                                "pid": os.getpid(), "started": now_iso()}
@@ -87,7 +92,7 @@ def _migrate(layout: Layout, rid: str, journal: dict[str, Any], method: str | No
         except OSError as exc:
             if read_current(layout).kind != "directory":
                 raise  # something moved: _stopped finishes it
-            _cleanup_links(layout, rid, None)
+            remove_adopt_links(layout, rid, None)
             journal["method"] = "rename"
             journal["exchange_error"] = exc.strerror
             write_journal(layout, journal)
@@ -106,11 +111,9 @@ def _stopped(layout: Layout, rid: str, journal: dict[str, Any],
     undoing would mean moving the live folder back, so the migration is finished instead and
     recorded as done.
     """
-    from .operations import _error_for
-
     try:
         if read_current(layout).kind == "directory":
-            _cleanup_links(layout, rid, None)
+            remove_adopt_links(layout, rid, None)
             _platform.fsync_dir(layout.releases)
             clear_journal(layout)
             state = "nothing was changed; current is still the original folder"
@@ -139,34 +142,3 @@ def _exchange_way(layout: Layout, rid: str) -> None:
     _platform.fsync_dir(layout.releases)
     _platform.fsync_dir(layout.root)
     checkpoint("adopt-moved")
-
-
-def _cleanup_links(layout: Layout, rid: str, tmp_name: str | None) -> None:
-    paths = [layout.release(rid)]
-    if tmp_name:  # a journal of the earlier two-exchange design
-        paths.append(os.path.join(layout.tmp, tmp_name))
-    for path in paths:
-        if os.path.islink(path):
-            os.unlink(path)
-
-
-def finish_adopt(layout: Layout, journal: dict[str, Any]) -> str:
-    """Crash recovery: wherever the migration stopped, complete it (the folder is never lost)."""
-    rid = str(journal.get("release"))
-    tmp_name = journal.get("tmp")  # set only by the earlier two-exchange design
-    rel = layout.release(rid)
-    cur = read_current(layout)
-    if cur.kind == "directory":
-        _cleanup_links(layout, rid, tmp_name if isinstance(tmp_name, str) else None)
-        return "nothing had moved; current is still the original folder"
-    if isinstance(tmp_name, str):
-        tmp = os.path.join(layout.tmp, tmp_name)
-        if os.path.isdir(tmp) and not os.path.islink(tmp) and os.path.islink(rel):
-            _platform.exchange(tmp, rel)  # its second exchange
-        if os.path.islink(tmp):
-            os.unlink(tmp)
-    if os.path.isdir(rel) and not os.path.islink(rel) and cur.kind == "absent":
-        point_current(layout, link_text(rid))  # two-step way stopped between its renames
-    _platform.fsync_dir(layout.releases)
-    _platform.fsync_dir(layout.root)
-    return f"migration completed; current -> {read_current(layout).target}"

@@ -66,10 +66,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _platform
 from ._layout import show
+from ._manifest import digest_fd, digest_file
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
     from ._copy_procs import ProcPool
+    from ._manifest import CopyRecord
 
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -98,61 +100,6 @@ _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # filesystem, too many links to one inode, protected_hardlinks, filesystem without links)
 _LINK_FALLBACK = frozenset((errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES,
                             errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)))
-
-
-_DIGEST_SIZE = 32  # blake2b-256: the manifest's content digest (see _manifest)
-
-
-def digest_fd(fd: int) -> str:
-    """blake2b-256 of an open file's whole content (read from offset 0), in hex."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _CHUNK, offset)
-        if not chunk:
-            return h.hexdigest()
-        h.update(chunk)
-        offset += len(chunk)
-
-
-def digest_file(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    try:
-        return digest_fd(fd)
-    finally:
-        os.close(fd)
-
-
-class CopyRecord:
-    """What copy_tree saw and did per entry, for the manifest and the write-through check.
-
-    Kept compact (the manifest of 200,000 files must not cost more memory than the copy): each
-    entry as its manifest line (_manifest.line), built from the lstat the walk already made
-    (the release's copy gets the same type, mode, size and mtime). ``lines``: complete lines;
-    with ``with_digests``, regular files go to ``files`` instead, as (path, line without its
-    digest), completed from ``digests`` (path -> blake2b hex of the files whose content was
-    read) when the manifest is written. ``linked``: paths of files hard-linked to link_dest.
-    """
-
-    __slots__ = ("digests", "files", "line", "lines", "linked", "with_digests")
-
-    def __init__(self, with_digests: bool = False) -> None:
-        from ._manifest import line
-
-        self.line = line
-        self.with_digests = with_digests
-        self.lines: list[str] = []
-        self.files: list[tuple[str, str]] = []
-        self.digests: dict[str, str] = {}
-        self.linked: list[str] = []
-
-    def add(self, rel: str, st: os.stat_result, target: str | None) -> None:
-        if self.with_digests and stat.S_ISREG(st.st_mode):
-            self.files.append((rel, self.line(rel, st, target, None)[:-5]))  # drops "null]"
-        else:
-            self.lines.append(self.line(rel, st, target, None))
 
 
 @dataclass

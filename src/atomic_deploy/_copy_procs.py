@@ -36,7 +36,22 @@ from . import _platform
 from .errors import OperationFailed
 
 if TYPE_CHECKING:
-    from ._copy import CopyStats, _Copier, _Done, _Files
+    from typing import Optional, Protocol
+
+    # _copy's types, as far as the workers use them. Not imported: _copy imports this module,
+    # and hands in its copiers and counters (ProcPool's ``make``, ``stats`` and ``sink``).
+    _Files = list[tuple[str, os.stat_result]]  # (name, lstat) of regular files in one folder
+    _Done = tuple[Any, _Files, Optional[BaseException]]  # folder, files done, what stopped them
+
+    class _Copier(Protocol):
+        digests: dict[str, str]  # destination path -> content digest
+        linked: list[str]  # destination paths hard-linked to link_dest
+
+        @property
+        def stats(self) -> object: ...  # _STAT_COUNTERS among its attributes
+
+        def file(self, spath: str, dpath: str, lpath: str | None, st: os.stat_result) -> None:
+            ...
 
 _IN_FLIGHT = 2  # batches queued per worker; this process copies the next one itself if all are full
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -164,7 +179,7 @@ class _Child:
 class ProcPool:
     """Forked copy workers, with the put/get interface of the thread pool in _copy."""
 
-    def __init__(self, jobs: int, make: Callable[[], _Copier], stats: CopyStats,
+    def __init__(self, jobs: int, make: Callable[[], _Copier], stats: object,
                  sink: _Copier) -> None:
         self.stop = False
         self.stats = stats  # what the workers' copiers did (copied, cloned, linked)

@@ -104,16 +104,9 @@ def _quick(args: list[str]) -> int | None:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`| head`): the output just ends
+        from ._stdout import drop_stdout
+
         drop_stdout()
     except OSError:  # disk full: cli.main says so, in its words
         return None
     return code
-
-
-def drop_stdout() -> None:
-    """Point stdout at /dev/null so that nothing fails again when it is flushed at exit."""
-    import contextlib
-    import os
-
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
-from . import __version__
 from ._layout import RELEASES
 from ._signals import pending_signal
+from ._version import __version__
 from .errors import CheckFailed, InvalidInput
 
 if TYPE_CHECKING:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from ._layout import random_suffix
-
 TYPE_CHECKING = False  # not typing's: importing typing costs more than all of `status` does
 if TYPE_CHECKING:
     from typing import Any, Callable, ClassVar
@@ -69,6 +67,12 @@ class Record:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"{type(self).__name__}({fields})"
+
+
+def random_suffix() -> str:
+    """64 random bits from the OS (what secrets.token_hex does, without its import cost): the
+    hidden temp names of files written by rename, here and elsewhere."""
+    return os.urandom(8).hex()
 
 
 def write_json_atomic(path: str, data: Any, durable: bool = True,

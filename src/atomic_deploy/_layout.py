@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 
+from ._jsonfile import random_suffix, read_json
 from .errors import InvalidInput
 
 # `status` and `list` import this module: no typing, dataclasses, re or datetime at import time
@@ -161,11 +162,6 @@ def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     return candidate.strftime(ID_FORMAT)
 
 
-def random_suffix() -> str:
-    """64 random bits from the OS (what secrets.token_hex does, without its import cost)."""
-    return os.urandom(8).hex()
-
-
 class CurrentLink:
     """What ``ROOT/current`` is, read without following it."""
 
@@ -291,8 +287,6 @@ def state_temp_files(layout: Layout) -> list[str]:
 
 def read_journal(layout: Layout) -> dict[str, Any] | None:
     """The interrupted operation's journal, if any; unreadable counts as interrupted too."""
-    from ._jsonfile import read_json
-
     try:
         data = read_json(layout.journal)
     except FileNotFoundError:

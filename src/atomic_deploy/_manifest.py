@@ -16,7 +16,9 @@ tarball or git, is walked instead. Written atomically (temp file, fsync, rename)
 its release (_layout.hide_release_dir).
 
 Also here: the check that ``--check`` hooks did not write through hard links into other
-releases (``linked_snapshot``, ``written_through``).
+releases (``linked_snapshot``, ``written_through``), and the pieces _copy uses, which imports
+this module: the content digest (``digest_file``, also what --link-unchanged compares) and
+CopyRecord.
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ._layout import Layout, release_dirs, show
 from .errors import CheckFailed, InvalidInput
-
-if TYPE_CHECKING:
-    from ._copy import CopyRecord
 
 ALGORITHM = "blake2b-256"
 VERSION = 1
@@ -58,6 +57,61 @@ def line(rel: str, st: os.stat_result, target: str | None, digest: str | None) -
     if stat.S_ISLNK(mode):
         return f"[{enc(rel)},\"symlink\",null,null,null,{enc(target or '')}]"
     return f"[{enc(rel)},\"other\",{stat.S_IMODE(mode)},null,null,null]"
+
+
+_DIGEST_SIZE = 32  # blake2b-256 (ALGORITHM)
+_CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def digest_fd(fd: int) -> str:
+    """blake2b-256 of an open file's whole content (read from offset 0), in hex."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+        offset += len(chunk)
+
+
+def digest_file(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    try:
+        return digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+class CopyRecord:
+    """What copy_tree saw and did per entry, for the manifest and the write-through check.
+
+    Kept compact (the manifest of 200,000 files must not cost more memory than the copy): each
+    entry as its manifest line (line() above), built from the lstat the walk already made
+    (the release's copy gets the same type, mode, size and mtime). ``lines``: complete lines;
+    with ``with_digests``, regular files go to ``files`` instead, as (path, line without its
+    digest), completed from ``digests`` (path -> blake2b hex of the files whose content was
+    read) when the manifest is written. ``linked``: paths of files hard-linked to link_dest.
+    """
+
+    __slots__ = ("digests", "files", "lines", "linked", "with_digests")
+
+    def __init__(self, with_digests: bool = False) -> None:
+        self.with_digests = with_digests
+        self.lines: list[str] = []
+        self.files: list[tuple[str, str]] = []
+        self.digests: dict[str, str] = {}
+        self.linked: list[str] = []
+
+    def add(self, rel: str, st: os.stat_result, target: str | None) -> None:
+        if self.with_digests and stat.S_ISREG(st.st_mode):
+            self.files.append((rel, line(rel, st, target, None)[:-5]))  # drops "null]"
+        else:
+            self.lines.append(line(rel, st, target, None))
 
 
 def _entry(rel: str, st: os.stat_result, target: str | None) -> Entry:
@@ -99,8 +153,6 @@ def walk(top: str, rel: str | None = None) -> Iterator[tuple[str, os.stat_result
 
 def _lines(items: Iterator[tuple[str, os.stat_result, str | None]], top: str, digest: bool,
            known: dict[str, tuple[str, str]] | None) -> Iterator[str]:
-    from ._copy import digest_file
-
     for rel, st, target in items:
         value = None
         if stat.S_ISREG(st.st_mode):
@@ -156,7 +208,7 @@ def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
     import json
 
     from . import _platform
-    from ._layout import random_suffix
+    from ._jsonfile import random_suffix
 
     lines.sort()
     has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)
@@ -277,8 +329,6 @@ def verify(layout: Layout, release: str, content: bool) -> VerifyResult:
                 if not want[5]:
                     result.no_digest += 1
                 elif "size" not in fields:
-                    from ._copy import digest_file
-
                     result.content_checked += 1
                     if digest_file(os.path.join(top, rel)) != want[5]:
                         fields.append("content")

@@ -34,7 +34,7 @@ from ._layout import (
 )
 from ._signals import checkpoint, fault_point
 from ._switch import link_text, point_current
-from .errors import InterruptedBySignal
+from .errors import AtomicDeployError, InterruptedBySignal, OperationFailed
 
 log = logging.getLogger("atomic_deploy")
 
@@ -106,6 +106,23 @@ def clear_journal(layout: Layout, durable: bool = True) -> None:
         return
     if durable:
         _platform.fsync_dir(layout.state)
+
+
+def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
+    """The typed error to raise once ``exc`` has been dealt with and the root is in ``state``."""
+    if isinstance(exc, InterruptedBySignal):
+        return InterruptedBySignal(exc.signum, state)
+    if isinstance(exc, KeyboardInterrupt):  # only outside the main thread's deferred handler
+        import signal
+
+        return InterruptedBySignal(signal.SIGINT, state)
+    if isinstance(exc, AtomicDeployError):
+        exc.state = state
+        return exc
+    if isinstance(exc, OSError):
+        where = f" ({show(exc.filename)})" if exc.filename else ""
+        return OperationFailed(f"{op} failed: {exc.strerror or exc}{where}", state)
+    return exc
 
 
 def _os_error(exc: OSError) -> str:
@@ -267,8 +284,6 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
         remove_leftovers(layout, problems)
         action = "found an unreadable journal (kept aside); current left as it was"
     elif op == "adopt":
-        from ._adopt import finish_adopt
-
         action = finish_adopt(layout, journal)
     elif op == "prune" or history.finished(str(journal.get("op_id"))):
         # Committed work is kept; an interrupted prune only loses its half-deleted folder
@@ -289,3 +304,37 @@ def recover(layout: Layout, history: History, tell: Tell | None = None,
     fault_point("recover-recorded")
     clear_journal(layout)
     return f"recovered interrupted {op}" + (f" of {release}" if release else "") + f" ({who}): {action}"
+
+
+# adopt's own steps are in _adopt; finishing one is recovery's, and _adopt calls it too.
+
+def remove_adopt_links(layout: Layout, rid: str, tmp_name: str | None) -> None:
+    """Remove the links an adopt made before it moved the folder (never the folder itself)."""
+    paths = [layout.release(rid)]
+    if tmp_name:  # a journal of the earlier two-exchange design
+        paths.append(os.path.join(layout.tmp, tmp_name))
+    for path in paths:
+        if os.path.islink(path):
+            os.unlink(path)
+
+
+def finish_adopt(layout: Layout, journal: dict[str, Any]) -> str:
+    """Crash recovery: wherever the migration stopped, complete it (the folder is never lost)."""
+    rid = str(journal.get("release"))
+    tmp_name = journal.get("tmp")  # set only by the earlier two-exchange design
+    rel = layout.release(rid)
+    cur = read_current(layout)
+    if cur.kind == "directory":
+        remove_adopt_links(layout, rid, tmp_name if isinstance(tmp_name, str) else None)
+        return "nothing had moved; current is still the original folder"
+    if isinstance(tmp_name, str):
+        tmp = os.path.join(layout.tmp, tmp_name)
+        if os.path.isdir(tmp) and not os.path.islink(tmp) and os.path.islink(rel):
+            _platform.exchange(tmp, rel)  # its second exchange
+        if os.path.islink(tmp):
+            os.unlink(tmp)
+    if os.path.isdir(rel) and not os.path.islink(rel) and cur.kind == "absent":
+        point_current(layout, link_text(rid))  # two-step way stopped between its renames
+    _platform.fsync_dir(layout.releases)
+    _platform.fsync_dir(layout.root)
+    return f"migration completed; current -> {read_current(layout).target}"

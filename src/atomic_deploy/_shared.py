@@ -21,7 +21,8 @@ import posixpath
 import stat
 from typing import Callable
 
-from ._layout import Layout, random_suffix, remove_entry, show
+from ._jsonfile import random_suffix
+from ._layout import Layout, remove_entry, show
 from .errors import InvalidInput
 
 SHARED = "shared"

@@ -13,7 +13,8 @@ import os
 from typing import Callable
 
 from . import _platform
-from ._layout import RELEASES, Layout, random_suffix
+from ._jsonfile import random_suffix
+from ._layout import RELEASES, Layout
 
 
 def link_text(release: str) -> str:

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, NoReturn
 
-from . import __version__
-from ._fastcli import drop_stdout
 from ._layout import show
 from ._render import JSON_SCHEMA, envelope, format_list, format_status, status_exit_code
+from ._stdout import drop_stdout
+from ._version import __version__
 from .errors import AtomicDeployError, InvalidInput
 
 EXIT_OK = 0

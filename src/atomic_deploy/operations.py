@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
-from ._copy import CopyRecord, CopyStats, check_source, copy_tree
+from ._copy import CopyStats, check_source, copy_tree
 from ._history import (
     BAD,
     COMPLETE,
@@ -28,6 +28,7 @@ from ._history import (
     release_states,
     rollback_target,
 )
+from ._jsonfile import random_suffix
 from ._layout import (
     STAGING_PREFIX,
     SWITCH_OPS,
@@ -36,7 +37,6 @@ from ._layout import (
     hide_release_dir,
     is_release_dir,
     new_release_id,
-    random_suffix,
     read_current,
     release_dirs,
     remove_entry,
@@ -44,8 +44,10 @@ from ._layout import (
     valid_release_name,
 )
 from ._lock import RootLock
+from ._manifest import CopyRecord
 from ._recovery import (
     Journal,
+    _error_for,
     _os_error,
     clear_journal,
     describe_current,
@@ -195,23 +197,6 @@ class _Unhealthy(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def _error_for(exc: BaseException, op: str, state: str) -> BaseException:
-    """The typed error to raise once ``exc`` has been dealt with and the root is in ``state``."""
-    if isinstance(exc, InterruptedBySignal):
-        return InterruptedBySignal(exc.signum, state)
-    if isinstance(exc, KeyboardInterrupt):  # only outside the main thread's deferred handler
-        import signal
-
-        return InterruptedBySignal(signal.SIGINT, state)
-    if isinstance(exc, AtomicDeployError):
-        exc.state = state
-        return exc
-    if isinstance(exc, OSError):
-        where = f" ({show(exc.filename)})" if exc.filename else ""
-        return OperationFailed(f"{op} failed: {exc.strerror or exc}{where}", state)
-    return exc
 
 
 class _Session:
@@ -1109,6 +1094,6 @@ def adopt(root: str, release: str | None = None, *, wait: float = 0.0,
     with _Session(layout, wait, command) as s:
         check_current_is_folder(layout)  # again, holding the lock: another adopt may have won
         rid = check_new_adopt_id(layout, s.history, release)
-        method = adopt_locked(s, rid, use_exchange)
+        method = adopt_locked(s.layout, rid, use_exchange)
         return AdoptResult(rid, method, recovered=s.recovered)
 
