@@ -19,7 +19,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 
-from .. import __version__
+from .._version import __version__
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
