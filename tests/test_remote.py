@@ -169,6 +169,11 @@ def test_prepare_activate_verify_prune_recover_doctor(web1: Host, tmp_path: Path
     assert r.returncode == 0 and "nothing to recover" in r.stdout
     r = cli("doctor", web1.dest(), "--json")
     assert r.returncode in (0, 1) and data(r)["root"] == "/srv/app"
+    checks = {c["name"]: c for c in data(r)["checks"]}
+    assert checks["transfer"]["status"] == "ok" and "rsync" in checks["transfer"]["detail"]
+    assert checks["remote python"]["detail"].startswith("Python 3.")
+    r = cli("doctor", web1.dest())
+    assert "transfer" in r.stdout and r.stdout.rstrip().endswith("ok")
     r = cli("activate", web1.dest(), "20990101000000")
     assert r.returncode == 2 and "unknown release id" in error_line(r)
 
@@ -214,6 +219,8 @@ def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> N
     os.symlink("c.txt", build / "link")
     r = cli("deploy", build, host.dest(), "--json")
     assert r.returncode == 0, r.stderr
+    checks = {c["name"]: c for c in data(cli("doctor", host.dest(), "--json"))["checks"]}
+    assert checks["transfer"]["status"] == "warn" and "tar stream" in checks["transfer"]["detail"]
     cur = host.path("/srv/app/current")
     assert (cur / "a/b.txt").read_text() == "b"
     assert os.readlink(cur / "link") == "c.txt"

@@ -36,7 +36,8 @@ EPILOG = """\
 exit codes:
   0    success
   1    the operation failed (current left as it was, or switched back)
-  2    usage error or invalid input (bad path, unknown release, nothing to roll back to)
+  2    usage error or invalid input (bad path, unknown release, nothing to roll back to);
+       a remote host unreachable, refusing the login or its host key, or without python3
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
   status: 0 current serves a complete release, 1 it does not (absent, dangling,
@@ -1065,6 +1066,8 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
                                   or config.get("accept_new_host_keys")),
         python=args.remote_python or config.get("remote_python") or "python3")
     argv = _remote_argv(parser, args, remote.path, config)
+    if cmd == "doctor" and "--json" not in argv:
+        argv.insert(1, "--json")  # this side adds its own checks, then prints the report
     build, scratch = None, None
     transfer = None
     if cmd in ("deploy", "prepare"):
@@ -1089,9 +1092,43 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    if cmd == "doctor" and outcome.stdout:
+        return _remote_doctor(args, remote, outcome)
     if outcome.stdout:
         _out_line(outcome.stdout, end="")
     return outcome.exit_code
+
+
+def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
+    """The host's checks, and this side's: the host's python, how builds will travel."""
+    import shutil
+
+    from ._doctor import OK, WARN, Check, exit_status, format_checks
+
+    try:
+        payload = json.loads(outcome.stdout)
+        checks = [Check(**c) for c in payload["checks"]]
+    except (ValueError, KeyError, TypeError):
+        _out_line(outcome.stdout, end="")
+        return int(outcome.exit_code)
+    probe = outcome.probe
+    if probe is not None:
+        version = ".".join(map(str, probe.python))
+        checks.append(Check("remote python", OK, f"Python {version} on {remote.label}"))
+        here = shutil.which("rsync") is not None
+        if probe.rsync and here:
+            checks.append(Check("transfer", OK, "rsync over ssh: files unchanged since the "
+                                "current release are hard-linked, not sent (--link-dest); "
+                                "contents compared (--checksum)"))
+        else:
+            where = "on the host" if not probe.rsync else "on this machine"
+            checks.append(Check("transfer", WARN, f"no rsync {where}: builds go as a tar "
+                                "stream, every file sent and stored anew",
+                                f"install rsync {where}"))
+    code = exit_status(checks)
+    _emit(args, {"root": payload.get("root"), "healthy": code == 0,
+                 "checks": [c.to_dict() for c in checks]}, format_checks(checks))
+    return code
 
 
 def _local_build(args: argparse.Namespace, source: str | None) -> tuple[str, str | None,

@@ -255,10 +255,12 @@ class _Driver:
         import time
 
         started = time.monotonic()
-        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # rsync's progress line is redrawn with \r: straight to the terminal (stderr).
+        out = 2 if t.progress else subprocess.PIPE
+        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                       stderr=subprocess.STDOUT, start_new_session=True)
-        assert self.child.stdout is not None
-        pump_lines(self.child.stdout, self.emit)
+        if self.child.stdout is not None:
+            pump_lines(self.child.stdout, self.emit)
         code = self.child.wait()
         self.child = None
         t.seconds = time.monotonic() - started
