@@ -374,6 +374,30 @@ def test_connection_killed_mid_switch(web1: Host, tmp_path: Path) -> None:
     assert err.count("atomic-deploy: error:") == 1
 
 
+def test_connection_killed_mid_transfer(web1: Host, tmp_path: Path) -> None:
+    assert cli("deploy", make_build(tmp_path / "v1", version="v1"), web1.dest()).returncode == 0
+    before = current(web1)
+    big = make_build(tmp_path / "big", version="v2")
+    (big / "blob").write_bytes(os.urandom(96 << 20))
+    p = start_cli("deploy", big, web1.dest(),
+                  env={k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")})
+    releases = web1.path("/srv/app/releases")
+
+    def receiving() -> bool:
+        return any(n.startswith(".") and any(os.scandir(releases / n))
+                   for n in os.listdir(releases))
+
+    wait_for(receiving, timeout=120, what="rsync to start writing")
+    web1.kill_sessions()
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert err.count("atomic-deploy: error:") == 1 and "web1" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    wait_for(lambda: idle(web1), what="the host to undo on its own")
+    assert current(web1) == before
+    assert not [n for n in os.listdir(releases) if n.startswith(".")]
+
+
 # -- hostile input ---------------------------------------------------------------------------
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -251,21 +253,28 @@ class _Driver:
         host = self.conn.root.host
         host = f"[{host}]" if ":" in host else host
         dest = f"{self.conn.root.user}@{host}" if self.conn.root.user else host
-        argv += ["--", self.build.rstrip("/") + "/", f"{dest}:{staging}/"]
-        import time
-
+        # Into the staging folder the host made, never a new one: should the host have undone
+        # the deploy meanwhile (the connection dropped), the cd fails and nothing is written.
+        argv += ["--rsync-path", f"cd -- {shlex.quote(staging)} && exec rsync",
+                 "--", self.build.rstrip("/") + "/", f"{dest}:./"]
         started = time.monotonic()
         # rsync's progress line is redrawn with \r: straight to the terminal (stderr).
         out = 2 if t.progress else subprocess.PIPE
         self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        if self.child.stdout is not None:
-            pump_lines(self.child.stdout, self.emit)
+                                      stderr=subprocess.PIPE if t.progress else subprocess.STDOUT,
+                                      start_new_session=True)
+        said: list[str] = []
+        pipe = self.child.stdout or self.child.stderr
+        if pipe is not None:
+            pump_lines(pipe, said.append)
         code = self.child.wait()
         self.child = None
         t.seconds = time.monotonic() - started
         if code != 0:
-            raise _TransferFailed(f"rsync to {self.conn.root.label} failed (exit status {code})")
+            raise _TransferFailed(f"rsync to {self.conn.root.label} failed: "
+                                  f"{_rsync_reason(said, code)}")
+        for line in said:  # warnings of a transfer that worked
+            self.emit(line)
 
     def _tar(self) -> None:
         assert self.proc.stdin is not None
@@ -283,6 +292,18 @@ class _Driver:
 
 class _TransferFailed(OperationFailed):
     pass
+
+
+def _rsync_reason(lines: list[str], code: int) -> str:
+    """The line of rsync's output that says why (its last lines are only the exit summary)."""
+    for key in ("No space left", "Permission denied", "Read-only", "can't cd", "cd:"):
+        for line in lines:
+            if key in line:
+                return line.strip()
+    for line in lines:
+        if line.startswith("rsync:") or line.startswith("rsync error:"):
+            return line.strip()
+    return f"exit status {code}"
 
 
 class _FrameWriter:
