@@ -173,8 +173,8 @@ import importlib, pkgutil, sys
 sys.path.insert(0, sys.argv[1])
 import atomic_deploy
 assert atomic_deploy.__file__.startswith(sys.argv[1]), atomic_deploy.__file__
-for m in pkgutil.iter_modules(atomic_deploy.__path__):
-    importlib.import_module("atomic_deploy." + m.name)
+for m in pkgutil.walk_packages(atomic_deploy.__path__, "atomic_deploy."):
+    importlib.import_module(m.name)
     print(m.name)
 """
 
@@ -207,9 +207,9 @@ def test_pyz_deploys_status_and_rollback_under_isolated_python(minor: str, tmp_p
     # newer than this Python), including those the CLI only imports when a command needs them.
     proc = run([python, "-I", "-c", _IMPORT_ALL, archive])
     assert proc.returncode == 0, output(proc)
-    assert set(proc.stdout.split()) == {f.split("/")[1][:-3] for f in package_files()
-                                        if f.count("/") == 1 and f.endswith(".py")
-                                        and not f.endswith("/__init__.py")}
+    assert set(proc.stdout.split()) == {f[:-3].replace("/__init__", "").replace("/", ".")
+                                        for f in package_files()
+                                        if f.endswith(".py") and f != "atomic_deploy/__init__.py"}
 
     proc = pyz("demo", "--root", tmp_path / "demo")
     assert proc.returncode == 0, output(proc)

@@ -443,3 +443,53 @@ def test_a_deploying_machine_gone_silent_is_given_up(web1: Host, tmp_path: Path)
     assert p.returncode == 1, err
     assert "no word from the deploying machine" in err
     assert current(web1) == before
+
+
+def test_config_errors_in_the_hosts_file_name_it(web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "b")
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    web1.path("/srv/app/atomic-deploy.toml").write_text("keep = [\n")
+    r = cli("deploy", build, web1.dest())
+    assert r.returncode == 2 and "web1:/srv/app/atomic-deploy.toml" in error_line(r)
+    r = cli("rollback", web1.dest())  # rollback is the way out: a warning, and it goes on
+    assert "going on without the config file" in r.stderr
+    assert r.returncode == 2 and "nothing to roll back to" in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("version", ["2.7", "3.8"])
+def test_a_host_whose_python3_is_too_old(web1: Host, tmp_path: Path, version: str) -> None:
+    import glob
+
+    found = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python"))
+    if not found:
+        pytest.skip(f"no Python {version} installed here")
+    r = cli("deploy", make_build(tmp_path / "b"), web1.dest(), "--remote-python", found[-1])
+    assert r.returncode == 2
+    assert f"on this host is Python {version}" in error_line(r)
+    assert "needs Python 3.9 or newer there" in error_line(r)
+    assert not web1.path("/srv/app").exists()
+
+
+def _oldest_python() -> str | None:
+    import glob
+
+    found = sorted(glob.glob("/root/.pyenv/versions/3.9.*/bin/python3"))
+    return found[-1] if found else None
+
+
+@pytest.mark.skipif(_oldest_python() is None, reason="no Python 3.9 installed here")
+def test_a_host_whose_python3_is_the_oldest_supported(web1: Host, tmp_path: Path) -> None:
+    py = _oldest_python()
+    assert py is not None
+    (tmp_path / "b").mkdir()
+    build = make_build(tmp_path / "b")
+    r = cli("deploy", build, web1.dest(), "--remote-python", py, "--json")
+    assert r.returncode == 0, r.stderr
+    # The host's config file applies (parsed on this side: that python needs no TOML parser).
+    web1.path("/srv/app/atomic-deploy.toml").write_text("keep = 1\n")
+    for _ in range(2):
+        r = cli("deploy", build, web1.dest(), "--remote-python", py, "--json")
+        assert r.returncode == 0, r.stderr
+    assert len(data(r)["pruned"]) == 1  # current and the rollback target kept
+    r = cli("status", web1.dest(), "--remote-python", py)
+    assert r.returncode == 0, r.stderr

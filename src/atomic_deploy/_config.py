@@ -88,10 +88,16 @@ def config_path(root: str, explicit: str | None = None) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def read(root: str, explicit: str | None = None) -> tuple[str | None, dict[str, Any]]:
+# A remote root's own config file, as (where it is, for messages; its bytes): read from the
+# host with the first round trip and parsed here, so the host's python needs no TOML parser.
+Fetched = tuple[str, bytes]
+
+
+def read(root: str, explicit: str | None = None,
+         fetched: Fetched | None = None) -> tuple[str | None, dict[str, Any]]:
     """(path, table) of the config file, keys with dashes spelled with underscores; (None, {})
     when there is none. Values are not checked (see ``check_value``)."""
-    path = config_path(root, explicit)
+    path = fetched[0] if fetched is not None else config_path(root, explicit)
     if path is None:
         return None, {}
 
@@ -99,8 +105,11 @@ def read(root: str, explicit: str | None = None) -> tuple[str | None, dict[str, 
         return InvalidInput(f"config file {show(path)} {what}", "nothing was changed")
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        if fetched is not None:
+            raw = fetched[1]
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
     except FileNotFoundError:
         raise bad("does not exist") from None
     except IsADirectoryError:
@@ -181,21 +190,22 @@ def from_json(text: str) -> dict[str, Any]:
     return data
 
 
-def load(root: str, explicit: str | None = None) -> dict[str, Any]:
+def load(root: str, explicit: str | None = None,
+         fetched: Fetched | None = None) -> dict[str, Any]:
     """The validated settings from ``explicit`` or ``ROOT/atomic-deploy.toml`` (if present)."""
-    path, data = read(root, explicit)
+    path, data = read(root, explicit, fetched)
     for key, value in data.items():
         check_value(path or "", key, value)
     return data
 
 
 def load_lenient(root: str, explicit: str | None, keys: tuple[str, ...],
-                 warn: Callable[[str], None]) -> dict[str, Any]:
+                 warn: Callable[[str], None], fetched: Fetched | None = None) -> dict[str, Any]:
     """The settings among ``keys`` that can be used; every problem is passed to ``warn`` instead
     of raised: a file that cannot be read is skipped whole, a bad value on its own. Settings
     outside ``keys`` are not looked at (the command does not use them)."""
     try:
-        path, data = read(root, explicit)
+        path, data = read(root, explicit, fetched)
     except InvalidInput as exc:
         warn(f"{exc.message}; going on without the config file")
         return {}

@@ -1002,14 +1002,20 @@ def _remote_root(args: argparse.Namespace) -> Any:
     return parse_root(root)
 
 
-def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str,
-                 config: dict[str, Any]) -> list[str]:
-    """The command line for the tool on the host: the same command and options, ROOT its path
-    there, minus what is this machine's business."""
+def _subparser(parser: argparse.ArgumentParser, command: str) -> Any:
     sub: Any = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str,
+                 config: dict[str, Any] | None) -> list[str]:
+    """The command line for the tool on the host: the same command and options, ROOT its path
+    there, minus what is this machine's business. ``config``: the settings to send in place
+    of the host reading a file (None: none to send)."""
     flags: list[str] = [args.command]
     positional: list[str] = []
-    for action in sub.choices[args.command]._actions:
+    actions = _subparser(parser, args.command)._actions
+    for action in actions:
         dest = action.dest
         if dest in _LOCAL_ONLY or dest == "help" or (
                 dest == "strip_components" and args.command in ("deploy", "prepare")):
@@ -1036,9 +1042,9 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
             flags += [flag, str(value)]
     from ._config import REMOTE_KEYS
 
-    rest = {k: v for k, v in config.items() if k not in REMOTE_KEYS}
-    if rest:
-        flags += ["--config-json", json.dumps(rest)]
+    if config is not None and any(a.dest == "config" for a in actions):
+        flags += ["--config-json",
+                  json.dumps({k: v for k, v in config.items() if k not in REMOTE_KEYS})]
     return [*flags, "--", *positional]
 
 
@@ -1065,27 +1071,36 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
         accept_new_host_keys=bool(args.accept_new_host_keys
                                   or config.get("accept_new_host_keys")),
         python=args.remote_python or config.get("remote_python") or "python3")
-    argv = _remote_argv(parser, args, remote.path, config)
-    if cmd == "doctor" and "--json" not in argv:
-        argv.insert(1, "--json")  # this side adds its own checks, then prints the report
+    front: list[str] = []  # the host's tool's own options, before the user's
+    if cmd == "doctor":
+        front.append("--json")  # this side adds its own checks, then prints the report
     build, scratch = None, None
     transfer = None
     if cmd in ("deploy", "prepare"):
         source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
         build, scratch, revision = _local_build(args, source)
-        if revision and args.revision is None:
-            argv[1:1] = ["--revision", revision]
         import socket
 
         label = f"{socket.gethostname()}:{os.path.abspath(source or args.git or build)}"
-        argv[1:1] = ["--session", label]
+        front += ["--session", label]
+        if revision and args.revision is None:
+            front += ["--revision", revision]
         transfer = _client.Transfer(
-            compress=bool(args.compress or config.get("compress")),
-            trust_mtime=bool(args.trust_mtime),
             progress=not getattr(args, "quiet", False) and sys.stderr is not None
             and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+
+    def argv_for(probe: Any) -> list[str]:
+        sent = _remote_config(args, parser, remote, probe, config)
+        settings_ = sent if sent is not None else {}
+        if transfer is not None:
+            transfer.compress = bool(args.compress or settings_.get("compress"))
+            transfer.trust_mtime = bool(args.trust_mtime if args.trust_mtime is not None
+                                        else settings_.get("trust_mtime"))
+        argv = _remote_argv(parser, args, remote.path, sent)
+        return [argv[0], *front, *argv[1:]]
+
     try:
-        outcome = _client.run(remote, argv, settings, _err_line,
+        outcome = _client.run(remote, argv_for, settings, _err_line,
                               mutating=cmd not in _READ_ONLY,
                               create_root=cmd in ("deploy", "prepare"), build=build,
                               transfer=transfer)
@@ -1097,6 +1112,35 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     if outcome.stdout:
         _out_line(outcome.stdout, end="")
     return outcome.exit_code
+
+
+def _remote_config(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any,
+                   probe: Any, local: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings to send to the host's tool (None: nothing to send). ``--config FILE`` is
+    read here; otherwise the host's own ROOT/atomic-deploy.toml, fetched by the probe, is parsed
+    here (the host's python then needs no TOML parser) with the command's own rules."""
+    from . import _config
+
+    if not any(a.dest == "config" for a in _subparser(parser, args.command)._actions):
+        return None
+    if getattr(args, "config", None):
+        return local
+    if getattr(args, "no_config", False) or (probe.config is None and not probe.config_error):
+        return None
+    import posixpath
+
+    where = f"{remote.label}:{posixpath.join(remote.path, _config.FILENAME)}"
+    if probe.config_error:
+        problem = InvalidInput(f"config file {show(where)} cannot be read: {probe.config_error}",
+                               "nothing was changed")
+        if args.command != "rollback":
+            raise problem
+        _warn(f"{problem.message}; going on without the config file")
+        return {}
+    fetched = (where, probe.config)
+    if args.command == "rollback":
+        return _config.load_lenient(".", None, _ROLLBACK_KEYS, _warn, fetched)
+    return _config.load(".", None, fetched)
 
 
 def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:

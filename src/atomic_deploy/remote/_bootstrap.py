@@ -7,7 +7,9 @@ line of stdin, as JSON. So no path, message or option ever meets a remote shell'
 It must parse on any Python so that an old one gets a clear line rather than a SyntaxError: no
 f-strings, no annotations, nothing newer than Python 2.7's grammar. Requests:
 
-- ``probe``: the Python version, whether ROOT holds this exact tool, whether rsync is on PATH.
+- ``probe``: the Python version, whether ROOT holds this exact tool, whether rsync is on PATH,
+  and ROOT/atomic-deploy.toml's bytes (parsed on the deploying machine, so the host's python
+  needs no TOML parser).
 - ``install``: the tool's bytes follow the line (``size`` of them); written under a temporary
   name in ``ROOT/.atomic-deploy/bin/`` (mode 0700), digest checked, flushed, renamed into place.
   Only deploy and prepare (``create``) may create ROOT, and only if its parent exists.
@@ -100,7 +102,15 @@ if mode == "probe":
     rsync = shutil.which("rsync")
     out = {"python": list(sys.version_info[:3]), "executable": sys.executable,
            "have": digest(tool) == req["sha256"], "rsync": rsync is not None,
-           "root": os.path.isdir(root)}
+           "root": os.path.isdir(root), "config": None}
+    conf = os.path.join(root, "atomic-deploy.toml")
+    if os.path.isfile(conf) and os.path.getsize(conf) < (1 << 20):
+        import base64
+        try:
+            with open(conf, "rb") as f:
+                out["config"] = base64.b64encode(f.read()).decode("ascii")
+        except OSError as e:
+            out["config_error"] = e.strerror
     sys.stdout.write(json.dumps(out) + "\n")
 elif mode == "install":
     data = readn(int(req["size"]))

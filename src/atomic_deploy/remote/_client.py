@@ -59,11 +59,12 @@ class _LocalSignal(Exception):
         self.signum = signum
 
 
-def run(root: RemoteRoot, argv: list[str], settings: SshSettings, emit: Emit, *,
+def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSettings,
+        emit: Emit, *,
         mutating: bool, create_root: bool = False, build: str | None = None,
         transfer: Transfer | None = None) -> Outcome:
-    """Run ``atomic-deploy ARGV`` on the host; with ``build`` (a local folder), as a session
-    that receives it."""
+    """Run ``atomic-deploy ARGV`` on the host (``argv(probe)``: made once the host has said
+    what it has); with ``build`` (a local folder), as a session that receives it."""
     tool = _ship.tool()
     with Connection(root, settings) as conn:
         probe = conn.connect(tool)
@@ -71,7 +72,8 @@ def run(root: RemoteRoot, argv: list[str], settings: SshSettings, emit: Emit, *,
         if not installed and mutating:  # a read-only command writes nothing: from memory
             conn.install(tool, create_root)
             installed = True
-        proc = conn.start(argv, tool, installed=installed)
+        args = argv(probe)
+        proc = conn.start(args, tool, installed=installed)
         assert proc.stdout is not None and proc.stderr is not None
         errs = threading.Thread(target=pump_lines, args=(proc.stderr, emit), daemon=True)
         errs.start()
@@ -85,7 +87,7 @@ def run(root: RemoteRoot, argv: list[str], settings: SshSettings, emit: Emit, *,
             return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
         t = transfer or Transfer()
         t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
-        outcome = _Driver(conn, proc, build, t, emit, activate=argv[0] == "deploy").drive()
+        outcome = _Driver(conn, proc, build, t, emit, activate=args[0] == "deploy").drive()
         errs.join()
         outcome.probe, outcome.transfer = probe, t
         return outcome

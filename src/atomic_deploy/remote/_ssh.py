@@ -11,6 +11,7 @@ user configured it (``--accept-new-host-keys`` adds ``StrictHostKeyChecking=acce
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -58,6 +59,8 @@ class Probe:
     have_tool: bool
     rsync: bool
     root_exists: bool
+    config: bytes | None = None  # ROOT/atomic-deploy.toml on the host, if there is one
+    config_error: str | None = None  # it exists but could not be read
 
 
 class Connection:
@@ -112,8 +115,11 @@ class Connection:
         self.master = True
         try:
             info = json.loads(out.splitlines()[-1])
+            config = info.get("config")
             return Probe(tuple(info["python"]), bool(info["have"]), bool(info["rsync"]),
-                         bool(info["root"]))
+                         bool(info["root"]),
+                         base64.b64decode(config) if isinstance(config, str) else None,
+                         info.get("config_error"))
         except (ValueError, KeyError, IndexError, TypeError):
             raise ConnectFailed(f"{self.root.label} answered the probe with {out[-200:]!r}; "
                                 "is its login shell printing something?",
