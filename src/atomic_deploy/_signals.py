@@ -55,6 +55,9 @@ RECOVER_STEPS = ("recover-started", "recover-recorded")
 # the host said ready, after the transfer, after sealed, after switched, after sending commit.
 SESSION_STEPS = ("session-ready", "session-transferred", "session-sealed", "session-switched",
                  "session-committing")
+# The fleet coordinator (fleet/_deploy.py): every host locked; every host prepared; every host
+# switched; the commit messages sent.
+FLEET_STEPS = ("fleet-locked", "fleet-prepared", "fleet-switched", "fleet-committing")
 
 
 class SignalGuard:

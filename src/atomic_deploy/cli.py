@@ -403,7 +403,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, p in sub.choices.items():
         if name in _ROOT_COMMANDS:
             _add_remote(p, stage=name in ("deploy", "prepare"))
+        if name in _FLEET_COMMANDS:
+            _add_fleet(p, stage=name in ("deploy", "prepare"))
     return parser
+
+
+# Commands that take several roots (a fleet): docs/fleet.md.
+_FLEET_COMMANDS = ("deploy", "prepare", "status")
+
+
+def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
+    p.add_argument("more_roots", metavar="ROOT", nargs="*", help=argparse.SUPPRESS)
+    g = p.add_argument_group("fleets (several roots: ROOT ROOT..., or --hosts FILE ROOT)")
+    g.add_argument("--hosts", metavar="FILE",
+                   help="one [user@]host per line (# comments); ROOT is then the path on each")
+    g.add_argument("--parallel", type=int, metavar="N",
+                   help="hosts connected and prepared at once (default 10)")
+    if stage:
+        g.add_argument("--host-timeout", type=_seconds, metavar="SECONDS",
+                       help="give up on a host that says nothing for this long in a phase "
+                            "(default: no limit)")
 
 
 # Commands that take a ROOT, which may be a remote root (host:/path, ssh://host:port/path).
@@ -411,7 +430,8 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
                   "prune", "recover", "adopt", "doctor")
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
-               "config", "source", "root", "session", "config_json")
+               "config", "source", "root", "session", "config_json", "more_roots", "hosts",
+               "parallel", "host_timeout")
 
 
 def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
@@ -936,6 +956,9 @@ def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
+        roots = _fleet_roots(args)
+        if roots is not None:
+            return _fleet(args, parser, roots)
         remote = _remote_root(args)
         if remote is not None:
             return _remote(args, parser, remote)
@@ -1048,21 +1071,18 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
     return [*flags, "--", *positional]
 
 
-def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any) -> int:
-    import shutil
-
-    from .remote import _client
+def _remote_setup(args: argparse.Namespace, where: str) -> tuple[Any, dict[str, Any]]:
+    """The ssh settings (flags, then the --config file) and that file's settings."""
     from .remote._ssh import SshSettings
 
-    cmd = args.command
     config: dict[str, Any] = {}
     if getattr(args, "config", None):
         from . import _config
 
         config = _config.load(".", args.config)
     if getattr(args, "dry_run", False):
-        raise InvalidInput(f"{cmd} --dry-run on a remote root is not supported yet; run "
-                           f"atomic-deploy status {remote} to see where it stands",
+        raise InvalidInput(f"{args.command} --dry-run on a remote root is not supported yet; "
+                           f"run atomic-deploy status {where} to see where it stands",
                            "nothing was changed")
     timeout = args.connect_timeout if args.connect_timeout is not None \
         else float(config.get("connect_timeout", 10.0))
@@ -1071,37 +1091,62 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
         accept_new_host_keys=bool(args.accept_new_host_keys
                                   or config.get("accept_new_host_keys")),
         python=args.remote_python or config.get("remote_python") or "python3")
-    front: list[str] = []  # the host's tool's own options, before the user's
-    if cmd == "doctor":
-        front.append("--json")  # this side adds its own checks, then prints the report
-    build, scratch = None, None
-    transfer = None
-    if cmd in ("deploy", "prepare"):
-        source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
-        build, scratch, revision = _local_build(args, source)
-        import socket
+    return settings, config
 
-        label = f"{socket.gethostname()}:{os.path.abspath(source or args.git or build)}"
-        front += ["--session", label]
-        if revision and args.revision is None:
-            front += ["--revision", revision]
-        transfer = _client.Transfer(
-            progress=not getattr(args, "quiet", False) and sys.stderr is not None
-            and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
 
-    def argv_for(probe: Any) -> list[str]:
+def _session_build(args: argparse.Namespace,
+                   source: str | None) -> tuple[str, str | None, list[str], Any]:
+    """For deploy and prepare: (the build folder to send, a scratch folder to remove, the host
+    tool's own options, the transfer settings)."""
+    import socket
+
+    from .remote import _client
+
+    build, scratch, revision = _local_build(args, source)
+    label = f"{socket.gethostname()}:{os.path.abspath(source or args.git or build)}"
+    front = ["--session", label]
+    if revision and args.revision is None:
+        front += ["--revision", revision]
+    transfer = _client.Transfer(
+        progress=not getattr(args, "quiet", False) and sys.stderr is not None
+        and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+    return build, scratch, front, transfer
+
+
+def _argv_maker(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                config: dict[str, Any], front: list[str], transfer: Any) -> Any:
+    def argv_for(remote: Any, probe: Any) -> list[str]:
         sent = _remote_config(args, parser, remote, probe, config)
-        settings_ = sent if sent is not None else {}
+        settings = sent if sent is not None else {}
         if transfer is not None:
-            transfer.compress = bool(args.compress or settings_.get("compress"))
+            transfer.compress = bool(args.compress or settings.get("compress"))
             transfer.trust_mtime = bool(args.trust_mtime if args.trust_mtime is not None
-                                        else settings_.get("trust_mtime"))
+                                        else settings.get("trust_mtime"))
         argv = _remote_argv(parser, args, remote.path, sent)
         return [argv[0], *front, *argv[1:]]
 
+    return argv_for
+
+
+def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any) -> int:
+    import shutil
+
+    from .remote import _client
+
+    cmd = args.command
+    settings, config = _remote_setup(args, str(remote))
+    front: list[str] = []  # the host's tool's own options, before the user's
+    if cmd == "doctor":
+        front.append("--json")  # this side adds its own checks, then prints the report
+    build, scratch, transfer = None, None, None
+    if cmd in ("deploy", "prepare"):
+        source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
+        build, scratch, more, transfer = _session_build(args, source)
+        front += more
+    argv_for = _argv_maker(args, parser, config, front, transfer)
     try:
-        outcome = _client.run(remote, argv_for, settings, _err_line,
-                              mutating=cmd not in _READ_ONLY,
+        outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
+                              _err_line, mutating=cmd not in _READ_ONLY,
                               create_root=cmd in ("deploy", "prepare"), build=build,
                               transfer=transfer)
     finally:
@@ -1112,6 +1157,125 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     if outcome.stdout:
         _out_line(outcome.stdout, end="")
     return outcome.exit_code
+
+
+def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
+    """The roots of a command given several (or --hosts FILE), else None."""
+    if args.command not in _FLEET_COMMANDS or getattr(args, "session", None) is not None:
+        return None
+    given = [r for r in (args.root, *(args.more_roots or [])) if r is not None]
+    if args.command in ("deploy", "prepare") and args.git is not None and args.source:
+        given.insert(0, args.source)
+    if args.hosts:
+        from .fleet import read_hosts
+
+        if len(given) != 1:
+            raise UsageError("with --hosts FILE give one ROOT: the path on every host")
+        return read_hosts(args.hosts, given[0])
+    if len(given) <= 1:
+        return None
+    return given
+
+
+def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: list[str]) -> int:
+    from .fleet import check_distinct
+    from .remote import parse_root
+
+    check_distinct(texts)
+    roots = []
+    for text in texts:
+        remote = parse_root(text)
+        if remote is None:
+            raise InvalidInput(f"{show(text)} is a local root: a fleet is remote roots "
+                               "(host:/path) for now", "nothing was changed")
+        roots.append((remote, text))
+    if args.command == "status":
+        return _fleet_status(args, parser, roots)
+    return _fleet_deploy(args, parser, roots)
+
+
+def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  roots: list[tuple[Any, str]]) -> int:
+    import shutil
+
+    from .fleet import FleetOptions, deploy_fleet
+
+    cmd = args.command
+    if args.parallel is not None and args.parallel < 1:
+        _usage(cmd, "--parallel must be 1 or more")
+    settings, config = _remote_setup(args, roots[0][1])
+    source = None if args.git is not None else args.source
+    if source is None and args.git is None:
+        _usage(cmd, "SOURCE and ROOT are required")
+    build, scratch, front, transfer = _session_build(args, source)
+    front.append("--json")  # each host's result and error, read here
+    argv_for = _argv_maker(args, parser, config, front, transfer)
+    opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
+                        activate=cmd == "deploy")
+    lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
+    try:
+        r = deploy_fleet(roots, build, argv_for, settings, lines, transfer, opts)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    payload = r.to_dict()
+    if r.exit_code != 0 and r.error:
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _out_line(json.dumps({**envelope(cmd, payload), "ok": r.exit_code == 0},
+                             sort_keys=True))
+        return r.exit_code
+    verb = "deployed" if cmd == "deploy" else "prepared"
+    if r.exit_code == 0:
+        skew = f"switch skew {r.skew * 1000:.1f} ms; " if r.skew is not None else ""
+        head = f"{verb} {r.release} to {len(r.hosts)} hosts ({skew}{r.seconds:.2f}s)"
+    else:
+        head = f"{r.outcome}: {len(r.hosts)} hosts"
+    width = max(len(h.host) for h in r.hosts)
+    rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
+            f"{h.files} files, {h.linked} linked" + (f"  ({h.error})" if h.error else "")
+            for h in r.hosts]
+    _emit(args, payload, "\n".join([head, *rows]))
+    return r.exit_code
+
+
+def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  roots: list[tuple[Any, str]]) -> int:
+    """Each host's status, side by side; "mixed" when they do not all serve one release."""
+    import concurrent.futures
+
+    from .remote import _client
+
+    settings, _config = _remote_setup(args, roots[0][1])
+
+    def one(item: tuple[Any, str]) -> dict[str, Any]:
+        remote, text = item
+        try:
+            out = _client.run(remote, lambda probe: ["status", "--json", "--", remote.path],
+                              settings, lambda line: None, mutating=False)
+            payload = json.loads(out.stdout) if out.stdout.strip() else {}
+            return {"host": text, "exit_code": out.exit_code, **{
+                k: payload.get(k) for k in ("current", "rollback_target", "serving", "lock",
+                                            "recovery")},
+                "error": payload.get("error")}
+        except AtomicDeployError as exc:
+            return {"host": text, "exit_code": 2, "current": None, "error": exc.message}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
+        hosts = list(ex.map(one, roots))
+    currents = {h.get("current") for h in hosts}
+    mixed = len(currents) > 1
+    code = 2 if any(h["exit_code"] == 2 for h in hosts) else \
+        1 if mixed or any(h["exit_code"] != 0 for h in hosts) else 0
+    width = max(len(h["host"]) for h in hosts)
+    head = ("mixed: " + "; ".join(f"{h['host']} on {h.get('current') or 'nothing'}"
+                                  for h in hosts)) if mixed else \
+        f"every host on {next(iter(currents)) or 'nothing'}"
+    rows = [f"  {h['host']:<{width}}  {h.get('current') or '-':<14}  "
+            f"rollback target {h.get('rollback_target') or '-'}"
+            + (f"  ({h['error']})" if h.get("error") else "") for h in hosts]
+    _emit(args, {"mixed": mixed, "hosts": hosts}, "\n".join([head, *rows]))
+    return code
 
 
 def _remote_config(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any,

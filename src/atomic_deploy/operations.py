@@ -326,7 +326,8 @@ class _Session:
             if switched and op in SWITCH_OPS:
                 # The service may have been told about the new release: tell it about the
                 # restored one (after a signal too), and journal that first.
-                after, told = switch_back(self.layout, journal, mark_bad=False,
+                after, told = switch_back(self.layout, journal,
+                                          mark_bad=bool(getattr(exc, "mark_bad", False)),
                                           reason=str(exc) or type(exc).__name__, tell=self.tell)
                 state = f"switched back, {after}"
                 if told:
@@ -349,7 +350,8 @@ class _Session:
         outcome = "interrupted" if interrupted else "failed"
         release = journal.get("release")
         states = None
-        if journal.get("mark_bad") and isinstance(release, str):
+        if (journal.get("mark_bad") or getattr(exc, "mark_bad", False)) and \
+                isinstance(release, str):
             # It had failed its after-switch hook or health check before this error: kept, bad.
             outcome, states = "unhealthy", {release: BAD}
         try:
@@ -732,11 +734,14 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         build_warnings: list[str] = []  # about the build itself, shown once it is deployed
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
+            nonlocal rid
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
             if kind == "session":
-                stats, linked = opts.session.receive(spath, link_dest, rid)
+                stats, linked, chosen = opts.session.receive(spath, link_dest, rid)
+                if chosen != rid:  # a fleet's one id for every host
+                    rid = _fleet_id(s, chosen, rid)
                 revision = opts.revision
                 if revision:
                     from ._sources import write_revision
@@ -781,6 +786,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                                   files=stats.files, bytes=stats.bytes, linked=stats.linked)
             if activate:
                 switch_to_release(layout, rid, checkpoint)
+                switched_at = time.time()  # the fleet's switch skew is measured from these
                 try:
                     _healthy_or_raise(s, opts, layout.release(rid), hooks)
                 except _Unhealthy as exc:
@@ -789,7 +795,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                         {"source": src, "message": opts.message, "revision": revision},
                     ) from None
                 if opts.session is not None:
-                    opts.session.gate("switched", "commit", release=rid)
+                    opts.session.gate("switched", "commit", release=rid, at=switched_at)
             fields["hooks"] = hooks or None
             return (stats, revision), fields
 
@@ -829,6 +835,24 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                                        f"failed ({why}); {describe_current(layout)}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
+
+
+def _fleet_id(s: _Session, chosen: str, proposed: str) -> str:
+    """The id the deploying machine chose for every host of a fleet, in place of the one this
+    host proposed: a later timestamp (the greatest any host proposed), so still free here
+    and still after every release here. Recorded in the journal before anything is named so."""
+    from ._layout import release_kind
+
+    if not (valid_release_name(chosen) and release_kind(chosen) == "timestamp"
+            and chosen > proposed and chosen not in s.history.used_ids()
+            and not os.path.lexists(s.layout.release(chosen))):
+        raise OperationFailed(f"the release id {show(chosen)} the deploying machine chose "
+                              f"cannot be used here (this host's next id is {proposed})")
+    assert s.journal is not None
+    s.journal["release"] = chosen
+    write_journal(s.layout, s.journal)
+    s.hook_release = (chosen, s.hook_release[1])
+    return chosen
 
 
 def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +61,31 @@ class _LocalSignal(Exception):
         self.signum = signum
 
 
+class HostTimeout(OperationFailed):
+    """A host said nothing within its deadline (--host-timeout)."""
+
+    def __init__(self, label: str, seconds: float) -> None:
+        super().__init__(f"{label} did not answer within {seconds:g} s (--host-timeout)")
+        self.label = label
+
+
+def connect(root: RemoteRoot, settings: SshSettings, tool: _ship.Tool, *, mutating: bool,
+            create_root: bool) -> tuple[Connection, Probe, bool]:
+    """The master connection and what the host has; the tool installed there when a mutating
+    command needs it. Returns (connection, probe, whether the tool is installed there)."""
+    conn = Connection(root, settings)
+    try:
+        probe = conn.connect(tool)
+        installed = probe.have_tool
+        if not installed and mutating:  # a read-only command writes nothing: from memory
+            conn.install(tool, create_root)
+            installed = True
+    except BaseException:
+        conn.close()
+        raise
+    return conn, probe, installed
+
+
 def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSettings,
         emit: Emit, *,
         mutating: bool, create_root: bool = False, build: str | None = None,
@@ -66,12 +93,9 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
     """Run ``atomic-deploy ARGV`` on the host (``argv(probe)``: made once the host has said
     what it has); with ``build`` (a local folder), as a session that receives it."""
     tool = _ship.tool()
-    with Connection(root, settings) as conn:
-        probe = conn.connect(tool)
-        installed = probe.have_tool
-        if not installed and mutating:  # a read-only command writes nothing: from memory
-            conn.install(tool, create_root)
-            installed = True
+    conn, probe, installed = connect(root, settings, tool, mutating=mutating,
+                                     create_root=create_root)
+    with conn:
         args = argv(probe)
         proc = conn.start(args, tool, installed=installed)
         assert proc.stdout is not None and proc.stderr is not None
@@ -87,27 +111,97 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
             return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
         t = transfer or Transfer()
         t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
-        outcome = _Driver(conn, proc, build, t, emit, activate=args[0] == "deploy").drive()
+        host = HostSession(conn, proc, t, emit)
+        try:
+            outcome = _drive(host, build, activate=args[0] == "deploy")
+        finally:
+            host.close()
         errs.join()
         outcome.probe, outcome.transfer = probe, t
         return outcome
 
 
-class _Driver:
-    """The session protocol's local end (see _session)."""
+@contextlib.contextmanager
+def signals_raised() -> Iterator[None]:
+    """Within the block (main thread only), SIGINT, SIGTERM and SIGHUP raise _LocalSignal, so
+    the hosts can be told; a second signal just ends the process (the hosts undo on their
+    own when their input ends)."""
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __init__(self, conn: Connection, proc: subprocess.Popen[bytes], build: str,
-                 transfer: Transfer, emit: Emit, *, activate: bool) -> None:
-        self.conn, self.proc, self.build, self.transfer, self.emit = conn, proc, build, \
-            transfer, emit
-        self.activate = activate
+    def on_signal(signum: int, frame: Any) -> None:
+        for sig in handled:
+            signal.signal(sig, signal.SIG_DFL)
+        raise _LocalSignal(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _drive(host: HostSession, build: str, *, activate: bool) -> Outcome:
+    """One host's deploy or prepare, start to end (see _session for the steps)."""
+    try:
+        with signals_raised():
+            ev = host.next_event()
+            if ev is None or ev["event"] != "ready":
+                return host.ended(ev)
+            fault_point("session-ready")
+            try:
+                host.transfer_build(build, ev)
+            except (TransferFailed, OSError) as exc:
+                host.send("abort", reason=str(exc))  # the host removes the staged release
+                return host.ended(host.until_done())
+            fault_point("session-transferred")
+            host.send("seal")
+            ev = host.next_event()
+            if ev is None or ev["event"] == "done":
+                return host.ended(ev)
+            if ev["event"] == "sealed":
+                fault_point("session-sealed")
+                host.send("switch" if activate else "commit")
+                ev = host.next_event()
+                if ev is not None and ev["event"] == "switched":
+                    fault_point("session-switched")
+                    host.send("commit")
+                    fault_point("session-committing")
+                    ev = host.next_event()
+            return host.ended(ev)
+    except _LocalSignal as stop:
+        return host.stopped(stop.signum)
+
+
+class HostSession:
+    """The session protocol's local end for one host (see _session): events read by a thread
+    (so a coordinator can wait with a deadline), pings sent by another."""
+
+    def __init__(self, conn: Connection, proc: subprocess.Popen[bytes], transfer: Transfer,
+                 emit: Emit) -> None:
+        self.conn, self.proc, self.transfer, self.emit = conn, proc, transfer, emit
         self.events: list[dict[str, Any]] = []
         self.child: subprocess.Popen[bytes] | None = None
         self._send_lock = threading.Lock()
         self._done = threading.Event()
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._ended = False
+        threading.Thread(target=self._read, name="session-events", daemon=True).start()
+        try:
+            interval = float(os.environ.get(PING_ENV) or PING_INTERVAL)
+        except ValueError:
+            interval = PING_INTERVAL
+        threading.Thread(target=self._ping, args=(interval,), name="session-ping",
+                         daemon=True).start()
+
+    @property
+    def label(self) -> str:
+        return self.conn.root.label
 
     def send(self, cmd: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
         line = json.dumps({"v": VERSION, "cmd": cmd, **fields}).encode() + b"\n"
         self._write(line)
 
@@ -128,112 +222,82 @@ class _Driver:
             if self._done.wait(interval):
                 return
 
-    def next_event(self) -> dict[str, Any] | None:
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return None
+        for line in iter(self.proc.stdout.readline, b""):
             try:
                 msg = json.loads(line)
             except ValueError:
                 continue  # not ours (a login script's chatter): the protocol is JSON lines
             if isinstance(msg, dict) and "event" in msg:
-                self.events.append(msg)
-                return msg
+                self._queue.put(msg)
+        self._queue.put(None)
 
-    def drive(self) -> Outcome:
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        main = threading.current_thread() is threading.main_thread()
-        previous: dict[int, Any] = {}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            for sig in handled:  # a second signal: just go, the host undoes on its own
-                signal.signal(sig, signal.SIG_DFL)
-            raise _LocalSignal(signum)
-
-        if main:
-            previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The host's next event; None when its output ended. ``timeout``: raise
+        HostTimeout after that long."""
+        if self._ended:
+            return None
         try:
-            interval = float(os.environ.get(PING_ENV) or PING_INTERVAL)
-        except ValueError:
-            interval = PING_INTERVAL
-        threading.Thread(target=self._ping, args=(interval,), name="session-ping",
-                         daemon=True).start()
-        try:
-            try:
-                return self._steps()
-            except _LocalSignal as stop:
-                return self._stopped(stop.signum)
-        finally:
-            self._done.set()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if self.child is not None and self.child.poll() is None:
-                self.child.kill()
-                self.child.wait()
+            ev = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise HostTimeout(self.label, timeout or 0.0) from None
+        if ev is None:
+            self._ended = True
+            return None
+        self.events.append(ev)
+        return ev
 
-    def _steps(self) -> Outcome:
-        ev = self.next_event()
-        if ev is None or ev["event"] != "ready":
-            return self._ended(ev)
-        fault_point("session-ready")
-        try:
-            self._transfer(ev)
-        except (_TransferFailed, OSError) as exc:
-            self.send("abort", reason=str(exc))  # the host removes the staged release
-            return self._ended(self._until_done())
-        fault_point("session-transferred")
-        self.send("seal")
-        ev = self.next_event()
-        if ev is None or ev["event"] == "done":
-            return self._ended(ev)
-        if ev["event"] == "sealed":
-            fault_point("session-sealed")
-            self.send("switch" if self.activate else "commit")
-            ev = self.next_event()
-            if ev is not None and ev["event"] == "switched":
-                fault_point("session-switched")
-                self.send("commit")
-                fault_point("session-committing")
-                ev = self.next_event()
-        return self._ended(ev)
-
-    def _stopped(self, signum: int) -> Outcome:
-        """A signal here: tell the host to undo, wait for it to say how it ended."""
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
-        self.send("abort", signal=signum)
-        with contextlib.suppress(_LocalSignal):
-            self._until_done()
-        self.proc.wait()
-        return Outcome(128 + signum, "", self.events)
-
-    def _until_done(self) -> dict[str, Any] | None:
+    def until_done(self, timeout: float | None = None) -> dict[str, Any] | None:
         while True:
-            ev = self.next_event()
+            ev = self.next_event(timeout)
             if ev is None or ev["event"] == "done":
                 return ev
 
-    def _ended(self, ev: dict[str, Any] | None) -> Outcome:
+    def stopped(self, signum: int) -> Outcome:
+        """A signal here: tell the host to undo, wait for it to say how it ended."""
+        self.stop_child()
+        self.send("abort", signal=signum)
+        with contextlib.suppress(_LocalSignal):
+            self.until_done()
+        self.proc.wait()
+        return Outcome(128 + signum, "", self.events)
+
+    def ended(self, ev: dict[str, Any] | None) -> Outcome:
+        """The outcome the host's ``done`` gives; ConnectionLost when there was none."""
         code = self.proc.wait()
         if ev is not None and ev.get("event") == "done":
             return Outcome(int(ev.get("exit", 1)), str(ev.get("stdout", "")), self.events)
-        label = self.conn.root.label
+        raise self.lost(code)
+
+    def lost(self, code: int | None) -> ConnectionLost:
+        root = self.conn.root
         last = self.events[-1]["event"] if self.events else None
         if last in ("switched",):
             state = ("the host had switched and was told to commit: see atomic-deploy status "
-                     f"{self.conn.root}")
+                     f"{root}")
         elif last is None:
             state = "nothing was changed"
         else:
             state = (f"the host undoes the unfinished deploy when it sees the connection close "
-                     f"(check: atomic-deploy status {self.conn.root})")
+                     f"(check: atomic-deploy status {root})")
         why = f"ssh exit status {code}" if code else "the host's tool ended without a result"
-        raise ConnectionLost(f"lost the connection to {label} ({why})", state)
+        return ConnectionLost(f"lost the connection to {root.label} ({why})", state)
+
+    def stop_child(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+
+    def close(self) -> None:
+        self._done.set()
+        if self.child is not None and self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
 
     # -- transfer ---------------------------------------------------------------------------
-    def _transfer(self, ready: dict[str, Any]) -> None:
+    def transfer_build(self, build: str, ready: dict[str, Any]) -> None:
+        """Put ``build`` into the staging folder the host's ``ready`` named."""
+        self.build = build
         staging, link_dest = str(ready["staging"]), ready.get("link_dest")
         if self.transfer.method == "rsync":
             self._rsync(staging, link_dest if isinstance(link_dest, str) else None)
@@ -273,7 +337,7 @@ class _Driver:
         self.child = None
         t.seconds = time.monotonic() - started
         if code != 0:
-            raise _TransferFailed(f"rsync to {self.conn.root.label} failed: "
+            raise TransferFailed(f"rsync to {self.conn.root.label} failed: "
                                   f"{_rsync_reason(said, code)}")
         for line in said:  # warnings of a transfer that worked
             self.emit(line)
@@ -292,7 +356,7 @@ class _Driver:
         out.end()
 
 
-class _TransferFailed(OperationFailed):
+class TransferFailed(OperationFailed):
     pass
 
 

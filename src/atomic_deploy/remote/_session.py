@@ -6,19 +6,22 @@ Messages are JSON lines, ``"v": 1`` in each. The host (this module's ``SessionCh
 machine writes commands to stdin::
 
     host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null}
-    local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there)
+    local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
+           ("release": ID: a fleet's one id, later than the one proposed, used instead)
       or:  {"cmd": "tar"} + frames    the build follows as a tar stream, in frames
            "#<n>\\n" + n bytes, ending with "#0\\n"; then {"cmd": "seal"}
     host:  {"event": "sealed", "release": ID, "files": N, "bytes": N, "linked": N}
     local: {"cmd": "switch"}           (deploy; prepare goes straight to commit)
-    host:  {"event": "switched", "release": ID}   after-switch hooks and health check passed
+    host:  {"event": "switched", "release": ID, "at": T}   after-switch hooks and health check
+           passed; T: the host's clock when current was switched (a fleet's skew)
     local: {"cmd": "commit"}
     local: {"cmd": "ping", "interval": N}   every N seconds meanwhile (see SILENT_PINGS)
     host:  {"event": "done", "exit": CODE, "stdout": TEXT}   and the process exits
 
 Any failure on the host ends in ``done`` with the exit code and output the tool would have
 given locally (its stderr lines pass through as they happen). ``{"cmd": "abort", "reason":
-TEXT}`` at any point makes the host undo its work as it does for a failure; ``{"cmd": "abort",
+TEXT}`` at any point makes the host undo its work as it does for a failure (with ``"bad":
+true``, a switched release is kept and marked bad, as after a failed health check); ``{"cmd": "abort",
 "signal": N}`` as it does for signal N (the deploying machine was interrupted). End of input
 before ``commit`` (the deploying process died, the connection dropped) is taken as SIGHUP: the
 host undoes its own work by the recovery rules, switching back (with after-switch hooks) if
@@ -133,8 +136,12 @@ class SessionChannel:
             if cmd == "abort" and isinstance(msg.get("signal"), int):
                 raise InterruptedBySignal(msg["signal"])  # Ctrl-C there: as if here
             if cmd == "abort":
-                raise OperationFailed(f"stopped by the deploying machine "
+                err = OperationFailed(f"stopped by the deploying machine "
                                       f"({msg.get('reason') or 'no reason given'})")
+                # A fleet switching every host back because one failed: the release is bad
+                # here too (kept, marked bad, as after a failed health check).
+                err.mark_bad = bool(msg.get("bad"))  # type: ignore[attr-defined]
+                raise err
             if cmd in expected:
                 return msg
             raise OperationFailed(f"session protocol error: expected {' or '.join(expected)}, "
@@ -152,9 +159,10 @@ class SessionChannel:
 
     # -- the steps operations.py calls ------------------------------------------------------
     def receive(self, staging: str, link_dest: str | None,
-                release: str) -> tuple[CopyStats, list[str]]:
-        """Tell where the build goes, wait until it is there; its stats, and the paths of the
-        files that are hard links to ``link_dest``'s (the check hooks' write-through test)."""
+                release: str) -> tuple[CopyStats, list[str], str]:
+        """Tell where the build goes, wait until it is there; its stats, the paths of the
+        files that are hard links to ``link_dest``'s (the check hooks' write-through test),
+        and the release id to use (a fleet's may be later than the one this host proposed)."""
         self.send("ready", release=release, staging=staging, link_dest=link_dest)
         msg = self.wait("seal", "tar")
         if msg["cmd"] == "tar":
@@ -162,8 +170,10 @@ class SessionChannel:
 
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
-            self.wait("seal")
-        return _walk(staging, link_dest)
+            msg = self.wait("seal")
+        stats, linked = _walk(staging, link_dest)
+        chosen = msg.get("release")
+        return stats, linked, chosen if isinstance(chosen, str) else release
 
     def gate(self, event: str, expect: str, **info: Any) -> None:
         """Say ``event``; go on when the deploying machine says ``expect``."""

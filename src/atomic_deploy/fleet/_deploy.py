@@ -1,0 +1,414 @@
+"""One release to many hosts, all-or-nothing: the two-phase coordinator.
+
+Every host runs the same session as a single-host deploy (remote/_session.py); this module
+steps them together:
+
+1. **Connect** every host in parallel (``parallel`` at a time): master connection, probe,
+   the tool installed where missing. A host that cannot be reached: nothing started anywhere.
+2. **Lock**, one host after the other in one sorted order (so two fleet deploys that overlap
+   cannot deadlock: both go for the same first host): each host's session takes its root's
+   lock, recovers, and proposes a release id. The fleet's id is the greatest proposal: later
+   than every release on every host, so free everywhere.
+3. **Prepare** in parallel: transfer, seal under the fleet's id, ``--check``. A barrier: if
+   any host fails, every host is told to abort (its staged release removed); nobody switched.
+4. **Switch**: the ``switch`` messages go out back to back to hosts already waiting; each
+   host switches, runs its after-switch hooks and health check and says when it switched
+   (its clock): the skew is the spread of those times. If any host fails, every host that
+   switched is told to switch back (its after-switch hooks run for the restored release)
+   and to keep the release marked bad.
+5. **Commit** every host. The only window in which a crash of this process leaves the fleet
+   mixed is between the first and the last ``commit`` message (they go out back to back).
+
+Each host's deadline per phase is ``host_timeout``; a host that misses it is named, aborted,
+and counted as failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .._signals import fault_point
+from ..errors import AtomicDeployError, ConnectFailed, InterruptedBySignal
+from ..remote import _ship
+from ..remote._address import RemoteRoot
+from ..remote._client import (
+    HostSession,
+    HostTimeout,
+    Transfer,
+    TransferFailed,
+    _LocalSignal,
+    connect,
+    signals_raised,
+)
+from ..remote._ssh import Connection, Probe, SshSettings, pump_lines
+
+Emit = Callable[[str], None]
+ArgvFor = Callable[[RemoteRoot, Probe], list[str]]
+
+# Exit codes of a fleet deploy (the CLI's too): a host unreachable before anything started is
+# 2, a failed check or health check 4, anything else that failed 1, a fleet left mixed 5.
+EXIT_MIXED = 5
+_UNKNOWN = "unknown (it could not be asked)"
+
+
+@dataclass
+class HostOutcome:
+    host: str  # as given: web1:/srv/app
+    ok: bool = False
+    phase: str = "connect"  # the last phase it reached: connect, locked, prepared, switched,
+    #                         committed
+    release: str | None = None  # the release it serves at the end, where known
+    previous: str | None = None
+    exit_code: int = 0
+    error: str | None = None
+    files: int = 0
+    bytes: int = 0
+    linked: int = 0
+    switched_at: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FleetResult:
+    release: str | None
+    activated: bool
+    outcome: str  # deployed, prepared, nothing switched, switched back, mixed, interrupted
+    exit_code: int
+    hosts: list[HostOutcome] = field(default_factory=list)
+    skew: float | None = None  # seconds between the first and the last host's switch
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"release": self.release, "activated": self.activated, "outcome": self.outcome,
+                "exit_code": self.exit_code, "error": self.error,
+                "skew_ms": None if self.skew is None else round(self.skew * 1000, 3),
+                "seconds": round(self.seconds, 3), "hosts": [h.to_dict() for h in self.hosts]}
+
+
+@dataclass
+class FleetOptions:
+    parallel: int = 10
+    host_timeout: float | None = None  # per host, per phase
+    activate: bool = True
+
+
+class _Host:
+    def __init__(self, root: RemoteRoot, text: str) -> None:
+        self.root = root
+        self.out = HostOutcome(text)
+        self.conn: Connection | None = None
+        self.probe: Probe | None = None
+        self.installed = False
+        self.session: HostSession | None = None
+        self.ready: dict[str, Any] | None = None
+        self.done: dict[str, Any] | None = None
+        self.started = time.monotonic()
+
+    def fail(self, code: int, error: str) -> None:
+        self.out.ok = False
+        if not self.out.error:
+            self.out.exit_code, self.out.error = code, error
+
+
+class Fleet:
+    """A fleet deploy (or prepare) of ``build`` to ``roots``."""
+
+    def __init__(self, roots: list[tuple[RemoteRoot, str]], build: str, argv_for: ArgvFor,
+                 settings: SshSettings, emit: Emit, transfer: Transfer,
+                 opts: FleetOptions) -> None:
+        self.hosts = sorted((_Host(r, text) for r, text in roots), key=lambda h: h.out.host)
+        self.build, self.argv_for, self.settings = build, argv_for, settings
+        self.transfer, self.opts = transfer, opts
+        self._emit_lock = threading.Lock()
+        self._emit = emit
+        self.tool = _ship.tool()
+
+    # -- output -------------------------------------------------------------------------------
+    def say(self, host: _Host, text: str) -> None:
+        """One whole line, prefixed with the host: lines of several hosts never interleave."""
+        with self._emit_lock:
+            self._emit(f"{host.out.host}: {text}")
+
+    # -- the phases ---------------------------------------------------------------------------
+    def run(self) -> FleetResult:
+        started = time.monotonic()
+        try:
+            with signals_raised():
+                result = self._phases()
+        except _LocalSignal as stop:
+            result = self._interrupted(stop.signum)
+        finally:
+            self._close()
+        result.hosts = [h.out for h in self.hosts]
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _pool(self, fn: Callable[[_Host], None], hosts: list[_Host]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.opts.parallel)) as ex:
+            for f in [ex.submit(fn, h) for h in hosts]:
+                f.result()
+
+    def _phases(self) -> FleetResult:
+        activate = self.opts.activate
+        # 1. connect
+        self._pool(self._connect, self.hosts)
+        down = [h for h in self.hosts if h.conn is None]
+        if down:
+            return self._result(None, "nothing changed", 2, self._names(down, "unreachable"))
+        # 2. lock, in sorted order
+        for h in self.hosts:
+            self._lock(h)
+            if h.ready is None:
+                return self._abort_all(None, "nothing changed",
+                                       self._names([h], "could not start"))
+        release = max(str(h.ready["release"]) for h in self.hosts if h.ready)
+        fault_point("fleet-locked")
+        # 3. prepare
+        self._pool(lambda h: self._prepare(h, release), self.hosts)
+        failed = [h for h in self.hosts if h.out.phase != "prepared"]
+        if failed:
+            return self._abort_all(release, "nothing switched",
+                                   self._names(failed, "failed to prepare"))
+        fault_point("fleet-prepared")
+        if not activate:
+            return self._commit(release, "prepared", None)
+        # 4. switch
+        for h in self.hosts:
+            assert h.session is not None
+            h.session.send("switch")
+        self._pool(self._await_switch, self.hosts)
+        times = [h.out.switched_at for h in self.hosts if h.out.switched_at is not None]
+        skew = max(times) - min(times) if len(times) == len(self.hosts) else None
+        failed = [h for h in self.hosts if h.out.phase != "switched"]
+        if failed:
+            return self._switch_back(release, failed)
+        fault_point("fleet-switched")
+        return self._commit(release, "deployed", skew)
+
+    def _connect(self, h: _Host) -> None:
+        try:
+            h.conn, h.probe, h.installed = connect(h.root, self.settings, self.tool,
+                                                   mutating=True, create_root=True)
+        except AtomicDeployError as exc:
+            h.fail(exc.exit_code, exc.message)
+            self.say(h, f"error: {exc.message}")
+
+    def _lock(self, h: _Host) -> None:
+        assert h.conn is not None and h.probe is not None
+        try:
+            argv = self.argv_for(h.root, h.probe)
+        except AtomicDeployError as exc:
+            h.fail(exc.exit_code, exc.message)
+            self.say(h, f"error: {exc.message}")
+            return
+        proc = h.conn.start(argv, self.tool, installed=h.installed)
+        assert proc.stderr is not None
+        threading.Thread(target=pump_lines, args=(proc.stderr, lambda line: self.say(h, line)),
+                         daemon=True).start()
+        t = Transfer(compress=self.transfer.compress, trust_mtime=self.transfer.trust_mtime)
+        t.method = "rsync" if h.probe.rsync and shutil.which("rsync") else "tar"
+        h.session = HostSession(h.conn, proc, t, lambda line: self.say(h, line))
+        ev = self._next(h)
+        if ev is not None and ev["event"] == "ready":
+            h.ready, h.out.phase = ev, "locked"
+            link = ev.get("link_dest")
+            h.out.previous = str(link).rsplit("/", 1)[-1] if link else None
+        else:
+            self._ended(h, ev)
+
+    def _next(self, h: _Host) -> dict[str, Any] | None:
+        assert h.session is not None
+        try:
+            return h.session.next_event(self.opts.host_timeout)
+        except HostTimeout as exc:
+            h.fail(1, exc.message)
+            self.say(h, f"error: {exc.message}")
+            h.session.send("abort", reason="it did not answer in time")
+            return None
+
+    def _ended(self, h: _Host, ev: dict[str, Any] | None) -> None:
+        """The host ended its session (``done``), or went silent: record why."""
+        if ev is not None and ev.get("event") == "done":
+            h.done = ev
+            code = int(ev.get("exit", 1))
+            if code != 0:
+                h.fail(code, _error_of(ev) or f"exit status {code}")
+            return
+        if h.out.error is None:
+            assert h.session is not None
+            exc = h.session.lost(h.session.proc.poll())
+            h.fail(1, str(exc))
+            self.say(h, f"error: {exc}")
+
+    def _prepare(self, h: _Host, release: str) -> None:
+        assert h.session is not None and h.ready is not None
+        try:
+            h.session.transfer_build(self.build, h.ready)
+        except (TransferFailed, OSError) as exc:
+            h.fail(1, str(exc))
+            self.say(h, f"error: {exc}")
+            return
+        h.session.send("seal", release=release)
+        ev = self._next(h)
+        if ev is not None and ev["event"] == "sealed":
+            h.out.phase = "prepared"
+            h.out.files, h.out.bytes = int(ev.get("files", 0)), int(ev.get("bytes", 0))
+            h.out.linked = int(ev.get("linked", 0))
+            self.say(h, f"prepared {release} ({h.out.files} files, {h.out.linked} linked)")
+        else:
+            self._ended(h, ev)
+
+    def _await_switch(self, h: _Host) -> None:
+        ev = self._next(h)
+        if ev is not None and ev["event"] == "switched":
+            h.out.phase = "switched"
+            at = ev.get("at")
+            h.out.switched_at = float(at) if isinstance(at, (int, float)) else None
+        else:
+            self._ended(h, ev)  # it switched back by itself (or never switched)
+
+    # -- endings ------------------------------------------------------------------------------
+    def _commit(self, release: str, outcome: str, skew: float | None) -> FleetResult:
+        for h in self.hosts:  # back to back: the window a crash here leaves mixed
+            assert h.session is not None
+            h.session.send("commit")
+        fault_point("fleet-committing")
+        self._pool(self._await_done, self.hosts)
+        for h in self.hosts:
+            if h.done is not None and int(h.done.get("exit", 1)) == 0:
+                h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
+                h.out.release = release if self.opts.activate else h.out.previous
+        return self._settle(release, outcome, 0, None, skew)
+
+    def _await_done(self, h: _Host) -> None:
+        if h.session is None or h.done is not None:
+            return
+        try:
+            ev = h.session.until_done(self.opts.host_timeout)
+        except HostTimeout as exc:
+            h.fail(1, exc.message)
+            return
+        self._ended(h, ev)
+
+    def _abort_all(self, release: str | None, outcome: str, error: str,
+                   bad: bool = False, reason: str | None = None) -> FleetResult:
+        """Tell every host still in its session to undo, and wait for each to say so."""
+        for h in self.hosts:
+            if h.session is not None and h.done is None:
+                h.session.send("abort", reason=reason or error, bad=bad)
+        self._pool(self._await_done, self.hosts)
+        for h in self.hosts:
+            if h.done is not None or h.session is None:
+                h.out.release = h.out.previous  # it undid its part (or never started)
+        return self._settle(release, outcome, self._failure_code(), error)
+
+    def _switch_back(self, release: str, failed: list[_Host]) -> FleetResult:
+        why = self._names(failed, "failed after the switch")
+        return self._abort_all(release, "switched back", why, bad=True,
+                               reason=f"another host failed: {why}")
+
+    def _interrupted(self, signum: int) -> FleetResult:
+        for h in self.hosts:
+            if h.session is not None and h.done is None:
+                h.session.stop_child()
+                h.session.send("abort", signal=signum)
+        self._pool(self._await_done, self.hosts)
+        for h in self.hosts:
+            if h.done is not None or h.session is None:
+                h.out.release = h.out.previous
+        exc = InterruptedBySignal(signum)
+        return self._settle(None, "interrupted", exc.exit_code, exc.message)
+
+    def _settle(self, release: str | None, outcome: str, code: int, error: str | None,
+                skew: float | None = None) -> FleetResult:
+        """Ask every host that went silent where it ended (it undid its own unfinished work),
+        then say whether the fleet is on one release; if not, exactly which host is on what."""
+        lost = [h for h in self.hosts if h.session is not None and h.done is None]
+        self._pool(self._verify, lost)
+        # Hosts whose session never got the lock were not touched: they count for nothing.
+        touched = [h for h in self.hosts if h.ready is not None]
+        ends = {h.out.release for h in touched}
+        unknown = [h for h in touched if h.out.release == _UNKNOWN]
+        if len(ends) > 1 or unknown:
+            where = "; ".join(f"{h.out.host} on {h.out.release or 'no release'}"
+                              if h.ready is not None else f"{h.out.host} unchanged"
+                              for h in self.hosts)
+            return self._result(release, "mixed", EXIT_MIXED,
+                                f"{error + '; ' if error else ''}the fleet is mixed: {where}",
+                                skew)
+        return self._result(release, outcome, code, error, skew)
+
+    def _verify(self, h: _Host) -> None:
+        """A host whose session ended without a word: ask it again, on a new connection, once
+        it has finished undoing (no journal, lock free), which release it serves."""
+        from ..remote import _client
+
+        deadline = time.monotonic() + (self.opts.host_timeout or 60.0)
+        while True:
+            try:
+                out = _client.run(h.root, lambda probe: ["status", "--json", "--", h.root.path],
+                                  self.settings, lambda line: None, mutating=False)
+                st = json.loads(out.stdout)
+                if st.get("interrupted") is None and st.get("lock_holder") is None:
+                    h.out.release = st.get("current")
+                    return
+            except (AtomicDeployError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                h.out.release = _UNKNOWN
+                return
+            time.sleep(0.5)  # the host is another machine: asking again is the only way
+
+    def _failure_code(self) -> int:
+        codes = [h.out.exit_code for h in self.hosts if h.out.exit_code]
+        if 4 in codes:
+            return 4
+        return 3 if 3 in codes else 1
+
+    def _result(self, release: str | None, outcome: str, code: int, error: str | None,
+                skew: float | None = None) -> FleetResult:
+        return FleetResult(release, self.opts.activate, outcome, code, skew=skew, error=error)
+
+    @staticmethod
+    def _names(hosts: list[_Host], what: str) -> str:
+        return f"{what}: " + "; ".join(f"{h.out.host} ({h.out.error or 'no answer'})"
+                                        for h in hosts)
+
+    def _close(self) -> None:
+        for h in self.hosts:
+            if h.session is not None:
+                h.session.close()
+            if h.conn is not None:
+                h.conn.close()
+        for h in self.hosts:
+            h.out.seconds = round(time.monotonic() - h.started, 3)
+
+
+def _error_of(done: dict[str, Any]) -> str | None:
+    """The error a host's ``done`` carries (its command ran with --json)."""
+    try:
+        payload = json.loads(str(done.get("stdout") or "null"))
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and payload.get("ok") is False:
+        err, state = payload.get("error"), payload.get("state")
+        return f"{err}; {state}" if state else str(err)
+    return None
+
+
+def deploy_fleet(roots: list[tuple[RemoteRoot, str]], build: str, argv_for: ArgvFor,
+                 settings: SshSettings, emit: Emit, transfer: Transfer,
+                 opts: FleetOptions) -> FleetResult:
+    if not roots:
+        raise ConnectFailed("no hosts", "nothing was changed")
+    return Fleet(roots, build, argv_for, settings, emit, transfer, opts).run()
