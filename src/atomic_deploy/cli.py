@@ -40,6 +40,7 @@ exit codes:
        a remote host unreachable, refusing the login or its host key, or without python3
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
+  5    a fleet is left mixed (the message names every host's release)
   status: 0 current serves a complete release, 1 it does not (absent, dangling,
         outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
@@ -413,7 +414,8 @@ _FLEET_COMMANDS = ("deploy", "prepare", "status")
 
 
 def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
-    p.add_argument("more_roots", metavar="ROOT", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("more_roots", metavar="ROOT", nargs="*",
+                   help="more roots: the command acts on all of them as one fleet")
     g = p.add_argument_group("fleets (several roots: ROOT ROOT..., or --hosts FILE ROOT)")
     g.add_argument("--hosts", metavar="FILE",
                    help="one [user@]host per line (# comments); ROOT is then the path on each")
@@ -1211,7 +1213,7 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     front.append("--json")  # each host's result and error, read here
     argv_for = _argv_maker(args, parser, config, front, transfer)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
-                        activate=cmd == "deploy")
+                        activate=cmd == "deploy", ordered_locking=bool(args.wait))
     lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
     try:
         r = deploy_fleet(roots, build, argv_for, settings, lines, transfer, opts)

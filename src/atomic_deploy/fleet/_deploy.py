@@ -5,9 +5,10 @@ steps them together:
 
 1. **Connect** every host in parallel (``parallel`` at a time): master connection, probe,
    the tool installed where missing. A host that cannot be reached: nothing started anywhere.
-2. **Lock**, one host after the other in one sorted order (so two fleet deploys that overlap
-   cannot deadlock: both go for the same first host): each host's session takes its root's
-   lock, recovers, and proposes a release id. The fleet's id is the greatest proposal: later
+2. **Lock**: each host's session takes its root's lock, recovers, and proposes a release id.
+   With ``--wait``, one host after the other in one sorted order (two fleet deploys that
+   overlap cannot deadlock: both go for the same first host); without, all at once (a
+   refused lock fails at once, so nothing can wait on anything). The fleet's id is the greatest proposal: later
    than every release on every host, so free everywhere.
 3. **Prepare** in parallel: transfer, seal under the fleet's id, ``--check``. A barrier: if
    any host fails, every host is told to abort (its staged release removed); nobody switched.
@@ -100,6 +101,10 @@ class FleetOptions:
     parallel: int = 10
     host_timeout: float | None = None  # per host, per phase
     activate: bool = True
+    # Waiting for locks (--wait): taken one host after the other in one sorted order, so two
+    # fleets that overlap cannot each hold a lock the other waits for. Without waiting, a
+    # refused lock fails at once (nothing can deadlock), so all are taken in parallel.
+    ordered_locking: bool = False
 
 
 class _Host:
@@ -165,12 +170,18 @@ class Fleet:
         down = [h for h in self.hosts if h.conn is None]
         if down:
             return self._result(None, "nothing changed", 2, self._names(down, "unreachable"))
-        # 2. lock, in sorted order
-        for h in self.hosts:
-            self._lock(h)
-            if h.ready is None:
-                return self._abort_all(None, "nothing changed",
-                                       self._names([h], "could not start"))
+        # 2. lock
+        if self.opts.ordered_locking:
+            for h in self.hosts:
+                self._lock(h)
+                if h.ready is None:
+                    break
+        else:
+            self._pool(self._lock, self.hosts)
+        refused = [h for h in self.hosts if h.ready is None and h.out.error]
+        if refused or any(h.ready is None for h in self.hosts):
+            return self._abort_all(None, "nothing changed",
+                                   self._names(refused, "could not start"))
         release = max(str(h.ready["release"]) for h in self.hosts if h.ready)
         fault_point("fleet-locked")
         # 3. prepare
