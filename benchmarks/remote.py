@@ -35,7 +35,7 @@ All variants of a suite run in alternation, rotated each round (bench.run_suite)
 ``sync`` before every timed run; untimed between runs: old releases pruned on the host, old
 peer copies removed. Prints medians and ratios to the suite's reference peer::
 
-    sudo .venv/bin/python benchmarks/remote.py                  # 3 rounds, about 5 minutes
+    sudo .venv/bin/python benchmarks/remote.py                  # 3 rounds, about 4 minutes here
     sudo .venv/bin/python benchmarks/remote.py --repeats 5 --json out.json
 """
 
