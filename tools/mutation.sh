@@ -48,6 +48,9 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 cd "$work"
 
 quoted=$(printf '%q ' "${tests[@]}")
+# Shell-quoted for shlex (node ids hold brackets), then escaped for a TOML basic string.
+quoted=${quoted//\\/\\\\}
+quoted=${quoted//\"/\\\"}
 cat > mutation.toml <<TOML
 [cosmic-ray]
 module-path = "$file"
