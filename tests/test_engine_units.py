@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from atomic_deploy import _layout, _platform, _switch
+from atomic_deploy import _layout, _platform, _recovery, _switch
 from atomic_deploy._layout import check_root_for_write
 
 
@@ -304,3 +304,37 @@ def test_an_unreadable_holder_file_names_no_one(tmp_path: Path, content: str | N
     holder = read_holder(layout)
     assert holder.pid is None
     assert holder.describe() == "another process (no holder details recorded)"
+
+
+# ---------------------------------------------------------------- _recovery
+
+
+def test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temp links and hidden staging/trash folders go; a folder in tmp/ (a live tree mid-adopt)
+    stays; one that cannot be deleted (another user's) is noted and retried later."""
+    layout = _root(tmp_path)
+    staging = f"{_layout.STAGING_PREFIX}r3.x"
+    trash = f"{_layout.TRASH_PREFIX}r0.y"
+    for name in (staging, trash):
+        os.mkdir(os.path.join(layout.releases, name))
+    os.makedirs(layout.tmp, exist_ok=True)
+    os.symlink("../releases/r1", os.path.join(layout.tmp, "current.link"))
+    os.mkdir(os.path.join(layout.tmp, "adopting"))
+    real = _recovery.remove_entry
+
+    def refuse_trash(parent: str, name: str, *args: Any, **kw: Any) -> Any:
+        if name == trash:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(parent, name))
+        return real(parent, name, *args, **kw)
+
+    monkeypatch.setattr(_recovery, "remove_entry", refuse_trash)
+    problems: list[str] = []
+    removed = _recovery.remove_leftovers(layout, problems)
+    assert sorted(removed) == sorted([os.path.join("releases", staging),
+                                      os.path.join("tmp", "current.link")])
+    assert sorted(os.listdir(layout.releases)) == sorted(["r1", "r2", trash])
+    assert os.listdir(layout.tmp) == ["adopting"]
+    assert len(problems) == 1 and f"could not remove releases/{trash}" in problems[0]
+    assert "it is retried later" in problems[0]
+    assert _recovery.remove_leftovers(layout) == []  # without a list to note it in: no error

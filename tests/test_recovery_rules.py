@@ -450,6 +450,21 @@ def test_recover_on_a_clean_root_has_nothing_to_do(builds: Builds, root: Path) -
     assert_clean(root)
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first-deploy", "next-deploy"])
+def test_recover_says_where_current_was_left(builds: Builds, root: Path, first: bool) -> None:
+    r1 = None if first else deploy(root, builds("v1"))
+    r = run_cli("deploy", builds("v2"), root, fault="release-synced:KILL")
+    assert r.returncode == -signal.SIGKILL
+    r2 = journal(root)["release"]
+
+    action = recovered_action(cli_ok("recover", root).stdout, "deploy", r2)
+
+    where = "there is no current release" if first else f"current -> releases/{r1}"
+    assert action == f"rolled back; {where}"
+    assert current_release(root) == r1 and r2 not in release_names(root)
+    assert_clean(root)
+
+
 # --------------------------------------------------------------------------------------------
 # e. an interrupted adopt: the adopted folder is a release that has served
 
