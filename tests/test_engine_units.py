@@ -338,3 +338,13 @@ def test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest(
     assert len(problems) == 1 and f"could not remove releases/{trash}" in problems[0]
     assert "it is retried later" in problems[0]
     assert _recovery.remove_leftovers(layout) == []  # without a list to note it in: no error
+
+
+# ---------------------------------------------------------------- _platform
+
+
+def test_same_filesystem_either_way_round(tmp_path: Path) -> None:
+    other = "/proc" if os.path.isdir("/proc") else "/dev"  # never the test folder's filesystem
+    assert _platform.same_filesystem(str(tmp_path), str(tmp_path / "."))
+    assert not _platform.same_filesystem(str(tmp_path), other)
+    assert not _platform.same_filesystem(other, str(tmp_path))
