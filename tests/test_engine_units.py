@@ -335,9 +335,26 @@ def test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest(
                                       os.path.join("tmp", "current.link")])
     assert sorted(os.listdir(layout.releases)) == sorted(["r1", "r2", trash])
     assert os.listdir(layout.tmp) == ["adopting"]
-    assert len(problems) == 1 and f"could not remove releases/{trash}" in problems[0]
-    assert "it is retried later" in problems[0]
+    where = os.path.join(layout.releases, trash)
+    assert problems == [f"could not remove releases/{trash} (Permission denied: {where}); "
+                        "it is retried later"]
     assert _recovery.remove_leftovers(layout) == []  # without a list to note it in: no error
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_clearing_the_journal_flushes_its_removal_unless_told_not_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """The journal's removal is flushed after a recovery or an abort; only the commit path
+    skips that (its flushed history record settles a journal that comes back)."""
+    layout = _root(tmp_path)
+    _recovery.write_journal(layout, {"op": "deploy"})
+    synced: list[str] = []
+    monkeypatch.setattr(_platform, "fsync_dir", synced.append)
+    _recovery.clear_journal(layout, durable=durable)
+    assert not os.path.exists(layout.journal)
+    assert synced == ([layout.state] if durable else [])
+    _recovery.clear_journal(layout)  # already gone: nothing to do, nothing flushed
+    assert synced == ([layout.state] if durable else [])
 
 
 # ---------------------------------------------------------------- _platform

@@ -402,6 +402,58 @@ def test_signal_then_killed_while_switching_back_recover_removes_the_release(
     assert after["op"] == "recover"
 
 
+def test_signal_then_killed_while_switching_back_an_activate_keeps_its_release_good(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """A stopped activate says nothing against its release: once recovery has finished the
+    switch back, that release is as it was (not bad), and kept."""
+    log = tmp_path / "told.log"
+    r1 = deploy(root, builds("v1"), *tell_args(log))
+    r2 = deploy(root, builds("v2"), *tell_args(log))
+    gate = Gate(tmp_path)
+    proc = start_cli("activate", root, r1, *tell_args(log), "--health-check", gate.command,
+                     fault="switched-back:KILL")
+    procs.append(proc)
+    try:
+        gate.wait_inside(proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        gate.open()
+    assert proc.returncode == -signal.SIGKILL
+    crashed = journal(root)
+    assert crashed["phase"] == "switching-back" and not crashed["mark_bad"]
+
+    action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
+
+    assert action.startswith("switched back (") and "marked bad" not in action, action
+    assert current_release(root) == r2
+    assert states(root) == {r1: "good", r2: "current"}
+    rec, after = op_record(root, crashed["op_id"])
+    assert (rec["outcome"], rec["release"]) == ("interrupted", r1)
+    assert "states" not in rec and after["op"] == "recover"
+    assert_clean(root)
+
+
+def test_current_moved_by_hand_after_a_killed_activate_is_switched_back(
+        builds: Builds, root: Path, tmp_path: Path) -> None:
+    """Recovery finishes an interrupted switch only where current is on that switch's release;
+    current anywhere else (moved by hand meanwhile) goes back to what the journal recorded."""
+    log = tmp_path / "told.log"
+    r1, r2, r3 = (deploy(root, builds(v), *tell_args(log)) for v in ("v1", "v2", "v3"))
+    assert r1 < r2 < r3
+    r = run_cli("activate", root, r1, *tell_args(log), fault="switched:KILL")
+    assert r.returncode == -signal.SIGKILL and current_release(root) == r1
+    os.symlink(f"releases/{r2}", root / "by-hand")
+    os.replace(root / "by-hand", root / "current")
+
+    action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
+
+    assert action.startswith("switched back (interrupted)"), action
+    assert current_release(root) == r3
+    assert told(log) == [r1, r2, r3, r3]  # r1's hooks are not run again: told of r3 only
+    assert_clean(root)
+
+
 # --------------------------------------------------------------------------------------------
 # d. recover --dry-run, and recover with nothing to do
 
