@@ -314,29 +314,32 @@ def test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest(
     """Temp links and hidden staging/trash folders go; a folder in tmp/ (a live tree mid-adopt)
     stays; one that cannot be deleted (another user's) is noted and retried later."""
     layout = _root(tmp_path)
-    staging = f"{_layout.STAGING_PREFIX}r3.x"
-    trash = f"{_layout.TRASH_PREFIX}r0.y"
-    for name in (staging, trash):
+    hidden = [f"{_layout.STAGING_PREFIX}r3.x", f"{_layout.TRASH_PREFIX}r0.y"]
+    for name in hidden:
         os.mkdir(os.path.join(layout.releases, name))
     os.makedirs(layout.tmp, exist_ok=True)
-    os.symlink("../releases/r1", os.path.join(layout.tmp, "current.link"))
+    os.symlink("releases/r1", os.path.join(layout.tmp, "current.link"))  # as a switch makes it
     os.mkdir(os.path.join(layout.tmp, "adopting"))
     real = _recovery.remove_entry
+    refused: list[str] = []
 
-    def refuse_trash(parent: str, name: str, *args: Any, **kw: Any) -> Any:
-        if name == trash:
+    def refuse_the_first(parent: str, name: str, *args: Any, **kw: Any) -> Any:
+        if (name in hidden and not refused) or name in refused:
+            refused.append(name)
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(parent, name))
         return real(parent, name, *args, **kw)
 
-    monkeypatch.setattr(_recovery, "remove_entry", refuse_trash)
+    monkeypatch.setattr(_recovery, "remove_entry", refuse_the_first)
     problems: list[str] = []
     removed = _recovery.remove_leftovers(layout, problems)
-    assert sorted(removed) == sorted([os.path.join("releases", staging),
+    kept = refused[0]
+    (gone,) = set(hidden) - {kept}
+    assert sorted(removed) == sorted([os.path.join("releases", gone),
                                       os.path.join("tmp", "current.link")])
-    assert sorted(os.listdir(layout.releases)) == sorted(["r1", "r2", trash])
+    assert sorted(os.listdir(layout.releases)) == sorted(["r1", "r2", kept])
     assert os.listdir(layout.tmp) == ["adopting"]
-    where = os.path.join(layout.releases, trash)
-    assert problems == [f"could not remove releases/{trash} (Permission denied: {where}); "
+    where = os.path.join(layout.releases, kept)
+    assert problems == [f"could not remove releases/{kept} (Permission denied: {where}); "
                         "it is retried later"]
     assert _recovery.remove_leftovers(layout) == []  # without a list to note it in: no error
 

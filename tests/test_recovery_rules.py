@@ -426,6 +426,7 @@ def test_signal_then_killed_while_switching_back_an_activate_keeps_its_release_g
     action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
 
     assert action.startswith("switched back (") and "marked bad" not in action, action
+    assert "failed" not in action, action  # the after-switch hook on r2 passed
     assert current_release(root) == r2
     assert states(root) == {r1: "good", r2: "current"}
     rec, after = op_record(root, crashed["op_id"])
@@ -449,7 +450,9 @@ def test_current_moved_by_hand_after_a_killed_activate_is_switched_back(
     action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
 
     assert action.startswith("switched back (interrupted)"), action
+    assert "marked bad" not in action and "failed" not in action, action
     assert current_release(root) == r3
+    assert states(root) == {r1: "good", r2: "good", r3: "current"}
     assert told(log) == [r1, r2, r3, r3]  # r1's hooks are not run again: told of r3 only
     assert_clean(root)
 
