@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,38 @@ def test_same_filesystem_either_way_round(tmp_path: Path) -> None:
     assert _platform.same_filesystem(str(tmp_path), str(tmp_path / "."))
     assert not _platform.same_filesystem(str(tmp_path), other)
     assert not _platform.same_filesystem(other, str(tmp_path))
+
+
+def _libc_has(name: str) -> bool:
+    import ctypes
+
+    return hasattr(ctypes.CDLL(None), name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux system calls")
+def test_linux_uses_syncfs_and_renameat2_where_its_c_library_has_them(tmp_path: Path) -> None:
+    """Not a silent fallback: one syncfs per deploy, and adopt's exchange with no gap."""
+    if _libc_has("syncfs"):
+        assert _platform.can_sync_filesystem()
+    if not _libc_has("renameat2"):
+        pytest.skip("no renameat2 in this C library")
+    assert _platform.exchange_name() == "renameat2(RENAME_EXCHANGE)"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").write_text("b")
+    _platform.exchange(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "a").read_text() == "b" and (tmp_path / "b").is_dir()
+    with pytest.raises(FileNotFoundError):  # a failure is raised, with its errno
+        _platform.exchange(str(tmp_path / "a"), str(tmp_path / "missing"))
+
+
+def test_a_folder_fsync_the_filesystem_refuses_is_no_error(tmp_path: Path) -> None:
+    def refuse(fd: int) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    _platform._sync_path(str(tmp_path), os.O_RDONLY, refuse)
+    with pytest.raises(OSError) as info:
+        _platform._sync_path(str(tmp_path), os.O_RDONLY, fail)
+    assert info.value.errno == errno.EIO

@@ -70,6 +70,8 @@ else
     _lock)     tests=(tests/test_engine_units.py tests/test_lock.py) ;;
     _platform) tests=(tests/test_durability.py
                       tests/test_engine_units.py::test_same_filesystem_either_way_round
+                      tests/test_engine_units.py::test_linux_uses_syncfs_and_renameat2_where_its_c_library_has_them
+                      tests/test_engine_units.py::test_a_folder_fsync_the_filesystem_refuses_is_no_error
                       tests/test_perf_paths.py::test_clone_fd_refused_on_a_filesystem_without_clones
                       tests/test_perf_paths.py::test_clone_kind_and_clonefile_elsewhere
                       tests/test_perf_paths.py::test_fsync_helpers
