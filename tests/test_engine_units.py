@@ -354,7 +354,10 @@ def test_clearing_the_journal_flushes_its_removal_unless_told_not_to(
     _recovery.write_journal(layout, {"op": "deploy"})
     synced: list[str] = []
     monkeypatch.setattr(_platform, "fsync_dir", synced.append)
-    _recovery.clear_journal(layout, durable=durable)
+    if durable:
+        _recovery.clear_journal(layout)  # flushed unless told otherwise
+    else:
+        _recovery.clear_journal(layout, durable=False)
     assert not os.path.exists(layout.journal)
     assert synced == ([layout.state] if durable else [])
     _recovery.clear_journal(layout)  # already gone: nothing to do, nothing flushed

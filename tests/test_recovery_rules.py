@@ -425,35 +425,38 @@ def test_signal_then_killed_while_switching_back_an_activate_keeps_its_release_g
 
     action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
 
-    assert action.startswith("switched back (") and "marked bad" not in action, action
+    assert crashed["reason"] and action.startswith(f"switched back ({crashed['reason']}); ")
+    assert "marked bad" not in action, action
     assert "failed" not in action, action  # the after-switch hook on r2 passed
     assert current_release(root) == r2
     assert states(root) == {r1: "good", r2: "current"}
     rec, after = op_record(root, crashed["op_id"])
-    assert (rec["outcome"], rec["release"]) == ("interrupted", r1)
+    assert (rec["outcome"], rec["release"], rec["recovered"]) == ("interrupted", r1, True)
     assert "states" not in rec and after["op"] == "recover"
     assert_clean(root)
 
 
+@pytest.mark.parametrize("moved_to", ["older", "newer"])
 def test_current_moved_by_hand_after_a_killed_activate_is_switched_back(
-        builds: Builds, root: Path, tmp_path: Path) -> None:
+        builds: Builds, root: Path, tmp_path: Path, moved_to: str) -> None:
     """Recovery finishes an interrupted switch only where current is on that switch's release;
     current anywhere else (moved by hand meanwhile) goes back to what the journal recorded."""
     log = tmp_path / "told.log"
-    r1, r2, r3 = (deploy(root, builds(v), *tell_args(log)) for v in ("v1", "v2", "v3"))
-    assert r1 < r2 < r3
-    r = run_cli("activate", root, r1, *tell_args(log), fault="switched:KILL")
-    assert r.returncode == -signal.SIGKILL and current_release(root) == r1
-    os.symlink(f"releases/{r2}", root / "by-hand")
+    rs = [deploy(root, builds(v), *tell_args(log)) for v in ("v1", "v2", "v3", "v4")]
+    assert rs == sorted(rs)
+    r = run_cli("activate", root, rs[1], *tell_args(log), fault="switched:KILL")
+    assert r.returncode == -signal.SIGKILL and current_release(root) == rs[1]
+    by_hand = rs[0] if moved_to == "older" else rs[2]
+    os.symlink(f"releases/{by_hand}", root / "by-hand")
     os.replace(root / "by-hand", root / "current")
 
-    action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
+    action = recovered_action(cli_ok("recover", root).stdout, "activate", rs[1])
 
     assert action.startswith("switched back (interrupted)"), action
     assert "marked bad" not in action and "failed" not in action, action
-    assert current_release(root) == r3
-    assert states(root) == {r1: "good", r2: "good", r3: "current"}
-    assert told(log) == [r1, r2, r3, r3]  # r1's hooks are not run again: told of r3 only
+    assert current_release(root) == rs[3]
+    assert states(root) == {rs[0]: "good", rs[1]: "good", rs[2]: "good", rs[3]: "current"}
+    assert told(log) == [*rs, rs[3]]  # the activated release's hooks are not run again
     assert_clean(root)
 
 
