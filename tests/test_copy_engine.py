@@ -1029,3 +1029,24 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
     finally:
         pool.stop = True
         pool.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_worker_asks_the_kernel_to_kill_it_with_its_parent() -> None:
+    """The kernel's SIGKILL stops a worker busy with one large file at once, where the closed
+    pipe only would once that file is done."""
+    import ctypes
+
+    _platform.prepare_exit_with_parent()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            if _platform.exit_with_parent():
+                asked = ctypes.c_int(0)
+                ctypes.CDLL(None).prctl(2, ctypes.byref(asked), 0, 0, 0)  # PR_GET_PDEATHSIG
+                code = 10 + asked.value
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 10 + signal.SIGKILL

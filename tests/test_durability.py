@@ -263,6 +263,35 @@ def test_fsync_fd_reports_real_fsync_errors(tmp_path: Path, monkeypatch: pytest.
     assert info.value.errno == errno.EIO
 
 
+@pytest.mark.parametrize("fullfsync", [51, None], ids=["macOS", "elsewhere"])
+def test_drive_barrier_is_one_fullfsync_where_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fullfsync: int | None
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(_platform, "_F_FULLFSYNC", fullfsync)
+    monkeypatch.setattr(fcntl, "fcntl", lambda fd, cmd, *a: calls.append(("fcntl", cmd)) or 0)
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync",)))
+    _platform.drive_barrier(str(tmp_path))
+    assert calls == ([("fcntl", 51)] if fullfsync else [])
+
+
+@pytest.mark.skipif(not HAVE_PROC_FD, reason="needs /proc/self/fd to name what was flushed")
+def test_fsync_tree_flushes_every_file_and_folder_but_no_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no filesystem-wide sync exists, what check hooks wrote is flushed by this walk."""
+    top = make_build(tmp_path / "tree", {"a.txt": "a", "sub/b.txt": "b", "sub/deeper/c.txt": "c"})
+    os.symlink("a.txt", top / "link")
+    os.symlink(tmp_path / "outside", top / "sub" / "dangling")
+    synced: list[str | None] = []
+    real = _platform.fsync_fd
+    monkeypatch.setattr(_platform, "fsync_fd", lambda fd: (synced.append(fd_path(fd)), real(fd)))
+    _platform.fsync_tree(str(top))
+    expected = [top / "a.txt", top / "sub" / "b.txt", top / "sub" / "deeper" / "c.txt",
+                top, top / "sub", top / "sub" / "deeper"]
+    assert sorted(synced, key=str) == sorted((str(p) for p in expected), key=str)
+
+
 # --------------------------------------------------------------------------- fsync errors abort
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atomic_deploy import _layout, _platform, _switch
+from atomic_deploy import _layout, _platform, _recovery, _switch
 from atomic_deploy._layout import check_root_for_write
 
 
@@ -304,3 +305,105 @@ def test_an_unreadable_holder_file_names_no_one(tmp_path: Path, content: str | N
     holder = read_holder(layout)
     assert holder.pid is None
     assert holder.describe() == "another process (no holder details recorded)"
+
+
+# ---------------------------------------------------------------- _recovery
+
+
+def test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temp links and hidden staging/trash folders go; a folder in tmp/ (a live tree mid-adopt)
+    stays; one that cannot be deleted (another user's) is noted and retried later."""
+    layout = _root(tmp_path)
+    hidden = [f"{_layout.STAGING_PREFIX}r3.x", f"{_layout.TRASH_PREFIX}r0.y"]
+    for name in hidden:
+        os.mkdir(os.path.join(layout.releases, name))
+    os.makedirs(layout.tmp, exist_ok=True)
+    os.symlink("releases/r1", os.path.join(layout.tmp, "current.link"))  # as a switch makes it
+    os.mkdir(os.path.join(layout.tmp, "adopting"))
+    real = _recovery.remove_entry
+    refused: list[str] = []
+
+    def refuse_the_first(parent: str, name: str, *args: Any, **kw: Any) -> Any:
+        if (name in hidden and not refused) or name in refused:
+            refused.append(name)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(parent, name))
+        return real(parent, name, *args, **kw)
+
+    monkeypatch.setattr(_recovery, "remove_entry", refuse_the_first)
+    problems: list[str] = []
+    removed = _recovery.remove_leftovers(layout, problems)
+    kept = refused[0]
+    (gone,) = set(hidden) - {kept}
+    assert sorted(removed) == sorted([os.path.join("releases", gone),
+                                      os.path.join("tmp", "current.link")])
+    assert sorted(os.listdir(layout.releases)) == sorted(["r1", "r2", kept])
+    assert os.listdir(layout.tmp) == ["adopting"]
+    where = os.path.join(layout.releases, kept)
+    assert problems == [f"could not remove releases/{kept} (Permission denied: {where}); "
+                        "it is retried later"]
+    assert _recovery.remove_leftovers(layout) == []  # without a list to note it in: no error
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_clearing_the_journal_flushes_its_removal_unless_told_not_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """The journal's removal is flushed after a recovery or an abort; only the commit path
+    skips that (its flushed history record settles a journal that comes back)."""
+    layout = _root(tmp_path)
+    _recovery.write_journal(layout, {"op": "deploy"})
+    synced: list[str] = []
+    monkeypatch.setattr(_platform, "fsync_dir", synced.append)
+    if durable:
+        _recovery.clear_journal(layout)  # flushed unless told otherwise
+    else:
+        _recovery.clear_journal(layout, durable=False)
+    assert not os.path.exists(layout.journal)
+    assert synced == ([layout.state] if durable else [])
+    _recovery.clear_journal(layout)  # already gone: nothing to do, nothing flushed
+    assert synced == ([layout.state] if durable else [])
+
+
+# ---------------------------------------------------------------- _platform
+
+
+def test_same_filesystem_either_way_round(tmp_path: Path) -> None:
+    other = "/proc" if os.path.isdir("/proc") else "/dev"  # never the test folder's filesystem
+    assert _platform.same_filesystem(str(tmp_path), str(tmp_path / "."))
+    assert not _platform.same_filesystem(str(tmp_path), other)
+    assert not _platform.same_filesystem(other, str(tmp_path))
+
+
+def _libc_has(name: str) -> bool:
+    import ctypes
+
+    return hasattr(ctypes.CDLL(None), name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux system calls")
+def test_linux_uses_syncfs_and_renameat2_where_its_c_library_has_them(tmp_path: Path) -> None:
+    """Not a silent fallback: one syncfs per deploy, and adopt's exchange with no gap."""
+    if _libc_has("syncfs"):
+        assert _platform.can_sync_filesystem()
+    if not _libc_has("renameat2"):
+        pytest.skip("no renameat2 in this C library")
+    assert _platform.exchange_name() == "renameat2(RENAME_EXCHANGE)"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").write_text("b")
+    _platform.exchange(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "a").read_text() == "b" and (tmp_path / "b").is_dir()
+    with pytest.raises(FileNotFoundError):  # a failure is raised, with its errno
+        _platform.exchange(str(tmp_path / "a"), str(tmp_path / "missing"))
+
+
+def test_a_folder_fsync_the_filesystem_refuses_is_no_error(tmp_path: Path) -> None:
+    def refuse(fd: int) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    _platform._sync_path(str(tmp_path), os.O_RDONLY, refuse)
+    with pytest.raises(OSError) as info:
+        _platform._sync_path(str(tmp_path), os.O_RDONLY, fail)
+    assert info.value.errno == errno.EIO

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,112 @@ def _platform_started(pid: int) -> str | None:
     from atomic_deploy import _platform
 
     return _platform.process_started(pid)
+
+
+def test_recovery_returns_only_once_the_killed_group_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed group takes a moment to go (longer on a loaded machine): recovery goes on only
+    once it is gone, so nothing of it still writes into what recovery is about to undo."""
+    from atomic_deploy import _platform, _recovery
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        journal = {"hook_groups": [{"pgid": other.pid,
+                                    "started": _platform.process_started(other.pid)}]}
+        real = _platform.group_running
+        asked: list[int] = []
+
+        def slow_to_go(pgid: int) -> bool:
+            asked.append(pgid)  # the check before the kill, then two polls still see it running
+            return len(asked) <= 3 or real(pgid)
+
+        monkeypatch.setattr(_platform, "group_running", slow_to_go)
+        assert _recovery.kill_hook_groups(journal) == [other.pid]
+        assert len(asked) >= 4 and not real(other.pid)
+        assert other.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        other.kill()
+        other.wait()
+
+
+LINUX = sys.platform.startswith("linux")
+
+
+def _proc_state(pid: int) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[-1].split()[0]
+
+
+@pytest.mark.skipif(not LINUX, reason="start times in clock ticks from /proc")
+def test_process_started_is_the_start_time_since_boot() -> None:
+    """What tells a recorded hook group from a later process given the same pid."""
+    from atomic_deploy import _platform
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        mine, its = _platform.process_started(os.getpid()), _platform.process_started(child.pid)
+        assert mine is not None and its is not None
+        assert int(its) > int(mine)  # this test process started well before its child
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + int(its) / os.sysconf("SC_CLK_TCK")
+        assert abs(started - time.time()) < 60  # the child was started just now
+    finally:
+        child.kill()
+        child.wait()
+    assert _platform.process_started(child.pid) is None  # reaped: no such process
+
+
+@pytest.mark.skipif(not LINUX, reason="the /proc scan is Linux only")
+def test_a_group_left_as_zombies_is_not_running() -> None:
+    """Where PID 1 does not reap orphans, a killed group stays as zombies: that is gone."""
+    from atomic_deploy import _platform
+
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert _platform.group_running(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: _proc_state(child.pid) == b"Z", what="the killed child as a zombie")
+        assert not _platform.group_running(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not LINUX, reason="the /proc scan is Linux only")
+def test_a_process_exiting_during_the_scan_does_not_end_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomic_deploy import _platform
+
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    real_listdir = os.listdir
+    # First in the scan: a pid no process has (above any pid_max), as if it had just exited.
+    monkeypatch.setattr(os, "listdir", lambda path=".": (["99999999", *real_listdir(path)]
+                                                         if path == "/proc" else real_listdir(path)))
+    try:
+        assert _platform.group_running(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_recovery_stops_waiting_for_a_group_that_does_not_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process SIGKILL cannot end at once (stuck in the kernel) never keeps recovery waiting
+    past its bound: the next command is never stuck."""
+    from atomic_deploy import _platform, _recovery
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        journal = {"hook_groups": [{"pgid": other.pid,
+                                    "started": _platform.process_started(other.pid)}]}
+        polls: list[int] = []
+
+        def never_goes(pgid: int) -> bool:
+            polls.append(pgid)
+            return len(polls) < 1000  # stops only an endless wait, after about 10 s of polls
+
+        monkeypatch.setattr(_platform, "group_running", never_goes)
+        started = time.monotonic()
+        assert _recovery.kill_hook_groups(journal) == [other.pid]  # the default bound: 2 s
+        assert len(polls) < 1000 and time.monotonic() - started < 5
+    finally:
+        other.kill()
+        other.wait()

@@ -402,6 +402,64 @@ def test_signal_then_killed_while_switching_back_recover_removes_the_release(
     assert after["op"] == "recover"
 
 
+def test_signal_then_killed_while_switching_back_an_activate_keeps_its_release_good(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """A stopped activate says nothing against its release: once recovery has finished the
+    switch back, that release is as it was (not bad), and kept."""
+    log = tmp_path / "told.log"
+    r1 = deploy(root, builds("v1"), *tell_args(log))
+    r2 = deploy(root, builds("v2"), *tell_args(log))
+    gate = Gate(tmp_path)
+    proc = start_cli("activate", root, r1, *tell_args(log), "--health-check", gate.command,
+                     fault="switched-back:KILL")
+    procs.append(proc)
+    try:
+        gate.wait_inside(proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        gate.open()
+    assert proc.returncode == -signal.SIGKILL
+    crashed = journal(root)
+    assert crashed["phase"] == "switching-back" and not crashed["mark_bad"]
+
+    action = recovered_action(cli_ok("recover", root).stdout, "activate", r1)
+
+    assert crashed["reason"] and action.startswith(f"switched back ({crashed['reason']}); ")
+    assert "marked bad" not in action, action
+    assert "failed" not in action, action  # the after-switch hook on r2 passed
+    assert current_release(root) == r2
+    assert states(root) == {r1: "good", r2: "current"}
+    rec, after = op_record(root, crashed["op_id"])
+    assert (rec["outcome"], rec["release"], rec["recovered"]) == ("interrupted", r1, True)
+    assert "states" not in rec and after["op"] == "recover"
+    assert_clean(root)
+
+
+@pytest.mark.parametrize("moved_to", ["older", "newer"])
+def test_current_moved_by_hand_after_a_killed_activate_is_switched_back(
+        builds: Builds, root: Path, tmp_path: Path, moved_to: str) -> None:
+    """Recovery finishes an interrupted switch only where current is on that switch's release;
+    current anywhere else (moved by hand meanwhile) goes back to what the journal recorded."""
+    log = tmp_path / "told.log"
+    rs = [deploy(root, builds(v), *tell_args(log)) for v in ("v1", "v2", "v3", "v4")]
+    assert rs == sorted(rs)
+    r = run_cli("activate", root, rs[1], *tell_args(log), fault="switched:KILL")
+    assert r.returncode == -signal.SIGKILL and current_release(root) == rs[1]
+    by_hand = rs[0] if moved_to == "older" else rs[2]
+    os.symlink(f"releases/{by_hand}", root / "by-hand")
+    os.replace(root / "by-hand", root / "current")
+
+    action = recovered_action(cli_ok("recover", root).stdout, "activate", rs[1])
+
+    assert action.startswith("switched back (interrupted)"), action
+    assert "marked bad" not in action and "failed" not in action, action
+    assert current_release(root) == rs[3]
+    assert states(root) == {rs[0]: "good", rs[1]: "good", rs[2]: "good", rs[3]: "current"}
+    assert told(log) == [*rs, rs[3]]  # the activated release's hooks are not run again
+    assert_clean(root)
+
+
 # --------------------------------------------------------------------------------------------
 # d. recover --dry-run, and recover with nothing to do
 
@@ -447,6 +505,21 @@ def test_recover_on_a_clean_root_has_nothing_to_do(builds: Builds, root: Path) -
     assert one_line(dry.stdout) == "nothing to recover"
     assert json.loads(js.stdout)["action"] is None
     assert (history(root), snapshot(root / "releases"), current_target(root)) == before
+    assert_clean(root)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-deploy", "next-deploy"])
+def test_recover_says_where_current_was_left(builds: Builds, root: Path, first: bool) -> None:
+    r1 = None if first else deploy(root, builds("v1"))
+    r = run_cli("deploy", builds("v2"), root, fault="release-synced:KILL")
+    assert r.returncode == -signal.SIGKILL
+    r2 = journal(root)["release"]
+
+    action = recovered_action(cli_ok("recover", root).stdout, "deploy", r2)
+
+    where = "there is no current release" if first else f"current -> releases/{r1}"
+    assert action == f"rolled back; {where}"
+    assert current_release(root) == r1 and r2 not in release_names(root)
     assert_clean(root)
 
 

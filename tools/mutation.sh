@@ -29,9 +29,66 @@ else
                       tests/test_security.py::test_planted_temp_link_is_never_followed_or_reused) ;;
     _jsonfile) tests=(tests/test_engine_units.py tests/test_fastcli.py tests/test_durability.py
                       tests/test_security.py::test_planted_json_temp_file_is_never_written_through) ;;
-    _recovery) tests=(tests/test_engine_units.py tests/test_signals_and_crashes.py) ;;
+    # _recovery and _platform: chosen node ids, not whole files (these run the real CLI: the
+    # whole files take minutes per mutant). 10 to 20 s for a mutant no test kills.
+    _recovery) tests=(tests/test_hook_lifetime.py::test_recovery_leaves_a_recycled_pid_alone
+                      tests/test_engine_units.py::test_a_leftover_that_cannot_be_removed_is_noted_and_never_stops_the_rest
+                      tests/test_engine_units.py::test_clearing_the_journal_flushes_its_removal_unless_told_not_to
+                      tests/test_hook_lifetime.py::test_recovery_returns_only_once_the_killed_group_is_gone
+                      tests/test_hook_lifetime.py::test_recovery_stops_waiting_for_a_group_that_does_not_go
+                      "tests/test_signals_and_crashes.py::test_deploy_killed_at_every_step_then_status_list_and_deploy_recover[switched]"
+                      "tests/test_signals_and_crashes.py::test_deploy_killed_at_every_step_then_status_list_and_deploy_recover[staging-created]"
+                      "tests/test_signals_and_crashes.py::test_deploy_killed_at_every_step_then_status_list_and_deploy_recover[release-synced]"
+                      tests/test_signals_and_crashes.py::test_journal_of_a_committed_deploy_coming_back_is_only_removed
+                      "tests/test_signals_and_crashes.py::test_switch_killed_at_every_step_then_deploy_recovers[rollback-switched]"
+                      "tests/test_signals_and_crashes.py::test_switch_killed_at_every_step_then_deploy_recovers[activate-journal-written]"
+                      "tests/test_signals_and_crashes.py::test_prune_killed_at_every_step_then_deploy_recovers[victim-hidden]"
+                      tests/test_signals_and_crashes.py::test_killed_while_a_signalled_deploy_switches_back
+                      "tests/test_signals_and_crashes.py::test_killed_while_recovering_a_killed_deploy[undo-switched-back]"
+                      "tests/test_signals_and_crashes.py::test_killed_while_recovering_a_killed_deploy[undo-release-discarded]"
+                      "tests/test_signals_and_crashes.py::test_killed_while_recovering_a_killed_deploy[recover-recorded]"
+                      tests/test_signals_and_crashes.py::test_a_signal_during_a_switch_back_does_not_interrupt_it
+                      "tests/test_signals_and_crashes.py::test_state_temp_file_left_by_kill_is_listed_then_removed[journal-temp-written]"
+                      tests/test_signals_and_crashes.py::test_planted_state_temp_files_are_listed_and_removed_under_the_lock
+                      "tests/test_signals_and_crashes.py::test_deploy_signal_at_every_step[switched-TERM]"
+                      tests/test_recovery_rules.py::test_killed_during_health_check_recover_finishes_or_switches_back
+                      "tests/test_recovery_rules.py::test_killed_while_switching_back_status_reports_and_recover_finishes[rollback-switching-back]"
+                      "tests/test_recovery_rules.py::test_killed_while_switching_back_status_reports_and_recover_finishes[deploy-switched-back]"
+                      "tests/test_recovery_rules.py::test_killed_while_switching_back_status_reports_and_recover_finishes[activate-switching-back]"
+                      "tests/test_signals_and_crashes.py::test_first_deploy_sigterm_leaves_no_current[switched]"
+                      "tests/test_recovery_rules.py::test_signal_at_every_step_after_the_switch_tells_the_restored_release[rollback-switched]"
+                      tests/test_recovery_rules.py::test_signal_then_killed_while_switching_back_an_activate_keeps_its_release_good
+                      tests/test_recovery_rules.py::test_current_moved_by_hand_after_a_killed_activate_is_switched_back
+                      tests/test_recovery_rules.py::test_recover_says_where_current_was_left
+                      tests/test_recovery_rules.py::test_recover_dry_run_changes_nothing_and_prints_the_plan
+                      tests/test_recovery_rules.py::test_recover_on_a_clean_root_has_nothing_to_do
+                      "tests/test_recovery_rules.py::test_interrupted_adopt_then_deploy_keeps_the_adopted_release_as_rollback_target[KILL]"
+                      tests/test_recovery_rules.py::test_interrupted_rollback_on_a_capistrano_root_keeps_its_target
+                      "tests/test_recovery_rules.py::test_interrupted_activate_never_makes_hand_named_releases_prunable[legacy-a]"
+                      tests/test_hook_lifetime.py::test_recovery_kills_a_hook_group_that_survived_the_tool
+                      "tests/test_hook_lifetime.py::test_kill_9_of_the_tool_kills_the_running_hook_and_its_children[after-switch]") ;;
     _lock)     tests=(tests/test_engine_units.py tests/test_lock.py) ;;
-    _platform) tests=(tests/test_engine_units.py tests/test_durability.py) ;;
+    _platform) tests=(tests/test_durability.py
+                      tests/test_engine_units.py::test_same_filesystem_either_way_round
+                      tests/test_engine_units.py::test_linux_uses_syncfs_and_renameat2_where_its_c_library_has_them
+                      tests/test_engine_units.py::test_a_folder_fsync_the_filesystem_refuses_is_no_error
+                      tests/test_perf_paths.py::test_clone_fd_refused_on_a_filesystem_without_clones
+                      tests/test_perf_paths.py::test_clone_kind_and_clonefile_elsewhere
+                      tests/test_perf_paths.py::test_fsync_helpers
+                      tests/test_perf_paths.py::test_copy_range_without_the_syscall
+                      tests/test_copy_engine.py::test_real_copy_range_error_is_raised_not_hidden
+                      tests/test_copy_engine.py::test_copy_range_partial_then_refusal_is_an_error
+                      tests/test_copy_engine.py::test_copy_range_copies_past_a_stale_size
+                      tests/test_copy_engine.py::test_ficlone_path
+                      tests/test_copy_engine.py::test_read_write_fallback_probes_once
+                      tests/test_copy_engine.py::test_a_worker_asks_the_kernel_to_kill_it_with_its_parent
+                      tests/test_hook_lifetime.py::test_recovery_leaves_a_recycled_pid_alone
+                      tests/test_hook_lifetime.py::test_recovery_kills_a_hook_group_that_survived_the_tool
+                      tests/test_hook_lifetime.py::test_process_started_is_the_start_time_since_boot
+                      tests/test_hook_lifetime.py::test_a_group_left_as_zombies_is_not_running
+                      tests/test_hook_lifetime.py::test_a_process_exiting_during_the_scan_does_not_end_it
+                      "tests/test_lifecycle.py::test_adopt_moves_a_real_current_folder_into_releases[True]"
+                      tests/test_copy_engine.py::test_workers_stop_when_the_calling_process_is_killed) ;;
     *) echo "no default tests for $module: name them after the module" >&2; exit 2 ;;
   esac
 fi
@@ -48,6 +105,9 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 cd "$work"
 
 quoted=$(printf '%q ' "${tests[@]}")
+# Shell-quoted for shlex (node ids hold brackets), then escaped for a TOML basic string.
+quoted=${quoted//\\/\\\\}
+quoted=${quoted//\"/\\\"}
 cat > mutation.toml <<TOML
 [cosmic-ray]
 module-path = "$file"
