@@ -211,6 +211,14 @@ def test_second_deploy_sends_only_changed_files_and_never_stale_bytes(web1: Host
     assert (cur / "f007.txt").read_text() == "changed 7\n"
     prev = web1.path("/srv/app/releases") / d["previous"]
     assert os.stat(cur / "f001.txt").st_ino == os.stat(prev / "f001.txt").st_ino
+    # --trust-mtime: rsync's quick check, its risk stated: the same-size, same-mtime change
+    # is then not seen.
+    (build / "f011.txt").write_text("content 11\n")
+    os.utime(build / "f011.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = cli("deploy", build, web1.dest(), "--trust-mtime", "--json")
+    assert r.returncode == 0, r.stderr
+    assert (web1.path("/srv/app/current") / "f011.txt").read_text() == "CONTENT 11\n"
+    assert cli("verify", web1.dest()).returncode == 0  # the manifest matches the release
 
 
 def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> None:

@@ -1042,8 +1042,10 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
     actions = _subparser(parser, args.command)._actions
     for action in actions:
         dest = action.dest
+        # A tarball is extracted here, and --trust-mtime is rsync's quick check, here too.
         if dest in _LOCAL_ONLY or dest == "help" or (
-                dest == "strip_components" and args.command in ("deploy", "prepare")):
+                dest in ("strip_components", "trust_mtime")
+                and args.command in ("deploy", "prepare")):
             if dest == "root" or (dest == "source" and args.command not in
                                   ("deploy", "prepare")):
                 positional.append(path)

@@ -734,12 +734,14 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
         build_warnings: list[str] = []  # about the build itself, shown once it is deployed
 
         def body(op_id: str) -> tuple[tuple[CopyStats, str | None], dict[str, Any]]:
-            nonlocal rid
+            nonlocal rid, record
             spath = os.path.join(layout.releases, staging)
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
             if kind == "session":
-                stats, linked, chosen = opts.session.receive(spath, link_dest, rid)
+                stats, linked, chosen, walked = opts.session.receive(spath, link_dest, rid)
+                if not opts.digest:  # the manifest from that walk, not a second one
+                    record = walked
                 if chosen != rid:  # a fleet's one id for every host
                     rid = _fleet_id(s, chosen, rid)
                 revision = opts.revision

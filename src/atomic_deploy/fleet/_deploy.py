@@ -8,8 +8,8 @@ steps them together:
 2. **Lock**: each host's session takes its root's lock, recovers, and proposes a release id.
    With ``--wait``, one host after the other in one sorted order (two fleet deploys that
    overlap cannot deadlock: both go for the same first host); without, all at once (a
-   refused lock fails at once, so nothing can wait on anything). The fleet's id is the greatest proposal: later
-   than every release on every host, so free everywhere.
+   refused lock fails at once, so nothing can wait on anything). The fleet's id is the
+   greatest proposal: later than every release on every host, so free everywhere.
 3. **Prepare** in parallel: transfer, seal under the fleet's id, ``--check``. A barrier: if
    any host fails, every host is told to abort (its staged release removed); nobody switched.
 4. **Switch**: the ``switch`` messages go out back to back to hosts already waiting; each

@@ -40,6 +40,7 @@ import time
 from typing import IO, Any
 
 from .._copy import CopyStats
+from .._manifest import CopyRecord, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
@@ -159,10 +160,11 @@ class SessionChannel:
 
     # -- the steps operations.py calls ------------------------------------------------------
     def receive(self, staging: str, link_dest: str | None,
-                release: str) -> tuple[CopyStats, list[str], str]:
+                release: str) -> tuple[CopyStats, list[str], str, CopyRecord]:
         """Tell where the build goes, wait until it is there; its stats, the paths of the
         files that are hard links to ``link_dest``'s (the check hooks' write-through test),
-        and the release id to use (a fleet's may be later than the one this host proposed)."""
+        the release id to use (a fleet's may be later than the one this host proposed), and
+        what the manifest records of it."""
         self.send("ready", release=release, staging=staging, link_dest=link_dest)
         msg = self.wait("seal", "tar")
         if msg["cmd"] == "tar":
@@ -171,9 +173,9 @@ class SessionChannel:
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
             msg = self.wait("seal")
-        stats, linked = _walk(staging, link_dest)
+        stats, linked, record = _walk(staging, link_dest)
         chosen = msg.get("release")
-        return stats, linked, chosen if isinstance(chosen, str) else release
+        return stats, linked, chosen if isinstance(chosen, str) else release, record
 
     def gate(self, event: str, expect: str, **info: Any) -> None:
         """Say ``event``; go on when the deploying machine says ``expect``."""
@@ -184,30 +186,26 @@ class SessionChannel:
         self.send("done", exit=code, stdout=stdout)
 
 
-def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str]]:
+def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str], CopyRecord]:
+    """One walk of what the transfer put in ``top``: its stats, the files that share their
+    inode with another release (rsync --link-dest made them; rsync -a keeps no hard links of
+    its own), and the manifest's lines."""
     stats = CopyStats()
     linked: list[str] = []
+    record = CopyRecord(False)
     if not os.path.isdir(top) or os.path.islink(top):
         raise InvalidInput("the staging folder is gone")
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                stats.dirs += 1
-            elif stat.S_ISLNK(st.st_mode):
-                stats.symlinks += 1
-            elif stat.S_ISREG(st.st_mode):
-                stats.files += 1
-                stats.bytes += st.st_size
-                if link_dest and st.st_nlink > 1:
-                    rel = os.path.relpath(path, top)
-                    try:
-                        old = os.lstat(os.path.join(link_dest, rel))
-                    except OSError:
-                        continue
-                    if (old.st_dev, old.st_ino) == (st.st_dev, st.st_ino):
-                        linked.append(rel)
-                        stats.linked += 1
-                        stats.linked_bytes += st.st_size
-    return stats, linked
+    for rel, st, target in walk(top):
+        record.add(rel, st, target)
+        if stat.S_ISDIR(st.st_mode):
+            stats.dirs += 1
+        elif stat.S_ISLNK(st.st_mode):
+            stats.symlinks += 1
+        elif stat.S_ISREG(st.st_mode):
+            stats.files += 1
+            stats.bytes += st.st_size
+            if link_dest and st.st_nlink > 1:
+                linked.append(rel)
+                stats.linked += 1
+                stats.linked_bytes += st.st_size
+    return stats, linked, record
