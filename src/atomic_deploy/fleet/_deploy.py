@@ -222,7 +222,7 @@ class Fleet:
             h.fail(exc.exit_code, exc.message)
             self.say(h, f"error: {exc.message}")
             return
-        proc = h.conn.start(argv, self.tool, installed=h.installed)
+        proc = h.conn.start(argv, self.tool, installed=h.installed, mutating=True)
         assert proc.stderr is not None
         threading.Thread(target=pump_lines, args=(proc.stderr, lambda line: self.say(h, line)),
                          daemon=True).start()

@@ -14,7 +14,9 @@ f-strings, no annotations, nothing newer than Python 2.7's grammar. Requests:
   name in ``ROOT/.atomic-deploy/bin/`` (mode 0700), digest checked, flushed, renamed into place.
   Only deploy and prepare (``create``) may create ROOT, and only if its parent exists.
 - ``run``: check the installed tool's digest, then run it in this process with ``argv``; the
-  rest of stdin is the tool's (the session protocol).
+  rest of stdin is the tool's (the session protocol). It runs from the compiled copy made
+  beside it at install (each module's bytecode for this Python; made again by a mutating
+  command for another Python), else from the archive itself.
 - ``memrun``: the tool's bytes follow the line; run it from memory, writing nothing (read-only
   commands on a root that does not hold the tool).
 
@@ -97,6 +99,32 @@ def run(path_or_data, argv):
         sys.path.insert(0, path_or_data)
     from atomic_deploy._fastcli import run as main
     main()
+def compiled(path):
+    return path + "." + sys.implementation.cache_tag + ".zip"
+def make_compiled(path):
+    # The same archive with each module's bytecode for this Python beside it (an unchecked
+    # hash-based .pyc, which zipimport takes as it is): about 60 ms less for every command
+    # than compiling the modules again each time. Made from the verified file; temp + rename.
+    import zipfile, marshal, importlib.util
+    out = compiled(path)
+    tmp = "%s.%d.tmp" % (out, os.getpid())
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                dst.writestr(info, data)
+                if info.filename.endswith(".py"):
+                    code = compile(data, info.filename, "exec", dont_inherit=True)
+                    pyc = (importlib.util.MAGIC_NUMBER + b"\x01\x00\x00\x00" + b"\x00" * 8
+                           + marshal.dumps(code))
+                    dst.writestr(zipfile.ZipInfo(info.filename + "c", info.date_time), pyc)
+        os.chmod(tmp, 0o700)
+        os.rename(tmp, out)
+    except (OSError, SyntaxError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 mode = req["mode"]
 if mode == "probe":
     rsync = shutil.which("rsync")
@@ -144,6 +172,7 @@ elif mode == "install":
     finally:
         os.close(fd)
     os.rename(tmp, tool)
+    make_compiled(tool)
     dfd = os.open(tools, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -152,16 +181,22 @@ elif mode == "install":
     old = []
     for name in os.listdir(tools):
         p = os.path.join(tools, name)
-        if name.startswith("atomic-deploy-") and name.endswith(".pyz") and p != tool:
+        if name.startswith("atomic-deploy-") and name.endswith(".pyz") and p != tool and \
+                not name.startswith(".") and os.path.isfile(p):
             old.append((os.lstat(p).st_mtime, p))
     for _, p in sorted(old)[:max(0, len(old) - KEEPN + 1)]:
-        os.unlink(p)
+        for q in [p] + [os.path.join(tools, n) for n in os.listdir(tools)
+                        if n.startswith(os.path.basename(p) + ".")]:
+            os.unlink(q)
     sys.stdout.write(json.dumps({"installed": tool}) + "\n")
 elif mode == "run":
     if digest(tool) != req["sha256"]:
         fail("%r is missing or is not the tool it should be (its sha256 differs); "
              "refusing to run it" % tool, 97)
-    run(tool, req["argv"])
+    fast = compiled(tool)
+    if not os.path.isfile(fast) and req.get("mutating"):
+        make_compiled(tool)  # another python3 than the one that installed it
+    run(fast if os.path.isfile(fast) else tool, req["argv"])
 elif mode == "memrun":
     data = readn(int(req["size"]))
     if hashlib.sha256(data).hexdigest() != req["sha256"]:

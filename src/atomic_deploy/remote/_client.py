@@ -97,7 +97,7 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
                                      create_root=create_root)
     with conn:
         args = argv(probe)
-        proc = conn.start(args, tool, installed=installed)
+        proc = conn.start(args, tool, installed=installed, mutating=mutating)
         assert proc.stdout is not None and proc.stderr is not None
         errs = threading.Thread(target=pump_lines, args=(proc.stderr, emit), daemon=True)
         errs.start()

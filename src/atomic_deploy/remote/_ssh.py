@@ -146,11 +146,12 @@ class Connection:
             raise self.failure(proc.returncode, proc.stderr.decode("utf-8", "replace"))
         return proc.stdout.decode("utf-8", "replace")
 
-    def start(self, argv: list[str], tool: Tool, *, installed: bool) -> subprocess.Popen[bytes]:
+    def start(self, argv: list[str], tool: Tool, *, installed: bool,
+              mutating: bool = False) -> subprocess.Popen[bytes]:
         """The tool running on the host with ``argv``: stdin, stdout and stderr are pipes,
         stdin already past the request (and, from memory, the tool's bytes)."""
         if installed:
-            head = self.request("run", self.root.path, tool, argv=argv)
+            head = self.request("run", self.root.path, tool, argv=argv, mutating=mutating)
         else:
             head = self.request("memrun", self.root.path, tool, argv=argv,
                                 size=len(tool.data)) + tool.data
