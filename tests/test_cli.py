@@ -315,3 +315,17 @@ def test_status_of_a_folder_current_names_adopt(tmp_path: Path) -> None:
     r = run_cli("status", root)
     assert r.returncode == 1  # not a release (yet): exit 1, the report printed in full
     assert "none (directory); `atomic-deploy adopt ROOT` turns it into a release" in r.stdout
+
+
+def test_options_may_stand_between_source_and_root(tmp_path: Path) -> None:
+    """`deploy ./build --keep 3 /srv/app`, `deploy ./build --hosts FILE /srv/app`: plain
+    argparse refuses a positional after an option once it has passed the first one."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "index.html").write_text("x")
+    root = tmp_path / "root"
+    r = run_cli("deploy", build, "--keep", "3", "-m", "between", root, "--json")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(root / "current")
+    r = run_cli("list", root, "--json")
+    assert json.loads(r.stdout)["releases"][0]["message"] == "between"

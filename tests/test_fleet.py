@@ -111,7 +111,7 @@ def test_deploy_to_three_hosts_one_release_and_status(hosts: list[Host], tmp_pat
 def test_hosts_file(hosts: list[Host], tmp_path: Path) -> None:
     listing = tmp_path / "hosts.txt"
     listing.write_text("# the fleet\nweb1\n\nweb2  # second\nweb3\n")
-    r = cli("deploy", make_build(tmp_path / "b"), APP, "--hosts", listing, "--json")
+    r = cli("deploy", make_build(tmp_path / "b"), "--hosts", listing, APP, "--json")
     assert r.returncode == 0, r.stderr
     rel = json.loads(r.stdout)["release"]
     assert all(current(h) == f"releases/{rel}" for h in hosts)

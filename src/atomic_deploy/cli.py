@@ -108,6 +108,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+class _CommandParser(_Parser):
+    """A command's parser: options may stand between its positional arguments
+    (``deploy ./build --hosts hosts.txt /srv/app``), which plain parsing refuses once it
+    has passed the first positional."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._intermixed:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def _seconds(text: str) -> float:
     """argparse type for a number of seconds: finite and not negative (``nan`` would never
     compare as past a deadline, so ``--wait nan`` would wait forever)."""
@@ -252,7 +269,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="show the version, Python and platform, and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     _add = sub.add_parser
 
     def add_parser(name: str, **kw: Any) -> _Parser:
