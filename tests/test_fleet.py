@@ -268,3 +268,44 @@ def test_two_overlapping_fleet_deploys_in_opposite_order_both_finish(
     _, err_b = b.communicate(timeout=300)
     assert (a.returncode, b.returncode) == (0, 0), (err_a, err_b)
     assert len({current(h) for h in hosts}) == 1
+
+
+def test_rollback_across_the_fleet(hosts: list[Host], tmp_path: Path) -> None:
+    v1 = first_deploy(hosts, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(hosts), "--json")
+    v2 = json.loads(r.stdout)["release"]
+    told = "echo $ATOMIC_DEPLOY_RELEASE >> /srv/told"
+    r = cli("rollback", *dests(hosts), "--json", "--after-switch", told)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["release"] == v1 and d["outcome"] == "deployed"
+    for h in hosts:
+        assert current(h) == f"releases/{v1}"
+        assert states(h)[v2] == "bad"  # recorded per host, as a rollback does
+        assert h.path("/srv/told").read_text().split() == [v1]
+    # Nothing older is good everywhere: refused, nothing changed.
+    r = cli("rollback", *dests(hosts))
+    assert r.returncode == 2 and "nothing to roll back to" in r.stderr
+
+
+def test_rollback_of_a_mixed_fleet_needs_to(hosts: list[Host], tmp_path: Path) -> None:
+    v1 = first_deploy(hosts, tmp_path)
+    cli("deploy", make_build(tmp_path / "v2", version="v2"), hosts[0].dest(APP))
+    r = cli("rollback", *dests(hosts))
+    assert r.returncode == 2 and "the fleet is mixed" in r.stderr and "--to" in r.stderr
+    r = cli("rollback", *dests(hosts), "--to", v1)
+    assert r.returncode == 0, r.stderr
+    assert {current(h) for h in hosts} == {f"releases/{v1}"}
+
+
+def test_rollback_failing_health_on_one_host_switches_everyone_back(
+        hosts: list[Host], tmp_path: Path) -> None:
+    first_deploy(hosts, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(hosts), "--json")
+    v2 = json.loads(r.stdout)["release"]
+    hosts[0].path("/srv/unhealthy").write_text("")
+    r = cli("rollback", *dests(hosts), "--health-check", "test ! -e /srv/unhealthy",
+            "--health-retries", "0")
+    assert r.returncode == 4, r.stderr
+    assert {current(h) for h in hosts} == {f"releases/{v2}"}
+    assert all(idle(h) for h in hosts)

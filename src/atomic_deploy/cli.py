@@ -269,13 +269,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="show the version, Python and platform, and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
+    sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=_CommandParser)
     _add = sub.add_parser
 
     def add_parser(name: str, **kw: Any) -> _Parser:
-        return _add(name, parents=[common], **kw)
+        p: _Parser = _add(name, parents=[common], **kw)
+        return p
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    sub.add_parser = add_parser
 
     if want("deploy"):
         p = sub.add_parser("deploy", help="copy SOURCE into a new release and switch current to it")
@@ -427,7 +429,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 # Commands that take several roots (a fleet): docs/fleet.md.
-_FLEET_COMMANDS = ("deploy", "prepare", "status")
+_FLEET_COMMANDS = ("deploy", "prepare", "status", "rollback")
 
 
 def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
@@ -438,7 +440,7 @@ def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
                    help="one [user@]host per line (# comments); ROOT is then the path on each")
     g.add_argument("--parallel", type=int, metavar="N",
                    help="hosts connected and prepared at once (default 10)")
-    if stage:
+    if not p.prog.endswith(" status"):
         g.add_argument("--host-timeout", type=_seconds, metavar="SECONDS",
                        help="give up on a host that says nothing for this long in a phase "
                             "(default: no limit)")
@@ -468,7 +470,9 @@ def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
     if stage:
         g.add_argument("--compress", action="store_true", default=None,
                        help="compress the transfer (for slow links)")
-        # The host's side of a remote deploy: the session protocol on stdin and stdout.
+    if stage or p.prog.endswith((" activate", " rollback")):
+        # The host's side of a remote deploy or a fleet's switch: the session protocol on
+        # stdin and stdout.
         p.add_argument("--session", metavar="LABEL", help=argparse.SUPPRESS)
     p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
 
@@ -714,6 +718,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _warn(w)
     elif cmd == "activate":
         opts = _options(args, args.root)
+        opts.session = getattr(args, "channel", None)
         if args.dry_run:
             from ._plan import plan_activate_steps
 
@@ -722,6 +727,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _emit(args, a.to_dict(), f"activated {a.release} (previous: {a.previous or 'none'})")
     elif cmd == "rollback":
         opts = _rollback_options(args)
+        opts.session = getattr(args, "channel", None)
         if args.dry_run:
             from ._plan import plan_rollback_steps
 
@@ -1212,6 +1218,8 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
         roots.append((remote, text))
     if args.command == "status":
         return _fleet_status(args, parser, roots)
+    if args.command == "rollback":
+        return _fleet_rollback(args, parser, roots)
     return _fleet_deploy(args, parser, roots)
 
 
@@ -1256,6 +1264,88 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
             f"{h.files} files, {h.linked} linked" + (f"  ({h.error})" if h.error else "")
             for h in r.hosts]
+    _emit(args, payload, "\n".join([head, *rows]))
+    return r.exit_code
+
+
+def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    roots: list[tuple[Any, str]]) -> int:
+    """Every host to one release, two-phase like a deploy: ``--to``, or the newest release
+    that is good on every host and older than the one they all serve."""
+    import concurrent.futures
+
+    from .fleet import FleetOptions, deploy_fleet
+    from .remote import _client
+
+    settings, config = _remote_setup(args, roots[0][1])
+
+    def listing(item: tuple[Any, str]) -> dict[str, str]:
+        remote, text = item
+        out = _client.run(remote, lambda probe: ["list", "--json", "--", remote.path],
+                          settings, lambda line: None, mutating=False)
+        if out.exit_code != 0:
+            raise InvalidInput(f"{text}: cannot list its releases (exit {out.exit_code})",
+                               "nothing was changed")
+        return {r["id"]: r["state"] for r in json.loads(out.stdout)["releases"]}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
+        lists = list(ex.map(listing, roots))
+    currents = {next((i for i, st in rel.items() if st == "current"), None) for rel in lists}
+    if args.to is not None:
+        missing = [text for (_, text), rel in zip(roots, lists) if args.to not in rel]
+        if missing:
+            raise InvalidInput(f"release {args.to} is not on {', '.join(missing)}",
+                               "nothing was changed")
+        target = args.to
+    elif len(currents) != 1 or None in currents:
+        where = "; ".join(f"{text} on "
+                          f"{next((i for i, st in rel.items() if st == 'current'), 'nothing')}"
+                          for (_, text), rel in zip(roots, lists))
+        raise InvalidInput(f"the fleet is mixed ({where}): say which release every host goes "
+                           "to with --to RELEASE_ID", "nothing was changed")
+    else:
+        (current,) = currents
+        common = set.intersection(*({i for i, st in rel.items() if st == "good"}
+                                    for rel in lists))
+        older = sorted(i for i in common if current is not None and i < current)
+        if not older:
+            raise InvalidInput(f"nothing to roll back to: no release older than {current} is "
+                               "good on every host", "nothing was changed")
+        target = older[-1]
+    # Hosts already on the target stay as they are (a mixed fleet converging).
+    on_target = [text for (_, text), rel in zip(roots, lists) if rel.get(target) == "current"]
+    roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
+    for text in on_target:
+        _err_line(f"{text}: already on {target}")
+    if not roots:
+        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
+              f"every host is already on {target}")
+        return EXIT_OK
+    front = ["--session", "fleet", "--json"]
+    base = _argv_maker(args, parser, config, front, None)
+
+    def argv_for(remote: Any, probe: Any) -> list[str]:
+        argv: list[str] = base(remote, probe)
+        if args.to is None:
+            argv[1:1] = ["--to", target]
+        return argv
+
+    opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
+                        ordered_locking=bool(args.wait))
+    r = deploy_fleet(roots, None, argv_for, settings,
+                     _err_line if not getattr(args, "quiet", False) else (lambda line: None),
+                     _client.Transfer(), opts)
+    if r.exit_code != 0 and r.error:
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
+    payload = r.to_dict()
+    if getattr(args, "json", False):
+        _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
+                             sort_keys=True))
+        return r.exit_code
+    head = (f"rolled back {len(r.hosts)} hosts to {r.release}" if r.exit_code == 0
+            else f"{r.outcome}: {len(r.hosts)} hosts")
+    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
+            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
 

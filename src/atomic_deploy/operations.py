@@ -919,12 +919,18 @@ def _switch_op(s: _Session, op: str, release: str, previous: str | None,
     hooks: list[dict[str, Any]] = []
 
     def body(op_id: str) -> tuple[None, dict[str, Any]]:
+        if opts.session is not None:  # one host of a fleet: switch when every host is locked
+            opts.session.gate("ready", "switch", release=release, previous=previous,
+                              staging=None, link_dest=None)
         switch_to_release(layout, release, checkpoint)
+        switched_at = time.time()
         try:
             _healthy_or_raise(s, opts, layout.release(release), hooks)
         except _Unhealthy as exc:
             raise _switch_back_unhealthy(s, op, op_id, opts, release, previous,
                                          previous_target, exc.message, hooks, {}) from None
+        if opts.session is not None:
+            opts.session.gate("switched", "commit", release=release, at=switched_at)
         states = {release: SERVED}
         if op == "rollback" and previous is not None and previous != release:
             states = {previous: BAD, release: SERVED}  # the release rolled away from

@@ -128,7 +128,8 @@ class _Host:
 class Fleet:
     """A fleet deploy (or prepare) of ``build`` to ``roots``."""
 
-    def __init__(self, roots: list[tuple[RemoteRoot, str]], build: str, argv_for: ArgvFor,
+    def __init__(self, roots: list[tuple[RemoteRoot, str]], build: str | None,
+                 argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> None:
         self.hosts = sorted((_Host(r, text) for r, text in roots), key=lambda h: h.out.host)
@@ -184,13 +185,14 @@ class Fleet:
                                    self._names(refused, "could not start"))
         release = max(str(h.ready["release"]) for h in self.hosts if h.ready)
         fault_point("fleet-locked")
-        # 3. prepare
-        self._pool(lambda h: self._prepare(h, release), self.hosts)
-        failed = [h for h in self.hosts if h.out.phase != "prepared"]
-        if failed:
-            return self._abort_all(release, "nothing switched",
-                                   self._names(failed, "failed to prepare"))
-        fault_point("fleet-prepared")
+        if self.build is not None:
+            # 3. prepare
+            self._pool(lambda h: self._prepare(h, release), self.hosts)
+            failed = [h for h in self.hosts if h.out.phase != "prepared"]
+            if failed:
+                return self._abort_all(release, "nothing switched",
+                                       self._names(failed, "failed to prepare"))
+            fault_point("fleet-prepared")
         if not activate:
             return self._commit(release, "prepared", None)
         # 4. switch
@@ -233,7 +235,8 @@ class Fleet:
         if ev is not None and ev["event"] == "ready":
             h.ready, h.out.phase = ev, "locked"
             link = ev.get("link_dest")
-            h.out.previous = str(link).rsplit("/", 1)[-1] if link else None
+            h.out.previous = ev.get("previous") or (str(link).rsplit("/", 1)[-1] if link
+                                                    else None)
         else:
             self._ended(h, ev)
 
@@ -262,7 +265,7 @@ class Fleet:
             self.say(h, f"error: {exc}")
 
     def _prepare(self, h: _Host, release: str) -> None:
-        assert h.session is not None and h.ready is not None
+        assert h.session is not None and h.ready is not None and self.build is not None
         try:
             h.session.transfer_build(self.build, h.ready)
         except (TransferFailed, OSError) as exc:
@@ -417,9 +420,11 @@ def _error_of(done: dict[str, Any]) -> str | None:
     return None
 
 
-def deploy_fleet(roots: list[tuple[RemoteRoot, str]], build: str, argv_for: ArgvFor,
+def deploy_fleet(roots: list[tuple[RemoteRoot, str]], build: str | None, argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> FleetResult:
+    """Deploy ``build`` to every root (``build`` None: switch every root to the release its
+    command names, as for a fleet's rollback)."""
     if not roots:
         raise ConnectFailed("no hosts", "nothing was changed")
     return Fleet(roots, build, argv_for, settings, emit, transfer, opts).run()
