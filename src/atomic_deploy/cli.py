@@ -116,7 +116,9 @@ class _CommandParser(_Parser):
     _intermixed = False
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        if self._intermixed:  # parse_known_intermixed_args calls back in here
+        if self._intermixed or (args is not None and "--" in args):
+            # parse_known_intermixed_args calls back in here; and after "--" (a path that
+            # starts with "-") it would not take what follows as positional arguments.
             return super().parse_known_args(args, namespace)
         self._intermixed = True
         try:
