@@ -787,8 +787,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 opts.session.gate("sealed", "switch" if activate else "commit", release=rid,
                                   files=stats.files, bytes=stats.bytes, linked=stats.linked)
             if activate:
-                switch_to_release(layout, rid, checkpoint)
-                switched_at = time.time()  # the fleet's switch skew is measured from these
+                switched_at = _switch_timed(layout, rid)
                 try:
                     _healthy_or_raise(s, opts, layout.release(rid), hooks)
                 except _Unhealthy as exc:
@@ -837,6 +836,20 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                                        f"failed ({why}); {describe_current(layout)}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
+
+
+def _switch_timed(layout: Layout, release: str) -> float:
+    """Switch current to ``release``; returns the clock right after the rename (before the
+    folder's fsync): a fleet's switch skew is measured from these."""
+    at = [0.0]
+
+    def step(name: str) -> None:
+        if name == "switched":
+            at[0] = time.time()
+        checkpoint(name)
+
+    switch_to_release(layout, release, step)
+    return at[0] or time.time()
 
 
 def _fleet_id(s: _Session, chosen: str, proposed: str) -> str:
@@ -922,8 +935,7 @@ def _switch_op(s: _Session, op: str, release: str, previous: str | None,
         if opts.session is not None:  # one host of a fleet: switch when every host is locked
             opts.session.gate("ready", "switch", release=release, previous=previous,
                               staging=None, link_dest=None)
-        switch_to_release(layout, release, checkpoint)
-        switched_at = time.time()
+        switched_at = _switch_timed(layout, release)
         try:
             _healthy_or_raise(s, opts, layout.release(release), hooks)
         except _Unhealthy as exc:
