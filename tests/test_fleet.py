@@ -234,6 +234,7 @@ def test_status_of_a_mixed_fleet(hosts: list[Host], tmp_path: Path) -> None:
     assert f"web1:{APP} on {v2}" in r.stdout and f"web2:{APP} on {v1}" in r.stdout
     d = json.loads(cli("status", *dests(hosts), "--json").stdout)
     assert d["mixed"] is True and {h["current"] for h in d["hosts"]} == {v1, v2}
+    assert all(h["lock_holder"] is None and h["serving"] is True for h in d["hosts"])
     # Re-running the deploy converges the fleet.
     r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(hosts))
     assert r.returncode == 0, r.stderr

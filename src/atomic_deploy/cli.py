@@ -1368,7 +1368,7 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
                               settings, lambda line: None, mutating=False)
             payload = json.loads(out.stdout) if out.stdout.strip() else {}
             return {"host": text, "exit_code": out.exit_code, **{
-                k: payload.get(k) for k in ("current", "rollback_target", "serving", "lock",
+                k: payload.get(k) for k in ("current", "rollback_target", "serving", "lock_holder",
                                             "recovery")},
                 "error": payload.get("error")}
         except AtomicDeployError as exc:
