@@ -102,6 +102,8 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
         errs = threading.Thread(target=pump_lines, args=(proc.stderr, emit), daemon=True)
         errs.start()
         if build is None:
+            assert proc.stdin is not None
+            _close_quietly(proc.stdin)  # the request went; the command reads nothing more
             out = proc.stdout.read()
             code = proc.wait()
             errs.join()
@@ -212,7 +214,9 @@ class HostSession:
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
             except (BrokenPipeError, ValueError):
-                pass  # the host's end is gone: reading its events says how it ended
+                # The host's end is gone: reading its events says how it ended. Closed now,
+                # so what is left in the buffer is not flushed again (and reported) later.
+                _close_quietly(self.proc.stdin)
 
     def _ping(self, interval: float) -> None:
         """Tell the host this side is alive (see _session.SILENT_PINGS); the first at once,
@@ -290,6 +294,9 @@ class HostSession:
 
     def close(self) -> None:
         self._done.set()
+        with self._send_lock:
+            if self.proc.stdin is not None:
+                _close_quietly(self.proc.stdin)
         if self.child is not None and self.child.poll() is None:
             self.child.kill()
             self.child.wait()
@@ -354,6 +361,11 @@ class HostSession:
                     path = os.path.join(dirpath, name)
                     tar.add(path, arcname=os.path.relpath(path, top), recursive=False)
         out.end()
+
+
+def _close_quietly(stream: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.close()
 
 
 class TransferFailed(OperationFailed):

@@ -164,8 +164,9 @@ class Connection:
         try:
             proc.stdin.write(head)
             proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # the ssh died at once: its exit status and stderr say why
+        except BrokenPipeError:  # the ssh died at once: its exit status and stderr say why
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # (and what is left in the buffer is not flushed again)
         return proc
 
     def close(self) -> None:
