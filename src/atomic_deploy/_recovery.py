@@ -191,6 +191,11 @@ def describe_current(layout: Layout) -> str:
     return f"current is a {cur.kind}"
 
 
+# Seconds between moving current back and deleting the release it left (see switch_back).
+# A path walk takes microseconds; this covers a reader descheduled in the middle of one.
+SWITCH_BACK_GRACE = 0.25
+
+
 def switch_back(layout: Layout, journal: Journal, *, mark_bad: bool, reason: str,
                 tell: Tell | None) -> tuple[str, str | None]:
     """Put ``current`` back to the journal's previous link after the operation had switched it,
@@ -205,11 +210,16 @@ def switch_back(layout: Layout, journal: Journal, *, mark_bad: bool, reason: str
         write_journal(layout, journal)
     fault_point("switching-back")
     previous: str | None = journal.get("previous")
-    if read_current(layout).target != previous:
+    moved = read_current(layout).target != previous
+    if moved:
         point_current(layout, previous)  # before anything is deleted: no reader meets a gap
     fault_point("switched-back")
     release = journal.get("release")
     if not journal.get("mark_bad") and journal.get("creates_release") and release:
+        if moved:
+            # A reader that resolved current just before it moved back may still be walking
+            # the path into this release: it is deleted only once that walk is long done.
+            time.sleep(SWITCH_BACK_GRACE)
         discard_release_dir(layout, release)
     remove_leftovers(layout)
     restored = release_of_target(layout, previous) if previous else None
