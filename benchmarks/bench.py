@@ -559,9 +559,9 @@ def make_many_releases(root: Path, n: int) -> None:
         for j in range(5):
             (build / f"d{i}" / f"f{j}.txt").write_text(f"{i} {j}\n")
     for _ in range(n):
-        try:
-            atomic_deploy.deploy(str(build), str(root), fsync=False)
-        except TypeError:  # a version without the fsync option
+        try:  # keep="all": deploys prune to 5 releases by default
+            atomic_deploy.deploy(str(build), str(root), fsync=False, keep="all")
+        except TypeError:  # a version without the fsync or keep option
             atomic_deploy.deploy(str(build), str(root))
 
 

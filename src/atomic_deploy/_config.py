@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
 
 from ._layout import show
 from .errors import InvalidInput
+
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 FILENAME = "atomic-deploy.toml"
 

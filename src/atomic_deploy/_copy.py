@@ -62,14 +62,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _platform
 from ._layout import show
 from ._manifest import digest_fd, digest_file
 from .errors import InvalidInput
 
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
 if TYPE_CHECKING:
+    from typing import Callable, Optional
+
     from ._copy_procs import ProcPool
     from ._manifest import CopyRecord
 
@@ -574,7 +576,8 @@ class _Dir:
 
 _Files = list[tuple[str, os.stat_result]]  # (name, lstat) of regular files in one folder
 _Batch = tuple[_Dir, _Files, bool]  # folder, files, whether to try linking them first
-_Done = tuple[_Dir, _Files, Optional[BaseException]]  # files done, the error that stopped it
+if TYPE_CHECKING:
+    _Done = tuple[_Dir, _Files, Optional[BaseException]]  # files done, the error that stopped it
 
 
 class _Pool:

@@ -1,4 +1,5 @@
-"""The command line's entry point: answers ``status`` and ``list`` before argparse is loaded.
+"""The command line's entry point: answers ``status``, ``list`` and ``--version`` before argparse
+is loaded.
 
 Building the full parser (argparse, logging, every subcommand's options) costs several times
 what an empty interpreter does, so the two read-only commands run from here when given in
@@ -6,15 +7,17 @@ their plain forms::
 
     atomic-deploy status ROOT [--json] [-q] [--no-color]
     atomic-deploy list ROOT [--json] [-q] [--no-color]
+    atomic-deploy --version
 
 Everything else (other commands, other options, any spelling argparse would read differently,
 and every error) goes to ``cli.main``, which is the one parser and the one error handler: an
-error here only means the command is run again there, which is safe because both commands only
+error here only means the command is run again there, which is safe because these commands only
 read. The output is the same either way; tests/test_fastcli.py compares the two.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -35,7 +38,6 @@ def run() -> NoReturn:
     handler is removed, and the output streams are flushed here.
     """
     import contextlib
-    import os
 
     code = main()
     for stream in (sys.stdout, sys.stderr):
@@ -65,8 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return full(args)
 
 
+def version_text() -> str:
+    """What ``--version`` prints: cli.version_text()'s words, without importing ``platform``
+    (which imports ``re``): os.uname() is where platform.system(), release() and machine() read
+    them on POSIX, and sys.version starts with what platform.python_version() returns."""
+    from ._version import __version__
+
+    u = os.uname()
+    return (f"atomic-deploy {__version__} (Python {sys.version.split()[0]}, "
+            f"{u.sysname} {u.release} {u.machine})")
+
+
 def _quick(args: list[str]) -> int | None:
     """The exit code, or None when cli.main must handle the command."""
+    if args == ["--version"] and hasattr(os, "uname"):
+        return _write(version_text(), 0)
     if len(args) < 2 or args[0] not in ("status", "list"):
         return None
     roots = [a for a in args[1:] if a not in _FLAGS]
@@ -93,14 +108,20 @@ def _quick(args: list[str]) -> int | None:
         return 130
     except Exception:
         return None
+    if as_json:
+        from ._jsonfile import dumps
+
+        return _write(dumps(_render.envelope(args[0], payload)), code)
+    return _write(None if quiet else text, code)
+
+
+def _write(text: str | None, code: int) -> int | None:
+    """Write ``text`` and a newline to stdout: ``code``, or None when cli.main must run the
+    command again to report what went wrong in its words."""
     if sys.stdout is None:  # closed by the caller: nothing to write to, as print() does
         return code
     try:
-        if as_json:
-            import json
-
-            sys.stdout.write(json.dumps(_render.envelope(args[0], payload), sort_keys=True) + "\n")
-        elif not quiet:
+        if text is not None:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`| head`): the output just ends

@@ -49,6 +49,35 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
+# And `--json` output through the encoder's C core, as json.dumps(value, sort_keys=True) runs it.
+_make_encoder: Callable[..., Callable[[Any, int], Any]] | None
+try:
+    from _json import encode_basestring_ascii as _escape
+    from _json import make_encoder as _make_encoder
+except ImportError:  # not CPython: json.dumps below
+    _make_encoder = None
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError  # json.dumps, below, says it in its words
+
+
+def dumps(value: Any) -> str:
+    """json.dumps(value, sort_keys=True), without importing json when the value is plain data."""
+    if _make_encoder is not None and not isinstance(value, str):
+        try:
+            # Fresh markers (check_circular) each time, as json.dumps has; then indent None,
+            # the default separators, sort_keys, skipkeys False, allow_nan True.
+            encode = _make_encoder({}, _not_serializable, _escape, None, ": ", ", ", True,
+                                   False, True)
+            return "".join(encode(value, 0))
+        except Exception:  # anything json.dumps would refuse, or another signature here
+            pass
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
 class Record:
     """What a dataclass would give a plain ``__slots__`` class (dataclasses cost start-up time):
     equality, repr, and to_dict() for JSON output."""

@@ -154,7 +154,11 @@ def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     newest = max((n for n in existing if release_kind(n) == "timestamp"), default=None)
     if newest is not None:
         try:
-            floor = _dt.datetime.strptime(newest, ID_FORMAT) + _dt.timedelta(seconds=1)
+            # What strptime(newest, ID_FORMAT) gives (a real second: release_kind checked it),
+            # without strptime's import of _strptime, calendar and locale at every deploy.
+            floor = _dt.datetime(int(newest[:4]), int(newest[4:6]), int(newest[6:8]),
+                                 int(newest[8:10]), int(newest[10:12]), int(newest[12:14])
+                                 ) + _dt.timedelta(seconds=1)
         except OverflowError:  # 99991231235959: nothing can sort after it
             raise InvalidInput(f"release {newest} is the last possible timestamp id; rename it",
                                "nothing was changed") from None

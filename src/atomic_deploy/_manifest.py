@@ -28,14 +28,18 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
 
 from ._layout import Layout, release_dirs, show
 from .errors import CheckFailed, InvalidInput
 
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    Entry = list[Any]  # [path, type, mode, size, mtime_ns, data]; see the module docstring
+
 ALGORITHM = "blake2b-256"
 VERSION = 1
-Entry = list[Any]  # [path, type, mode, size, mtime_ns, data]; see the module docstring
 
 _encode_str: Callable[[str], str] | None = None
 
@@ -59,6 +63,11 @@ def line(rel: str, st: os.stat_result, target: str | None, digest: str | None) -
     return f"[{enc(rel)},\"other\",{stat.S_IMODE(mode)},null,null,null]"
 
 
+try:  # hashlib.blake2b is this very class; hashlib itself loads OpenSSL (2 ms at every deploy)
+    from _blake2 import blake2b
+except ImportError:
+    from hashlib import blake2b
+
 _DIGEST_SIZE = 32  # blake2b-256 (ALGORITHM)
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -67,9 +76,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 def digest_fd(fd: int) -> str:
     """blake2b-256 of an open file's whole content (read from offset 0), in hex."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h = blake2b(digest_size=_DIGEST_SIZE)
     offset = 0
     while True:
         chunk = os.pread(fd, _CHUNK, offset)
@@ -204,7 +211,6 @@ def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
     """Write the release's manifest atomically; returns the manifest's own digest (hex).
 
     Lines are sorted (by their text, so by path): the same tree gives the same file."""
-    import hashlib
     import json
 
     from . import _platform
@@ -214,7 +220,7 @@ def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
     has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)
     header = json.dumps({"v": VERSION, "entries": len(lines),
                          "digest": ALGORITHM if has_digest else None}, separators=(",", ":"))
-    h = hashlib.blake2b(digest_size=32)
+    h = blake2b(digest_size=32)
     folder = layout.manifests
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{release}.jsonl.{random_suffix()}")

@@ -12,10 +12,11 @@ import errno
 import os
 import sys
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
 
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
 if TYPE_CHECKING:
     import ctypes
+    from typing import Callable
 
 # ctypes is imported inside the functions that need it: it costs start-up time that `status`
 # and `list` would otherwise pay on every run.

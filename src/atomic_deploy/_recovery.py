@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
 
 from . import _platform
 from ._history import BAD, SERVED, History, record
@@ -38,11 +37,15 @@ from .errors import AtomicDeployError, InterruptedBySignal, OperationFailed
 
 log = logging.getLogger("atomic_deploy")
 
-Journal = dict[str, Any]
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    Journal = dict[str, Any]
 # Runs the after-switch hooks the journal records for a release (and its health check when the
 # flag is set): (journal, release, the release the service was on before, check health) ->
 # None when all passed, else why not. Supplied by the operations layer, which owns hooks.
-Tell = Callable[[Journal, str, Optional[str], bool], Optional[str]]
+    Tell = Callable[[Journal, str, Optional[str], bool], Optional[str]]
 
 
 def write_journal(layout: Layout, journal: Journal) -> None:

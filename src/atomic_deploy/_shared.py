@@ -19,11 +19,14 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Callable
 
 from ._jsonfile import random_suffix
 from ._layout import Layout, remove_entry, show
 from .errors import InvalidInput
+
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Callable
 
 SHARED = "shared"
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable
 
 from . import _platform
 from ._jsonfile import random_suffix
 from ._layout import RELEASES, Layout
+
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def link_text(release: str) -> str:

@@ -12,13 +12,16 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar, NoReturn
 
 from ._layout import show
 from ._render import JSON_SCHEMA, envelope, format_list, format_status, status_exit_code
 from ._stdout import drop_stdout
 from ._version import __version__
 from .errors import AtomicDeployError, InvalidInput
+
+TYPE_CHECKING = False  # typing costs start-up time at every command
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TypeVar, Union
 
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
@@ -46,7 +45,6 @@ from ._layout import (
 from ._lock import RootLock
 from ._manifest import CopyRecord
 from ._recovery import (
-    Journal,
     _error_for,
     _os_error,
     clear_journal,
@@ -67,8 +65,15 @@ from .errors import (
     OperationFailed,
 )
 
-T = TypeVar("T")
-Hook = Union[str, list[str]]
+TYPE_CHECKING = False  # typing costs start-up time at every deploy
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar, Union
+
+    from ._recovery import Journal
+
+    T = TypeVar("T")
+    Hook = Union[str, list[str]]
+
 log = logging.getLogger("atomic_deploy")
 
 # Releases a deploy keeps when not told otherwise (Capistrano's keep_releases is 5 too);
