@@ -385,3 +385,99 @@ def test_release_of_an_uncommitted_deploy_is_not_listed(tmp_path: Path) -> None:
     assert len(listed) == 1 and listed[0]["current"]
     status = json.loads(run_cli("status", root, "--json").stdout)
     assert status["releases"] == 1 and status["interrupted"]["op"] == "deploy"
+
+
+# --- --version, and what a one-file deploy imports --------------------------------------------
+
+def _imported(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the entry point in a fresh interpreter: (the process, the modules it imported)."""
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from atomic_deploy._fastcli import main\n"
+        f"code = main({argv!r})\n"
+        "sys.stdout.flush()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "sys.exit(code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
+                         text=True, timeout=60)
+    return out, set(ast.literal_eval(out.stdout.splitlines()[-1]))
+
+
+def test_version_is_answered_without_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _fastcli.version_text() == cli.version_text()  # the platform module's words
+    quick = _run(_fastcli.main, ["--version"], capsys)
+    assert quick == _run(cli.main, ["--version"], capsys)
+    assert quick[0] == 0 and quick[1] == cli.version_text() + "\n"
+    out, loaded = _imported(["--version"])
+    assert out.returncode == 0 and out.stdout.startswith(cli.version_text() + "\n")
+    assert loaded & (HEAVY | {"platform"}) == set(), loaded & (HEAVY | {"platform"})
+    assert "atomic_deploy.cli" not in loaded
+
+
+# The atomic_deploy modules an everyday deploy (`deploy BUILD ROOT`, a previous release there,
+# one pruned) runs on; a new one here is a new cost at every deploy, so it is added on purpose.
+DEPLOY_MODULES = {
+    "atomic_deploy", "atomic_deploy._config", "atomic_deploy._copy", "atomic_deploy._fastcli",
+    "atomic_deploy._history", "atomic_deploy._jsonfile", "atomic_deploy._layout",
+    "atomic_deploy._lock", "atomic_deploy._manifest", "atomic_deploy._platform",
+    "atomic_deploy._recovery", "atomic_deploy._render", "atomic_deploy._shared",
+    "atomic_deploy._signals", "atomic_deploy._stdout", "atomic_deploy._switch",
+    "atomic_deploy._version", "atomic_deploy.cli", "atomic_deploy.errors",
+    "atomic_deploy.operations"}
+# What a deploy without hooks, sources other than a folder, or --digest never needs (the parser,
+# logging, dataclasses, json, datetime and ctypes for syncfs it does need).
+NOT_FOR_DEPLOY = {"typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
+                  "subprocess", "tempfile", "shlex", "urllib", "urllib.request", "http.client",
+                  "socket", "ssl", "selectors", "tarfile", "zipfile", "pickle",
+                  "multiprocessing", "concurrent.futures", "uuid", "random", "secrets",
+                  "importlib.metadata", "email", "base64"}
+
+
+def test_one_file_deploy_imports_only_what_it_runs_on(tmp_path: Path) -> None:
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, 5)
+    build_one = tmp_path / "one"
+    make_build(build_one, {"index.html": "x\n"})
+    out, loaded = _imported(["deploy", str(build_one), str(root)])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("deployed ") and "pruned 1:" in out.stdout
+    assert {m for m in loaded if m.startswith("atomic_deploy")} == DEPLOY_MODULES
+    assert loaded & NOT_FOR_DEPLOY == set(), loaded & NOT_FOR_DEPLOY
+    assert (root / "current" / "index.html").read_text() == "x\n"
+
+
+# --- the JSON writer that spares `import json` ------------------------------------------------
+
+_cycle: list[Any] = []
+_cycle.append(_cycle)
+VALUES: list[Any] = [
+    {"b": 1, "a": [1.5, -0.0, None, True, False, "é\ud800\x01\"\\\n", {"z": {}, "y": []}]},
+    {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "big": 10 ** 30},
+    {10: "int key", 9: "sorted as ints"}, {2.5: "float key"}, {True: "bool key"},
+    {None: "null key"}, {"a": (1, 2)},
+    [], {}, 1e400, 0, "just a string", None, {"b": 1, 2: 3}, {"a": object()}, _cycle,
+    {"a": {1, 2}}, {(1, 2): 3},
+]
+
+
+def test_dumps_agrees_with_json_dumps() -> None:
+    for value in VALUES:
+        for fn in (_jsonfile.dumps, lambda v: json.dumps(v, sort_keys=True)):
+            try:
+                got: tuple[str, str] = ("ok", fn(value))
+            except (TypeError, ValueError) as exc:
+                got = (type(exc).__name__, str(exc))
+            if fn is _jsonfile.dumps:
+                ours = got
+        assert ours == got, value
+
+
+def test_json_output_of_status_and_list_imports_no_json(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _deploy(root, tmp_path / "build", 2)
+    for command in ("status", "list"):
+        out, loaded = _imported([command, str(root), "--json"])
+        assert out.returncode == 0 and json.loads(out.stdout.splitlines()[0])["ok"] is True
+        assert loaded & HEAVY == set(), loaded & HEAVY
