@@ -18,8 +18,9 @@ Suites (--suites, comma separated; default: all but "scale" in --quick mode):
   cow      loop-mounted btrfs and XFS (root only): deploy vs cp -a --reflink=auto, shared
            extents checked with FIEMAP
   scale    the 200k-file node_modules build: deploy time and peak memory vs cp -a
-  releases status/list on a root with 1,000 releases vs python3 -c pass; prune 900 vs rm -rf
-  startup  status/--version vs python3 -c pass, and the biggest imports (-X importtime)
+  releases status/list (text, --json) on a root with 1,000 releases vs python3 -c pass;
+           prune 900 vs rm -rf
+  startup  status/--version/a one-file deploy vs python3 -c pass, and the biggest imports
 
     python3 benchmarks/bench.py                       # everything, about 15 minutes here
     python3 benchmarks/bench.py --quick               # smaller data, 2 repeats, under 2 min
@@ -579,6 +580,8 @@ def suite_releases(scratch: Path, repeats: int, budget: Budget,
         Variant("atomic-deploy list", lambda: timed_rusage([*CLI, "list", str(template)])),
         Variant("atomic-deploy status --json",
                 lambda: timed_rusage([*CLI, "status", str(template), "--json"])),
+        Variant("atomic-deploy list --json",
+                lambda: timed_rusage([*CLI, "list", str(template), "--json"])),
     ]
     budget.part(0, 3)  # status/list are quick; prune (and its copies) gets the rest
     results = [run_suite(f"{count:,} releases: status and list", vs, repeats, budget,
@@ -609,7 +612,16 @@ def suite_startup(scratch: Path, repeats: int, budget: Budget) -> dict[str, Any]
     root = scratch / "startup-root"
     if not root.exists():
         make_many_releases(root, 3)
+    # The everyday deploy: a one-file build into a root that has a previous release and keeps
+    # five (so each run prunes one), durable, on the work folder's filesystem.
+    one, deploy_root = scratch / "one-file-build", scratch / "one-file-root"
+    one.mkdir(exist_ok=True)
+    (one / "index.html").write_text("hello\n")
+    rmtree(str(deploy_root))
+    subprocess.run([*CLI, "deploy", str(one), str(deploy_root), "-q"], env=ENV, check=True)
     vs = [
+        Variant("atomic-deploy deploy (one file)",
+                lambda: timed_rusage([*CLI, "deploy", str(one), str(deploy_root)])),
         Variant("python3 -c pass", lambda: timed_rusage([PY, "-c", "pass"])),
         Variant("python3 -S -c pass", lambda: timed_rusage([PY, "-S", "-c", "pass"])),
         Variant("atomic-deploy --version", lambda: timed_rusage([*CLI, "--version"])),
@@ -623,6 +635,10 @@ def suite_startup(scratch: Path, repeats: int, budget: Budget) -> dict[str, Any]
     res["imports"] = biggest_imports([*CLI, "status", str(root)])
     print("biggest imports of `status` (cumulative, microseconds):")
     for us, name in res["imports"][:12]:
+        print(f"  {us:8d}  {name}")
+    res["deploy_imports"] = biggest_imports([*CLI, "deploy", str(one), str(deploy_root)])
+    print("biggest imports of a one-file deploy (cumulative, microseconds):")
+    for us, name in res["deploy_imports"][:12]:
         print(f"  {us:8d}  {name}")
     return res
 

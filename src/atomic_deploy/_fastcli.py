@@ -23,7 +23,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 _FLAGS = ("--json", "-q", "--quiet", "--no-color")  # status and list have no others but -v
 
@@ -95,24 +95,34 @@ def _quick(args: list[str]) -> int | None:
     try:
         from . import _render, query
 
+        # Only the output that is printed is built: 1,000 rows cost as much as the JSON.
+        out: str | None = None
         if args[0] == "status":
             s = query.status(roots[0])
-            payload, text = s.to_dict(), _render.format_status(s)
             code = _render.status_exit_code(s)
+            if as_json:
+                out = _json_out("status", s.to_dict())
+            elif not quiet:
+                out = _render.format_status(s)
         else:
             rels = query.list_releases(roots[0])
-            payload = {"releases": [r.to_dict() for r in rels]}
-            text = _render.format_list(rels)
+            if as_json:
+                out = _json_out("list", {"releases": [r.to_dict() for r in rels]})
+            elif not quiet:
+                out = _render.format_list(rels)
     except KeyboardInterrupt:  # as cli.main says it
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130
     except Exception:
         return None
-    if as_json:
-        from ._jsonfile import dumps
+    return _write(out, code)
 
-        return _write(dumps(_render.envelope(args[0], payload)), code)
-    return _write(None if quiet else text, code)
+
+def _json_out(command: str, payload: dict[str, Any]) -> str:
+    from ._jsonfile import dumps
+    from ._render import envelope
+
+    return dumps(envelope(command, payload))
 
 
 def _write(text: str | None, code: int) -> int | None:
