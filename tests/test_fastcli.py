@@ -481,3 +481,24 @@ def test_json_output_of_status_and_list_imports_no_json(tmp_path: Path) -> None:
         out, loaded = _imported([command, str(root), "--json"])
         assert out.returncode == 0 and json.loads(out.stdout.splitlines()[0])["ok"] is True
         assert loaded & HEAVY == set(), loaded & HEAVY
+
+
+def test_collector_is_off_only_for_the_start_up(tmp_path: Path) -> None:
+    """run() turns the garbage collector off while the program starts; a command the full CLI
+    runs (a deploy of any size) runs with it on again, the quick path's answers without it."""
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, 1)
+    probe = (
+        "import gc, sys\n"
+        "from atomic_deploy._fastcli import main\n"
+        "gc.disable()\n"  # as run() leaves it
+        f"main(['list', {str(root)!r}, '-q'])\n"
+        "quick = gc.isenabled()\n"
+        f"main(['deploy', {str(build)!r}, {str(root)!r}, '-q'])\n"
+        "print(quick, gc.isenabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+    assert len(_released(root)) == 2
