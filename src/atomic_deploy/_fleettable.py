@@ -29,7 +29,7 @@ def _size(n: int) -> str:
 
 class FleetTable:
     """``event(outcome, name)`` from the fleet coordinator, ``line(text)`` for a line of
-    output, ``close(summary)`` once: the final table and the summary lines stay on screen."""
+    output, ``close(...)`` once: the final table and the summary stay on screen."""
 
     def __init__(self, stream: TextIO, hosts: list[str]) -> None:
         self.stream = stream
@@ -54,8 +54,6 @@ class FleetTable:
     def event(self, out: Any, name: str) -> None:
         with self._lock:
             row = self.rows.setdefault(out.host, ["waiting", 0, None, None, None])
-            if row[0] == "failed" and name == "undone":
-                name = "failed"  # keep why it ended, not how
             row[0] = name
             row[1] = int(getattr(out, "bytes", 0) or 0)
             row[3], row[4] = getattr(out, "release", None), getattr(out, "error", None)
@@ -68,7 +66,16 @@ class FleetTable:
             self._write(text + "\n")
             self._draw()
 
-    def close(self, summary: list[str]) -> None:
+    def close(self, head: str | None, tail: str = "") -> None:
+        """The last frame, then ``head (N phase, ...)tail`` counting each host's last phase;
+        ``head`` None: the frame alone (the command ended without a result)."""
+        summary = []
+        if head is not None:
+            counts: dict[str, int] = {}
+            for row in self.rows.values():
+                counts[row[0]] = counts.get(row[0], 0) + 1
+            summary.append(f"{head} (" + ", ".join(f"{n} {phase}" for phase, n in
+                                                     sorted(counts.items())) + f"){tail}")
         self._stop.set()
         self._ticker.join()
         with self._lock:

@@ -1445,20 +1445,15 @@ def _fleet_table(args: argparse.Namespace, roots: list[tuple[Any, str]]) -> Any:
     return FleetTable(stream, [text for _, text in roots])
 
 
-def _fleet_table_close(table: Any, r: Any) -> None:
+def _fleet_table_close(table: Any, r: FleetResult | None) -> None:
     """The table's last frame and a summary line: how many hosts ended in which phase."""
     if table is None:
         return
-    summary: list[str] = []
-    if r is not None:
-        counts: dict[str, int] = {}
-        for h in r.hosts:
-            counts[h.phase] = counts.get(h.phase, 0) + 1
-        skew = f"; switch skew {r.skew * 1000:.1f} ms" if r.skew is not None else ""
-        summary.append(f"{r.outcome}: {len(r.hosts)} hosts ("
-                       + ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
-                       + f"){skew}; {r.seconds:.2f}s")
-    table.close(summary)
+    if r is None:
+        table.close(None)
+        return
+    skew = f"; switch skew {r.skew * 1000:.1f} ms" if r.skew is not None else ""
+    table.close(f"{r.outcome}: {len(r.hosts)} hosts", f"{skew}; {r.seconds:.2f}s")
 
 
 def _fleet_switch(args: argparse.Namespace, roots: list[tuple[Any, str]], argv_for: Any,

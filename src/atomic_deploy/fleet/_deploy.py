@@ -340,6 +340,7 @@ class Fleet:
     def _abort_all(self, release: str | None, outcome: str, error: str,
                    bad: bool = False, reason: str | None = None) -> FleetResult:
         """Tell every host still in its session to undo, and wait for each to say so."""
+        culprits = {id(h) for h in self.hosts if h.out.error}
         for h in self.hosts:
             if h.session is not None and h.done is None:
                 h.session.send("abort", reason=reason or error, bad=bad)
@@ -347,7 +348,7 @@ class Fleet:
         for h in self.hosts:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous  # it undid its part (or never started)
-                self.note(h, "undone")
+                self.note(h, "failed" if id(h) in culprits else "undone")
         return self._settle(release, outcome, self._failure_code(), error)
 
     def _switch_back(self, release: str, failed: list[_Host]) -> FleetResult:
