@@ -48,6 +48,8 @@ exit codes:
         outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
   doctor: 0 no check failed, 1 a check failed
+  several roots: list, verify, doctor, prune, recover and adopt run on each host and
+        exit with the highest code any host gave
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -447,7 +449,11 @@ _PER_HOST = ("list", "verify", "prune", "recover", "adopt", "doctor")
 
 
 def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
-    p.add_argument("more_roots", metavar="ROOT", nargs="*",
+    # activate's and verify's come after their optional RELEASE_ID: completed as folders
+    # there (metavar ROOT), zsh would offer folders instead of release ids. Those two take
+    # several roots with --to / --release, so nothing is lost.
+    after_release = p.prog.endswith((" activate", " verify"))
+    p.add_argument("more_roots", metavar="MORE_ROOT" if after_release else "ROOT", nargs="*",
                    help="more roots: the command acts on all of them as one fleet")
     g = p.add_argument_group("fleets (several roots: ROOT ROOT..., or --hosts FILE ROOT)")
     g.add_argument("--hosts", metavar="FILE",
@@ -1417,12 +1423,15 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
 def _release_argument(args: argparse.Namespace) -> None:
     """activate and verify name a release: ``ROOT RELEASE_ID`` for one root, or ``ROOT
     ROOT... --to/--release RELEASE_ID`` for a fleet. With the option (or more roots, or
-    --hosts) every positional argument is a root; so is a second one holding "/", which no
-    release id has. Leaves the release in ``args.release`` and the roots in ``more_roots``."""
+    --hosts) every positional argument is a root; so is a second one naming a remote root
+    (``host:/path``: it holds "/", which no release id has). Leaves the release in
+    ``args.release`` and the roots in ``more_roots``."""
     more = list(getattr(args, "more_roots", None) or [])
     release, option = args.release, getattr(args, "release_opt", None)
+    remote = "/" in release and (":" in release.split("/", 1)[0]
+                                 or release.startswith("ssh://")) if release else False
     if release is not None and (option is not None or more or getattr(args, "hosts", None)
-                                or "/" in release):
+                                or remote):
         more.insert(0, release)
         release = None
     args.release, args.release_opt, args.more_roots = \
