@@ -303,3 +303,15 @@ def test_a_live_table_on_a_terminal_and_lines_elsewhere(hosts: list[Host], tmp_p
     assert row.split()[1] == "undone"  # switched back because web2 failed
     assert any(ln.startswith("switched back: 2 hosts (1 failed, 1 undone); ") for ln in shown)
     assert [ln for ln in shown if ln][-1].startswith("atomic-deploy: error: ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["activate", "web1:/srv/app", "20261201140317", "web2:/srv/app"],
+    ["activate", "--hosts", "hosts.txt", "/srv/app", "20261201140317"],
+    ["verify", "web1:/srv/app", "20261201140317", "web2:/srv/app"],
+])
+def test_a_release_id_among_several_roots_is_refused_not_guessed(argv: list[str]) -> None:
+    r = run_cli(*argv)
+    flag = "--to" if argv[0] == "activate" else "--release"
+    assert r.returncode == 2
+    assert f"with several roots give the release with {flag} RELEASE_ID" in r.stderr

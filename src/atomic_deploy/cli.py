@@ -1422,18 +1422,22 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 def _release_argument(args: argparse.Namespace) -> None:
     """activate and verify name a release: ``ROOT RELEASE_ID`` for one root, or ``ROOT
-    ROOT... --to/--release RELEASE_ID`` for a fleet. With the option (or more roots, or
-    --hosts) every positional argument is a root; so is a second one naming a remote root
-    (``host:/path``: it holds "/", which no release id has). Leaves the release in
-    ``args.release`` and the roots in ``more_roots``."""
+    ROOT... --to/--release RELEASE_ID`` for a fleet. With the option every positional
+    argument is a root; so is a second one naming a remote root (``host:/path``: it holds "/",
+    which no release id has); a release id among several roots is refused. Leaves the release
+    in ``args.release`` and the roots in ``more_roots``."""
     more = list(getattr(args, "more_roots", None) or [])
     release, option = args.release, getattr(args, "release_opt", None)
     remote = "/" in release and (":" in release.split("/", 1)[0]
                                  or release.startswith("ssh://")) if release else False
-    if release is not None and (option is not None or more or getattr(args, "hosts", None)
-                                or remote):
+    if release is not None and (option is not None or remote):
         more.insert(0, release)
         release = None
+    elif release is not None and (more or getattr(args, "hosts", None)):
+        flag = "--to" if args.command == "activate" else "--release"
+        _usage(args.command, f"with several roots give the release with {flag} RELEASE_ID "
+                             f"(every other argument is a root): {args.command} ROOT ROOT... "
+                             f"{flag} RELEASE_ID")
     args.release, args.release_opt, args.more_roots = \
         option if option is not None else release, None, more
     if args.command == "activate" and args.release is None \
