@@ -23,6 +23,8 @@ TYPE_CHECKING = False  # typing costs start-up time at every command
 if TYPE_CHECKING:
     from typing import Any, ClassVar, NoReturn
 
+    from .fleet import FleetOptions, FleetResult
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -48,6 +50,8 @@ exit codes:
         outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
   doctor: 0 no check failed, 1 a check failed
+  several roots: list, verify, doctor, prune, recover and adopt run on each host and
+        exit with the highest code any host gave
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
@@ -303,9 +307,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_dry_run(p)
 
     if want("activate"):
-        p = sub.add_parser("activate", help="switch current to an existing complete release")
+        p = sub.add_parser("activate", help="switch current to an existing complete release",
+                           description="Switch current to RELEASE_ID: activate ROOT RELEASE_ID; "
+                           "for several roots (a fleet), activate ROOT ROOT... --to RELEASE_ID.")
         p.add_argument("root", metavar="ROOT")
-        p.add_argument("release", metavar="RELEASE_ID")
+        p.add_argument("release", metavar="RELEASE_ID", nargs="?")
+        p.add_argument("--to", metavar="RELEASE_ID", dest="release_opt",
+                       help="the release to switch to (the form for several roots)")
         _add_switch_hooks(p)
         _add_wait(p)
         _add_config(p)
@@ -349,6 +357,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("root", metavar="ROOT")
         p.add_argument("release", metavar="RELEASE_ID", nargs="?",
                        help="the release to check (default: current)")
+        p.add_argument("--release", metavar="RELEASE_ID", dest="release_opt",
+                       help="the release to check (the form for several roots)")
         p.add_argument("--content", action="store_true",
                        help="also compare file contents with the recorded digests (reads them)")
         _add_json(p)
@@ -434,18 +444,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 # Commands that take several roots (a fleet): docs/fleet.md.
-_FLEET_COMMANDS = ("deploy", "prepare", "status", "rollback")
+_FLEET_COMMANDS = ("deploy", "prepare", "status", "rollback", "activate", "list", "verify",
+                   "prune", "recover", "adopt", "doctor")
+# Of those, the ones that run on each host on its own (not two-phase): docs/fleet.md.
+_PER_HOST = ("list", "verify", "prune", "recover", "adopt", "doctor")
 
 
 def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
-    p.add_argument("more_roots", metavar="ROOT", nargs="*",
+    # activate's and verify's come after their optional RELEASE_ID: completed as folders
+    # there (metavar ROOT), zsh would offer folders instead of release ids. Those two take
+    # several roots with --to / --release, so nothing is lost.
+    after_release = p.prog.endswith((" activate", " verify"))
+    p.add_argument("more_roots", metavar="MORE_ROOT" if after_release else "ROOT", nargs="*",
                    help="more roots: the command acts on all of them as one fleet")
     g = p.add_argument_group("fleets (several roots: ROOT ROOT..., or --hosts FILE ROOT)")
     g.add_argument("--hosts", metavar="FILE",
                    help="one [user@]host per line (# comments); ROOT is then the path on each")
     g.add_argument("--parallel", type=int, metavar="N",
-                   help="hosts connected and prepared at once (default 10)")
-    if not p.prog.endswith(" status"):
+                   help="hosts connected and worked on at once (default 10)")
+    if p.prog.endswith((" deploy", " prepare", " rollback", " activate")):
         g.add_argument("--host-timeout", type=_seconds, metavar="SECONDS",
                        help="give up on a host that says nothing for this long in a phase "
                             "(default: no limit)")
@@ -457,7 +474,7 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
                "config", "source", "root", "session", "config_json", "more_roots", "hosts",
-               "parallel", "host_timeout")
+               "parallel", "host_timeout", "release_opt")
 
 
 def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
@@ -1193,6 +1210,8 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
 
 def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
     """The roots of a command given several (or --hosts FILE), else None."""
+    if args.command in ("activate", "verify"):
+        _release_argument(args)
     if args.command not in _FLEET_COMMANDS or getattr(args, "session", None) is not None:
         return None
     given = [r for r in (args.root, *(args.more_roots or [])) if r is not None]
@@ -1225,6 +1244,10 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
         return _fleet_status(args, parser, roots)
     if args.command == "rollback":
         return _fleet_rollback(args, parser, roots)
+    if args.command in _PER_HOST:
+        return _fleet_each(args, parser, roots)
+    if args.command == "activate":
+        return _fleet_activate(args, parser, roots)
     return _fleet_deploy(args, parser, roots)
 
 
@@ -1247,11 +1270,18 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         activate=cmd == "deploy", ordered_locking=bool(args.wait))
     lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
+    table = _fleet_table(args, roots)
+    if table is not None:
+        lines, opts.on_event = table.line, table.event
     try:
         r = deploy_fleet(roots, build, argv_for, settings, lines, transfer, opts)
+    except BaseException:
+        _fleet_table_close(table, None)
+        raise
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    _fleet_table_close(table, r)
     payload = r.to_dict()
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
@@ -1279,7 +1309,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
     that is good on every host and older than the one they all serve."""
     import concurrent.futures
 
-    from .fleet import FleetOptions, deploy_fleet
+    from .fleet import FleetOptions
     from .remote import _client
 
     settings, config = _remote_setup(args, roots[0][1])
@@ -1337,9 +1367,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait))
-    r = deploy_fleet(roots, None, argv_for, settings,
-                     _err_line if not getattr(args, "quiet", False) else (lambda line: None),
-                     _client.Transfer(), opts)
+    r = _fleet_switch(args, roots, argv_for, settings, opts)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
     payload = r.to_dict()
@@ -1394,6 +1422,220 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return code
 
 
+def _release_argument(args: argparse.Namespace) -> None:
+    """activate and verify name a release: ``ROOT RELEASE_ID`` for one root, or ``ROOT
+    ROOT... --to/--release RELEASE_ID`` for a fleet. With the option every positional
+    argument is a root; so is a second one naming a remote root (``host:/path``: it holds "/",
+    which no release id has); a release id among several roots is refused. Leaves the release
+    in ``args.release`` and the roots in ``more_roots``."""
+    more = list(getattr(args, "more_roots", None) or [])
+    release, option = args.release, getattr(args, "release_opt", None)
+    remote = "/" in release and (":" in release.split("/", 1)[0]
+                                 or release.startswith("ssh://")) if release else False
+    if release is not None and (option is not None or remote):
+        more.insert(0, release)
+        release = None
+    elif release is not None and (more or getattr(args, "hosts", None)):
+        flag = "--to" if args.command == "activate" else "--release"
+        _usage(args.command, f"with several roots give the release with {flag} RELEASE_ID "
+                             f"(every other argument is a root): {args.command} ROOT ROOT... "
+                             f"{flag} RELEASE_ID")
+    args.release, args.release_opt, args.more_roots = \
+        option if option is not None else release, None, more
+    if args.command == "activate" and args.release is None \
+            and getattr(args, "session", None) is None:
+        _usage("activate", "give the release: activate ROOT RELEASE_ID, or for several roots "
+                           "activate ROOT ROOT... --to RELEASE_ID")
+
+
+def _fleet_table(args: argparse.Namespace, roots: list[tuple[Any, str]]) -> Any:
+    """The live table of a two-phase fleet command: on a terminal (stderr), never with -q or
+    TERM=dumb; else None (one line per host per phase, as in a log)."""
+    stream = sys.stderr
+    if (getattr(args, "quiet", False) or stream is None or not stream.isatty()
+            or os.environ.get("TERM") == "dumb"):
+        return None
+    from ._fleettable import FleetTable
+
+    return FleetTable(stream, [text for _, text in roots])
+
+
+def _fleet_table_close(table: Any, r: FleetResult | None) -> None:
+    """The table's last frame and a summary line: how many hosts ended in which phase."""
+    if table is None:
+        return
+    if r is None:
+        table.close(None)
+        return
+    skew = f"; switch skew {r.skew * 1000:.1f} ms" if r.skew is not None else ""
+    table.close(f"{r.outcome}: {len(r.hosts)} hosts", f"{skew}; {r.seconds:.2f}s")
+
+
+def _fleet_switch(args: argparse.Namespace, roots: list[tuple[Any, str]], argv_for: Any,
+                  settings: Any, opts: FleetOptions) -> FleetResult:
+    """Switch every root to the release its command names (rollback, activate), with the live
+    table on a terminal."""
+    from .fleet import deploy_fleet
+    from .remote import _client
+
+    lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
+    table = _fleet_table(args, roots)
+    if table is not None:
+        lines, opts.on_event = table.line, table.event
+    try:
+        r = deploy_fleet(roots, None, argv_for, settings, lines, _client.Transfer(), opts)
+    except BaseException:
+        _fleet_table_close(table, None)
+        raise
+    _fleet_table_close(table, r)
+    return r
+
+
+def _fleet_listings(args: argparse.Namespace, settings: Any,
+                    roots: list[tuple[Any, str]]) -> list[dict[str, str]]:
+    """Each root's releases and their states (its ``list --json``), asked in parallel."""
+    import concurrent.futures
+
+    from .remote import _client
+
+    def listing(item: tuple[Any, str]) -> dict[str, str]:
+        remote, text = item
+        out = _client.run(remote, lambda probe: ["list", "--json", "--", remote.path],
+                          settings, lambda line: None, mutating=False)
+        if out.exit_code != 0:
+            raise InvalidInput(f"{text}: cannot list its releases (exit {out.exit_code})",
+                               "nothing was changed")
+        return {r["id"]: r["state"] for r in json.loads(out.stdout)["releases"]}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
+        return list(ex.map(listing, roots))
+
+
+def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    roots: list[tuple[Any, str]]) -> int:
+    """``activate ROOT... --to RELEASE_ID``: every host to that release, two-phase like a
+    fleet rollback (all locked, then all switched, all switched back if one fails)."""
+    from .fleet import FleetOptions
+
+    if args.parallel is not None and args.parallel < 1:
+        _usage("activate", "--parallel must be 1 or more")
+    target = str(args.release)
+    settings, config = _remote_setup(args, roots[0][1])
+    lists = _fleet_listings(args, settings, roots)
+    missing = [text for (_, text), rel in zip(roots, lists) if target not in rel]
+    if missing:
+        raise InvalidInput(f"release {target} is not on {', '.join(missing)}",
+                           "nothing was changed")
+    # Hosts already on it stay as they are (a mixed fleet converging).
+    for (_, text), rel in zip(roots, lists):
+        if rel.get(target) == "current":
+            _err_line(f"{text}: already on {target}")
+    roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
+    if not roots:
+        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
+              f"every host is already on {target}")
+        return EXIT_OK
+    argv_for = _argv_maker(args, parser, config, ["--session", "fleet", "--json"], None)
+    opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
+                        ordered_locking=bool(args.wait))
+    r = _fleet_switch(args, roots, argv_for, settings, opts)
+    if r.exit_code != 0 and r.error:
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
+    payload = r.to_dict()
+    if getattr(args, "json", False):
+        _out_line(json.dumps({**envelope("activate", payload), "ok": r.exit_code == 0},
+                             sort_keys=True))
+        return r.exit_code
+    head = (f"activated {r.release} on {len(r.hosts)} hosts ({r.seconds:.2f}s)"
+            if r.exit_code == 0 else f"{r.outcome}: {len(r.hosts)} hosts")
+    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
+            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
+    _emit(args, payload, "\n".join([head, *rows]))
+    return r.exit_code
+
+
+# A host's exit 1 that is a finding, not a failure (the host's object says ok: true).
+_FINDINGS = ("verify", "doctor")
+
+
+def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                roots: list[tuple[Any, str]]) -> int:
+    """list, verify, doctor, recover, prune, adopt over a fleet: the command runs on every
+    host on its own (``--parallel`` at a time); each host's output comes back whole, every
+    line prefixed with the host, hosts in the order given. Exit: 0 when every host gave 0,
+    else the highest code a host gave (2, could not be asked or bad input, before 1)."""
+    import concurrent.futures
+    import threading
+
+    from .remote import _client
+
+    cmd = args.command
+    if args.parallel is not None and args.parallel < 1:
+        _usage(cmd, "--parallel must be 1 or more")
+    settings, config = _remote_setup(args, roots[0][1])
+    if cmd == "adopt" and args.id is None:
+        from ._layout import new_release_id
+
+        args.id = new_release_id(set())  # one id on every host, as a fleet deploy gives
+    as_json = bool(getattr(args, "json", False))
+    front = ["--json"] if as_json or cmd == "doctor" else []
+    argv_for = _argv_maker(args, parser, config, front, None)
+    lock = threading.Lock()
+
+    def one(item: tuple[Any, str]) -> dict[str, Any]:
+        remote, text = item
+
+        def say(line: str) -> None:
+            with lock:  # one whole line at a time: hosts never interleave mid-line
+                _err_line(f"{text}: {line}")
+
+        host: dict[str, Any] = {"host": text, "exit_code": 0, "ok": True, "error": None,
+                                "result": None}
+        try:
+            out = _client.run(remote, lambda probe: argv_for(remote, probe), settings, say,
+                              mutating=cmd not in _READ_ONLY)
+        except AtomicDeployError as exc:
+            say(f"error: {exc.message}")
+            return {**host, "exit_code": exc.exit_code, "ok": False, "error": exc.message,
+                    "text": ""}
+        code, stdout = int(out.exit_code), str(out.stdout)
+        if cmd == "doctor":
+            report = _remote_doctor_report(remote, out)
+            if report is not None:
+                code, payload, stdout = report
+                stdout = json.dumps(envelope(cmd, payload)) if as_json else stdout + "\n"
+        result: Any = None
+        if as_json and stdout.strip():
+            with contextlib.suppress(ValueError):
+                result = json.loads(stdout)
+        ok = result.get("ok") is not False if isinstance(result, dict) else \
+            code == 0 or (cmd in _FINDINGS and code == 1)
+        error = result.get("error") if isinstance(result, dict) else None
+        if not ok and error is None:
+            error = f"exit status {code}"
+        return {**host, "exit_code": code, "ok": ok, "error": error, "result": result,
+                "text": stdout}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
+        hosts = list(ex.map(one, roots))
+    code = max(int(h["exit_code"]) for h in hosts)
+    failed = [h for h in hosts if not h["ok"]]
+    if failed:
+        what = "; ".join(f"{h['host']} (exit {h['exit_code']})" for h in failed)
+        print(f"atomic-deploy: {_err('red', 'error:')} {cmd} failed on {len(failed)} of "
+              f"{len(hosts)} hosts: {show(what)}", file=sys.stderr)
+    if as_json:
+        _out_line(json.dumps({**envelope(cmd, {
+            "exit_code": code,
+            "hosts": [{k: v for k, v in h.items() if k != "text"} for h in hosts]}),
+            "ok": not failed}, sort_keys=True))
+        return code
+    for h in hosts:
+        for line in str(h["text"]).splitlines():
+            _out_line(f"{h['host']}: {line}")
+    return code
+
+
 def _remote_config(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any,
                    probe: Any, local: dict[str, Any]) -> dict[str, Any] | None:
     """The settings to send to the host's tool (None: nothing to send). ``--config FILE`` is
@@ -1425,6 +1667,18 @@ def _remote_config(args: argparse.Namespace, parser: argparse.ArgumentParser, re
 
 def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
     """The host's checks, and this side's: the host's python, how builds will travel."""
+    report = _remote_doctor_report(remote, outcome)
+    if report is None:
+        _out_line(outcome.stdout, end="")
+        return int(outcome.exit_code)
+    code, payload, text = report
+    _emit(args, payload, text)
+    return code
+
+
+def _remote_doctor_report(remote: Any, outcome: Any) -> tuple[int, dict[str, Any], str] | None:
+    """(exit code, JSON payload, text) of a remote doctor, this side's checks added; None
+    when the host's answer is not a doctor report."""
     import shutil
 
     from ._doctor import OK, WARN, Check, exit_status, format_checks
@@ -1433,8 +1687,7 @@ def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
         payload = json.loads(outcome.stdout)
         checks = [Check(**c) for c in payload["checks"]]
     except (ValueError, KeyError, TypeError):
-        _out_line(outcome.stdout, end="")
-        return int(outcome.exit_code)
+        return None
     probe = outcome.probe
     if probe is not None:
         version = ".".join(map(str, probe.python))
@@ -1450,9 +1703,8 @@ def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
                                 "stream, every file sent and stored anew",
                                 f"install rsync {where}"))
     code = exit_status(checks)
-    _emit(args, {"root": payload.get("root"), "healthy": code == 0,
-                 "checks": [c.to_dict() for c in checks]}, format_checks(checks))
-    return code
+    return code, {"root": payload.get("root"), "healthy": code == 0,
+                  "checks": [c.to_dict() for c in checks]}, format_checks(checks)
 
 
 def _local_build(args: argparse.Namespace, source: str | None) -> tuple[str, str | None,

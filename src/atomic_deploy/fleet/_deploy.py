@@ -50,6 +50,10 @@ from ..remote._client import (
 from ..remote._ssh import Connection, Probe, SshSettings, pump_lines
 
 Emit = Callable[[str], None]
+# A host's progress, for a caller that shows it (the CLI's live table): called with the host's
+# outcome so far and what just happened to it: connecting, connected, locked, transferring,
+# prepared, switched, committed, failed, undone. Calls never overlap (or overlap an Emit).
+OnEvent = Callable[["HostOutcome", str], None]
 ArgvFor = Callable[[RemoteRoot, Probe], list[str]]
 
 # Exit codes of a fleet deploy (the CLI's too): a host unreachable before anything started is
@@ -105,12 +109,15 @@ class FleetOptions:
     # fleets that overlap cannot each hold a lock the other waits for. Without waiting, a
     # refused lock fails at once (nothing can deadlock), so all are taken in parallel.
     ordered_locking: bool = False
+    on_event: OnEvent | None = None
 
 
 class _Host:
-    def __init__(self, root: RemoteRoot, text: str) -> None:
+    def __init__(self, root: RemoteRoot, text: str,
+                 note: Callable[[_Host, str], None] | None = None) -> None:
         self.root = root
         self.out = HostOutcome(text)
+        self.note = note or (lambda host, event: None)
         self.conn: Connection | None = None
         self.probe: Probe | None = None
         self.installed = False
@@ -123,6 +130,7 @@ class _Host:
         self.out.ok = False
         if not self.out.error:
             self.out.exit_code, self.out.error = code, error
+            self.note(self, "failed")
 
 
 class Fleet:
@@ -132,7 +140,8 @@ class Fleet:
                  argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> None:
-        self.hosts = sorted((_Host(r, text) for r, text in roots), key=lambda h: h.out.host)
+        self.hosts = sorted((_Host(r, text, self.note) for r, text in roots),
+                            key=lambda h: h.out.host)
         self.build, self.argv_for, self.settings = build, argv_for, settings
         self.transfer, self.opts = transfer, opts
         self._emit_lock = threading.Lock()
@@ -144,6 +153,12 @@ class Fleet:
         """One whole line, prefixed with the host: lines of several hosts never interleave."""
         with self._emit_lock:
             self._emit(f"{host.out.host}: {text}")
+
+    def note(self, host: _Host, event: str) -> None:
+        """Tell the caller's ``on_event`` (if any) what just happened to ``host``."""
+        if self.opts.on_event is not None:
+            with self._emit_lock:
+                self.opts.on_event(host.out, event)
 
     # -- the phases ---------------------------------------------------------------------------
     def run(self) -> FleetResult:
@@ -209,12 +224,15 @@ class Fleet:
         return self._commit(release, "deployed", skew)
 
     def _connect(self, h: _Host) -> None:
+        self.note(h, "connecting")
         try:
             h.conn, h.probe, h.installed = connect(h.root, self.settings, self.tool,
                                                    mutating=True, create_root=True)
         except AtomicDeployError as exc:
             h.fail(exc.exit_code, exc.message)
             self.say(h, f"error: {exc.message}")
+            return
+        self.note(h, "connected")
 
     def _lock(self, h: _Host) -> None:
         assert h.conn is not None and h.probe is not None
@@ -237,6 +255,7 @@ class Fleet:
             link = ev.get("link_dest")
             h.out.previous = ev.get("previous") or (str(link).rsplit("/", 1)[-1] if link
                                                     else None)
+            self.note(h, "locked")
         else:
             self._ended(h, ev)
 
@@ -266,6 +285,7 @@ class Fleet:
 
     def _prepare(self, h: _Host, release: str) -> None:
         assert h.session is not None and h.ready is not None and self.build is not None
+        self.note(h, "transferring")
         try:
             h.session.transfer_build(self.build, h.ready)
         except (TransferFailed, OSError) as exc:
@@ -278,6 +298,7 @@ class Fleet:
             h.out.phase = "prepared"
             h.out.files, h.out.bytes = int(ev.get("files", 0)), int(ev.get("bytes", 0))
             h.out.linked = int(ev.get("linked", 0))
+            self.note(h, "prepared")
             self.say(h, f"prepared {release} ({h.out.files} files, {h.out.linked} linked)")
         else:
             self._ended(h, ev)
@@ -288,6 +309,7 @@ class Fleet:
             h.out.phase = "switched"
             at = ev.get("at")
             h.out.switched_at = float(at) if isinstance(at, (int, float)) else None
+            self.note(h, "switched")
         else:
             self._ended(h, ev)  # it switched back by itself (or never switched)
 
@@ -302,6 +324,7 @@ class Fleet:
             if h.done is not None and int(h.done.get("exit", 1)) == 0:
                 h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
                 h.out.release = release if self.opts.activate else h.out.previous
+                self.note(h, "committed")
         return self._settle(release, outcome, 0, None, skew)
 
     def _await_done(self, h: _Host) -> None:
@@ -317,6 +340,7 @@ class Fleet:
     def _abort_all(self, release: str | None, outcome: str, error: str,
                    bad: bool = False, reason: str | None = None) -> FleetResult:
         """Tell every host still in its session to undo, and wait for each to say so."""
+        culprits = {id(h) for h in self.hosts if h.out.error}
         for h in self.hosts:
             if h.session is not None and h.done is None:
                 h.session.send("abort", reason=reason or error, bad=bad)
@@ -324,6 +348,7 @@ class Fleet:
         for h in self.hosts:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous  # it undid its part (or never started)
+                self.note(h, "failed" if id(h) in culprits else "undone")
         return self._settle(release, outcome, self._failure_code(), error)
 
     def _switch_back(self, release: str, failed: list[_Host]) -> FleetResult:
@@ -340,6 +365,7 @@ class Fleet:
         for h in self.hosts:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous
+                self.note(h, "undone")
         exc = InterruptedBySignal(signum)
         return self._settle(None, "interrupted", exc.exit_code, exc.message)
 
