@@ -710,17 +710,23 @@ class _Tree:
         return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
 
     def _procs_pay(self) -> bool:
-        """Auto mode: hand files to worker processes once they turn out to be clones, or to be
-        compared with the previous release (--link-unchanged: read and hashed, then linked).
+        """Auto mode: hand files to worker processes once the first files show that Python's
+        own per-file work, not the kernel's, is what a file costs: they were clones, or
+        compared with the previous release (--link-unchanged: read and hashed, then linked), or
+        plain copies that averaged no more than ``_THREADS_WORTH_S`` each (tmpfs, or a disk
+        whose writes land in the page cache).
 
-        Cloning is mostly kernel work but Python's per-file share is large enough that threads
-        lose (GIL); processes do not share a GIL. Hashing is CPU work too, in C, but small files
-        are mostly Python's per-file work. Elsewhere threads, or this thread, stay.
+        Threads lose there (they take turns on the GIL); processes do not share one. Files that
+        cost more (inode creation on a journaling filesystem, big files) are kernel work that
+        runs without the GIL: threads overlap it as well, and ``_threads_pay`` starts them.
         """
-        compares = self.link_dest is not None and not self.opts.trust_mtime
-        if self.procs != "1" and (self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES
-                                  or not (self.inline.stats.cloned or compares)):
-            return False
+        if self.procs != "1":
+            if self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES:
+                return False
+            compares = self.link_dest is not None and not self.opts.trust_mtime
+            cheap = self.inline_seconds / self.inline_files <= _THREADS_WORTH_S
+            if not (self.inline.stats.cloned or compares or cheap):
+                return False
         from . import _copy_procs
 
         return _copy_procs.available()
