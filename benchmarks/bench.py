@@ -12,12 +12,15 @@ Suites (--suites, comma separated; default: all but "scale" in --quick mode):
 
   full     fresh full deploy of the web build: atomic-deploy (durable and --no-fsync) vs cp -a,
            cp -a && sync, rsync -a, shutil.copytree, the naive cp -r + ln -sfn flow
+  fullshm  the same on tmpfs (--tmpfs): where the disk costs nothing, the copy engine's own
+           per-file work shows
   incr     incremental deploy of the 1% and 10% changed builds with --link-unchanged vs
            rsync -a --link-dest, cp -al, and atomic-deploy's own full deploy
   jobs     copy_tree with 1, 2, 4, 8 threads on the work folder's filesystem and on tmpfs
   cow      loop-mounted btrfs and XFS (root only): deploy vs cp -a --reflink=auto, shared
            extents checked with FIEMAP
   scale    the 200k-file node_modules build: deploy time and peak memory vs cp -a
+  scaleshm the same on tmpfs (--tmpfs)
   releases status/list (text, --json) on a root with 1,000 releases vs python3 -c pass;
            prune 900 vs rm -rf
   startup  status/--version/a one-file deploy vs python3 -c pass, and the biggest imports
@@ -111,8 +114,9 @@ class Budget:
     stops starting rounds once its slice is spent, after at least one round (so every suite
     reports; a run can overshoot by at most one round of the suites after the limit)."""
 
-    WEIGHTS: ClassVar[dict[str, float]] = {"full": 3.0, "incr": 3.0, "jobs": 2.0, "cow": 1.5, "scale": 3.0,
-               "releases": 1.5, "startup": 0.3}
+    WEIGHTS: ClassVar[dict[str, float]] = {
+        "full": 3.0, "fullshm": 1.5, "incr": 3.0, "jobs": 2.0, "cow": 1.5, "scale": 3.0,
+        "scaleshm": 2.0, "releases": 1.5, "startup": 0.3}
 
     def __init__(self, minutes: float) -> None:
         self.deadline = time.monotonic() + minutes * 60
@@ -279,8 +283,17 @@ def fresh(path: Path) -> Callable[[], None]:
     return lambda: rmtree(str(path))
 
 
+def on_tmpfs(sets: dict[str, Path], key: str, shm: Path) -> Path:
+    """The data set ``key`` copied into the tmpfs (untimed, once per run)."""
+    src = shm / "data" / sets[key].name
+    if not src.exists():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(sets[key]), str(src)], check=True)
+    return src
+
+
 def suite_full(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budget,
-               flags: set[str]) -> dict[str, Any]:
+               flags: set[str], where: str = "") -> dict[str, Any]:
     src = sets["web"]
     dst = scratch / "dst"
     root = scratch / "root"
@@ -310,7 +323,7 @@ def suite_full(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budge
                           clean_root, clean_root))
     if shutil.which("rsync") is None:
         vs = [v for v in vs if not v.name.startswith("rsync")]
-    return run_suite(f"full deploy, {src.name}", vs, repeats, budget, "cp -a")
+    return run_suite(f"full deploy, {src.name}{where}", vs, repeats, budget, "cp -a")
 
 
 def suite_incr(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budget,
@@ -532,7 +545,7 @@ def suite_cow(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budget
 
 
 def suite_scale(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budget,
-                flags: set[str]) -> dict[str, Any]:
+                flags: set[str], where: str = "") -> dict[str, Any]:
     src = sets["nm"]
     dst, root = scratch / "dst", scratch / "root"
     clean, clean_root = fresh(dst), fresh(root)
@@ -545,7 +558,7 @@ def suite_scale(sets: dict[str, Path], scratch: Path, repeats: int, budget: Budg
                 clean_root, clean_root),
         Variant("python3 -c pass", lambda: timed_rusage([PY, "-c", "pass"])),
     ]
-    return run_suite(f"scale, {src.name} (peak memory)", vs, repeats, budget, "cp -a")
+    return run_suite(f"scale, {src.name}{where} (peak memory)", vs, repeats, budget, "cp -a")
 
 
 def make_many_releases(root: Path, n: int) -> None:
@@ -703,7 +716,8 @@ def chart(results: list[dict[str, Any]], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    all_suites = ["full", "incr", "jobs", "cow", "scale", "releases", "startup"]
+    all_suites = ["full", "fullshm", "incr", "jobs", "cow", "scale", "scaleshm", "releases",
+                  "startup"]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/var/tmp/atomic-deploy-bench",
                    help="data sets and scratch space; on the filesystem to measure")
@@ -713,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="5,000-file web build, 20,000-file node_modules, 2 rounds")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new rounds after this long (default 13; 1.6 quick)")
-    p.add_argument("--tmpfs", default="/dev/shm", help="a tmpfs for the threads suite ('' skips)")
+    p.add_argument("--tmpfs", default="/dev/shm",
+                   help="a tmpfs for the threads, fullshm and scaleshm suites ('' skips them)")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--chart", metavar="PNG", help="write a bar chart (needs matplotlib)")
@@ -733,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             chart(results, args.chart)
         return 0
     suites = args.suites.split(",") if args.suites else (
-        [s for s in all_suites if s != "scale"] if args.quick else all_suites)
+        [s for s in all_suites if s not in ("scale", "scaleshm")] if args.quick else all_suites)
     unknown = set(suites) - set(all_suites)
     if unknown:
         p.error(f"unknown suites: {', '.join(sorted(unknown))}")
@@ -750,9 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"atomic-deploy bench: {os.uname().sysname} {os.uname().release}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, work folder "
           f"{work} ({fs_type(work)}); load average {os.getloadavg()[0]:.2f}")
-    sets = ensure_data(work, args.quick, "scale" in suites)
+    sets = ensure_data(work, args.quick, "scale" in suites or "scaleshm" in suites)
     shm: Path | None = None
-    if args.tmpfs and "jobs" in suites and os.path.isdir(args.tmpfs):
+    if args.tmpfs and {"jobs", "fullshm", "scaleshm"} & set(suites) and os.path.isdir(args.tmpfs):
         shm = Path(tempfile.mkdtemp(prefix="adbench-", dir=args.tmpfs))
     results: list[dict[str, Any]] = []
     try:
@@ -768,6 +783,14 @@ def main(argv: list[str] | None = None) -> int:
                 results += suite_cow(sets, scratch, repeats, budget, flags)
             elif s == "scale":
                 results.append(suite_scale(sets, scratch, max(1, repeats // 2), budget, flags))
+            elif s in ("fullshm", "scaleshm") and shm is None:
+                print(f"\n({s}: no tmpfs at {args.tmpfs!r}; skipped)")
+            elif s == "fullshm" and shm is not None:
+                results.append(suite_full({"web": on_tmpfs(sets, "web", shm)}, shm, repeats,
+                                          budget, flags, ", tmpfs"))
+            elif s == "scaleshm" and shm is not None:
+                results.append(suite_scale({"nm": on_tmpfs(sets, "nm", shm)}, shm,
+                                           max(1, repeats // 2), budget, flags, ", tmpfs"))
             elif s == "releases":
                 results += suite_releases(scratch, repeats, budget, 200 if args.quick else 1000)
             elif s == "startup":

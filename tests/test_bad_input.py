@@ -426,17 +426,25 @@ def test_rollback_on_an_empty_root(root: Path) -> None:
 # --------------------------------------------------------------------------- disk full, I/O error
 
 
-@pytest.mark.parametrize(("fault", "cause"), [
-    ("copy-file:ENOSPC", os.strerror(28)),
-    ("copy-file:EIO", os.strerror(5)),
-    ("flushed:EIO", os.strerror(5)),
+@pytest.mark.parametrize(("fault", "cause", "procs"), [
+    ("copy-file:ENOSPC", os.strerror(28), ""),
+    ("copy-file:EIO", os.strerror(5), ""),
+    ("flushed:EIO", os.strerror(5), ""),
+    # the per-file checkpoint with the files copied by worker processes (tmpfs, clones)
+    ("copy-file:ENOSPC", os.strerror(28), "1"),
+    ("copy-file:EIO", os.strerror(5), "1"),
 ])
 def test_io_error_during_copy_removes_staged_release(
-    builds: Builds, root: Path, fault: str, cause: str
+    builds: Builds, root: Path, fault: str, cause: str, procs: str
 ) -> None:
     rid = deploy(builds("v1"), root)
     rel_before = snapshot(root / "releases")
-    r = run_cli("deploy", builds("v2"), root, fault=fault)
+    v2 = builds("v2")
+    for i in range(300 if procs else 0):  # batches in flight in the workers
+        (v2 / f"many{i % 3}").mkdir(exist_ok=True)
+        (v2 / f"many{i % 3}" / f"f{i}.js").write_text(f"{i}\n")
+    r = run_cli("deploy", v2, root, fault=fault,
+                env={"ATOMIC_DEPLOY_COPY_PROCESSES": procs} if procs else None)
     assert r.returncode == 1, r.stderr
     line = error_line(r)
     assert cause in line, line

@@ -911,10 +911,15 @@ _copy.copy_tree({str(src)!r}, {str(dst)!r}, checkpoint, False)
             os.close(fd)
 
 
-def test_auto_mode_forks_nothing_where_files_are_not_cloned(
+def test_auto_mode_forks_nothing_where_plain_copies_are_expensive(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files that cost the kernel more than _THREADS_WORTH_S each (ext4 inodes, big files):
+    threads overlap that as well as processes would, without forking."""
     monkeypatch.delenv(_copy.PROCESSES_ENV)
     monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 0.0)  # every file "expensive"
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
 
     def no_fork() -> int:
         raise AssertionError("forked")
@@ -923,7 +928,81 @@ def test_auto_mode_forks_nothing_where_files_are_not_cloned(
     src = web(tmp_path, n=400)
     stats = copy(src, tmp_path / "dst")
     assert stats.cloned == 0 and stats.copied == 400
+    assert stats.jobs == 2  # threads
     assert meta(tmp_path / "dst") == meta(src)
+
+
+@pytest.fixture
+def auto_forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Auto mode where plain copies are cheap (as on tmpfs: _THREADS_WORTH_S made huge, so the
+    decision does not depend on this machine's speed); returns the pids forked."""
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+    monkeypatch.delenv(_copy.PROCESSES_ENV)
+    monkeypatch.setattr(_copy, "_PROC_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "_PROBE_FILES", 20)
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 10.0)
+    monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
+    monkeypatch.setattr(_platform, "clone_kind", lambda: None)  # plain copies, not clones
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def test_auto_mode_forks_workers_where_plain_copies_are_cheap(
+        tmp_path: Path, auto_forked: list[int]) -> None:
+    """tmpfs, page cache: a file costs Python's own work more than the kernel's, which threads
+    cannot share (GIL) and worker processes can; the calling process keeps the checkpoint and
+    progress of every file."""
+    src, _ = rich_source(tmp_path, many=400)
+    steps: list[str] = []
+    seen: list[tuple[int, int]] = []
+    stats = copy(src, tmp_path / "dst", checkpoint=steps.append,
+                 progress=lambda f, b: seen.append((f, b)))
+    check_same(src, tmp_path / "dst")
+    assert stats.cloned == 0 and stats.copied == stats.files - stats.hardlinks
+    assert stats.jobs == 2 and len(auto_forked) == 1  # one worker and this process
+    assert steps == ["copy-file"] * stats.files
+    assert seen == sorted(seen) and seen[-1] == (stats.files, stats.bytes)
+    assert_reaped(auto_forked)
+
+
+def test_auto_mode_workers_stopped_by_checkpoint(tmp_path: Path, auto_forked: list[int]) -> None:
+    src, _ = rich_source(tmp_path, many=3000)
+    stop = StopAt(600)  # after the workers started
+    with pytest.raises(StopAt.Stop):
+        copy(src, tmp_path / "dst", checkpoint=stop)
+    assert auto_forked
+    assert_reaped(auto_forked)  # killed and waited for: nothing writes into dst any more
+    assert stop.calls == 600
+    assert len(list((tmp_path / "dst").rglob("*"))) < 3000
+
+
+def test_auto_mode_worker_error_is_raised_here(tmp_path: Path, auto_forked: list[int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open: Callable[..., int] = os.open
+    src = web(tmp_path, n=600)
+
+    def flaky(path: Any, flags: int, *a: Any, **kw: Any) -> int:
+        if str(path).endswith("f450.js") and flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", flaky)
+    with pytest.raises(OSError) as info:
+        copy(src, tmp_path / "dst")
+    assert type(info.value) is OSError and info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "dst" / "d0" / "f450.js")
+    assert auto_forked
+    assert_reaped(auto_forked)
 
 
 def test_auto_mode_forks_workers_once_files_are_cloned(tmp_path: Path,

@@ -332,3 +332,58 @@ def test_real_clones_in_worker_processes_match_in_process(cow_mount: Path,
     last = _copy._PROC_PROBE_FILES + 699  # copied after the workers started
     big = cow_mount / "dst-auto" / f"d{last % 7}" / f"f{last:04d}.js"
     assert shared_bytes(big) >= 4096
+
+
+@pytest.fixture
+def tmpfs_dir() -> Iterator[Path]:
+    """A folder on a real tmpfs (/dev/shm), where Python's per-file work is what a copy costs."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not LINUX or not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    with open("/proc/mounts") as f:
+        if not any(line.split()[1] == str(shm) and line.split()[2] == "tmpfs" for line in f):
+            pytest.skip("/dev/shm is not a tmpfs here")
+    d = Path(tempfile.mkdtemp(prefix="atomic-deploy-test-", dir=shm))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_plain_copies_on_tmpfs_in_worker_processes_match_in_process(
+        tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto mode on tmpfs hands plain copies to worker processes once the first files show
+    they are cheap; the release is the same as copied in this process. (The threshold is
+    raised so that a loaded test machine cannot make tmpfs look "expensive".)"""
+    from test_copy_engine import meta
+
+    if _copy.DEFAULT_JOBS < 2:
+        pytest.skip("one CPU: auto mode never starts workers")
+    monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 1.0)
+    src = tmpfs_dir / "src"
+    n = _copy._PROC_PROBE_FILES + 700
+    for i in range(n):
+        p = src / f"d{i % 7}" / f"f{i:04d}.js"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(i % 5000))
+        os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    os.chmod(src / "d3", 0o750)
+    os.chmod(src / "d2" / "f0002.js", 0o4755)
+    os.link(src / "d1" / "f0001.js", src / "d2" / "hard.js")
+    os.symlink("d1/f0001.js", src / "link")
+    results = {}
+    for mode in ("0", ""):
+        monkeypatch.setenv(_copy.PROCESSES_ENV, mode)
+        dst = tmpfs_dir / f"dst-{mode or 'auto'}"
+        dst.mkdir()
+        results[mode] = copy_tree(str(src), str(dst), nothing, False)
+    assert results["0"].jobs == 1  # cheap files: no threads
+    assert results[""].jobs == _copy.DEFAULT_JOBS  # worker processes and this one
+    for stats in results.values():
+        assert stats.copied == n and stats.cloned == 0 and stats.hardlinks == 1
+    assert meta(tmpfs_dir / "dst-0") == meta(tmpfs_dir / "dst-auto") == meta(src)
+    for i in (0, n - 1):  # before and after the workers started
+        rel = Path(f"d{i % 7}") / f"f{i:04d}.js"
+        assert (tmpfs_dir / "dst-auto" / rel).read_bytes() == (src / rel).read_bytes()

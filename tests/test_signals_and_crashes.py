@@ -42,6 +42,24 @@ from conftest import (
 NO_JOURNAL_STEPS = ("lock-acquired", "committed")
 # Steps after current was switched but before the commit record: recovery finishes the operation.
 AFTER_SWITCH_STEPS = ("switched", "switch-synced")
+# Every deploy step as the copy engine chooses (here: in this process, the build is small), and
+# the per-file checkpoint once more with the files copied by worker processes, as auto mode
+# does on tmpfs and copy-on-write filesystems (forced, in a bigger build: batches in flight).
+COPY_PROCESSES = "ATOMIC_DEPLOY_COPY_PROCESSES"
+DEPLOY_STEPS_BOTH_WAYS = [pytest.param(s, "", id=s) for s in DEPLOY_STEPS] + [
+    pytest.param("copy-file", "1", id="copy-file-workers")]
+
+
+def for_workers(build: Path, procs: str) -> dict[str, str]:
+    """The environment for a deploy of ``build`` copied the ``procs`` way; with worker
+    processes, the build gets 600 more files, so that they have batches in flight."""
+    if procs != "1":
+        return {}
+    for i in range(600):
+        p = build / f"many{i % 4}" / f"f{i:03d}.js"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"{build.name} {i}\n")
+    return {COPY_PROCESSES: "1"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,12 +185,13 @@ def assert_recovered(result: subprocess.CompletedProcess[str], root: Path, op: s
 
 
 @pytest.mark.parametrize("sig", list(SIGNALS))
-@pytest.mark.parametrize("step", DEPLOY_STEPS)
-def test_deploy_signal_at_every_step(builds: Builds, root: Path, step: str, sig: str) -> None:
+@pytest.mark.parametrize(("step", "procs"), DEPLOY_STEPS_BOTH_WAYS)
+def test_deploy_signal_at_every_step(builds: Builds, root: Path, step: str, sig: str,
+                                     procs: str) -> None:
     v1, v2 = builds("v1"), builds("v2")
     old = deploy_ok(root, v1)
 
-    r = run_cli("deploy", v2, root, fault=f"{step}:{sig}")
+    r = run_cli("deploy", v2, root, fault=f"{step}:{sig}", env=for_workers(v2, procs))
 
     assert r.returncode == 128 + SIGNALS[sig], (r.returncode, r.stderr)
     line = one_error_line(r.stderr)
@@ -296,8 +315,9 @@ def wait_signal_handled(pid: int, signum: int) -> None:
 
 
 def _start_paused_deploy(procs: list[subprocess.Popen[str]], build: Path, root: Path,
-                         gate: Path, step: str = "copy-file") -> subprocess.Popen[str]:
-    proc = start_cli("deploy", build, root, fault=f"{step}:PAUSE:{gate}")
+                         gate: Path, step: str = "copy-file",
+                         env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    proc = start_cli("deploy", build, root, fault=f"{step}:PAUSE:{gate}", env=env)
     procs.append(proc)
     paused = Path(f"{gate}.paused")
     wait_for(lambda: paused.exists() or proc.poll() is not None, what="deploy to pause")
@@ -305,12 +325,13 @@ def _start_paused_deploy(procs: list[subprocess.Popen[str]], build: Path, root: 
     return proc
 
 
+@pytest.mark.parametrize("copying", ["", "1"], ids=["default", "workers"])
 def test_real_sigint_mid_copy_rolls_back(builds: Builds, root: Path, tmp_path: Path,
-                                         procs: list[subprocess.Popen[str]]) -> None:
+                                         procs: list[subprocess.Popen[str]], copying: str) -> None:
     v1, v2 = builds("v1"), builds("v2")
     old = deploy_ok(root, v1)
     gate = tmp_path / "gate"
-    proc = _start_paused_deploy(procs, v2, root, gate)
+    proc = _start_paused_deploy(procs, v2, root, gate, env=for_workers(v2, copying))
     # really in the middle of copying: a hidden staging folder exists
     assert any(h.startswith("releases/.atomic-deploy-staging.") for h in hidden_entries(root))
 
@@ -360,13 +381,13 @@ def _list_ids(root: Path) -> list[str]:
     return [rel["id"] for rel in json.loads(r.stdout)["releases"]]
 
 
-@pytest.mark.parametrize("step", DEPLOY_STEPS)
+@pytest.mark.parametrize(("step", "procs"), DEPLOY_STEPS_BOTH_WAYS)
 def test_deploy_killed_at_every_step_then_status_list_and_deploy_recover(
-        builds: Builds, root: Path, step: str) -> None:
+        builds: Builds, root: Path, step: str, procs: str) -> None:
     v1, v2, v3 = builds("v1"), builds("v2"), builds("v3")
     old = deploy_ok(root, v1)
 
-    r = run_cli("deploy", v2, root, fault=f"{step}:KILL")
+    r = run_cli("deploy", v2, root, fault=f"{step}:KILL", env=for_workers(v2, procs))
 
     assert r.returncode == -signal.SIGKILL, r.stderr
     journaled = step not in NO_JOURNAL_STEPS
@@ -409,11 +430,12 @@ def test_deploy_killed_at_every_step_then_status_list_and_deploy_recover(
         assert_finished_by_recovery(root, "deploy", crashed, {cur: "served"})
 
 
-@pytest.mark.parametrize("step", DEPLOY_STEPS)
-def test_first_deploy_killed_at_every_step(builds: Builds, root: Path, step: str) -> None:
+@pytest.mark.parametrize(("step", "procs"), DEPLOY_STEPS_BOTH_WAYS)
+def test_first_deploy_killed_at_every_step(builds: Builds, root: Path, step: str,
+                                           procs: str) -> None:
     v1, v2 = builds("v1"), builds("v2")
 
-    r = run_cli("deploy", v1, root, fault=f"{step}:KILL")
+    r = run_cli("deploy", v1, root, fault=f"{step}:KILL", env=for_workers(v1, procs))
 
     assert r.returncode == -signal.SIGKILL, r.stderr
     journaled = step not in NO_JOURNAL_STEPS

@@ -33,9 +33,11 @@ calling thread): creating inodes and moving data happen in the kernel with the G
 two or more threads overlap them when files are expensive (ext4/XFS journaling, big files); when
 they are cheap (tmpfs, clones, hard links) Python's own per-file work dominates and threads only
 add GIL hand-offs. By default the first files are timed on the calling thread and the workers
-start only if they pay; ``jobs`` fixes the number instead. Where files turn out to be clones
-(Linux, auto mode), forked worker processes share them with the calling process instead
-(_copy_procs: a clone is cheap kernel work plus Python's own, which threads cannot overlap);
+start only if they pay; ``jobs`` fixes the number instead. Where the first files turn out to
+be cheap (Linux, auto mode: clones, content comparisons, or plain copies averaging at most
+``_THREADS_WORTH_S`` each, as on tmpfs or when writes land in the page cache), forked worker
+processes share the files with the calling process instead (_copy_procs: there Python's own
+per-file work is the cost, which threads cannot overlap and processes can);
 ``ATOMIC_DEPLOY_COPY_PROCESSES=0`` keeps every file in this process.
 
 The calling thread runs ``checkpoint("copy-file")`` after every regular file (the signal and
@@ -89,10 +91,11 @@ _HAS_XATTR = hasattr(os, "listxattr")
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 _PROBE_FILES = 256  # files timed on the calling thread before threads may start (auto mode)
 _THREADS_WORTH_S = 60e-6  # mean seconds per file above which threads pay (auto mode)
-# Worker processes (see _copy_procs) instead of threads where files are clones: started after
-# this many files were copied here and at least one of them was cloned (decided before threads
-# are considered). Forking a worker costs about as much as cloning a hundred files, so small
-# trees stay on this thread.
+# Worker processes (see _copy_procs) instead of threads where files are cheap: started after
+# this many files were copied here and they were clones, compared with the previous release, or
+# plain copies of at most _THREADS_WORTH_S each (decided before threads are considered).
+# Forking a worker costs about as much as copying a hundred such files, so small trees stay on
+# this thread.
 _PROC_PROBE_FILES = 256
 # "0": never use worker processes; "1": use them from the first file whenever they can be
 # forked, whatever the filesystem (tests use this to run every copy check through them).
@@ -713,17 +716,23 @@ class _Tree:
         return self.inline_seconds / self.inline_files > _THREADS_WORTH_S
 
     def _procs_pay(self) -> bool:
-        """Auto mode: hand files to worker processes once they turn out to be clones, or to be
-        compared with the previous release (--link-unchanged: read and hashed, then linked).
+        """Auto mode: hand files to worker processes once the first files show that Python's
+        own per-file work, not the kernel's, is what a file costs: they were clones, or
+        compared with the previous release (--link-unchanged: read and hashed, then linked), or
+        plain copies that averaged no more than ``_THREADS_WORTH_S`` each (tmpfs, or a disk
+        whose writes land in the page cache).
 
-        Cloning is mostly kernel work but Python's per-file share is large enough that threads
-        lose (GIL); processes do not share a GIL. Hashing is CPU work too, in C, but small files
-        are mostly Python's per-file work. Elsewhere threads, or this thread, stay.
+        Threads lose there (they take turns on the GIL); processes do not share one. Files that
+        cost more (inode creation on a journaling filesystem, big files) are kernel work that
+        runs without the GIL: threads overlap it as well, and ``_threads_pay`` starts them.
         """
-        compares = self.link_dest is not None and not self.opts.trust_mtime
-        if self.procs != "1" and (self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES
-                                  or not (self.inline.stats.cloned or compares)):
-            return False
+        if self.procs != "1":
+            if self.jobs <= 1 or self.inline_files < _PROC_PROBE_FILES:
+                return False
+            compares = self.link_dest is not None and not self.opts.trust_mtime
+            cheap = self.inline_seconds / self.inline_files <= _THREADS_WORTH_S
+            if not (self.inline.stats.cloned or compares or cheap):
+                return False
         from . import _copy_procs
 
         return _copy_procs.available()

@@ -1,10 +1,11 @@
-"""Copy worker processes, for trees whose files are cheap to copy (clones).
+"""Copy worker processes, for trees whose files are cheap to copy (clones, tmpfs).
 
-On btrfs and XFS a cloned file costs about 20 us of kernel work and 5-10 us of Python work;
-worker threads only take turns on the GIL there (measured slower than one thread), but forked
-processes run in parallel: on 2 CPUs, one worker plus the calling process copy the 20,000-file
-build 1.3x (XFS) to 1.6x (btrfs) faster than the calling process alone (docs/benchmarks.md,
-"Copy-on-write").
+On btrfs and XFS a cloned file costs about 20 us of kernel work and 5-10 us of Python work, and
+a plain copy on tmpfs (or into the page cache) not much more; worker threads only take turns on
+the GIL there (measured slower than one thread), but forked processes run in parallel: on 2
+CPUs, one worker plus the calling process copy the 20,000-file build 1.3x (XFS) to 1.6x (btrfs)
+faster than the calling process alone, and about 1.5x on tmpfs (docs/benchmarks.md,
+"Copy-on-write", "Threads").
 
 The calling process keeps everything but the files' data and metadata: the walk (folders,
 symlinks, refusing special files, hard links inside the source, folders' own metadata), the
