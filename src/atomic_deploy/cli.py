@@ -1246,9 +1246,11 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     build, scratch, transfer = None, None, None
     if cmd in ("deploy", "prepare"):
         source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
-        build, scratch, more, transfer = _session_build(args, source)
+        build, scratch, more, transfer = _session_sources(args, source)
         front += more
     argv_for = _argv_maker(args, parser, config, front, transfer)
+    if build is not None:
+        argv_for = _self_sourced(args, argv_for, build)
     try:
         outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
                               _err_line, mutating=cmd not in _READ_ONLY,
@@ -1290,9 +1292,10 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
     roots = []
     for text in texts:
         remote = parse_root(text)
-        if remote is None:
-            raise InvalidInput(f"{show(text)} is a local root: a fleet is remote roots "
-                               "(host:/path) for now", "nothing was changed")
+        if remote is None:  # a local root: its session runs here, as a subprocess
+            from .remote._local import local_root
+
+            remote = local_root(text)
         roots.append((remote, text))
     if args.command == "status":
         return _fleet_status(args, parser, roots)
@@ -1314,9 +1317,9 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     source = None if args.git is not None else args.source
     if source is None and args.git is None:
         _usage(cmd, "SOURCE and ROOT are required")
-    build, scratch, front, transfer = _session_build(args, source)
+    build, scratch, front, transfer = _session_sources(args, source)
     front.append("--json")  # each host's result and error, read here
-    argv_for = _argv_maker(args, parser, config, front, transfer)
+    argv_for = _self_sourced(args, _argv_maker(args, parser, config, front, transfer), build)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         activate=cmd == "deploy", ordered_locking=bool(args.wait))
     lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
@@ -1606,3 +1609,52 @@ def _fetched_build(args: argparse.Namespace, source: str,
     if ex.single_folder is not None:
         _warn(_sources.one_folder_hint(_fetch.redact(source), ex.single_folder))
     return build, scratch, None
+
+
+def _session_sources(args: argparse.Namespace,
+                     source: str | None) -> tuple[str, str | None, list[str], Any]:
+    """``_session_build``, or with --pull: nothing read here, every host fetches the URL
+    (the transfer method "pull": only control messages go to the hosts)."""
+    if not getattr(args, "pull", False):
+        return _session_build(args, source)
+    from . import _fetch
+    from .remote import _client
+
+    if source is None or not _fetch.is_url(source):
+        _usage(args.command, "--pull needs a URL as SOURCE (https://, http://, file://): each "
+                             "host fetches it itself")
+    fetch = _fetch_options(args, source)
+    _fetch.check(source, fetch)  # refused here, before any host is touched
+    transfer = _client.Transfer(method="pull")
+    return source, None, ["--session", _fetch.redact(source)], transfer
+
+
+def _self_sourced(args: argparse.Namespace, argv_for: Any, build: str) -> Any:
+    """The host command lines of self-sourced sessions: with --pull every host is given the
+    URL and its options (it fetches and checks it itself); a local root of a fleet is given
+    the build folder (it copies it itself). The others receive the build as before."""
+    from .remote._local import LocalRoot
+
+    pull = bool(getattr(args, "pull", False))
+
+    def argv(remote: Any, probe: Any) -> list[str]:
+        made: list[str] = argv_for(remote, probe)
+        if not pull and not isinstance(remote, LocalRoot):
+            return made
+        assert made[-2] == "--"  # deploy and prepare: [..., "--", ROOT]
+        extra: list[str] = []
+        if pull:
+            if args.sha256 is not None:
+                extra += ["--sha256", args.sha256]
+            for header in args.header or []:
+                extra += ["--header", header]
+            if args.fetch_timeout is not None:
+                extra += ["--fetch-timeout", repr(args.fetch_timeout)]
+            if args.insecure_no_checksum:
+                extra.append("--insecure-no-checksum")
+            if args.strip_components:
+                extra += ["--strip-components", str(args.strip_components)]
+        src = build if pull else os.path.abspath(build)
+        return [*made[:-2], *extra, "--", src, made[-1]]
+
+    return argv

@@ -82,6 +82,9 @@ class SessionChannel:
 
     def __init__(self, label: str, stdin: IO[bytes], stdout: IO[bytes]) -> None:
         self.label = label
+        # The host reads the build itself (``deploy --session LABEL SOURCE ROOT``): ``seal``
+        # then means "fill the staging folder from SOURCE now" (protocol version 2).
+        self.self_sourced = False
         self._in = stdin
         self._out = stdout
         self._msgs: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -176,6 +179,16 @@ class SessionChannel:
         stats, linked, record = _walk(staging, link_dest)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
+
+    def claim(self, staging: str, link_dest: str | None, release: str) -> str:
+        """A self-sourced session (this host reads the build itself: a URL it fetches, a
+        folder on this machine): say where it goes, wait for ``seal``, and return the release
+        id to use; the caller then fills the staging folder."""
+        self.send("ready", release=release, staging=staging, link_dest=link_dest,
+                  source="self")
+        msg = self.wait("seal")
+        chosen = msg.get("release")
+        return chosen if isinstance(chosen, str) else release
 
     def gate(self, event: str, expect: str, **info: Any) -> None:
         """Say ``event``; go on when the deploying machine says ``expect``."""
