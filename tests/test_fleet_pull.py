@@ -91,7 +91,8 @@ def no_secret_under(root: Path) -> None:
 
 def test_pull_fleet_each_host_fetches_the_url_itself(hosts: list[Host], server: _Server,
                                                      tmp_path: Path) -> None:
-    roots = [h.path(APP) for h in hosts]
+    local = tmp_path / "local-app"  # a local root in the fleet fetches it itself too
+    roots = [h.path(APP) for h in hosts] + [local]
     v1 = tarball({"version.txt": "v1\n", "big.bin": os.urandom(64_000).hex()})
     data = tarball({"version.txt": "v2\n", "big.bin": os.urandom(64_000).hex()})
 
@@ -106,11 +107,11 @@ def test_pull_fleet_each_host_fetches_the_url_itself(hosts: list[Host], server: 
     server.routes["/app-1.tar.gz"] = private(v1)
     server.routes["/app-2.tar.gz"] = private(data)
     r = cli("deploy", server.url + "/app-1.tar.gz", "--pull", *[h.dest(APP) for h in hosts],
-            "--sha256", sha(v1), "--header", f"Authorization: {SECRET}", "--json")
+            local, "--sha256", sha(v1), "--header", f"Authorization: {SECRET}", "--json")
     assert r.returncode == 0, r.stderr
     server.requests.clear()
     r = cli("deploy", server.url + "/app-2.tar.gz", "--pull", *[h.dest(APP) for h in hosts],
-            "--sha256", sha(data), "--header", f"Authorization: {SECRET}", "--json")
+            local, "--sha256", sha(data), "--header", f"Authorization: {SECRET}", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     rel = d["release"]
@@ -120,8 +121,8 @@ def test_pull_fleet_each_host_fetches_the_url_itself(hosts: list[Host], server: 
         assert (root / "current" / "version.txt").read_text() == "v2\n"
         assert not hidden(root)
         no_secret_under(root)
-    # One fetch per host, each with the header: the deploying machine sent no build.
-    assert [p for p, _ in server.requests] == ["/app-2.tar.gz"] * 3
+    # One fetch per root, each with the header: the deploying machine sent no build.
+    assert [p for p, _ in server.requests] == ["/app-2.tar.gz"] * 4
     assert all(h.get("Authorization") == SECRET for _, h in server.requests)
     assert "s3cr3t" not in r.stdout + r.stderr
 
@@ -273,3 +274,16 @@ def test_mixed_fleet_deploying_process_killed_in_each_phase(hosts: list[Host], t
     for root in roots:
         assert not hidden(root)
         assert not (root / ".atomic-deploy" / "journal.json").exists()
+
+
+def test_a_local_session_gets_its_arguments_on_stdin(tmp_path: Path) -> None:
+    """Never on its command line, which every local user can read (ps): a header is a
+    credential."""
+    from atomic_deploy.remote._local import LocalConnection, local_root
+
+    root = local_root(str(tmp_path / "app"))
+    proc = LocalConnection(root).start(["status", "--json", "--header-is-not-here", SECRET,
+                                        "--", root.path])
+    _, err = proc.communicate(timeout=60)
+    assert SECRET not in " ".join(map(str, proc.args))
+    assert proc.returncode == 2 and b"--header-is-not-here" in err  # the arguments did arrive

@@ -8,6 +8,8 @@ work by the same session rules as on a host.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +43,14 @@ def tool_argv(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "atomic_deploy", *argv]
 
 
+# A session's arguments travel as the first line of its stdin, as they do to a host, never on
+# its command line (which every local user can read in ps): --header values are credentials.
+_FROM_STDIN = ("import json, sys\n"
+               "sys.argv = ['atomic-deploy', *json.loads(sys.stdin.buffer.readline())]\n"
+               "from atomic_deploy._fastcli import run\n"
+               "run()\n")
+
+
 def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
@@ -66,8 +76,17 @@ class LocalConnection(Connection):
               mutating: bool = False) -> subprocess.Popen[bytes]:
         # Its own session, as ssh is started: a Ctrl-C on the terminal reaches only this
         # process, which tells the session why it stops.
-        return subprocess.Popen(tool_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, env=tool_env())
+        proc = subprocess.Popen([sys.executable, "-c", _FROM_STDIN], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, env=tool_env())
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(argv).encode() + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:  # it died at once: its exit status and stderr say why
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        return proc
 
     def close(self) -> None:
         return None
