@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import signal
 import socket
 import tarfile
 import threading
@@ -428,3 +429,33 @@ def test_download_progress_line() -> None:
     assert "fetching app.tar.gz  512.0 KB/1.0 MB (50%)" in out.getvalue()
     p.close()
     assert out.getvalue().endswith("\r")
+
+
+def test_a_signal_mid_download_leaves_nothing(server: _Server, root: Path) -> None:
+    data = tarball({"big.bin": os.urandom(400_000).hex()})
+
+    def drip(h: _Handler) -> None:  # a slow server: data keeps coming, a little at a time
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        for i in range(0, len(data), 4096):
+            if server.release.wait(0.2):  # the whole body would take 40 s
+                return
+            try:
+                h.wfile.write(data[i:i + 4096])
+                h.wfile.flush()
+            except OSError:
+                return
+
+    server.routes["/app.tar.gz"] = drip
+    proc = start_cli("deploy", server.url + "/app.tar.gz", root, "--sha256", sha(data))
+    try:
+        wait_for(lambda: any(n.startswith(".") for n in os.listdir(root / "releases"))
+                 if (root / "releases").is_dir() else False, what="the staging folder")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)  # acted on between chunks, not at the end
+    finally:
+        server.release.set()
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err
+    untouched(root)

@@ -193,8 +193,10 @@ class _Body:
     a body cut short raised as OperationFailed (never OSError: the extractor would take that
     for a corrupt archive)."""
 
-    def __init__(self, resp: Any, label: str, opts: FetchOptions) -> None:
+    def __init__(self, resp: Any, label: str, opts: FetchOptions,
+                 checkpoint: Callable[[str], None] | None = None) -> None:
         self.resp, self.label, self.opts = resp, label, opts
+        self.checkpoint = checkpoint
         self.sha = hashlib.sha256()
         self.done = 0
         length = resp.headers.get("Content-Length") if resp.headers else None
@@ -206,6 +208,10 @@ class _Body:
             return b"".join(iter(lambda: self.read(_CHUNK), b""))
         if self.ended or n == 0:
             return b""
+        if self.checkpoint is not None:
+            # A signal acts between chunks, not only between files (one big file, a slow
+            # server); the step is the copy's own (silent under -v, its faults apply).
+            self.checkpoint("copy-file")
         try:
             data: bytes = self.resp.read(n)
         except (socket.timeout, TimeoutError):
@@ -277,7 +283,7 @@ def fetch_into(url: str, dest: str, opts: FetchOptions, checkpoint: Callable[[st
     label = show(redact_safe(url))
     resp = _open(url, opts, "the build")
     with resp:
-        body = _Body(resp, label, opts)
+        body = _Body(resp, label, opts, checkpoint)
         try:
             stats = extract_stream(body, dest, f"the download {label}", checkpoint,
                                    fsync_each=fsync_each, strip_components=strip_components)
