@@ -287,3 +287,9 @@ def test_a_local_session_gets_its_arguments_on_stdin(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert SECRET not in " ".join(map(str, proc.args))
     assert proc.returncode == 2 and b"--header-is-not-here" in err  # the arguments did arrive
+
+
+def test_local_roots_alone_are_no_fleet(tmp_path: Path) -> None:
+    r = run_cli("deploy", make_build(tmp_path / "b"), tmp_path / "a", tmp_path / "extra")
+    assert r.returncode == 2 and "at least one remote root" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "extra").exists()

@@ -1289,6 +1289,11 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
     from .remote import parse_root
 
     check_distinct(texts)
+    if all(parse_root(text) is None for text in texts):
+        # A local root joins a fleet of remote ones; several local paths alone are far more
+        # likely an extra argument by mistake than a fleet.
+        raise UsageError(f"{len(texts)} local roots given ({', '.join(map(show, texts))}): a "
+                         f"fleet needs at least one remote root (host:/path)")
     roots = []
     for text in texts:
         remote = parse_root(text)
