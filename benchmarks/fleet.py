@@ -357,7 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-extras", action="store_true",
                    help=f"no '{TRUST}' row in the one-file suite")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--pull-suite", action="store_true",
+                   help="only push against pull: the build folder pushed to every host, "
+                        "against every host fetching its tarball from a loopback HTTP server "
+                        "(deploy URL --pull)")
     args = p.parse_args(argv)
+    if args.pull_suite:
+        return pull_suite(args)
     for prog in ("rsync", "ssh", "git", "cap"):
         if shutil.which(prog) is None:
             p.error(f"{prog} is not installed")
@@ -510,6 +516,83 @@ def table(res: dict[str, Any]) -> str:
     lines += [f"- {g['goal']}: {g['value']:.2f}: {'met' if g['met'] else 'NOT met'}"
               for g in res["goals"]]
     return "\n".join(lines)
+
+
+
+# --------------------------------------------------------------------------- push against pull
+
+PUSH, PULL = "push (deploy BUILD)", "pull (deploy URL --pull)"
+
+
+def pull_suite(args: argparse.Namespace) -> int:
+    """Full deploys to every host (each host's root wiped first, untimed; the tool already
+    installed there): the build folder pushed from here (rsync), against the same build as an
+    uncompressed tarball that every host fetches from ``python3 -m http.server`` on loopback,
+    checked by sha256 (its CPU and memory are not this machine's deploying side: it stands
+    for the artifact store). CPU and peak RSS are the deploying command's only."""
+    import hashlib
+    import socket
+
+    work = Path(args.workdir)
+    base, _changed, changed_rel = ensure_data(work)
+    served = work / "pull"
+    served.mkdir(exist_ok=True)
+    tar = served / "app.tar"
+    if not tar.exists():
+        subprocess.run(["tar", "-C", str(base), "-cf", str(tar), "."], check=True)
+    digest = hashlib.sha256(tar.read_bytes()).hexdigest()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    http = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                             str(port), "--directory", str(served)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/app.tar"
+    lab = sshlab.SSHLab()
+    budget = Budget(args.max_minutes)
+    try:
+        hosts = [lab.add_host(f"web{i + 1}") for i in range(args.hosts)]
+        bench.ENV.update(ATOMIC_DEPLOY_SSH=lab.ssh_command, XDG_CACHE_HOME=str(work / "cache"))
+        for name in ("http_proxy", "HTTP_PROXY"):
+            bench.ENV.pop(name, None)
+        tool = AtomicDeploy(hosts, {"base": base})
+        dests = [h.dest(tool.root) for h in hosts]
+
+        def deploy(*how: str) -> Sample:
+            s = timed_rusage([*bench.CLI, "deploy", *how, *dests, "--json"])
+            assert json.loads(s.out)["outcome"] == "deployed", s.out
+            tool.holds = "base"
+            return s
+
+        def wipe() -> None:  # the releases, not the installed tool
+            for h in hosts:
+                for sub in ("releases", "current"):
+                    p = h.path(f"{tool.root}/{sub}")
+                    if p.is_symlink():
+                        p.unlink()
+                    elif p.exists():
+                        rmtree(str(p))
+
+        deploy(str(base))  # installs the tool everywhere (untimed)
+        variants = [Variant(PUSH, lambda: deploy(str(base)), wipe),
+                    Variant(PULL, lambda: deploy(url, "--pull", "--sha256", digest), wipe)]
+        n = rounds(f"full deploy to {args.hosts} hosts: push against pull", variants,
+                   args.repeats, budget,
+                   lambda name: check_hosts(hosts, f"{tool.root}/current", {"base": base},
+                                            "base", changed_rel))
+    finally:
+        lab.close()
+        http.terminate()
+        http.wait()
+    res = {"hosts": args.hosts, "bytes": tar.stat().st_size, "rounds": n,
+           "tools": {v.name: row(v) for v in variants}}
+    print(f"\n{args.hosts} hosts, a {tar.stat().st_size / 2**20:.0f} MB build (median of {n}):")
+    print("| way | wall s | CPU s here | peak RSS here MB |\n| --- | ---: | ---: | ---: |")
+    for name, r in res["tools"].items():
+        print(f"| {name} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['peak_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     if not os.path.isdir(layout.root):
         steps.append(f"create ROOT {show(layout.root)}")
     what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
-            "git": f"export {opts.ref} of git repository {show(src)}"}[kind]
+            "git": f"export {opts.ref} of git repository {show(src)}",
+            "url": f"fetch {show(src)} (not fetched in a dry run), check its sha256, "
+                   "extract it"}[kind]
     if kind == "dir":
         files = sum(len(f) for _d, _s, f in os.walk(src))
         what += f" ({files} files)"

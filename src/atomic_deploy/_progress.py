@@ -79,3 +79,28 @@ class Progress:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
+
+
+class DownloadProgress(Progress):
+    """A URL source's line: bytes received of the total the server announced (if it did).
+    Call with (bytes_done, total_or_None)."""
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        super().__init__(stream, 0, 0)
+        self.name = name
+
+    def __call__(self, done: int, total: int | None) -> None:  # type: ignore[override]
+        now = time.monotonic()
+        if now - self._last < _INTERVAL:
+            return
+        self._last = now
+        rate = done / max(now - self.start, 1e-6)
+        if total:
+            text = (f"fetching {self.name}  {_size(done)}/{_size(total)} "
+                    f"({100.0 * done / total:.0f}%)  {_size(rate)}/s")
+        else:
+            text = f"fetching {self.name}  {_size(done)}  {_size(rate)}/s"
+        pad = max(self._width - len(text), 0)
+        self._width = len(text)
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()

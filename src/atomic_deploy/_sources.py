@@ -505,9 +505,10 @@ def extract_tarball(
 
 def extract_stream(stream: _Readable, dest: str, label: str,
                    checkpoint: Callable[[str], None] = _no_checkpoint, *,
-                   fsync_each: bool = False) -> ExtractStats:
-    """``extract_tarball`` for a tar stream that is no file (a build sent over ssh)."""
-    return _extract(stream, dest, 0, checkpoint, fsync_each, label)
+                   fsync_each: bool = False, strip_components: int = 0) -> ExtractStats:
+    """``extract_tarball`` for a tar stream that is no file (a build sent over ssh, or
+    fetched by URL)."""
+    return _extract(stream, dest, strip_components, checkpoint, fsync_each, label)
 
 
 def one_folder_hint(archive: str, folder: str) -> str:

@@ -200,7 +200,8 @@ def _add_switch_hooks(p: argparse.ArgumentParser) -> None:
 
 def _add_stage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", nargs="?",
-                   help="build folder or tarball (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz)")
+                   help="build folder, tarball (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), or a "
+                        "tarball's URL (https://, http://, file://)")
     p.add_argument("root", metavar="ROOT", nargs="?")
     p.add_argument("--message", "-m", metavar="TEXT", help="note recorded in the history")
     g = p.add_argument_group("sources")
@@ -213,6 +214,7 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refuse-external-links", action="store_true", default=None,
                    help="fail (exit 2) if a folder build has symlinks pointing outside it "
                         "(default: copy them as they are, with a warning)")
+    _add_fetch(p)
     g = p.add_argument_group("shared data (kept in ROOT/shared, linked into every release)")
     g.add_argument("--shared-dir", action="append", metavar="PATH", dest="shared_dirs",
                    help="relative folder; seeded from the release on first use (repeatable)")
@@ -245,6 +247,70 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     _add_wait(p)
     _add_config(p)
     _add_json(p)
+
+
+def _add_fetch(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("URL sources (SOURCE https://..., http://..., file://...)")
+    g.add_argument("--sha256", metavar="HEX|auto",
+                   help="the tarball's sha256, checked before anything becomes a release "
+                        "(required for http and https); 'auto': read it from URL.sha256")
+    g.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                   help="send this HTTP header (repeatable), e.g. an Authorization for a "
+                        "private store; never printed or recorded")
+    g.add_argument("--fetch-timeout", type=_seconds, metavar="SECONDS",
+                   help="give up on a server that does not answer, or sends nothing, for "
+                        "this long (default 30)")
+    g.add_argument("--insecure-no-checksum", action="store_true", default=None,
+                   help="deploy an http(s) URL without --sha256 (anyone who can change the "
+                        "bytes on the way decides what runs)")
+    g.add_argument("--pull", action="store_true", default=None,
+                   help="with remote roots and a URL: each host fetches and checks the URL "
+                        "itself (this machine sends no build)")
+
+
+def _fetch_options(args: argparse.Namespace, source: str | None) -> Any:
+    """FetchOptions for a URL source, with a progress line on a terminal; None when neither
+    the source is a URL nor any of its options was given."""
+    given = [getattr(args, k, None) for k in ("sha256", "header", "fetch_timeout",
+                                               "insecure_no_checksum")]
+    url = source is not None and source.split(":", 1)[0].lower() in ("http", "https", "file")
+    if not url and not any(v is not None for v in given):
+        return None
+    from . import _fetch
+
+    opts = _fetch.FetchOptions(sha256=args.sha256, headers=list(args.header or []),
+                               insecure_no_checksum=bool(args.insecure_no_checksum))
+    if args.fetch_timeout is not None:
+        opts.timeout = args.fetch_timeout
+    if (url and not getattr(args, "quiet", False) and sys.stderr is not None
+            and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"):
+        from ._progress import DownloadProgress
+
+        opts.progress = DownloadProgress(sys.stderr, _fetch.redact_safe(source or "")
+                                         .rsplit("/", 1)[-1])
+    return opts
+
+
+def _close_progress(fetch: Any) -> None:
+    if fetch is not None and fetch.progress is not None:
+        fetch.progress.close()
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line as it may be recorded (history, lock holder): no header values, no
+    credentials in URLs."""
+    out: list[str] = []
+    for i, a in enumerate(argv):
+        if i and argv[i - 1] == "--header":
+            a = "***"
+        elif a.startswith("--header="):
+            a = "--header=***"
+        elif "://" in a and ("@" in a or "?" in a):
+            from ._fetch import redact_safe
+
+            a = redact_safe(a)
+        out.append(a)
+    return out
 
 
 def _common() -> _Parser:
@@ -474,7 +540,9 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
                "config", "source", "root", "session", "config_json", "more_roots", "hosts",
-               "parallel", "host_timeout", "release_opt")
+               "parallel", "host_timeout", "release_opt", "pull")
+# A URL source's options: used where the URL is fetched (here, or on the host with --pull).
+_FETCH_ONLY = ("sha256", "header", "fetch_timeout", "insecure_no_checksum")
 
 
 def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
@@ -622,7 +690,7 @@ def _options(args: argparse.Namespace, root: str | None,
         if key in _HOOK_KEYS and key in config and flag is None:
             value = _config.hooks(key, value)  # a list of strings is a list of commands
         values[key] = value
-    values["command"] = "atomic-deploy " + " ".join(sys.argv[1:])
+    values["command"] = "atomic-deploy " + " ".join(_redacted(sys.argv[1:]))
     if not getattr(args, "quiet", False):
         values["on_output"] = lambda line: _err_line(_err("dim", "  | ") + line)
     return DeployOptions(**values)
@@ -688,6 +756,8 @@ def _usage(cmd: str, message: str) -> NoReturn:
 
 def _stage_paths(args: argparse.Namespace, parser_error: Any) -> tuple[str | None, str]:
     if getattr(args, "session", None) is not None:  # the build comes over the session
+        if args.source is not None and args.root is not None:
+            return str(args.source), str(args.root)  # self-sourced: this host reads SOURCE
         root = args.root if args.root is not None else args.source
         if root is None or (args.root is not None and args.source is not None):
             parser_error("with --session give only ROOT")
@@ -711,6 +781,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if cmd in ("deploy", "prepare"):
         source, root = _stage_paths(args, lambda m: _usage(cmd, m))
         opts = _options(args, root)
+        opts.fetch = _fetch_options(args, source)
+        if args.pull:
+            _usage(cmd, "--pull is for remote roots (each host fetches the URL itself)")
         if args.dry_run:
             from ._plan import plan_deploy
 
@@ -719,11 +792,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         progress = _progress_for(args, source)
         opts.progress = progress
         opts.session = getattr(args, "channel", None)
+        if opts.session is not None and source is not None:
+            opts.session.self_sourced = True
         try:
             r = fn(source, root, opts)
         finally:
             if progress is not None:
                 progress.close()
+            _close_progress(opts.fetch)
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
             for w in r.warnings:
@@ -1089,7 +1165,7 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
         dest = action.dest
         # A tarball is extracted here, and --trust-mtime is rsync's quick check, here too.
         if dest in _LOCAL_ONLY or dest == "help" or (
-                dest in ("strip_components", "trust_mtime")
+                dest in ("strip_components", "trust_mtime", *_FETCH_ONLY)
                 and args.command in ("deploy", "prepare")):
             if dest == "root" or (dest == "source" and args.command not in
                                   ("deploy", "prepare")):
@@ -1190,9 +1266,11 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     build, scratch, transfer = None, None, None
     if cmd in ("deploy", "prepare"):
         source, _ = _stage_paths(args, lambda m: _usage(cmd, m))
-        build, scratch, more, transfer = _session_build(args, source)
+        build, scratch, more, transfer = _session_sources(args, source)
         front += more
     argv_for = _argv_maker(args, parser, config, front, transfer)
+    if build is not None:
+        argv_for = _self_sourced(args, argv_for, build)
     try:
         outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
                               _err_line, mutating=cmd not in _READ_ONLY,
@@ -1233,12 +1311,18 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
     from .remote import parse_root
 
     check_distinct(texts)
+    if all(parse_root(text) is None for text in texts):
+        # A local root joins a fleet of remote ones; several local paths alone are far more
+        # likely an extra argument by mistake than a fleet.
+        raise UsageError(f"{len(texts)} local roots given ({', '.join(map(show, texts))}): a "
+                         f"fleet needs at least one remote root (host:/path)")
     roots = []
     for text in texts:
         remote = parse_root(text)
-        if remote is None:
-            raise InvalidInput(f"{show(text)} is a local root: a fleet is remote roots "
-                               "(host:/path) for now", "nothing was changed")
+        if remote is None:  # a local root: its session runs here, as a subprocess
+            from .remote._local import local_root
+
+            remote = local_root(text)
         roots.append((remote, text))
     if args.command == "status":
         return _fleet_status(args, parser, roots)
@@ -1264,9 +1348,9 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     source = None if args.git is not None else args.source
     if source is None and args.git is None:
         _usage(cmd, "SOURCE and ROOT are required")
-    build, scratch, front, transfer = _session_build(args, source)
+    build, scratch, front, transfer = _session_sources(args, source)
     front.append("--json")  # each host's result and error, read here
-    argv_for = _argv_maker(args, parser, config, front, transfer)
+    argv_for = _self_sourced(args, _argv_maker(args, parser, config, front, transfer), build)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         activate=cmd == "deploy", ordered_locking=bool(args.wait))
     lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
@@ -1728,6 +1812,9 @@ def _local_build(args: argparse.Namespace, source: str | None) -> tuple[str, str
             raise
         return build, scratch, commit
     assert source is not None
+    fetch = _fetch_options(args, source)
+    if fetch is not None:
+        return _fetched_build(args, source, fetch)
     if os.path.isfile(source):
         if _sources.tarball_kind(source) is None:
             raise InvalidInput(f"source {show(source)} is a file but not a tar archive "
@@ -1751,3 +1838,83 @@ def _local_build(args: argparse.Namespace, source: str | None) -> tuple[str, str
     from ._copy import check_source
 
     return check_source(source, None), None, None
+
+
+def _fetched_build(args: argparse.Namespace, source: str,
+                   fetch: Any) -> tuple[str, str | None, str | None]:
+    """A URL source of a remote deploy, fetched and checked here into a scratch folder (the
+    hosts then get it as any build); with --pull each host fetches it instead."""
+    import shutil
+    import tempfile
+
+    from . import _fetch, _sources
+
+    if not _fetch.is_url(source):
+        raise InvalidInput("--sha256, --header, --fetch-timeout and --insecure-no-checksum "
+                           "apply to URL sources (http://, https://, file://)",
+                           "nothing was changed")
+    fetch.url = source
+    _fetch.check(source, fetch)
+    scratch = tempfile.mkdtemp(prefix="atomic-deploy-build-")
+    build = os.path.join(scratch, "build")
+    os.mkdir(build)
+    try:
+        ex = _fetch.fetch_into(source, build, fetch, lambda step: None,
+                               strip_components=args.strip_components or 0)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    finally:
+        _close_progress(fetch)
+    if ex.single_folder is not None:
+        _warn(_sources.one_folder_hint(_fetch.redact(source), ex.single_folder))
+    return build, scratch, None
+
+
+def _session_sources(args: argparse.Namespace,
+                     source: str | None) -> tuple[str, str | None, list[str], Any]:
+    """``_session_build``, or with --pull: nothing read here, every host fetches the URL
+    (the transfer method "pull": only control messages go to the hosts)."""
+    if not getattr(args, "pull", False):
+        return _session_build(args, source)
+    from . import _fetch
+    from .remote import _client
+
+    if source is None or not _fetch.is_url(source):
+        _usage(args.command, "--pull needs a URL as SOURCE (https://, http://, file://): each "
+                             "host fetches it itself")
+    fetch = _fetch_options(args, source)
+    _fetch.check(source, fetch)  # refused here, before any host is touched
+    transfer = _client.Transfer(method="pull")
+    return source, None, ["--session", _fetch.redact(source)], transfer
+
+
+def _self_sourced(args: argparse.Namespace, argv_for: Any, build: str) -> Any:
+    """The host command lines of self-sourced sessions: with --pull every host is given the
+    URL and its options (it fetches and checks it itself); a local root of a fleet is given
+    the build folder (it copies it itself). The others receive the build as before."""
+    from .remote._local import LocalRoot
+
+    pull = bool(getattr(args, "pull", False))
+
+    def argv(remote: Any, probe: Any) -> list[str]:
+        made: list[str] = argv_for(remote, probe)
+        if not pull and not isinstance(remote, LocalRoot):
+            return made
+        assert made[-2] == "--"  # deploy and prepare: [..., "--", ROOT]
+        extra: list[str] = []
+        if pull:
+            if args.sha256 is not None:
+                extra += ["--sha256", args.sha256]
+            for header in args.header or []:
+                extra += ["--header", header]
+            if args.fetch_timeout is not None:
+                extra += ["--fetch-timeout", repr(args.fetch_timeout)]
+            if args.insecure_no_checksum:
+                extra.append("--insecure-no-checksum")
+            if args.strip_components:
+                extra += ["--strip-components", str(args.strip_components)]
+        src = build if pull else os.path.abspath(build)
+        return [*made[:-2], *extra, "--", src, made[-1]]
+
+    return argv

@@ -100,6 +100,8 @@ class DeployOptions:
     # The build comes from a deploying machine over a remote session (remote/_session.py):
     # it fills the staging folder, and says when to seal, switch and commit.
     session: Any = None
+    # A URL source: how to fetch and check it (_fetch.FetchOptions; None: the defaults)
+    fetch: Any = None
     # shared data
     shared_dirs: list[str] = field(default_factory=list)
     shared_files: list[str] = field(default_factory=list)
@@ -499,8 +501,20 @@ def _switch_back_unhealthy(s: _Session, op: str, op_id: str, opts: DeployOptions
 
 def _source_kind(source: str | None, root: str, opts: DeployOptions) -> tuple[str, str]:
     """('dir' | 'tar' | 'git', absolute source) after validating it; nothing touched."""
-    if opts.session is not None:
+    if opts.session is not None and not getattr(opts.session, "self_sourced", False):
         return "session", str(opts.session.label)
+    if source is not None and source.split(":", 1)[0].lower() in ("http", "https", "file"):
+        from . import _fetch
+
+        if _fetch.is_url(source):
+            if opts.fetch is None:
+                opts.fetch = _fetch.FetchOptions()
+            _fetch.check(source, opts.fetch)
+            opts.fetch.url = source  # fetched from this; recorded without credentials
+            return "url", _fetch.redact(source)
+    if opts.fetch is not None and opts.fetch.sha256 is not None:
+        raise InvalidInput("--sha256 applies to URL sources (http://, https://, file://); "
+                           "for a local tarball give it as a file:// URL", "nothing was changed")
     if opts.git is not None:
         if opts.ref.startswith("-"):
             raise InvalidInput(f"invalid git ref {opts.ref!r}", "nothing was changed")
@@ -536,6 +550,16 @@ def _fill(layout: Layout, kind: str, src: str, spath: str, opts: DeployOptions,
                           **_copy_options(opts, link_dest, layout, record))
         if stats.external_links:
             _external_links(stats.external_links, opts, warnings)
+    elif kind == "url":
+        from ._fetch import fetch_into
+        from ._sources import one_folder_hint
+
+        ex = fetch_into(opts.fetch.url, spath, opts.fetch, checkpoint,
+                        strip_components=opts.strip_components,
+                        fsync_each=_per_file_fsync(opts))
+        stats = CopyStats(files=ex.files, dirs=ex.dirs, symlinks=ex.symlinks, bytes=ex.bytes)
+        if ex.single_folder is not None and warnings is not None:
+            warnings.append(one_folder_hint(src, ex.single_folder))
     elif kind == "tar":
         from ._sources import extract_tarball
 
@@ -755,6 +779,10 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
 
                     write_revision(spath, revision, fsync=_per_file_fsync(opts))
             else:
+                if opts.session is not None:  # self-sourced: the host reads the build itself
+                    chosen = opts.session.claim(spath, link_dest, rid)
+                    if chosen != rid:
+                        rid = _fleet_id(s, chosen, rid)
                 stats, revision = _fill(layout, kind, src, spath, opts, link_dest, record,
                                         build_warnings)
                 linked = record.linked if record else []

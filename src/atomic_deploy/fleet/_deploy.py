@@ -247,7 +247,10 @@ class Fleet:
         threading.Thread(target=pump_lines, args=(proc.stderr, lambda line: self.say(h, line)),
                          daemon=True).start()
         t = Transfer(compress=self.transfer.compress, trust_mtime=self.transfer.trust_mtime)
-        t.method = "rsync" if h.probe.rsync and shutil.which("rsync") else "tar"
+        if self.transfer.method == "pull" or getattr(h.conn, "self_sourced", False):
+            t.method = "pull"  # the host (or local root) reads the build itself
+        else:
+            t.method = "rsync" if h.probe.rsync and shutil.which("rsync") else "tar"
         h.session = HostSession(h.conn, proc, t, lambda line: self.say(h, line))
         ev = self._next(h)
         if ev is not None and ev["event"] == "ready":

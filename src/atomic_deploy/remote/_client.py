@@ -27,6 +27,7 @@ from .._signals import fault_point
 from ..errors import ConnectionLost, InvalidInput, OperationFailed
 from . import _ship
 from ._address import RemoteRoot
+from ._local import LocalConnection, LocalRoot, run_here
 from ._session import VERSION
 from ._ssh import Connection, Probe, SshSettings, pump_lines
 
@@ -42,7 +43,7 @@ class Transfer:
     compress: bool = False
     trust_mtime: bool = False  # rsync's quick check (size + mtime) instead of --checksum
     progress: bool = False
-    method: str = ""  # filled in: "rsync" or "tar"
+    method: str = ""  # filled in: "rsync" or "tar"; "pull": the host reads the build itself
     seconds: float = 0.0
 
 
@@ -73,6 +74,9 @@ def connect(root: RemoteRoot, settings: SshSettings, tool: _ship.Tool, *, mutati
             create_root: bool) -> tuple[Connection, Probe, bool]:
     """The master connection and what the host has; the tool installed there when a mutating
     command needs it. Returns (connection, probe, whether the tool is installed there)."""
+    if isinstance(root, LocalRoot):  # a fleet's local root: a local subprocess, no ssh
+        local = LocalConnection(root)
+        return local, local.probe_here(), True
     conn = Connection(root, settings)
     try:
         probe = conn.connect(tool)
@@ -92,6 +96,13 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
         transfer: Transfer | None = None) -> Outcome:
     """Run ``atomic-deploy ARGV`` on the host (``argv(probe)``: made once the host has said
     what it has); with ``build`` (a local folder), as a session that receives it."""
+    if isinstance(root, LocalRoot):
+        if build is not None:  # pragma: no cover - a lone local root never comes here
+            raise InvalidInput(f"{root} is a local root", "nothing was changed")
+        code, text, said = run_here(root, argv(LocalConnection(root).probe_here()))
+        for line in said:
+            emit(line)
+        return Outcome(code, text)
     tool = _ship.tool()
     conn, probe, installed = connect(root, settings, tool, mutating=mutating,
                                      create_root=create_root)
@@ -112,7 +123,8 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
                                      "the command may or may not have run there")
             return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
         t = transfer or Transfer()
-        t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
+        if t.method != "pull":  # pull: the host reads the build itself (self-sourced)
+            t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
         host = HostSession(conn, proc, t, emit)
         try:
             outcome = _drive(host, build, activate=args[0] == "deploy")
@@ -306,6 +318,8 @@ class HostSession:
         """Put ``build`` into the staging folder the host's ``ready`` named."""
         self.build = build
         staging, link_dest = str(ready["staging"]), ready.get("link_dest")
+        if self.transfer.method == "pull":
+            return  # a self-sourced session: `seal` tells the host to read its source now
         if self.transfer.method == "rsync":
             self._rsync(staging, link_dest if isinstance(link_dest, str) else None)
         else:

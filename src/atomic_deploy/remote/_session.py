@@ -1,15 +1,18 @@
 """The session protocol: one tool process on the host, holding the root's lock for the whole
 deploy, steered by the deploying machine over the ssh channel.
 
-Messages are JSON lines, ``"v": 1`` in each. The host (this module's ``SessionChannel``, inside
-``atomic-deploy deploy --session LABEL ROOT`` on the host) writes events to stdout; the deploying
-machine writes commands to stdin::
+Messages are JSON lines, ``"v": 2`` in each (2 added self-sourced sessions, below). The host
+(this module's ``SessionChannel``, inside ``atomic-deploy deploy --session LABEL ROOT`` on the
+host) writes events to stdout; the deploying machine writes commands to stdin::
 
     host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null}
     local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
            ("release": ID: a fleet's one id, later than the one proposed, used instead)
       or:  {"cmd": "tar"} + frames    the build follows as a tar stream, in frames
            "#<n>\\n" + n bytes, ending with "#0\\n"; then {"cmd": "seal"}
+      or, self-sourced (``deploy --session LABEL SOURCE ROOT``: the host reads the build
+      itself, fetching a URL or copying a folder of its own machine), the host's ready says
+      "source": "self", and ``seal`` means: fill the staging folder from SOURCE now
     host:  {"event": "sealed", "release": ID, "files": N, "bytes": N, "linked": N}
     local: {"cmd": "switch"}           (deploy; prepare goes straight to commit)
     host:  {"event": "switched", "release": ID, "at": T}   after-switch hooks and health check
@@ -44,7 +47,7 @@ from .._manifest import CopyRecord, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
-VERSION = 1
+VERSION = 2
 # The deploying machine says {"cmd": "ping", "interval": N} every N seconds while a session is
 # open; after SILENT_PINGS intervals without a word from it (its network gone without a FIN, it
 # was suspended), the host gives up as on end of input. Until the first ping: DEFAULT_SILENCE.
@@ -82,6 +85,9 @@ class SessionChannel:
 
     def __init__(self, label: str, stdin: IO[bytes], stdout: IO[bytes]) -> None:
         self.label = label
+        # The host reads the build itself (``deploy --session LABEL SOURCE ROOT``): ``seal``
+        # then means "fill the staging folder from SOURCE now" (protocol version 2).
+        self.self_sourced = False
         self._in = stdin
         self._out = stdout
         self._msgs: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -176,6 +182,16 @@ class SessionChannel:
         stats, linked, record = _walk(staging, link_dest)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
+
+    def claim(self, staging: str, link_dest: str | None, release: str) -> str:
+        """A self-sourced session (this host reads the build itself: a URL it fetches, a
+        folder on this machine): say where it goes, wait for ``seal``, and return the release
+        id to use; the caller then fills the staging folder."""
+        self.send("ready", release=release, staging=staging, link_dest=link_dest,
+                  source="self")
+        msg = self.wait("seal")
+        chosen = msg.get("release")
+        return chosen if isinstance(chosen, str) else release
 
     def gate(self, event: str, expect: str, **info: Any) -> None:
         """Say ``event``; go on when the deploying machine says ``expect``."""
