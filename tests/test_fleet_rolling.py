@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from atomic_deploy.fleet import FleetOptions
 from conftest import make_build, run_cli, wait_for
 from sshlab import Host, SSHLab
 
@@ -85,10 +86,12 @@ def test_rolling_deploy_switches_batch_after_healthy_batch(lab: SSHLab, tmp_path
     order = [hosts[2], hosts[0], hosts[3], hosts[1]]
     # Each host records when its health check passed, on the one clock these hosts share.
     healthy = "date +%s.%N > /srv/healthy_at"
-    # Pings every 0.2 s: a host gives up after 0.8 s without a word, far less than the
-    # 1.5 s the second batch waits and the first waits for its commit.
+    # Pings every 0.2 s: a host gives up after 0.8 s without a word, far less than the 3 s
+    # the second batch waits and the first waits for its commit. Nor is waiting answering
+    # late: --host-timeout is shorter than the wait.
     r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(order), "--json",
-            "--rolling", "50%", "--rolling-wait", "1.5", "--after-switch", TOLD,
+            "--rolling", "50%", "--rolling-wait", "3", "--host-timeout", "2.9",
+            "--after-switch", TOLD,
             "--health-check", healthy, "--health-retries", "0",
             env=env(ATOMIC_DEPLOY_PING_INTERVAL="0.2"))
     assert r.returncode == 0, r.stderr
@@ -108,11 +111,11 @@ def test_rolling_deploy_switches_batch_after_healthy_batch(lab: SSHLab, tmp_path
     # Batch 2 switched only after every host of batch 1 was healthy, and the wait after.
     healthy_1 = max(float(h.path("/srv/healthy_at").read_text()) for h in first)
     switched_2 = min(by_host[h.dest(APP)]["switched_at"] for h in second)
-    assert switched_2 - healthy_1 >= 1.5
+    assert switched_2 - healthy_1 >= 3
     ctime = {h.alias: os.lstat(h.path(APP) / "current").st_ctime for h in hosts}
     assert max(ctime[h.alias] for h in first) < min(ctime[h.alias] for h in second)
     # The fleet-wide skew spans the batches (the mixed window); each batch has its own.
-    assert d["skew_ms"] >= 1500 > max(b["skew_ms"] for b in d["batches"])
+    assert d["skew_ms"] >= 3000 > max(b["skew_ms"] for b in d["batches"])
     lines = r.stderr.splitlines()
     assert any(line.startswith("batch 1/2: 2 of 2 hosts switched and healthy") for line in lines)
     assert any(line.startswith("batch 2/2: 2 of 2 hosts switched and healthy") for line in lines)
@@ -195,6 +198,27 @@ def test_max_fail_exceeded_switches_everyone_back(lab: SSHLab, tmp_path: Path) -
         assert current(h) == f"releases/{v1}" and told(h) == [v2, v1]
         assert states(h)[v2] == "bad"
         assert settled(h) and not hidden(h)
+
+
+def test_every_host_failing_within_max_fail_is_a_failed_deploy(lab: SSHLab,
+                                                               tmp_path: Path) -> None:
+    hosts = [lab.add_host(f"web{i}") for i in (1, 2)]
+    v1 = first_deploy(hosts, tmp_path)
+    for h in hosts:
+        h.path("/srv/unhealthy").write_text("")
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(hosts), "--json",
+            "--max-fail", "2", *UNHEALTHY)
+    assert r.returncode == 4, r.stderr
+    assert json.loads(r.stdout)["outcome"] == "switched back"
+    assert all(current(h) == f"releases/{v1}" and settled(h) for h in hosts)
+
+
+def test_batch_sizes() -> None:
+    assert FleetOptions(rolling_percent=25).batch_size(10) == 3  # rounded up: 3, 3, 3, 1
+    assert FleetOptions(rolling_percent=1).batch_size(4) == 1  # at least 1
+    assert FleetOptions(rolling_percent=100).batch_size(4) == 4
+    assert FleetOptions(rolling=3).batch_size(2) == 3  # one batch of everything
+    assert FleetOptions().batch_size(7) == 7  # not rolling: one batch
 
 
 def test_rolling_rollback(lab: SSHLab, tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ exit codes:
        a remote host unreachable, refusing the login or its host key, or without python3
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
-  5    a fleet is left mixed (the message names every host's release)
+  5    a fleet is left mixed (the message names every host's release), also when
+       --max-fail let hosts fail
   status: 0 current serves a complete release, 1 it does not (absent, dangling,
         outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
