@@ -264,6 +264,15 @@ def test_bad_rolling_values(tmp_path: Path, args: tuple[str, ...], says: str) ->
 
 
 @pytest.mark.parametrize("cmd", ["deploy", "rollback"])
+def test_help_shows_the_rolling_options(cmd: str) -> None:
+    r = run_cli(cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "--rolling N" in text and "N%: that share of them" in text
+    assert "--rolling-wait SECONDS" in text and "--max-fail N" in text
+
+
+@pytest.mark.parametrize("cmd", ["deploy", "rollback"])
 @pytest.mark.parametrize("flag", [("--rolling", "2"), ("--max-fail", "1")])
 def test_rolling_needs_a_fleet(tmp_path: Path, cmd: str, flag: tuple[str, ...]) -> None:
     root = tmp_path / "root"

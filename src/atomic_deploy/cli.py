@@ -457,10 +457,11 @@ _ROLLING_COMMANDS = ("deploy", "rollback")
 
 def _add_rolling(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rolling (fleets only)")
-    g.add_argument("--rolling", type=_rolling_size, metavar="N|P%",
-                   help="switch N hosts at a time (or P%% of them, rounded up), in the order "
-                        "given, each batch's after-switch hooks and health checks passing "
-                        "before the next; the commit follows the last batch")
+    # No "%" in a metavar: argparse %-formats the usage line it goes into.
+    g.add_argument("--rolling", type=_rolling_size, metavar="N",
+                   help="switch N hosts at a time (N%%: that share of them, rounded up), in "
+                        "the order given, each batch's after-switch hooks and health checks "
+                        "passing before the next; the commit follows the last batch")
     g.add_argument("--rolling-wait", type=_seconds, metavar="SECONDS",
                    help="pause between batches (with --rolling)")
     g.add_argument("--max-fail", type=_max_fail, metavar="N",
