@@ -58,6 +58,8 @@ SESSION_STEPS = ("session-ready", "session-transferred", "session-sealed", "sess
 # The fleet coordinator (fleet/_deploy.py): every host locked; every host prepared; every host
 # switched; the commit messages sent.
 FLEET_STEPS = ("fleet-locked", "fleet-prepared", "fleet-switched", "fleet-committing")
+# A rolling fleet deploy (--rolling): after each batch but the last switched and was healthy.
+ROLLING_STEPS = ("fleet-batch-switched",)
 
 
 class SignalGuard:

@@ -45,7 +45,8 @@ exit codes:
        a remote host unreachable, refusing the login or its host key, or without python3
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
-  5    a fleet is left mixed (the message names every host's release)
+  5    a fleet is left mixed (the message names every host's release), also when
+       --max-fail let hosts fail
   status: 0 current serves a complete release, 1 it does not (absent, dangling,
         outside releases/, not a link), 2 not a deploy root
   verify: 0 the release matches its manifest, 1 it differs, 2 no manifest (or bad input)
@@ -506,6 +507,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             _add_remote(p, stage=name in ("deploy", "prepare"))
         if name in _FLEET_COMMANDS:
             _add_fleet(p, stage=name in ("deploy", "prepare"))
+        if name in _ROLLING_COMMANDS:
+            _add_rolling(p)
     return parser
 
 
@@ -534,6 +537,66 @@ def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
                             "(default: no limit)")
 
 
+# Fleet commands that switch, and so can switch in batches (docs/fleet.md#rolling).
+_ROLLING_COMMANDS = ("deploy", "rollback")
+
+
+def _add_rolling(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rolling (fleets only)")
+    # No "%" in a metavar: argparse %-formats the usage line it goes into.
+    g.add_argument("--rolling", type=_rolling_size, metavar="N",
+                   help="switch N hosts at a time (N%%: that share of them, rounded up), in "
+                        "the order given, each batch's after-switch hooks and health checks "
+                        "passing before the next; the commit follows the last batch")
+    g.add_argument("--rolling-wait", type=_seconds, metavar="SECONDS",
+                   help="pause between batches (with --rolling)")
+    g.add_argument("--max-fail", type=_max_fail, metavar="N",
+                   help="up to N hosts may fail after the switch: they switch back alone, the "
+                        "others commit, exit 5 (the fleet is mixed); one more and every host "
+                        "switches back (default 0)")
+
+
+def _rolling_size(text: str) -> tuple[int, float]:
+    """argparse type for --rolling: (hosts per batch, 0) or (0, percentage)."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1]) if percent else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hosts or a percentage: {text!r}") \
+            from None
+    if percent and (not math.isfinite(value) or not 0 < value <= 100):
+        raise argparse.ArgumentTypeError(f"a percentage over 0 and at most 100%, not {text!r}")
+    if not percent and value < 1:
+        raise argparse.ArgumentTypeError(f"1 or more hosts per batch, not {text!r}")
+    return (0, value) if percent else (int(value), 0.0)
+
+
+def _max_fail(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hosts: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"0 or more hosts, not {text!r}")
+    return value
+
+
+def _rolling_options(args: argparse.Namespace, roots: list[str] | None) -> dict[str, Any]:
+    """FleetOptions' rolling fields from --rolling, --rolling-wait and --max-fail; a usage
+    error when given without a fleet (``roots`` None)."""
+    given = [flag for flag, dest in (("--rolling", "rolling"), ("--rolling-wait", "rolling_wait"),
+                                     ("--max-fail", "max_fail"))
+             if getattr(args, dest, None) is not None]
+    if given and roots is None:
+        _usage(args.command, f"{given[0]} is for a fleet: give several roots, or --hosts FILE")
+    if getattr(args, "rolling_wait", None) is not None and getattr(args, "rolling", None) is None:
+        _usage(args.command, "--rolling-wait needs --rolling")
+    count, percent = getattr(args, "rolling", None) or (0, 0.0)
+    return {"rolling": count, "rolling_percent": percent,
+            "rolling_wait": getattr(args, "rolling_wait", None) or 0.0,
+            "max_fail": getattr(args, "max_fail", None) or 0}
+
+
 # Commands that take a ROOT, which may be a remote root (host:/path, ssh://host:port/path).
 _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "verify",
                   "prune", "recover", "adopt", "doctor")
@@ -543,6 +606,10 @@ _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys"
                "parallel", "host_timeout", "release_opt", "pull")
 # A URL source's options: used where the URL is fetched (here, or on the host with --pull).
 _FETCH_ONLY = ("sha256", "header", "fetch_timeout", "insecure_no_checksum")
+
+
+# The fleet's business, never a host's (each host is told when to switch).
+_ROLLING_LOCAL = ("rolling", "rolling_wait", "max_fail")
 
 
 def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
@@ -1080,6 +1147,7 @@ def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         roots = _fleet_roots(args)
+        _rolling_options(args, roots)  # a usage error without a fleet
         if roots is not None:
             return _fleet(args, parser, roots)
         remote = _remote_root(args)
@@ -1164,7 +1232,7 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
     for action in actions:
         dest = action.dest
         # A tarball is extracted here, and --trust-mtime is rsync's quick check, here too.
-        if dest in _LOCAL_ONLY or dest == "help" or (
+        if dest in _LOCAL_ONLY or dest in _ROLLING_LOCAL or dest == "help" or (
                 dest in ("strip_components", "trust_mtime", *_FETCH_ONLY)
                 and args.command in ("deploy", "prepare")):
             if dest == "root" or (dest == "source" and args.command not in
@@ -1352,7 +1420,8 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     front.append("--json")  # each host's result and error, read here
     argv_for = _self_sourced(args, _argv_maker(args, parser, config, front, transfer), build)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
-                        activate=cmd == "deploy", ordered_locking=bool(args.wait))
+                        activate=cmd == "deploy", ordered_locking=bool(args.wait),
+                        **_rolling_options(args, []))
     lines = _err_line if not getattr(args, "quiet", False) else (lambda line: None)
     table = _fleet_table(args, roots)
     if table is not None:
@@ -1377,6 +1446,8 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if r.exit_code == 0:
         skew = f"switch skew {r.skew * 1000:.1f} ms; " if r.skew is not None else ""
         head = f"{verb} {r.release} to {len(r.hosts)} hosts ({skew}{r.seconds:.2f}s)"
+        if len(r.batches) > 1:
+            head = _rolling_head(r, verb)
     else:
         head = f"{r.outcome}: {len(r.hosts)} hosts"
     width = max(len(h.host) for h in r.hosts)
@@ -1385,6 +1456,16 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
             for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
+
+
+def _rolling_head(r: Any, verb: str) -> str:
+    """A rolling deploy's summary: the worst skew within a batch, and how long the fleet was
+    mixed (from the first host's switch to the last's)."""
+    worst = max((b.skew for b in r.batches if b.skew is not None), default=None)
+    skew = f"switch skew {worst * 1000:.1f} ms at most in a batch; " if worst is not None else ""
+    mixed = f"mixed for {r.skew:.2f}s; " if r.skew is not None else ""
+    return (f"{verb} {r.release} to {len(r.hosts)} hosts in {len(r.batches)} batches "
+            f"({skew}{mixed}{r.seconds:.2f}s)")
 
 
 def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -1450,7 +1531,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         return argv
 
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
-                        ordered_locking=bool(args.wait))
+                        ordered_locking=bool(args.wait), **_rolling_options(args, []))
     r = _fleet_switch(args, roots, argv_for, settings, opts)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)

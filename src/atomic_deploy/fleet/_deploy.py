@@ -20,6 +20,14 @@ steps them together:
 5. **Commit** every host. The only window in which a crash of this process leaves the fleet
    mixed is between the first and the last ``commit`` message (they go out back to back).
 
+**Rolling** (``rolling``): step 4 in batches of hosts, in the order given; each batch switched,
+hooked and health-checked before the next is told to switch (``rolling_wait`` seconds
+between). Switched hosts wait for their commit with their sessions open (the pings keep them
+from giving up), so a failing batch can still switch every earlier one back; the commit goes
+out after the last batch. **max_fail**: up to that many hosts may fail after the switch (each
+switches itself back and stays on its previous release); the others go on and commit, and
+the fleet is reported mixed (exit 5). One more failure: all-or-nothing again.
+
 Each host's deadline per phase is ``host_timeout``; a host that misses it is named, aborted,
 and counted as failed.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import shutil
 import threading
 import time
@@ -77,6 +86,7 @@ class HostOutcome:
     linked: int = 0
     switched_at: float | None = None
     seconds: float = 0.0
+    batch: int | None = None  # its switch batch (1, 2...); None: never told to switch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,12 +102,36 @@ class FleetResult:
     skew: float | None = None  # seconds between the first and the last host's switch
     error: str | None = None
     seconds: float = 0.0
+    batches: list[Batch] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"release": self.release, "activated": self.activated, "outcome": self.outcome,
-                "exit_code": self.exit_code, "error": self.error,
-                "skew_ms": None if self.skew is None else round(self.skew * 1000, 3),
-                "seconds": round(self.seconds, 3), "hosts": [h.to_dict() for h in self.hosts]}
+                "exit_code": self.exit_code, "error": self.error, "skew_ms": _ms(self.skew),
+                "seconds": round(self.seconds, 3), "hosts": [h.to_dict() for h in self.hosts],
+                "batches": [b.to_dict() for b in self.batches]}
+
+
+@dataclass
+class Batch:
+    """One switch batch (the whole fleet is one batch unless rolling)."""
+
+    hosts: list[str]
+    switched: list[str] = field(default_factory=list)  # switched and healthy
+    failed: list[str] = field(default_factory=list)
+    skew: float | None = None  # between the first and the last host of the batch to switch
+    seconds: float = 0.0  # from the switch messages to the last host's answer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hosts": self.hosts, "switched": self.switched, "failed": self.failed,
+                "skew_ms": _ms(self.skew), "seconds": round(self.seconds, 3)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _spread(times: list[float]) -> float | None:
+    return max(times) - min(times) if times else None
 
 
 @dataclass
@@ -109,13 +143,25 @@ class FleetOptions:
     # fleets that overlap cannot each hold a lock the other waits for. Without waiting, a
     # refused lock fails at once (nothing can deadlock), so all are taken in parallel.
     ordered_locking: bool = False
+    # Rolling: hosts per switch batch (``rolling``), or that percentage of the hosts
+    # (``rolling_percent``, rounded up); 0: every host in one batch.
+    rolling: int = 0
+    rolling_percent: float = 0.0
+    rolling_wait: float = 0.0  # seconds between batches
+    max_fail: int = 0  # hosts that may fail after the switch and stay on their previous release
+
+    def batch_size(self, hosts: int) -> int:
+        if self.rolling_percent:
+            return max(1, math.ceil(hosts * self.rolling_percent / 100))
+        return self.rolling if self.rolling > 0 else max(1, hosts)
     on_event: OnEvent | None = None
 
 
 class _Host:
-    def __init__(self, root: RemoteRoot, text: str,
+    def __init__(self, root: RemoteRoot, text: str, order: int,
                  note: Callable[[_Host, str], None] | None = None) -> None:
         self.root = root
+        self.order = order  # its place in the list given: rolling batches follow it
         self.out = HostOutcome(text)
         self.note = note or (lambda host, event: None)
         self.conn: Connection | None = None
@@ -140,8 +186,9 @@ class Fleet:
                  argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> None:
-        self.hosts = sorted((_Host(r, text, self.note) for r, text in roots),
+        self.hosts = sorted((_Host(r, text, i, self.note) for i, (r, text) in enumerate(roots)),
                             key=lambda h: h.out.host)
+        self.batches: list[Batch] = []
         self.build, self.argv_for, self.settings = build, argv_for, settings
         self.transfer, self.opts = transfer, opts
         self._emit_lock = threading.Lock()
@@ -171,6 +218,7 @@ class Fleet:
         finally:
             self._close()
         result.hosts = [h.out for h in self.hosts]
+        result.batches = self.batches
         result.seconds = time.monotonic() - started
         return result
 
@@ -203,25 +251,66 @@ class Fleet:
         if self.build is not None:
             # 3. prepare
             self._pool(lambda h: self._prepare(h, release), self.hosts)
-            failed = [h for h in self.hosts if h.out.phase != "prepared"]
-            if failed:
+            unprepared = [h for h in self.hosts if h.out.phase != "prepared"]
+            if unprepared:
                 return self._abort_all(release, "nothing switched",
-                                       self._names(failed, "failed to prepare"))
+                                       self._names(unprepared, "failed to prepare"))
             fault_point("fleet-prepared")
         if not activate:
             return self._commit(release, "prepared", None)
-        # 4. switch
-        for h in self.hosts:
-            assert h.session is not None
-            h.session.send("switch")
-        self._pool(self._await_switch, self.hosts)
-        times = [h.out.switched_at for h in self.hosts if h.out.switched_at is not None]
-        skew = max(times) - min(times) if len(times) == len(self.hosts) else None
-        failed = [h for h in self.hosts if h.out.phase != "switched"]
-        if failed:
+        # 4. switch, in batches when rolling (else all hosts in one)
+        order = sorted(self.hosts, key=lambda h: h.order)
+        size = self.opts.batch_size(len(order))
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        failed: list[_Host] = []
+        for number, hosts in enumerate(batches, 1):
+            if number > 1 and self.opts.rolling_wait:
+                time.sleep(self.opts.rolling_wait)  # a signal still interrupts it (run())
+            failed += self._switch_batch(number, hosts, len(batches))
+            if len(failed) > self.opts.max_fail:
+                return self._switch_back(release, failed)
+            if number < len(batches):
+                fault_point("fleet-batch-switched")
+        survivors = [h for h in self.hosts if h.out.phase == "switched"]
+        if not survivors:  # every host failed, within --max-fail: nothing to commit
             return self._switch_back(release, failed)
         fault_point("fleet-switched")
+        # Rolling: from the first host's switch to the last's, across the batches (each
+        # batch's own is in self.batches). None if a host did not say when it switched.
+        times = [h.out.switched_at for h in survivors if h.out.switched_at is not None]
+        skew = _spread(times) if len(times) == len(survivors) else None
+        if failed:
+            why = self._names(failed, f"{len(failed)} of {len(self.hosts)} hosts failed after "
+                              f"the switch and switched back (--max-fail {self.opts.max_fail})")
+            return self._commit(release, "deployed", skew, survivors, why)
         return self._commit(release, "deployed", skew)
+
+    def _switch_batch(self, number: int, hosts: list[_Host], count: int) -> list[_Host]:
+        """Switch ``hosts`` together and wait for each one's after-switch hooks and health
+        check; the hosts that failed."""
+        batch = Batch([h.out.host for h in hosts])
+        self.batches.append(batch)
+        started = time.monotonic()
+        for h in hosts:
+            assert h.session is not None
+            h.out.batch = number
+            h.session.send("switch")
+        self._pool(self._await_switch, hosts)
+        batch.seconds = time.monotonic() - started
+        ok = [h for h in hosts if h.out.phase == "switched"]
+        failed = [h for h in hosts if h.out.phase != "switched"]
+        batch.switched = [h.out.host for h in ok]
+        batch.failed = [h.out.host for h in failed]
+        batch.skew = _spread([h.out.switched_at for h in ok if h.out.switched_at is not None])
+        if count > 1:  # one line per batch, as each ends
+            skew = f"skew {batch.skew * 1000:.1f} ms, " if batch.skew is not None else ""
+            line = (f"batch {number}/{count}: {len(ok)} of {len(hosts)} hosts switched and "
+                    f"healthy ({skew}{batch.seconds:.2f}s)")
+            if failed:
+                line += "; failed: " + ", ".join(batch.failed)
+            with self._emit_lock:
+                self._emit(line)
+        return failed
 
     def _connect(self, h: _Host) -> None:
         self.note(h, "connecting")
@@ -317,18 +406,23 @@ class Fleet:
             self._ended(h, ev)  # it switched back by itself (or never switched)
 
     # -- endings ------------------------------------------------------------------------------
-    def _commit(self, release: str, outcome: str, skew: float | None) -> FleetResult:
-        for h in self.hosts:  # back to back: the window a crash here leaves mixed
+    def _commit(self, release: str, outcome: str, skew: float | None,
+                hosts: list[_Host] | None = None, failures: str | None = None) -> FleetResult:
+        """Commit ``hosts`` (default: every host); the others failed within --max-fail."""
+        chosen = self.hosts if hosts is None else hosts
+        for h in chosen:  # back to back: the window a crash here leaves mixed
             assert h.session is not None
             h.session.send("commit")
         fault_point("fleet-committing")
         self._pool(self._await_done, self.hosts)
         for h in self.hosts:
-            if h.done is not None and int(h.done.get("exit", 1)) == 0:
+            if h in chosen and h.done is not None and int(h.done.get("exit", 1)) == 0:
                 h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
                 h.out.release = release if self.opts.activate else h.out.previous
                 self.note(h, "committed")
-        return self._settle(release, outcome, 0, None, skew)
+            elif h not in chosen and h.done is not None:
+                h.out.release = h.out.previous  # it switched itself back
+        return self._settle(release, outcome, 0, failures, skew)
 
     def _await_done(self, h: _Host) -> None:
         if h.session is None or h.done is not None:
@@ -346,7 +440,10 @@ class Fleet:
         culprits = {id(h) for h in self.hosts if h.out.error}
         for h in self.hosts:
             if h.session is not None and h.done is None:
-                h.session.send("abort", reason=reason or error, bad=bad)
+                # Only a switched host keeps the release (marked bad); one still waiting for
+                # its batch removes it, as in a failed prepare.
+                h.session.send("abort", reason=reason or error,
+                               bad=bad and h.out.phase == "switched")
         self._pool(self._await_done, self.hosts)
         for h in self.hosts:
             if h.done is not None or h.session is None:
