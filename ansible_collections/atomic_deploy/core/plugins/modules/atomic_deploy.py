@@ -8,7 +8,7 @@ module: atomic_deploy
 short_description: Deploy, activate, roll back and prune releases with atomic-deploy
 version_added: "0.1.0"
 description:
-  - Runs atomic-deploy on the managed host against the deploy root I(root):
+  - Runs atomic-deploy on the managed host against the deploy root I(root);
     a build becomes C(root/releases/<id>/) and C(root/current) is switched to it with one rename.
   - The tool itself travels with the task, as one file (the same single-file build the tool's
     own remote roots use); it is installed in C(root/.atomic-deploy/bin/) and its sha256 is
@@ -49,8 +49,8 @@ options:
   keep:
     description: Good releases to keep when pruning (a number, or C(all) with I(state=active)).
     type: str
-  message:
-    description: Recorded with the release in the root's history.
+  comment:
+    description: Recorded with the release in the root's history (the tool's C(--message)).
     type: str
   check:
     description: Commands run inside the new release before it can become current.
@@ -97,13 +97,22 @@ options:
   wait:
     description: Seconds to wait for another process holding the root's lock.
     type: float
+  _tool:
+    description: Set by the action plugin (the uploaded tool's path on the host); never set it.
+    type: str
+  _tool_name:
+    description: Set by the action plugin (the tool's file name); never set it.
+    type: str
+  _tool_sha256:
+    description: Set by the action plugin (the tool's sha256); never set it.
+    type: str
 notes:
   - Check mode runs the tool with C(--dry-run); nothing on the host changes. A deploy in check
     mode reports C(changed=true) unless nothing would be done (the release is already current).
   - Diff mode shows the release C(current) names before and after.
   - C(root/atomic-deploy.toml) on the host applies as it does for the command line.
 author:
-  - atomic-deploy contributors
+  - atomic-deploy contributors (@atomic-deploy)
 """
 
 EXAMPLES = r"""
@@ -319,8 +328,8 @@ def stage_args(p):
         argv += ["--shared-dir", path]
     for path in p["shared_files"] or []:
         argv += ["--shared-file", path]
-    if p["message"] is not None:
-        argv += ["--message", p["message"]]
+    if p["comment"] is not None:
+        argv += ["--message", p["comment"]]
     if p["link_unchanged"]:
         argv.append("--link-unchanged")
     return argv
@@ -335,7 +344,7 @@ def main():
             src=dict(type="str"),
             release=dict(type="str"),
             keep=dict(type="str"),
-            message=dict(type="str"),
+            comment=dict(type="str"),
             check=dict(type="list", elements="str"),
             after_switch=dict(type="list", elements="str"),
             on_failure=dict(type="list", elements="str"),
@@ -367,7 +376,7 @@ def main():
         if not os.path.isdir(root):
             return None
         _rc, out, _err = module.run_command([sys.executable, tool, "status", root, "--json"],
-                                          environ_update={"NO_COLOR": "1"})
+                                            environ_update={"NO_COLOR": "1"})
         try:
             return json.loads(out).get("current")
         except (ValueError, AttributeError):
