@@ -242,6 +242,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                         "(for verify --content)")
     g.add_argument("--link-writable", action="store_true", default=None,
                    help="with --link-unchanged, also link group/other-writable files")
+    g.add_argument("--if-changed", action="store_true", default=None,
+                   help="do nothing (exit 0; --json: unchanged) when the build is the current "
+                        "release, contents compared by manifest (implies --digest; local ROOT)")
     g.add_argument("--jobs", type=int, metavar="N", help="parallel copy threads")
     g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
                    help="skip flushing to disk before the switch (faster, not crash-safe)")
@@ -758,6 +761,8 @@ def _options(args: argparse.Namespace, root: str | None,
             value = _config.hooks(key, value)  # a list of strings is a list of commands
         values[key] = value
     values["command"] = "atomic-deploy " + " ".join(_redacted(sys.argv[1:]))
+    if getattr(args, "if_changed", None):
+        values["if_changed"] = True
     if not getattr(args, "quiet", False):
         values["on_output"] = lambda line: _err_line(_err("dim", "  | ") + line)
     return DeployOptions(**values)
@@ -867,6 +872,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if progress is not None:
                 progress.close()
             _close_progress(opts.fetch)
+        if r.unchanged:
+            _emit(args, r.to_dict(), f"unchanged: {r.release} is already this build", data=True)
+            return EXIT_OK
         if cmd == "prepare":
             _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
             for w in r.warnings:

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
@@ -123,6 +123,9 @@ class DeployOptions:
     trust_mtime: bool = False  # link on size+mtime alone, without reading contents
     link_writable: bool = False
     digest: bool = False  # record every file's content digest in the manifest
+    # Keep nothing when the build's manifest (content digests included) is the current
+    # release's: the staged copy is removed, nothing is switched or recorded (--if-changed).
+    if_changed: bool = False
     jobs: int | None = None
     fsync: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -144,6 +147,7 @@ class DeployResult:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     recovered: str | None = None
+    unchanged: bool = False  # --if-changed found the build already current: nothing was done
     # Symlinks of a folder build that lead out of it: {"path": ..., "target": ...} each.
     external_links: list[dict[str, str]] = field(default_factory=list)
     # Problems after the commit point (pruning), and what looks like a mistake in the build
@@ -306,6 +310,10 @@ class _Session:
             checkpoint("journal-written")
             value, fields = body(op_id)
             record(self.layout, op, "ok", op_id=op_id, **fields)  # the commit point
+        except _Unchanged:
+            undo(self.layout, journal)  # nothing was switched: removes the staged release
+            clear_journal(self.layout)
+            raise
         except CheckFailed as exc:
             if not exc.rolled_back:
                 raise self._abort(op, op_id, journal, exc) from None
@@ -669,6 +677,8 @@ def validate_options(opts: DeployOptions) -> None:
     check_seconds("--wait", opts.wait)
     if opts.jobs is not None and opts.jobs < 1:
         raise bad("--jobs must be at least 1")
+    if opts.if_changed and opts.session is not None:
+        raise bad("--if-changed works on a local ROOT only")
     if (opts.checksum or opts.link_writable or opts.trust_mtime) and not opts.link_unchanged:
         raise bad("--checksum, --trust-mtime and --link-writable only make sense with "
                   "--link-unchanged")
@@ -737,6 +747,8 @@ def _check_hook(flag: str, cmd: Any) -> None:
 
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
     validate_options(opts)
+    if opts.if_changed and not opts.digest:
+        opts = replace(opts, digest=True)  # equal manifests then mean equal contents
     from ._shared import check_shared, link_shared
 
     kind, src = _source_kind(source, root, opts)
@@ -811,6 +823,10 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                 _run_checks(s, opts, rid, previous, linked, hooks)
                 _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
             manifest[0] = _write_manifest(layout, rid, opts, record, revision)
+            if opts.if_changed and previous is not None and manifest[0] is not None:
+                made = s.history.created().get(previous)
+                if made is not None and s.history.records[made].get("manifest") == manifest[0]:
+                    raise _Unchanged()
             fields: dict[str, Any] = {"release": rid, "previous": previous, "source": src,
                       "message": opts.message, "files": stats.files, "bytes": stats.bytes,
                       "revision": revision, "shared": shared or None,
@@ -835,6 +851,12 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
 
         try:
             stats, revision = s.run(op, journal, body)
+        except _Unchanged:
+            assert previous is not None
+            return DeployResult(release=previous, path=layout.release(previous), previous=previous,
+                                activated=False, manifest=manifest[0], recovered=s.recovered,
+                                unchanged=True,
+                                seconds=round(time.monotonic() - started, 3))
         except CheckFailed as exc:
             if exc.hooks is None:
                 exc.hooks = hooks
@@ -869,6 +891,10 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                                        f"failed ({why}); {describe_current(layout)}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
+
+
+class _Unchanged(Exception):
+    """--if-changed: the staged release is the current one, byte for byte; drop it."""
 
 
 def _switch_timed(layout: Layout, release: str) -> float:
