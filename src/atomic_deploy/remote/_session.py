@@ -30,6 +30,7 @@ it had switched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -40,7 +41,8 @@ import time
 from typing import IO, Any
 
 from .._copy import CopyStats
-from .._manifest import CopyRecord, walk
+from .._layout import Layout
+from .._manifest import CopyRecord, Entry, digest_file, load, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
@@ -159,21 +161,36 @@ class SessionChannel:
                 pass  # the deploying machine is gone; its end of input says so
 
     # -- the steps operations.py calls ------------------------------------------------------
-    def receive(self, staging: str, link_dest: str | None,
-                release: str) -> tuple[CopyStats, list[str], str, CopyRecord]:
+    def receive(self, staging: str, link_dest: str | None, release: str,
+                previous: tuple[Layout, str] | None = None,
+                ) -> tuple[CopyStats, list[str], str, CopyRecord]:
         """Tell where the build goes, wait until it is there; its stats, the paths of the
         files that are hard links to ``link_dest``'s (the check hooks' write-through test),
         the release id to use (a fleet's may be later than the one this host proposed), and
-        what the manifest records of it."""
-        self.send("ready", release=release, staging=staging, link_dest=link_dest)
-        msg = self.wait("seal", "tar")
-        if msg["cmd"] == "tar":
+        what the manifest records of it (with every file's digest). ``previous``: the root
+        and the release ``link_dest`` is, whose manifest is compared with."""
+        digests = link_dest is not None and previous is not None and _has_digests(*previous)
+        self.send("ready", release=release, staging=staging, link_dest=link_dest,
+                  digests=digests)
+        old: dict[str, Entry] = {}
+        if link_dest is not None and previous is not None:
+            old = _entries(*previous)
+        msg = self.wait("seal", "tar", "offer")
+        if msg["cmd"] == "offer":
+            files = msg.get("files")
+            if digests and link_dest and isinstance(files, list):
+                send = link_by_digest(files, old, link_dest, staging)
+                self.send("plan", send=send, linked=len(files) - len(send))
+            else:
+                self.send("plan", send=None)
+            msg = self.wait("seal")
+        elif msg["cmd"] == "tar":
             from .._sources import extract_stream
 
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
             msg = self.wait("seal")
-        stats, linked, record = _walk(staging, link_dest)
+        stats, linked, record = _walk(staging, link_dest, old)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
 
@@ -186,13 +203,105 @@ class SessionChannel:
         self.send("done", exit=code, stdout=stdout)
 
 
-def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str], CopyRecord]:
+def _has_digests(layout: Layout, release: str) -> bool:
+    """Whether the release's manifest records content digests (its header says)."""
+    try:
+        with open(layout.manifest(release), "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and bool(header.get("digest"))
+
+
+def _entries(layout: Layout, release: str) -> dict[str, Entry]:
+    """The release's manifest entries by path; empty when it has none or an unreadable one."""
+    try:
+        found = load(layout, release)
+    except (OSError, ValueError, TypeError, IndexError, UnicodeDecodeError):
+        return {}
+    return found[1] if found is not None else {}
+
+
+def _safe_rel(rel: Any) -> bool:
+    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/") and "\0" not in rel
+            and all(part not in ("", ".", "..") for part in rel.split("/")))
+
+
+def link_by_digest(files: list[Any], old: dict[str, Entry], current: str,
+                   staging: str) -> list[int]:
+    """Hard-link into ``staging`` each offered file the current release holds unchanged;
+    returns the indexes (into ``files``) of those to send.
+
+    An offered file ``[path, size, mode, mtime_ns, uid, gid, digest]`` is linked only when the
+    current release's manifest records that path as a file with the same digest, size, mode
+    and mtime (so the link gives the new release what rsync -a would have written, and
+    touches no metadata of the live file), and the live file still has the size, mtime and
+    mode the manifest recorded (not written in place since; write-through) and, where this
+    process could set owners (root), the offered owner. Its parents in the current release
+    must be real folders (never a path through a symlink)."""
+    send: list[int] = []
+    root = os.geteuid() == 0
+    checked: dict[str, bool] = {"": True}  # folder of the current release -> a real folder
+    made: set[str] = {""}  # folders created in staging
+
+    def real_dir(rel: str) -> bool:
+        if rel not in checked:
+            parent = rel.rpartition("/")[0]
+            try:
+                ok = real_dir(parent) and stat.S_ISDIR(
+                    os.lstat(os.path.join(current, rel)).st_mode)
+            except OSError:
+                ok = False
+            checked[rel] = ok
+        return checked[rel]
+
+    def make(rel: str) -> None:
+        if rel not in made:
+            make(rel.rpartition("/")[0])
+            with contextlib.suppress(FileExistsError):  # rsync sets its mode and times later
+                os.mkdir(os.path.join(staging, rel), 0o700)
+            made.add(rel)
+
+    for i, item in enumerate(files):
+        if i % 256 == 0:
+            checkpoint("session-link")
+        try:
+            rel, size, mode, mtime, uid, gid, digest = item
+        except (TypeError, ValueError):
+            raise OperationFailed("session protocol error: a malformed offer") from None
+        entry = old.get(rel) if _safe_rel(rel) else None
+        if entry is None or entry[1] != "file" or entry[5] != digest or \
+                (entry[2], entry[3], entry[4]) != (mode, size, mtime):
+            send.append(i)
+            continue
+        parent = rel.rpartition("/")[0]
+        src = os.path.join(current, rel)
+        try:
+            st = os.lstat(src) if real_dir(parent) else None
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size or \
+                st.st_mtime_ns != mtime or stat.S_IMODE(st.st_mode) != mode or \
+                (root and (st.st_uid, st.st_gid) != (uid, gid)):
+            send.append(i)
+            continue
+        make(parent)
+        os.link(src, os.path.join(staging, rel), follow_symlinks=False)
+    return send
+
+
+def _walk(top: str, link_dest: str | None,
+          old: dict[str, Entry]) -> tuple[CopyStats, list[str], CopyRecord]:
     """One walk of what the transfer put in ``top``: its stats, the files that share their
-    inode with another release (rsync --link-dest made them; rsync -a keeps no hard links of
-    its own), and the manifest's lines."""
+    inode with another release (hard links to ``link_dest``'s file at the same path, made by
+    link_by_digest or rsync --link-dest; rsync -a keeps no hard links of its own), and the
+    manifest's lines with every file's digest: a linked file's is the one ``old`` (the
+    manifest of ``link_dest``) records, when the shared inode still has the size and mtime
+    recorded with it; every other file is read here (received moments ago: from the page
+    cache), so each digest is computed from the bytes it describes."""
     stats = CopyStats()
     linked: list[str] = []
-    record = CopyRecord(False)
+    record = CopyRecord(True)
     if not os.path.isdir(top) or os.path.islink(top):
         raise InvalidInput("the staging folder is gone")
     for rel, st, target in walk(top):
@@ -204,8 +313,16 @@ def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str], CopyRe
         elif stat.S_ISREG(st.st_mode):
             stats.files += 1
             stats.bytes += st.st_size
+            entry = None
             if link_dest and st.st_nlink > 1:
                 linked.append(rel)
                 stats.linked += 1
                 stats.linked_bytes += st.st_size
+                entry = old.get(rel)
+            if entry is not None and entry[1] == "file" and entry[5] and \
+                    (entry[3], entry[4]) == (st.st_size, st.st_mtime_ns):
+                record.digests[rel] = entry[5]
+            else:
+                checkpoint("session-digest")
+                record.digests[rel] = digest_file(os.path.join(top, rel))
     return stats, linked, record

@@ -61,6 +61,7 @@ class Probe:
     root_exists: bool
     config: bytes | None = None  # ROOT/atomic-deploy.toml on the host, if there is one
     config_error: str | None = None  # it exists but could not be read
+    digests: bool = False  # the current release's manifest records content digests
 
 
 class Connection:
@@ -119,7 +120,7 @@ class Connection:
             return Probe(tuple(info["python"]), bool(info["have"]), bool(info["rsync"]),
                          bool(info["root"]),
                          base64.b64decode(config) if isinstance(config, str) else None,
-                         info.get("config_error"))
+                         info.get("config_error"), bool(info.get("digests")))
         except (ValueError, KeyError, IndexError, TypeError):
             raise ConnectFailed(f"{self.root.label} answered the probe with {out[-200:]!r}; "
                                 "is its login shell printing something?",
