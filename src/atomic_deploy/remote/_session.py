@@ -1,11 +1,16 @@
 """The session protocol: one tool process on the host, holding the root's lock for the whole
 deploy, steered by the deploying machine over the ssh channel.
 
-Messages are JSON lines, ``"v": 1`` in each. The host (this module's ``SessionChannel``, inside
+Messages are JSON lines, ``"v": 2`` in each (2 added ``offer`` and ``plan``). The host (this module's ``SessionChannel``, inside
 ``atomic-deploy deploy --session LABEL ROOT`` on the host) writes events to stdout; the deploying
 machine writes commands to stdin::
 
-    host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null}
+    host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null,
+            "digests": BOOL}   (whether link_dest's manifest records content digests)
+    local: {"cmd": "offer", "files": [[PATH, SIZE, MODE, MTIME_NS, UID, GID, DIGEST], ...]}
+           (with digests; see link_by_digest)
+    host:  {"event": "plan", "send": [INDEX, ...]|null, "linked": N}   the files it did not
+           hard-link from link_dest, to send (null: none compared; rsync --checksum then)
     local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
            ("release": ID: a fleet's one id, later than the one proposed, used instead)
       or:  {"cmd": "tar"} + frames    the build follows as a tar stream, in frames
@@ -46,7 +51,7 @@ from .._manifest import CopyRecord, Entry, digest_file, load, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
-VERSION = 1
+VERSION = 2
 # The deploying machine says {"cmd": "ping", "interval": N} every N seconds while a session is
 # open; after SILENT_PINGS intervals without a word from it (its network gone without a FIN, it
 # was suspended), the host gives up as on end of input. Until the first ping: DEFAULT_SILENCE.
