@@ -107,6 +107,21 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
     """Run ``atomic-deploy ARGV`` on the host (``argv(probe)``: made once the host has said
     what it has); with ``build`` (a local folder), as a session that receives it."""
     tool = _ship.tool()
+    if build is not None and not (transfer and transfer.trust_mtime):
+        # Hashing starts now, while the connection opens and the host's session starts;
+        # stopped below when the host has nothing to compare digests with.
+        build_index(build)
+    try:
+        return _run(root, argv, settings, emit, tool, mutating=mutating,
+                    create_root=create_root, build=build, transfer=transfer)
+    finally:
+        if build is not None:
+            forget_index(build)
+
+
+def _run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSettings,
+         emit: Emit, tool: _ship.Tool, *, mutating: bool, create_root: bool,
+         build: str | None, transfer: Transfer | None) -> Outcome:
     conn, probe, installed = connect(root, settings, tool, mutating=mutating,
                                      create_root=create_root)
     with conn:
@@ -127,8 +142,8 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
             return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
         t = transfer or Transfer()
         t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
-        if probe.digests and t.method == "rsync" and not t.trust_mtime:
-            build_index(build)  # hashing starts while the host's session starts
+        if not (probe.digests and t.method == "rsync" and not t.trust_mtime):
+            forget_index(build)  # (the session starts it again should the host have digests)
         host = HostSession(conn, proc, t, emit)
         try:
             outcome = _drive(host, build, activate=args[0] == "deploy")
@@ -452,6 +467,7 @@ class _Pending:
     def __init__(self, build: str) -> None:
         self._index: BuildIndex | None = None
         self._error: BaseException | None = None
+        self.stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(build,), name="build-digests",
                                         daemon=True)
         self._thread.start()
@@ -460,6 +476,9 @@ class _Pending:
         try:
             index = BuildIndex()
             for rel, st, _target in sorted(_manifest.walk(build)):
+                if self.stop.is_set():
+                    self._error = TransferFailed("hashing the build was stopped")
+                    return
                 if stat.S_ISREG(st.st_mode):
                     index.offer.append([rel, st.st_size, stat.S_IMODE(st.st_mode),
                                         st.st_mtime_ns, st.st_uid, st.st_gid,
@@ -483,12 +502,21 @@ _pending_lock = threading.Lock()
 
 
 def build_index(build: str) -> _Pending:
-    """The build's index, started in a thread on the first call for ``build``."""
+    """The build's index, started in a thread on the first call for ``build`` (until
+    forget_index: a fleet's hosts share one)."""
     with _pending_lock:
         found = _pending.get(build)
         if found is None:
             found = _pending[build] = _Pending(build)
         return found
+
+
+def forget_index(build: str) -> None:
+    """Stop and drop ``build``'s index: the next deploy of it hashes it again."""
+    with _pending_lock:
+        found = _pending.pop(build, None)
+    if found is not None:
+        found.stop.set()
 
 
 def _close_quietly(stream: Any) -> None:

@@ -1,9 +1,9 @@
 """The session protocol: one tool process on the host, holding the root's lock for the whole
 deploy, steered by the deploying machine over the ssh channel.
 
-Messages are JSON lines, ``"v": 2`` in each (2 added ``offer`` and ``plan``). The host (this module's ``SessionChannel``, inside
-``atomic-deploy deploy --session LABEL ROOT`` on the host) writes events to stdout; the deploying
-machine writes commands to stdin::
+Messages are JSON lines, ``"v": 2`` in each (2 added ``offer`` and ``plan``). The host (this
+module's ``SessionChannel``, inside ``atomic-deploy deploy --session LABEL ROOT`` on the host)
+writes events to stdout; the deploying machine writes commands to stdin::
 
     host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null,
             "digests": BOOL}   (whether link_dest's manifest records content digests)
