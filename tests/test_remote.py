@@ -264,7 +264,7 @@ def test_a_live_file_written_in_place_is_sent_not_linked(web1: Host, tmp_path: P
     live = web1.path("/srv/app/current/a.txt")
     before = _inode(live)
     live.write_text("HOT!\n")  # hot-patched on the host: same size, new mtime
-    r = cli("deploy", build, web1.dest(), "--json")
+    r = cli("deploy", build, web1.dest(), "--json", "--compress")  # (the offer zlib'd)
     assert r.returncode == 0, r.stderr
     d = data(r)
     assert d["transfer"]["compared"] == "digest" and d["transfer"]["sent"] == 1

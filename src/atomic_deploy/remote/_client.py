@@ -8,6 +8,7 @@ CLI to print, its stderr lines are passed to ``emit`` as they come.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -359,7 +361,11 @@ class HostSession:
         (NUL-separated: every folder, symlink and other entry, and the files to send), or
         None when the host found nothing to compare with (then rsync --checksum as before)."""
         index = build_index(self.build).result()
-        self.send("offer", files=index.offer)
+        if self.transfer.compress:  # a slow link: 2.9 MB of offer for 20,000 files is 1.2 MB
+            packed = zlib.compress(json.dumps(index.offer, separators=(",", ":")).encode(), 1)
+            self.send("offer", z=base64.b64encode(packed).decode("ascii"))
+        else:
+            self.send("offer", files=index.offer)
         ev = self.next_event()
         if ev is None or ev.get("event") != "plan":
             raise TransferFailed(f"{self.label} ended the session instead of answering the "

@@ -8,7 +8,8 @@ writes events to stdout; the deploying machine writes commands to stdin::
     host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null,
             "digests": BOOL}   (whether link_dest's manifest records content digests)
     local: {"cmd": "offer", "files": [[PATH, SIZE, MODE, MTIME_NS, UID, GID, DIGEST], ...]}
-           (with digests; see link_by_digest)
+           (with digests; see link_by_digest); with --compress, "z": that list as JSON,
+           zlib-compressed, in base64
     host:  {"event": "plan", "send": [INDEX, ...]|null, "linked": N}   the files it did not
            hard-link from link_dest, to send (null: none compared; rsync --checksum then)
     local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
@@ -183,6 +184,11 @@ class SessionChannel:
         msg = self.wait("seal", "tar", "offer")
         if msg["cmd"] == "offer":
             files = msg.get("files")
+            if isinstance(msg.get("z"), str):  # --compress: zlib'd JSON, in base64
+                import base64
+                import zlib
+
+                files = json.loads(zlib.decompress(base64.b64decode(msg["z"])))
             if digests and link_dest and isinstance(files, list):
                 send = link_by_digest(files, old, link_dest, staging)
                 self.send("plan", send=send, linked=len(files) - len(send))
