@@ -1453,8 +1453,8 @@ def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
         here = shutil.which("rsync") is not None
         if probe.rsync and here:
             checks.append(Check("transfer", OK, "rsync over ssh: files unchanged since the "
-                                "current release are hard-linked, not sent (--link-dest); "
-                                "contents compared (--checksum)"))
+                                "current release are hard-linked, not sent; contents "
+                                "compared by the digests of its manifest"))
         else:
             where = "on the host" if not probe.rsync else "on this machine"
             checks.append(Check("transfer", WARN, f"no rsync {where}: builds go as a tar "

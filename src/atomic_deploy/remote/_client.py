@@ -37,6 +37,7 @@ from ._ssh import Connection, Probe, SshSettings, pump_lines
 Emit = Callable[[str], None]
 PING_ENV = "ATOMIC_DEPLOY_PING_INTERVAL"  # seconds between pings (tests make it short)
 PING_INTERVAL = 15.0
+OFFER_CHUNK = 2048  # files per offer message: the host links these while more are hashed
 
 
 @dataclass
@@ -360,12 +361,15 @@ class HostSession:
         those it holds unchanged and says which to send. Returns rsync's --files-from list
         (NUL-separated: every folder, symlink and other entry, and the files to send), or
         None when the host found nothing to compare with (then rsync --checksum as before)."""
-        index = build_index(self.build).result()
-        if self.transfer.compress:  # a slow link: 2.9 MB of offer for 20,000 files is 1.2 MB
-            packed = zlib.compress(json.dumps(index.offer, separators=(",", ":")).encode(), 1)
-            self.send("offer", z=base64.b64encode(packed).decode("ascii"))
-        else:
-            self.send("offer", files=index.offer)
+        pending = build_index(self.build)
+        for chunk, last in pending.chunks(OFFER_CHUNK):
+            more = not last
+            if self.transfer.compress:  # a slow link: 2.9 MB of offer for 20,000 files: 1.2
+                packed = zlib.compress(json.dumps(chunk, separators=(",", ":")).encode(), 1)
+                self.send("offer", z=base64.b64encode(packed).decode("ascii"), more=more)
+            else:
+                self.send("offer", files=chunk, more=more)
+        index = pending.result()
         ev = self.next_event()
         if ev is None or ev.get("event") != "plan":
             raise TransferFailed(f"{self.label} ended the session instead of answering the "
@@ -468,38 +472,62 @@ class BuildIndex:
 
 
 class _Pending:
-    """A build's index being made in a thread (a fleet's hosts share one)."""
+    """A build's index being made in a thread (a fleet's hosts share one), readable in chunks
+    as it grows: the host links one chunk while the next is hashed here."""
 
     def __init__(self, build: str) -> None:
-        self._index: BuildIndex | None = None
+        self._index = BuildIndex()
+        self._finished = False
         self._error: BaseException | None = None
+        self._cond = threading.Condition()
         self.stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(build,), name="build-digests",
                                         daemon=True)
         self._thread.start()
 
     def _run(self, build: str) -> None:
+        index = self._index
         try:
-            index = BuildIndex()
             for rel, st, _target in sorted(_manifest.walk(build)):
                 if self.stop.is_set():
-                    self._error = TransferFailed("hashing the build was stopped")
-                    return
+                    raise TransferFailed("hashing the build was stopped")
                 if stat.S_ISREG(st.st_mode):
-                    index.offer.append([rel, st.st_size, stat.S_IMODE(st.st_mode),
-                                        st.st_mtime_ns, st.st_uid, st.st_gid,
-                                        _digest(os.path.join(build, rel))])
+                    item = [rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                            st.st_uid, st.st_gid, _digest(os.path.join(build, rel))]
+                    with self._cond:
+                        index.offer.append(item)
+                        if len(index.offer) % 256 == 0:
+                            self._cond.notify_all()
                 else:
                     index.others.append(rel)
-            self._index = index
-        except BaseException as exc:  # raised in the thread that waits for it
+        except BaseException as exc:  # raised in the threads that wait for it
             self._error = exc
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+
+    def chunks(self, size: int) -> Iterator[tuple[list[list[Any]], bool]]:
+        """(files, whether they are the last) in order, as they are hashed."""
+        offer, at = self._index.offer, 0
+        while True:
+            with self._cond:
+                while not self._finished and len(offer) - at < size:
+                    self._cond.wait()
+                finished = self._finished
+                chunk = offer[at:at + size]
+            if self._error is not None:
+                raise self._error
+            at += len(chunk)
+            last = finished and at >= len(offer)
+            yield chunk, last
+            if last:
+                return
 
     def result(self) -> BuildIndex:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        assert self._index is not None
         return self._index
 
 

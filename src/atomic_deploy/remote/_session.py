@@ -8,8 +8,8 @@ writes events to stdout; the deploying machine writes commands to stdin::
     host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null,
             "digests": BOOL}   (whether link_dest's manifest records content digests)
     local: {"cmd": "offer", "files": [[PATH, SIZE, MODE, MTIME_NS, UID, GID, DIGEST], ...]}
-           (with digests; see link_by_digest); with --compress, "z": that list as JSON,
-           zlib-compressed, in base64
+           (with digests; see Linker), in chunks, each with "more": true but the last;
+           with --compress, "z": the chunk's list as JSON, zlib-compressed, in base64
     host:  {"event": "plan", "send": [INDEX, ...]|null, "linked": N}   the files it did not
            hard-link from link_dest, to send (null: none compared; rsync --checksum then)
     local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
@@ -183,17 +183,21 @@ class SessionChannel:
             old = _entries(*previous)
         msg = self.wait("seal", "tar", "offer")
         if msg["cmd"] == "offer":
-            files = msg.get("files")
-            if isinstance(msg.get("z"), str):  # --compress: zlib'd JSON, in base64
-                import base64
-                import zlib
-
-                files = json.loads(zlib.decompress(base64.b64decode(msg["z"])))
-            if digests and link_dest and isinstance(files, list):
-                send = link_by_digest(files, old, link_dest, staging)
-                self.send("plan", send=send, linked=len(files) - len(send))
-            else:
+            linker = Linker(old, link_dest, staging) if digests and link_dest else None
+            send: list[int] = []
+            base = 0
+            while True:  # in chunks: each linked while the next is hashed over there
+                files = _offered(msg)
+                if linker is not None:
+                    send += [base + i for i in linker.add(files)]
+                base += len(files)
+                if not msg.get("more"):
+                    break
+                msg = self.wait("offer")
+            if linker is None:
                 self.send("plan", send=None)
+            else:
+                self.send("plan", send=send, linked=base - len(send))
             msg = self.wait("seal")
         elif msg["cmd"] == "tar":
             from .._sources import extract_stream
@@ -238,74 +242,88 @@ def _safe_rel(rel: Any) -> bool:
             and all(part not in ("", ".", "..") for part in rel.split("/")))
 
 
-def link_by_digest(files: list[Any], old: dict[str, Entry], current: str,
-                   staging: str) -> list[int]:
-    """Hard-link into ``staging`` each offered file the current release holds unchanged;
-    returns the indexes (into ``files``) of those to send.
+def _offered(msg: dict[str, Any]) -> list[Any]:
+    files = msg.get("files")
+    if isinstance(msg.get("z"), str):  # --compress: zlib'd JSON, in base64
+        import base64
+        import zlib
+
+        files = json.loads(zlib.decompress(base64.b64decode(msg["z"])))
+    if not isinstance(files, list):
+        raise OperationFailed("session protocol error: a malformed offer")
+    return files
+
+
+class Linker:
+    """Hard-links into ``staging`` each offered file the current release holds unchanged.
 
     An offered file ``[path, size, mode, mtime_ns, uid, gid, digest]`` is linked only when the
-    current release's manifest records that path as a file with the same digest, size, mode
-    and mtime (so the link gives the new release what rsync -a would have written, and
-    touches no metadata of the live file), and the live file still has the size, mtime and
-    mode the manifest recorded (not written in place since; write-through) and, where this
-    process could set owners (root), the offered owner. Its parents in the current release
-    must be real folders (never a path through a symlink)."""
-    send: list[int] = []
-    root = os.geteuid() == 0
-    checked: dict[str, bool] = {"": True}  # folder of the current release -> a real folder
-    made: set[str] = {""}  # folders created in staging
+    current release's manifest (``old``) records that path as a file with the same digest,
+    size, mode and mtime (so the link gives the new release what rsync -a would have written,
+    and touches no metadata of the live file), and the live file still has the size, mtime
+    and mode the manifest recorded (not written in place since: write-through) and, where
+    this process could set owners (root), the offered owner. Its parents in the current
+    release must be real folders (never a path through a symlink)."""
 
-    def real_dir(rel: str) -> bool:
-        if rel not in checked:
-            parent = rel.rpartition("/")[0]
+    def __init__(self, old: dict[str, Entry], current: str, staging: str) -> None:
+        self.old, self.current, self.staging = old, current, staging
+        self.root = os.geteuid() == 0
+        self.checked: dict[str, bool] = {"": True}  # folder of the current release: real
+        self.made: set[str] = {""}  # folders created in staging
+
+    def _real_dir(self, rel: str) -> bool:
+        if rel not in self.checked:
             try:
-                ok = real_dir(parent) and stat.S_ISDIR(
-                    os.lstat(os.path.join(current, rel)).st_mode)
+                ok = self._real_dir(rel.rpartition("/")[0]) and stat.S_ISDIR(
+                    os.lstat(os.path.join(self.current, rel)).st_mode)
             except OSError:
                 ok = False
-            checked[rel] = ok
-        return checked[rel]
+            self.checked[rel] = ok
+        return self.checked[rel]
 
-    def make(rel: str) -> None:
-        if rel not in made:
-            make(rel.rpartition("/")[0])
+    def _make(self, rel: str) -> None:
+        if rel not in self.made:
+            self._make(rel.rpartition("/")[0])
             with contextlib.suppress(FileExistsError):  # rsync sets its mode and times later
-                os.mkdir(os.path.join(staging, rel), 0o700)
-            made.add(rel)
+                os.mkdir(os.path.join(self.staging, rel), 0o700)
+            self.made.add(rel)
 
-    for i, item in enumerate(files):
-        if i % 256 == 0:
-            checkpoint("session-link")
-        try:
-            rel, size, mode, mtime, uid, gid, digest = item
-        except (TypeError, ValueError):
-            raise OperationFailed("session protocol error: a malformed offer") from None
-        entry = old.get(rel) if _safe_rel(rel) else None
-        if entry is None or entry[1] != "file" or entry[5] != digest or \
-                (entry[2], entry[3], entry[4]) != (mode, size, mtime):
-            send.append(i)
-            continue
-        parent = rel.rpartition("/")[0]
-        src = os.path.join(current, rel)
-        try:
-            st = os.lstat(src) if real_dir(parent) else None
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size or \
-                st.st_mtime_ns != mtime or stat.S_IMODE(st.st_mode) != mode or \
-                (root and (st.st_uid, st.st_gid) != (uid, gid)):
-            send.append(i)
-            continue
-        make(parent)
-        os.link(src, os.path.join(staging, rel), follow_symlinks=False)
-    return send
+    def add(self, files: list[Any]) -> list[int]:
+        """Link what can be; returns the indexes (into ``files``) of those to send."""
+        send: list[int] = []
+        for i, item in enumerate(files):
+            if i % 256 == 0:
+                checkpoint("session-link")
+            try:
+                rel, size, mode, mtime, uid, gid, digest = item
+            except (TypeError, ValueError):
+                raise OperationFailed("session protocol error: a malformed offer") from None
+            entry = self.old.get(rel) if _safe_rel(rel) else None
+            if entry is None or entry[1] != "file" or entry[5] != digest or \
+                    (entry[2], entry[3], entry[4]) != (mode, size, mtime):
+                send.append(i)
+                continue
+            parent = rel.rpartition("/")[0]
+            src = os.path.join(self.current, rel)
+            try:
+                st = os.lstat(src) if self._real_dir(parent) else None
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size or \
+                    st.st_mtime_ns != mtime or stat.S_IMODE(st.st_mode) != mode or \
+                    (self.root and (st.st_uid, st.st_gid) != (uid, gid)):
+                send.append(i)
+                continue
+            self._make(parent)
+            os.link(src, os.path.join(self.staging, rel), follow_symlinks=False)
+        return send
 
 
 def _walk(top: str, link_dest: str | None,
           old: dict[str, Entry]) -> tuple[CopyStats, list[str], CopyRecord]:
     """One walk of what the transfer put in ``top``: its stats, the files that share their
     inode with another release (hard links to ``link_dest``'s file at the same path, made by
-    link_by_digest or rsync --link-dest; rsync -a keeps no hard links of its own), and the
+    Linker or rsync --link-dest; rsync -a keeps no hard links of its own), and the
     manifest's lines with every file's digest: a linked file's is the one ``old`` (the
     manifest of ``link_dest``) records, when the shared inode still has the size and mtime
     recorded with it; every other file is read here (received moments ago: from the page
