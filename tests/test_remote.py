@@ -314,6 +314,25 @@ def test_a_current_release_without_digests_falls_back_to_checksum(web1: Host,
     assert data(r)["transfer"]["compared"] == "digest" and data(r)["transfer"]["sent"] == 0
 
 
+def test_a_host_failing_while_it_links_says_why(web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {"a.txt": "a\n", "b.txt": "b\n"})
+    assert cli("deploy", build, web1.dest()).returncode == 0
+    before = current(web1)
+    live = web1.path("/srv/app/current/a.txt")
+    # An immutable file cannot be hard-linked: the host's link fails mid-offer.
+    if subprocess.run(["chattr", "+i", str(live)], capture_output=True).returncode != 0:
+        pytest.skip("no chattr +i here")
+    try:
+        r = cli("deploy", build, web1.dest())
+    finally:
+        subprocess.run(["chattr", "-i", str(live)], check=True)
+    assert r.returncode == 1, r.stderr
+    assert "lost the connection" not in r.stderr
+    assert "deploy failed" in error_line(r) and "not permitted" in error_line(r)
+    assert current(web1) == before
+    assert not [n for n in os.listdir(web1.path("/srv/app/releases")) if n.startswith(".")]
+
+
 def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> None:
     host = lab.add_host("norsync", rsync=False)
     build = make_build(tmp_path / "build", {"a/b.txt": "b", "c.txt": "c"})

@@ -225,6 +225,7 @@ class HostSession:
         self._done = threading.Event()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._ended = False
+        self._held: dict[str, Any] | None = None  # an event read too early, given out again
         threading.Thread(target=self._read, name="session-events", daemon=True).start()
         try:
             interval = float(os.environ.get(PING_ENV) or PING_INTERVAL)
@@ -274,6 +275,9 @@ class HostSession:
     def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The host's next event; None when its output ended. ``timeout``: raise
         HostTimeout after that long."""
+        held, self._held = self._held, None
+        if held is not None:
+            return held
         if self._ended:
             return None
         try:
@@ -372,6 +376,7 @@ class HostSession:
         index = pending.result()
         ev = self.next_event()
         if ev is None or ev.get("event") != "plan":
+            self._held = ev  # (a "done": read again by whoever waits for it)
             raise TransferFailed(f"{self.label} ended the session instead of answering the "
                                  "offer" if ev is None else
                                  f"{self.label} answered the offer with {ev.get('event')!r}")
