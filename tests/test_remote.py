@@ -345,6 +345,8 @@ def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> N
     assert (cur / "a/b.txt").read_text() == "b"
     assert os.readlink(cur / "link") == "c.txt"
     assert (cur / "c.txt").read_text() == "c"
+    # Everything was sent: not read again on the host for digests nobody compares.
+    assert data(cli("verify", host.dest(), "--content", "--json"))["no_digest"] == 2
 
 
 def test_the_tool_is_uploaded_once_and_reused(web1: Host, tmp_path: Path) -> None:

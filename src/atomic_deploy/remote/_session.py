@@ -199,13 +199,15 @@ class SessionChannel:
             else:
                 self.send("plan", send=send, linked=base - len(send))
             msg = self.wait("seal")
-        elif msg["cmd"] == "tar":
+        hashed = msg["cmd"] != "tar"
+        if msg["cmd"] == "tar":
             from .._sources import extract_stream
 
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
             msg = self.wait("seal")
-        stats, linked, record = _walk(staging, link_dest, old)
+        # A tar stream is never compared by digest (everything is sent): not read again.
+        stats, linked, record = _walk(staging, link_dest, old, hashed)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
 
@@ -319,8 +321,8 @@ class Linker:
         return send
 
 
-def _walk(top: str, link_dest: str | None,
-          old: dict[str, Entry]) -> tuple[CopyStats, list[str], CopyRecord]:
+def _walk(top: str, link_dest: str | None, old: dict[str, Entry],
+          hashed: bool = True) -> tuple[CopyStats, list[str], CopyRecord]:
     """One walk of what the transfer put in ``top``: its stats, the files that share their
     inode with another release (hard links to ``link_dest``'s file at the same path, made by
     Linker or rsync --link-dest; rsync -a keeps no hard links of its own), and the
@@ -351,7 +353,7 @@ def _walk(top: str, link_dest: str | None,
             if entry is not None and entry[1] == "file" and entry[5] and \
                     (entry[3], entry[4]) == (st.st_size, st.st_mtime_ns):
                 record.digests[rel] = entry[5]
-            else:
+            elif hashed:
                 checkpoint("session-digest")
                 record.digests[rel] = digest_file(os.path.join(top, rel))
     return stats, linked, record
