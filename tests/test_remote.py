@@ -225,6 +225,15 @@ def _inode(path: Path) -> int:
     return os.lstat(path).st_ino
 
 
+def _seeded(build: Path, host: Host) -> subprocess.CompletedProcess[str]:
+    """Two deploys of ``build``: the second (by --checksum) records the digests the next
+    deploy compares with."""
+    assert cli("deploy", build, host.dest()).returncode == 0
+    r = cli("deploy", build, host.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_second_deploy_links_by_digest_and_sends_the_rest(web1: Host, tmp_path: Path) -> None:
     build = tmp_path / "build"
     make_build(build, {f"d{i % 3}/f{i:03}.txt": f"content {i}\n" for i in range(30)})
@@ -232,8 +241,12 @@ def test_second_deploy_links_by_digest_and_sends_the_rest(web1: Host, tmp_path: 
     r = cli("deploy", build, web1.dest(), "--json")
     assert r.returncode == 0, r.stderr
     assert data(r)["transfer"]["compared"] is None  # nothing to compare with: all sent
+    # A first release is not read again for digests; the next deploy compares by --checksum
+    # and the host hashes that release, so the one after goes by digest.
+    assert data(cli("verify", web1.dest(), "--content", "--json"))["no_digest"] == 30
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert data(r)["transfer"]["compared"] == "checksum"
     first = data(r)["release"]
-    # The host hashed what it received: the manifest records every file's digest.
     v = data(cli("verify", web1.dest(), "--content", "--json"))
     assert v["clean"] and v["content_checked"] == 30 and v["no_digest"] == 0
     (build / "d1/f001.txt").write_text("changed 1, longer\n")
@@ -260,7 +273,7 @@ def test_second_deploy_links_by_digest_and_sends_the_rest(web1: Host, tmp_path: 
 
 def test_a_live_file_written_in_place_is_sent_not_linked(web1: Host, tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {"a.txt": "aaaa\n", "b.txt": "bbbb\n"})
-    assert cli("deploy", build, web1.dest()).returncode == 0
+    _seeded(build, web1)
     live = web1.path("/srv/app/current/a.txt")
     before = _inode(live)
     live.write_text("HOT!\n")  # hot-patched on the host: same size, new mtime
@@ -277,8 +290,7 @@ def test_a_mode_change_is_sent_and_leaves_the_live_file_alone(web1: Host,
                                                               tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {"run.sh": "echo hi\n", "b.txt": "b\n"})
     os.chmod(build / "run.sh", 0o644)
-    r = cli("deploy", build, web1.dest(), "--json")
-    assert r.returncode == 0, r.stderr
+    r = _seeded(build, web1)
     old = web1.path(f"/srv/app/releases/{data(r)['release']}/run.sh")
     os.chmod(build / "run.sh", 0o755)
     r = cli("deploy", build, web1.dest(), "--json")
@@ -292,8 +304,7 @@ def test_a_mode_change_is_sent_and_leaves_the_live_file_alone(web1: Host,
 def test_a_current_release_without_digests_falls_back_to_checksum(web1: Host,
                                                                   tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {f"f{i}.txt": f"{i}\n" for i in range(10)})
-    r = cli("deploy", build, web1.dest(), "--json")
-    assert r.returncode == 0, r.stderr
+    r = _seeded(build, web1)
     # As a release deployed by an earlier version records it: no digests.
     manifest = web1.path(f"/srv/app/.atomic-deploy/manifests/{data(r)['release']}.jsonl")
     head, *rows = manifest.read_text().splitlines()
@@ -316,7 +327,7 @@ def test_a_current_release_without_digests_falls_back_to_checksum(web1: Host,
 
 def test_a_host_failing_while_it_links_says_why(web1: Host, tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {"a.txt": "a\n", "b.txt": "b\n"})
-    assert cli("deploy", build, web1.dest()).returncode == 0
+    _seeded(build, web1)
     before = current(web1)
     live = web1.path("/srv/app/current/a.txt")
     # An immutable file cannot be hard-linked: the host's link fails mid-offer.

@@ -110,10 +110,6 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
     """Run ``atomic-deploy ARGV`` on the host (``argv(probe)``: made once the host has said
     what it has); with ``build`` (a local folder), as a session that receives it."""
     tool = _ship.tool()
-    if build is not None and not (transfer and transfer.trust_mtime):
-        # Hashing starts now, while the connection opens and the host's session starts;
-        # stopped below when the host has nothing to compare digests with.
-        build_index(build)
     try:
         return _run(root, argv, settings, emit, tool, mutating=mutating,
                     create_root=create_root, build=build, transfer=transfer)
@@ -145,8 +141,8 @@ def _run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSett
             return Outcome(code, out.decode("utf-8", "surrogateescape"), probe=probe)
         t = transfer or Transfer()
         t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
-        if not (probe.digests and t.method == "rsync" and not t.trust_mtime):
-            forget_index(build)  # (the session starts it again should the host have digests)
+        if probe.digests and t.method == "rsync" and not t.trust_mtime:
+            build_index(build)  # hashing starts while the host's session starts
         host = HostSession(conn, proc, t, emit)
         try:
             outcome = _drive(host, build, activate=args[0] == "deploy")

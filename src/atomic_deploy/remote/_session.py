@@ -199,14 +199,16 @@ class SessionChannel:
             else:
                 self.send("plan", send=send, linked=base - len(send))
             msg = self.wait("seal")
-        hashed = msg["cmd"] != "tar"
+        # Not read again: a tar stream (never compared by digest: everything is sent), and a
+        # first release (the transfer-bound deploy; the next one compares by --checksum once
+        # and records the digests).
+        hashed = msg["cmd"] != "tar" and link_dest is not None
         if msg["cmd"] == "tar":
             from .._sources import extract_stream
 
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
             msg = self.wait("seal")
-        # A tar stream is never compared by digest (everything is sent): not read again.
         stats, linked, record = _walk(staging, link_dest, old, hashed)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
