@@ -9,8 +9,8 @@ on every host, each timed as a whole from this machine (wall time of the command
 RSS of this machine's side only, the hosts' processes are not counted):
 
   atomic-deploy     ``atomic-deploy deploy BUILD web1:/srv/app ... webN:/srv/app --json``: every
-                    host prepared (rsync --checksum, --link-dest against its current release),
-                    then every host switched at once
+                    host prepared (the unchanged files hard-linked by digest from its current
+                    release, rsync of the rest), then every host switched at once
   parallel rsync    one ``rsync -a`` per host, all at once, each over its own ControlMaster
                     opened first (the ssh options atomic-deploy gives its own ssh), into a new
                     folder; for a one-file change with ``--link-dest`` to that host's previous

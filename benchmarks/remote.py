@@ -12,15 +12,19 @@ command; CPU is this machine's side only, the host's processes are not counted):
 
   atomic-deploy              ``atomic-deploy deploy BUILD web1:/srv/app --json``: master + probe,
                              (first deploy: upload of the tool), the tool's session on the host,
-                             ``rsync -a --checksum [--link-dest=CURRENT]`` into its staging
-                             folder, seal, switch, commit, ``ssh -O exit``
+                             the build hashed here, its unchanged files hard-linked by digest on
+                             the host, ``rsync -a --files-from=-`` of the rest into its staging
+                             folder (first deploy: ``rsync -a``), seal, switch, commit,
+                             ``ssh -O exit``
   rsync -a                   ``ssh -o ControlMaster=yes ... web1 true`` (opens the master), then
                              ``rsync -a -e "ssh ... -o ControlMaster=no" BUILD/ web1:DST/`` into a
                              new folder, then ``ssh -O exit``
   rsync -a --link-dest       the same, with ``--link-dest=<previous copy>`` into a new folder
   (extras, for the breakdown; --no-extras drops them)
-  rsync ... --checksum       the peer with ``--checksum`` added, as the tool runs rsync
-  atomic-deploy --trust-mtime  the tool with rsync's size+mtime check instead of --checksum
+  rsync ... --checksum       the peer with ``--checksum`` added, as the tool ran rsync before
+                             its transfer by digest
+  atomic-deploy --trust-mtime  the tool with rsync's size+mtime check (--link-dest) instead of
+                             digests
                              (given with --link-unchanged, which --trust-mtime requires)
 
 Suites:

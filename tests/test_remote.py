@@ -221,6 +221,129 @@ def test_second_deploy_sends_only_changed_files_and_never_stale_bytes(web1: Host
     assert cli("verify", web1.dest()).returncode == 0  # the manifest matches the release
 
 
+def _inode(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+def _seeded(build: Path, host: Host) -> subprocess.CompletedProcess[str]:
+    """Two deploys of ``build``: the second (by --checksum) records the digests the next
+    deploy compares with."""
+    assert cli("deploy", build, host.dest()).returncode == 0
+    r = cli("deploy", build, host.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_second_deploy_links_by_digest_and_sends_the_rest(web1: Host, tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    make_build(build, {f"d{i % 3}/f{i:03}.txt": f"content {i}\n" for i in range(30)})
+    os.symlink("d0/f000.txt", build / "link")
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    assert data(r)["transfer"]["compared"] is None  # nothing to compare with: all sent
+    # A first release is not read again for digests; the next deploy compares by --checksum
+    # and the host hashes that release, so the one after goes by digest.
+    assert data(cli("verify", web1.dest(), "--content", "--json"))["no_digest"] == 30
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert data(r)["transfer"]["compared"] == "checksum"
+    first = data(r)["release"]
+    v = data(cli("verify", web1.dest(), "--content", "--json"))
+    assert v["clean"] and v["content_checked"] == 30 and v["no_digest"] == 0
+    (build / "d1/f001.txt").write_text("changed 1, longer\n")
+    (build / "new.txt").write_text("new\n")
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    d = data(r)
+    assert d["transfer"]["compared"] == "digest"
+    assert d["transfer"]["sent"] == 2 and d["transfer"]["sent_bytes"] == 18 + 4
+    assert d["files"] == 31 and d["linked"] == 29
+    cur, prev = web1.path("/srv/app/current"), web1.path(f"/srv/app/releases/{first}")
+    assert _inode(cur / "d0/f003.txt") == _inode(prev / "d0/f003.txt")
+    assert _inode(cur / "d1/f001.txt") != _inode(prev / "d1/f001.txt")
+    assert (cur / "d1/f001.txt").read_text() == "changed 1, longer\n"
+    assert (cur / "new.txt").read_text() == "new\n"
+    assert os.readlink(cur / "link") == "d0/f000.txt"
+    assert os.stat(cur).st_mode == os.stat(build).st_mode
+    for rel in ("d0", "d1", "d2"):  # folders as rsync -a gives them
+        assert os.stat(cur / rel).st_mode == os.stat(build / rel).st_mode
+        assert os.stat(cur / rel).st_mtime_ns == os.stat(build / rel).st_mtime_ns
+    v = data(cli("verify", web1.dest(), "--content", "--json"))
+    assert v["clean"] and v["no_digest"] == 0, v
+
+
+def test_a_live_file_written_in_place_is_sent_not_linked(web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {"a.txt": "aaaa\n", "b.txt": "bbbb\n"})
+    _seeded(build, web1)
+    live = web1.path("/srv/app/current/a.txt")
+    before = _inode(live)
+    live.write_text("HOT!\n")  # hot-patched on the host: same size, new mtime
+    r = cli("deploy", build, web1.dest(), "--json", "--compress")  # (the offer zlib'd)
+    assert r.returncode == 0, r.stderr
+    d = data(r)
+    assert d["transfer"]["compared"] == "digest" and d["transfer"]["sent"] == 1
+    cur = web1.path("/srv/app/current")
+    assert (cur / "a.txt").read_text() == "aaaa\n" and _inode(cur / "a.txt") != before
+    assert cli("verify", web1.dest(), "--content").returncode == 0
+
+
+def test_a_mode_change_is_sent_and_leaves_the_live_file_alone(web1: Host,
+                                                              tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {"run.sh": "echo hi\n", "b.txt": "b\n"})
+    os.chmod(build / "run.sh", 0o644)
+    r = _seeded(build, web1)
+    old = web1.path(f"/srv/app/releases/{data(r)['release']}/run.sh")
+    os.chmod(build / "run.sh", 0o755)
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    assert data(r)["transfer"]["sent"] == 1 and data(r)["linked"] == 1
+    new = web1.path("/srv/app/current/run.sh")
+    assert os.stat(new).st_mode & 0o777 == 0o755 and _inode(new) != _inode(old)
+    assert os.stat(old).st_mode & 0o777 == 0o644  # the previous release kept its mode
+
+
+def test_a_current_release_without_digests_falls_back_to_checksum(web1: Host,
+                                                                  tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {f"f{i}.txt": f"{i}\n" for i in range(10)})
+    r = _seeded(build, web1)
+    # As a release deployed by an earlier version records it: no digests.
+    manifest = web1.path(f"/srv/app/.atomic-deploy/manifests/{data(r)['release']}.jsonl")
+    head, *rows = manifest.read_text().splitlines()
+    rows = [json.dumps([*json.loads(x)[:5], None if json.loads(x)[1] == "file"
+                        else json.loads(x)[5]], separators=(",", ":")) for x in rows]
+    manifest.write_text("\n".join([head.replace('"blake2b-256"', "null"), *rows]) + "\n")
+    assert data(cli("verify", web1.dest(), "--content", "--json"))["no_digest"] == 10
+    (build / "f3.txt").write_text("three\n")
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    d = data(r)
+    assert d["transfer"]["compared"] == "checksum" and d["linked"] == 9
+    assert web1.path("/srv/app/current/f3.txt").read_text() == "three\n"
+    # ... and the new release's manifest has them again, so the next deploy goes by digest.
+    v = data(cli("verify", web1.dest(), "--content", "--json"))
+    assert v["clean"] and v["no_digest"] == 0
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert data(r)["transfer"]["compared"] == "digest" and data(r)["transfer"]["sent"] == 0
+
+
+def test_a_host_failing_while_it_links_says_why(web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {"a.txt": "a\n", "b.txt": "b\n"})
+    _seeded(build, web1)
+    before = current(web1)
+    live = web1.path("/srv/app/current/a.txt")
+    # An immutable file cannot be hard-linked: the host's link fails mid-offer.
+    if subprocess.run(["chattr", "+i", str(live)], capture_output=True).returncode != 0:
+        pytest.skip("no chattr +i here")
+    try:
+        r = cli("deploy", build, web1.dest())
+    finally:
+        subprocess.run(["chattr", "-i", str(live)], check=True)
+    assert r.returncode == 1, r.stderr
+    assert "lost the connection" not in r.stderr
+    assert "deploy failed" in error_line(r) and "not permitted" in error_line(r)
+    assert current(web1) == before
+    assert not [n for n in os.listdir(web1.path("/srv/app/releases")) if n.startswith(".")]
+
+
 def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> None:
     host = lab.add_host("norsync", rsync=False)
     build = make_build(tmp_path / "build", {"a/b.txt": "b", "c.txt": "c"})
@@ -233,6 +356,8 @@ def test_tar_stream_when_the_host_has_no_rsync(lab: SSHLab, tmp_path: Path) -> N
     assert (cur / "a/b.txt").read_text() == "b"
     assert os.readlink(cur / "link") == "c.txt"
     assert (cur / "c.txt").read_text() == "c"
+    # Everything was sent: not read again on the host for digests nobody compares.
+    assert data(cli("verify", host.dest(), "--content", "--json"))["no_digest"] == 2
 
 
 def test_the_tool_is_uploaded_once_and_reused(web1: Host, tmp_path: Path) -> None:

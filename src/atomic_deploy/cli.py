@@ -1358,8 +1358,22 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     if cmd == "doctor" and outcome.stdout:
         return _remote_doctor(args, remote, outcome)
     if outcome.stdout:
-        _out_line(outcome.stdout, end="")
+        _out_line(_with_transfer(args, outcome.stdout, outcome.transfer), end="")
     return outcome.exit_code
+
+
+def _with_transfer(args: argparse.Namespace, out: str, transfer: Any) -> str:
+    """A remote deploy's --json with how the build went over added (remote.md)."""
+    if not getattr(args, "json", False) or transfer is None or not transfer.method:
+        return out
+    try:
+        payload = json.loads(out)
+    except ValueError:
+        return out
+    if not isinstance(payload, dict) or not payload.get("ok"):
+        return out
+    payload["transfer"] = transfer.summary()
+    return json.dumps(payload, sort_keys=True) + "\n"
 
 
 def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
@@ -1868,8 +1882,8 @@ def _remote_doctor_report(remote: Any, outcome: Any) -> tuple[int, dict[str, Any
         here = shutil.which("rsync") is not None
         if probe.rsync and here:
             checks.append(Check("transfer", OK, "rsync over ssh: files unchanged since the "
-                                "current release are hard-linked, not sent (--link-dest); "
-                                "contents compared (--checksum)"))
+                                "current release are hard-linked, not sent; contents "
+                                "compared by the digests of its manifest"))
         else:
             where = "on the host" if not probe.rsync else "on this machine"
             checks.append(Check("transfer", WARN, f"no rsync {where}: builds go as a tar "

@@ -780,9 +780,9 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             os.mkdir(spath, 0o700)
             checkpoint("staging-created")
             if kind == "session":
-                stats, linked, chosen, walked = opts.session.receive(spath, link_dest, rid)
-                if not opts.digest:  # the manifest from that walk, not a second one
-                    record = walked
+                stats, linked, chosen, walked = opts.session.receive(
+                    spath, link_dest, rid, (layout, previous) if previous else None)
+                record = walked  # the manifest from that walk (digests included), not another
                 if chosen != rid:  # a fleet's one id for every host
                     rid = _fleet_id(s, chosen, rid)
                 revision = opts.revision

@@ -8,7 +8,8 @@ It must parse on any Python so that an old one gets a clear line rather than a S
 f-strings, no annotations, nothing newer than Python 2.7's grammar. Requests:
 
 - ``probe``: the Python version, whether ROOT holds this exact tool, whether rsync is on PATH,
-  and ROOT/atomic-deploy.toml's bytes (parsed on the deploying machine, so the host's python
+  whether the current release's manifest records content digests, and
+  ROOT/atomic-deploy.toml's bytes (parsed on the deploying machine, so the host's python
   needs no TOML parser).
 - ``install``: the tool's bytes follow the line (``size`` of them); written under a temporary
   name in ``ROOT/.atomic-deploy/bin/`` (mode 0700), digest checked, flushed, renamed into place.
@@ -131,6 +132,16 @@ if mode == "probe":
     out = {"python": list(sys.version_info[:3]), "executable": sys.executable,
            "have": digest(tool) == req["sha256"], "rsync": rsync is not None,
            "root": os.path.isdir(root), "config": None}
+    # Whether the current release's manifest records content digests: the deploying
+    # machine then starts hashing the build while the session starts (a hint; the session
+    # decides under the lock).
+    out["digests"] = False
+    try:
+        cur = os.path.basename(os.readlink(os.path.join(root, "current")).rstrip("/"))
+        with open(os.path.join(state, "manifests", cur + ".jsonl"), "rb") as f:
+            out["digests"] = bool(json.loads(f.readline().decode("ascii")).get("digest"))
+    except (OSError, ValueError, AttributeError):
+        pass
     conf = os.path.join(root, "atomic-deploy.toml")
     if os.path.isfile(conf) and os.path.getsize(conf) < (1 << 20):
         import base64

@@ -8,6 +8,7 @@ CLI to print, its stderr lines are passed to ``emit`` as they come.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -15,14 +16,17 @@ import queue
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .. import _manifest
 from .._signals import fault_point
 from ..errors import ConnectionLost, InvalidInput, OperationFailed
 from . import _ship
@@ -34,6 +38,7 @@ from ._ssh import Connection, Probe, SshSettings, pump_lines
 Emit = Callable[[str], None]
 PING_ENV = "ATOMIC_DEPLOY_PING_INTERVAL"  # seconds between pings (tests make it short)
 PING_INTERVAL = 15.0
+OFFER_CHUNK = 2048  # files per offer message: the host links these while more are hashed
 
 
 @dataclass
@@ -45,6 +50,18 @@ class Transfer:
     progress: bool = False
     method: str = ""  # filled in: "rsync" or "tar"; "pull": the host reads the build itself
     seconds: float = 0.0
+    # By digest (see HostSession._by_digest): files the host hard-linked from its current
+    # release, and files sent; None when the transfer was not planned from digests.
+    linked: int | None = None
+    sent: int | None = None
+    sent_bytes: int = 0
+    compared: str = ""  # how unchanged files were found: "digest", "checksum", "mtime", ""
+
+    def summary(self) -> dict[str, Any]:
+        """--json's ``transfer`` (remote.md)."""
+        return {"method": self.method, "compared": self.compared or None, "sent": self.sent,
+                "sent_bytes": self.sent_bytes if self.sent is not None else None,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -104,6 +121,17 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
             emit(line)
         return Outcome(code, text)
     tool = _ship.tool()
+    try:
+        return _run(root, argv, settings, emit, tool, mutating=mutating,
+                    create_root=create_root, build=build, transfer=transfer)
+    finally:
+        if build is not None:
+            forget_index(build)
+
+
+def _run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSettings,
+         emit: Emit, tool: _ship.Tool, *, mutating: bool, create_root: bool,
+         build: str | None, transfer: Transfer | None) -> Outcome:
     conn, probe, installed = connect(root, settings, tool, mutating=mutating,
                                      create_root=create_root)
     with conn:
@@ -125,6 +153,8 @@ def run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSetti
         t = transfer or Transfer()
         if t.method != "pull":  # pull: the host reads the build itself (self-sourced)
             t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
+            if probe.digests and t.method == "rsync" and not t.trust_mtime:
+                build_index(build)  # hashing starts while the host's session starts
         host = HostSession(conn, proc, t, emit)
         try:
             outcome = _drive(host, build, activate=args[0] == "deploy")
@@ -203,6 +233,7 @@ class HostSession:
         self._done = threading.Event()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._ended = False
+        self._held: dict[str, Any] | None = None  # an event read too early, given out again
         threading.Thread(target=self._read, name="session-events", daemon=True).start()
         try:
             interval = float(os.environ.get(PING_ENV) or PING_INTERVAL)
@@ -252,6 +283,9 @@ class HostSession:
     def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The host's next event; None when its output ended. ``timeout``: raise
         HostTimeout after that long."""
+        held, self._held = self._held, None
+        if held is not None:
+            return held
         if self._ended:
             return None
         try:
@@ -318,17 +352,62 @@ class HostSession:
         """Put ``build`` into the staging folder the host's ``ready`` named."""
         self.build = build
         staging, link_dest = str(ready["staging"]), ready.get("link_dest")
-        if self.transfer.method == "pull":
+        t = self.transfer
+        if t.method == "pull":
             return  # a self-sourced session: `seal` tells the host to read its source now
-        if self.transfer.method == "rsync":
+        if t.method == "rsync":
+            if ready.get("digests") and not t.trust_mtime:
+                started = time.monotonic()
+                listed = self._by_digest()
+                if listed is not None:
+                    t.compared = "digest"
+                    self._rsync(staging, None, listed)
+                    t.seconds = time.monotonic() - started  # the offer and plan included
+                    return
+            if isinstance(link_dest, str):  # else nothing to compare with: all is sent
+                t.compared = "mtime" if t.trust_mtime else "checksum"
             self._rsync(staging, link_dest if isinstance(link_dest, str) else None)
         else:
             self._tar()
 
-    def _rsync(self, staging: str, link_dest: str | None) -> None:
+    def _by_digest(self) -> bytes | None:
+        """Offer the build's files by digest; the host hard-links from its current release
+        those it holds unchanged and says which to send. Returns rsync's --files-from list
+        (NUL-separated: every folder, symlink and other entry, and the files to send), or
+        None when the host found nothing to compare with (then rsync --checksum as before)."""
+        pending = build_index(self.build)
+        for chunk, last in pending.chunks(OFFER_CHUNK):
+            more = not last
+            if self.transfer.compress:  # a slow link: 2.9 MB of offer for 20,000 files: 1.2
+                packed = zlib.compress(json.dumps(chunk, separators=(",", ":")).encode(), 1)
+                self.send("offer", z=base64.b64encode(packed).decode("ascii"), more=more)
+            else:
+                self.send("offer", files=chunk, more=more)
+        index = pending.result()
+        ev = self.next_event()
+        if ev is None or ev.get("event") != "plan":
+            self._held = ev  # (a "done": read again by whoever waits for it)
+            raise TransferFailed(f"{self.label} ended the session instead of answering the "
+                                 "offer" if ev is None else
+                                 f"{self.label} answered the offer with {ev.get('event')!r}")
+        send = ev.get("send")
+        if not isinstance(send, list):
+            return None
+        t = self.transfer
+        t.sent, t.linked = len(send), len(index.offer) - len(send)
+        t.sent_bytes = sum(int(index.offer[i][1]) for i in send)
+        names = [".", *index.others, *(str(index.offer[i][0]) for i in send)]
+        return b"".join(os.fsencode(n) + b"\0" for n in names)
+
+    def _rsync(self, staging: str, link_dest: str | None, listed: bytes | None = None) -> None:
         t = self.transfer
         argv = ["rsync", "-a", "--protect-args", "-e", self.conn.rsh()]
-        if not t.trust_mtime:
+        if listed is not None:
+            # Only these (no recursion: -a does not imply -r with --files-from), into the
+            # staging folder that holds the hard links the host made: every file listed is
+            # new there, so no content comparison is needed.
+            argv += ["--files-from=-", "--from0"]
+        elif not t.trust_mtime:
             argv.append("--checksum")  # size+mtime alone would keep the old bytes of a file
             # rebuilt in the same second with the same size
         if t.compress:
@@ -347,9 +426,13 @@ class HostSession:
         started = time.monotonic()
         # rsync's progress line is redrawn with \r: straight to the terminal (stderr).
         out = 2 if t.progress else subprocess.PIPE
-        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+        self.child = subprocess.Popen(argv,
+                                      stdin=subprocess.DEVNULL if listed is None
+                                      else subprocess.PIPE, stdout=out,
                                       stderr=subprocess.PIPE if t.progress else subprocess.STDOUT,
                                       start_new_session=True)
+        if listed is not None:
+            threading.Thread(target=_feed, args=(self.child.stdin, listed), daemon=True).start()
         said: list[str] = []
         pipe = self.child.stdout or self.child.stderr
         if pipe is not None:
@@ -375,6 +458,114 @@ class HostSession:
                     path = os.path.join(dirpath, name)
                     tar.add(path, arcname=os.path.relpath(path, top), recursive=False)
         out.end()
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    """Write ``data`` to a child's stdin and close it (a thread: the child's output is read
+    meanwhile)."""
+    with contextlib.suppress(OSError, ValueError):
+        pipe.write(data)
+    _close_quietly(pipe)
+
+
+# -- the build's digests ----------------------------------------------------------------------
+
+
+def _digest(path: str) -> str:
+    """The one place the build's files are hashed (so a digest cache in _manifest serves it)."""
+    return _manifest.digest_file(path)
+
+
+@dataclass
+class BuildIndex:
+    """One walk of a build: ``offer`` (per regular file: path, size, mode, mtime_ns, uid, gid,
+    blake2b-256 digest, as the session's ``offer`` sends them) and ``others`` (the paths of its
+    folders, symlinks and other entries, which rsync always sends)."""
+
+    offer: list[list[Any]] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
+
+
+class _Pending:
+    """A build's index being made in a thread (a fleet's hosts share one), readable in chunks
+    as it grows: the host links one chunk while the next is hashed here."""
+
+    def __init__(self, build: str) -> None:
+        self._index = BuildIndex()
+        self._finished = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(build,), name="build-digests",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, build: str) -> None:
+        index = self._index
+        try:
+            for rel, st, _target in sorted(_manifest.walk(build)):
+                if self.stop.is_set():
+                    raise TransferFailed("hashing the build was stopped")
+                if stat.S_ISREG(st.st_mode):
+                    item = [rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                            st.st_uid, st.st_gid, _digest(os.path.join(build, rel))]
+                    with self._cond:
+                        index.offer.append(item)
+                        if len(index.offer) % 256 == 0:
+                            self._cond.notify_all()
+                else:
+                    index.others.append(rel)
+        except BaseException as exc:  # raised in the threads that wait for it
+            self._error = exc
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+
+    def chunks(self, size: int) -> Iterator[tuple[list[list[Any]], bool]]:
+        """(files, whether they are the last) in order, as they are hashed."""
+        offer, at = self._index.offer, 0
+        while True:
+            with self._cond:
+                while not self._finished and len(offer) - at < size:
+                    self._cond.wait()
+                finished = self._finished
+                chunk = offer[at:at + size]
+            if self._error is not None:
+                raise self._error
+            at += len(chunk)
+            last = finished and at >= len(offer)
+            yield chunk, last
+            if last:
+                return
+
+    def result(self) -> BuildIndex:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._index
+
+
+_pending: dict[str, _Pending] = {}
+_pending_lock = threading.Lock()
+
+
+def build_index(build: str) -> _Pending:
+    """The build's index, started in a thread on the first call for ``build`` (until
+    forget_index: a fleet's hosts share one)."""
+    with _pending_lock:
+        found = _pending.get(build)
+        if found is None:
+            found = _pending[build] = _Pending(build)
+        return found
+
+
+def forget_index(build: str) -> None:
+    """Stop and drop ``build``'s index: the next deploy of it hashes it again."""
+    with _pending_lock:
+        found = _pending.pop(build, None)
+    if found is not None:
+        found.stop.set()
 
 
 def _close_quietly(stream: Any) -> None:

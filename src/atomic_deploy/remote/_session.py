@@ -1,11 +1,18 @@
 """The session protocol: one tool process on the host, holding the root's lock for the whole
 deploy, steered by the deploying machine over the ssh channel.
 
-Messages are JSON lines, ``"v": 2`` in each (2 added self-sourced sessions, below). The host
-(this module's ``SessionChannel``, inside ``atomic-deploy deploy --session LABEL ROOT`` on the
-host) writes events to stdout; the deploying machine writes commands to stdin::
+Messages are JSON lines, ``"v": 3`` in each (2 added self-sourced sessions, below; 3 added
+``offer`` and ``plan``). The host (this module's ``SessionChannel``, inside ``atomic-deploy
+deploy --session LABEL ROOT`` on the host) writes events to stdout; the deploying machine
+writes commands to stdin::
 
-    host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null}
+    host:  {"event": "ready", "release": ID, "staging": PATH, "link_dest": PATH|null,
+            "digests": BOOL}   (whether link_dest's manifest records content digests)
+    local: {"cmd": "offer", "files": [[PATH, SIZE, MODE, MTIME_NS, UID, GID, DIGEST], ...]}
+           (with digests; see Linker), in chunks, each with "more": true but the last;
+           with --compress, "z": the chunk's list as JSON, zlib-compressed, in base64
+    host:  {"event": "plan", "send": [INDEX, ...]|null, "linked": N}   the files it did not
+           hard-link from link_dest, to send (null: none compared; rsync --checksum then)
     local: {"cmd": "seal"}            the build is in the staging folder (rsync put it there);
            ("release": ID: a fleet's one id, later than the one proposed, used instead)
       or:  {"cmd": "tar"} + frames    the build follows as a tar stream, in frames
@@ -33,6 +40,7 @@ it had switched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -43,11 +51,12 @@ import time
 from typing import IO, Any
 
 from .._copy import CopyStats
-from .._manifest import CopyRecord, walk
+from .._layout import Layout
+from .._manifest import CopyRecord, Entry, digest_file, load, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
 
-VERSION = 2
+VERSION = 3
 # The deploying machine says {"cmd": "ping", "interval": N} every N seconds while a session is
 # open; after SILENT_PINGS intervals without a word from it (its network gone without a FIN, it
 # was suspended), the host gives up as on end of input. Until the first ping: DEFAULT_SILENCE.
@@ -165,21 +174,49 @@ class SessionChannel:
                 pass  # the deploying machine is gone; its end of input says so
 
     # -- the steps operations.py calls ------------------------------------------------------
-    def receive(self, staging: str, link_dest: str | None,
-                release: str) -> tuple[CopyStats, list[str], str, CopyRecord]:
+    def receive(self, staging: str, link_dest: str | None, release: str,
+                previous: tuple[Layout, str] | None = None,
+                ) -> tuple[CopyStats, list[str], str, CopyRecord]:
         """Tell where the build goes, wait until it is there; its stats, the paths of the
         files that are hard links to ``link_dest``'s (the check hooks' write-through test),
         the release id to use (a fleet's may be later than the one this host proposed), and
-        what the manifest records of it."""
-        self.send("ready", release=release, staging=staging, link_dest=link_dest)
-        msg = self.wait("seal", "tar")
+        what the manifest records of it (with every file's digest). ``previous``: the root
+        and the release ``link_dest`` is, whose manifest is compared with."""
+        digests = link_dest is not None and previous is not None and _has_digests(*previous)
+        self.send("ready", release=release, staging=staging, link_dest=link_dest,
+                  digests=digests)
+        old: dict[str, Entry] = {}
+        if link_dest is not None and previous is not None:
+            old = _entries(*previous)
+        msg = self.wait("seal", "tar", "offer")
+        if msg["cmd"] == "offer":
+            linker = Linker(old, link_dest, staging) if digests and link_dest else None
+            send: list[int] = []
+            base = 0
+            while True:  # in chunks: each linked while the next is hashed over there
+                files = _offered(msg)
+                if linker is not None:
+                    send += [base + i for i in linker.add(files)]
+                base += len(files)
+                if not msg.get("more"):
+                    break
+                msg = self.wait("offer")
+            if linker is None:
+                self.send("plan", send=None)
+            else:
+                self.send("plan", send=send, linked=base - len(send))
+            msg = self.wait("seal")
+        # Not read again: a tar stream (never compared by digest: everything is sent), and a
+        # first release (the transfer-bound deploy; the next one compares by --checksum once
+        # and records the digests).
+        hashed = msg["cmd"] != "tar" and link_dest is not None
         if msg["cmd"] == "tar":
             from .._sources import extract_stream
 
             extract_stream(_Frames(self._data), staging, f"the build from {self.label}",
                            checkpoint)
             msg = self.wait("seal")
-        stats, linked, record = _walk(staging, link_dest)
+        stats, linked, record = _walk(staging, link_dest, old, hashed)
         chosen = msg.get("release")
         return stats, linked, chosen if isinstance(chosen, str) else release, record
 
@@ -202,13 +239,119 @@ class SessionChannel:
         self.send("done", exit=code, stdout=stdout)
 
 
-def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str], CopyRecord]:
+def _has_digests(layout: Layout, release: str) -> bool:
+    """Whether the release's manifest records content digests (its header says)."""
+    try:
+        with open(layout.manifest(release), "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and bool(header.get("digest"))
+
+
+def _entries(layout: Layout, release: str) -> dict[str, Entry]:
+    """The release's manifest entries by path; empty when it has none or an unreadable one."""
+    try:
+        found = load(layout, release)
+    except (OSError, ValueError, TypeError, IndexError, UnicodeDecodeError):
+        return {}
+    return found[1] if found is not None else {}
+
+
+def _safe_rel(rel: Any) -> bool:
+    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/") and "\0" not in rel
+            and all(part not in ("", ".", "..") for part in rel.split("/")))
+
+
+def _offered(msg: dict[str, Any]) -> list[Any]:
+    files = msg.get("files")
+    if isinstance(msg.get("z"), str):  # --compress: zlib'd JSON, in base64
+        import base64
+        import zlib
+
+        files = json.loads(zlib.decompress(base64.b64decode(msg["z"])))
+    if not isinstance(files, list):
+        raise OperationFailed("session protocol error: a malformed offer")
+    return files
+
+
+class Linker:
+    """Hard-links into ``staging`` each offered file the current release holds unchanged.
+
+    An offered file ``[path, size, mode, mtime_ns, uid, gid, digest]`` is linked only when the
+    current release's manifest (``old``) records that path as a file with the same digest,
+    size, mode and mtime (so the link gives the new release what rsync -a would have written,
+    and touches no metadata of the live file), and the live file still has the size, mtime
+    and mode the manifest recorded (not written in place since: write-through) and, where
+    this process could set owners (root), the offered owner. Its parents in the current
+    release must be real folders (never a path through a symlink)."""
+
+    def __init__(self, old: dict[str, Entry], current: str, staging: str) -> None:
+        self.old, self.current, self.staging = old, current, staging
+        self.root = os.geteuid() == 0
+        self.checked: dict[str, bool] = {"": True}  # folder of the current release: real
+        self.made: set[str] = {""}  # folders created in staging
+
+    def _real_dir(self, rel: str) -> bool:
+        if rel not in self.checked:
+            try:
+                ok = self._real_dir(rel.rpartition("/")[0]) and stat.S_ISDIR(
+                    os.lstat(os.path.join(self.current, rel)).st_mode)
+            except OSError:
+                ok = False
+            self.checked[rel] = ok
+        return self.checked[rel]
+
+    def _make(self, rel: str) -> None:
+        if rel not in self.made:
+            self._make(rel.rpartition("/")[0])
+            with contextlib.suppress(FileExistsError):  # rsync sets its mode and times later
+                os.mkdir(os.path.join(self.staging, rel), 0o700)
+            self.made.add(rel)
+
+    def add(self, files: list[Any]) -> list[int]:
+        """Link what can be; returns the indexes (into ``files``) of those to send."""
+        send: list[int] = []
+        for i, item in enumerate(files):
+            if i % 256 == 0:
+                checkpoint("session-link")
+            try:
+                rel, size, mode, mtime, uid, gid, digest = item
+            except (TypeError, ValueError):
+                raise OperationFailed("session protocol error: a malformed offer") from None
+            entry = self.old.get(rel) if _safe_rel(rel) else None
+            if entry is None or entry[1] != "file" or entry[5] != digest or \
+                    (entry[2], entry[3], entry[4]) != (mode, size, mtime):
+                send.append(i)
+                continue
+            parent = rel.rpartition("/")[0]
+            src = os.path.join(self.current, rel)
+            try:
+                st = os.lstat(src) if self._real_dir(parent) else None
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size or \
+                    st.st_mtime_ns != mtime or stat.S_IMODE(st.st_mode) != mode or \
+                    (self.root and (st.st_uid, st.st_gid) != (uid, gid)):
+                send.append(i)
+                continue
+            self._make(parent)
+            os.link(src, os.path.join(self.staging, rel), follow_symlinks=False)
+        return send
+
+
+def _walk(top: str, link_dest: str | None, old: dict[str, Entry],
+          hashed: bool = True) -> tuple[CopyStats, list[str], CopyRecord]:
     """One walk of what the transfer put in ``top``: its stats, the files that share their
-    inode with another release (rsync --link-dest made them; rsync -a keeps no hard links of
-    its own), and the manifest's lines."""
+    inode with another release (hard links to ``link_dest``'s file at the same path, made by
+    Linker or rsync --link-dest; rsync -a keeps no hard links of its own), and the
+    manifest's lines with every file's digest: a linked file's is the one ``old`` (the
+    manifest of ``link_dest``) records, when the shared inode still has the size and mtime
+    recorded with it; every other file is read here (received moments ago: from the page
+    cache), so each digest is computed from the bytes it describes."""
     stats = CopyStats()
     linked: list[str] = []
-    record = CopyRecord(False)
+    record = CopyRecord(True)
     if not os.path.isdir(top) or os.path.islink(top):
         raise InvalidInput("the staging folder is gone")
     for rel, st, target in walk(top):
@@ -220,8 +363,16 @@ def _walk(top: str, link_dest: str | None) -> tuple[CopyStats, list[str], CopyRe
         elif stat.S_ISREG(st.st_mode):
             stats.files += 1
             stats.bytes += st.st_size
+            entry = None
             if link_dest and st.st_nlink > 1:
                 linked.append(rel)
                 stats.linked += 1
                 stats.linked_bytes += st.st_size
+                entry = old.get(rel)
+            if entry is not None and entry[1] == "file" and entry[5] and \
+                    (entry[3], entry[4]) == (st.st_size, st.st_mtime_ns):
+                record.digests[rel] = entry[5]
+            elif hashed:
+                checkpoint("session-digest")
+                record.digests[rel] = digest_file(os.path.join(top, rel))
     return stats, linked, record

@@ -61,6 +61,7 @@ class Probe:
     root_exists: bool
     config: bytes | None = None  # ROOT/atomic-deploy.toml on the host, if there is one
     config_error: str | None = None  # it exists but could not be read
+    digests: bool = False  # the current release's manifest records content digests
 
 
 class Connection:
@@ -119,7 +120,7 @@ class Connection:
             return Probe(tuple(info["python"]), bool(info["have"]), bool(info["rsync"]),
                          bool(info["root"]),
                          base64.b64decode(config) if isinstance(config, str) else None,
-                         info.get("config_error"))
+                         info.get("config_error"), bool(info.get("digests")))
         except (ValueError, KeyError, IndexError, TypeError):
             raise ConnectFailed(f"{self.root.label} answered the probe with {out[-200:]!r}; "
                                 "is its login shell printing something?",
@@ -171,16 +172,23 @@ class Connection:
 
     def close(self) -> None:
         """Close the master (``ssh -O exit``) and remove the control folder."""
-        if self._dir is None:
+        folder = self._dir
+        if folder is None:
             return
         if self.master:
             cmd = [*self.settings.command, *self.ssh_options(), "-O", "exit", "--",
                    self.root.destination]
-            # (if this fails, ControlPersist ends the master anyway)
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=30, check=False)
-        shutil.rmtree(self._dir, ignore_errors=True)
+            # Not waited for (about 10 ms): a background shell tells the master to exit, then
+            # removes the control folder. (If that fails, ControlPersist ends the master.)
+            script = '("$@" </dev/null >/dev/null 2>&1; rm -rf -- "$0") &'
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["sh", "-c", script, folder, *cmd], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=30, check=True)
+                self._dir = None
+                self.master = False
+                return
+        shutil.rmtree(folder, ignore_errors=True)
         self._dir = None
         self.master = False
 
