@@ -48,13 +48,16 @@ import signal
 import stat
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .._copy import CopyStats
 from .._layout import Layout
-from .._manifest import CopyRecord, Entry, digest_file, load, walk
+from .._manifest import CopyRecord, digest_file, load, walk
 from .._signals import checkpoint
 from ..errors import InterruptedBySignal, InvalidInput, OperationFailed
+
+if TYPE_CHECKING:
+    from .._manifest import Entry
 
 VERSION = 3
 # The deploying machine says {"cmd": "ping", "interval": N} every N seconds while a session is
