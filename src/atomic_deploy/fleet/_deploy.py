@@ -53,7 +53,9 @@ from ..remote._client import (
     Transfer,
     TransferFailed,
     _LocalSignal,
+    build_index,
     connect,
+    forget_index,
     signals_raised,
 )
 from ..remote._ssh import Connection, Probe, SshSettings, pump_lines
@@ -322,6 +324,9 @@ class Fleet:
             self.say(h, f"error: {exc.message}")
             return
         self.note(h, "connected")
+        if (self.build is not None and h.probe is not None and h.probe.digests
+                and self.transfer.method != "pull" and not self.transfer.trust_mtime):
+            build_index(self.build)  # hashing overlaps the other hosts' connects and locks
 
     def _lock(self, h: _Host) -> None:
         assert h.conn is not None and h.probe is not None
@@ -525,6 +530,8 @@ class Fleet:
                                         for h in hosts)
 
     def _close(self) -> None:
+        if self.build is not None:
+            forget_index(self.build)
         for h in self.hosts:
             if h.session is not None:
                 h.session.close()
