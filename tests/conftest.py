@@ -290,6 +290,21 @@ def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_signals, "_fired", set())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _digest_cache_here(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The source digest cache of every deploy a test makes (in-process or through the CLI,
+    which copies this environment) goes to a folder of the test run, never the user's own."""
+    from atomic_deploy import _manifest
+
+    old = os.environ.get(_manifest.CACHE_ENV)
+    os.environ[_manifest.CACHE_ENV] = str(tmp_path_factory.mktemp("digest-cache"))
+    yield
+    if old is None:
+        os.environ.pop(_manifest.CACHE_ENV, None)
+    else:
+        os.environ[_manifest.CACHE_ENV] = old
+
+
 def error_line(r: subprocess.CompletedProcess[str]) -> str:
     """The process printed exactly one line on stderr, an atomic-deploy error; return it."""
     lines = r.stderr.splitlines()
