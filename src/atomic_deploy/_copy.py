@@ -12,7 +12,8 @@ How a file's data gets there, per file, cheapest first (docs/benchmarks.md has t
    previous release (same size, mtime, mode, owner, xattrs, and the same content) is reused
    instead of copied: cloned from it where the filesystem clones (a clone cannot be written
    through to the previous release), else hard-linked to it (one link(2), no data). The content
-   is compared by digest: the source's blake2b against the one the previous release's manifest
+   is compared by digest: the source's blake2b (from the source digest cache while the file's
+   lstat is unchanged, _manifest.source_digest) against the one the previous release's manifest
    recorded (``prev_digests``, trusted only while that file's size and mtime still match it),
    else against the previous file's own, read now; ``checksum`` always reads both. Only with
    ``trust_mtime`` is the size+mtime check alone enough (the risk: a file changed without

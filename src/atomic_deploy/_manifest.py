@@ -17,8 +17,8 @@ its release (_layout.hide_release_dir).
 
 Also here: the check that ``--check`` hooks did not write through hard links into other
 releases (``linked_snapshot``, ``written_through``), and the pieces _copy uses, which imports
-this module: the content digest (``digest_file``, also what --link-unchanged compares) and
-CopyRecord.
+this module: the content digest (``digest_file``; ``source_digest`` for a build's files, with
+the source digest cache described below, also what --link-unchanged compares) and CopyRecord.
 """
 
 from __future__ import annotations
