@@ -136,7 +136,7 @@ class _FirstBytes:
 
     __slots__ = ("data", "n")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
         self.n = len(data) // _REC
 
@@ -153,7 +153,8 @@ class DigestCache:
 
     __slots__ = ("child", "data", "hits", "new", "path", "prefix", "ref_ns", "table")
 
-    def __init__(self, path: str | None, source: str, ref_ns: int, data: bytes = b"") -> None:
+    def __init__(self, path: str | None, source: str, ref_ns: int,
+                 data: bytes | bytearray = b"") -> None:
         import bisect
 
         self.path = path  # the cache file; None: nothing is read or written
@@ -209,10 +210,10 @@ class DigestCache:
         for off in range(0, len(records) - _REC + 1, _REC):
             self.new[records[off]] += records[off:off + _REC]
 
-    def _records(self) -> bytes:
-        """The next cache file's records: the entries this deploy found valid, sorted."""
+    def _chunks(self) -> Iterator[bytes]:
+        """The next cache file's records, a bucket at a time: the entries this deploy found
+        valid, sorted. Consumes ``new``: at most one bucket is held twice."""
         data, hits, table = self.data, self.hits, self.table
-        out = []
         for b in range(256):
             old = []  # runs of records still valid in this bucket (already sorted)
             i, end = table[b], table[b + 1]
@@ -224,14 +225,13 @@ class DigestCache:
                 j = end if j < 0 else j
                 old.append(data[i * _REC:j * _REC])
                 i = j
-            new = self.new[b]
+            new, self.new[b] = self.new[b], bytearray()
             if not new:
-                out += old
+                yield b"".join(old)
                 continue
             both = b"".join(old) + new
             recs = {both[o:o + _KEY]: both[o:o + _REC] for o in range(0, len(both), _REC)}
-            out += [recs[k] for k in sorted(recs)]
-        return b"".join(out)
+            yield b"".join([recs[k] for k in sorted(recs)])
 
     def save(self) -> None:
         """Write the cache file (temp file, rename); any failure only costs the next deploy
@@ -241,27 +241,34 @@ class DigestCache:
         if self.path is None:
             return
         folder = os.path.dirname(self.path)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             if self.data and not any(self.new) and self.hits.count(0) == 0:
                 os.utime(self.path)  # unchanged: only marked as recently used
             elif self.data or any(self.new):
-                body = self._records()
-                check = hashlib.blake2b(body, digest_size=16).digest()
                 os.makedirs(folder, mode=0o700, exist_ok=True)
-                tmp = f"{self.path}.{os.getpid()}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC,
                              0o600)
                 try:
-                    view = memoryview(_CACHE_MAGIC + check + body)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    h = hashlib.blake2b(digest_size=16)
+                    _write_all(fd, bytes(_HEADER))  # the header last, once the checksum is known
+                    for chunk in self._chunks():
+                        h.update(chunk)
+                        _write_all(fd, chunk)
+                    os.pwrite(fd, _CACHE_MAGIC + h.digest(), 0)
                 finally:
                     os.close(fd)
                 os.replace(tmp, self.path)
             _prune_caches(folder)
         except OSError:
             with contextlib.suppress(OSError):
-                os.unlink(f"{self.path}.{os.getpid()}.tmp")
+                os.unlink(tmp)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _prune_caches(folder: str) -> None:
@@ -289,9 +296,10 @@ def _prune_caches(folder: str) -> None:
                 os.unlink(os.path.join(folder, name))
 
 
-def _read_cache(path: str) -> bytes:
+def _read_cache(path: str) -> bytes | bytearray:
     """The records of a cache file, or b"" if it is missing, unreadable, corrupt, or not
-    safely ours (another owner, writable by others)."""
+    safely ours (another owner, writable by others). Read into one buffer: no copy of it is
+    ever held at the same time."""
     import hashlib
 
     try:
@@ -301,22 +309,23 @@ def _read_cache(path: str) -> bytes:
     try:
         st = os.fstat(fd)
         if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
-                or st.st_mode & 0o022 or (st.st_size - _HEADER) % _REC):
+                or st.st_mode & 0o022 or st.st_size < _HEADER or (st.st_size - _HEADER) % _REC):
             return b""
-        parts = []
-        while True:
-            chunk = os.read(fd, _CHUNK * 8)
-            if not chunk:
-                break
-            parts.append(chunk)
+        header = os.read(fd, _HEADER)
+        body = bytearray(st.st_size - _HEADER)
+        view = memoryview(body)
+        with open(fd, "rb", buffering=0, closefd=False) as f:
+            while view:
+                got = f.readinto(view)
+                if not got:
+                    return b""  # shorter than it said
+                view = view[got:]
     except OSError:
         return b""
     finally:
         os.close(fd)
-    data = b"".join(parts)
-    body = data[_HEADER:]
-    if (data[:len(_CACHE_MAGIC)] != _CACHE_MAGIC or len(body) % _REC
-            or hashlib.blake2b(body, digest_size=16).digest() != data[len(_CACHE_MAGIC):_HEADER]):
+    if (header[:len(_CACHE_MAGIC)] != _CACHE_MAGIC
+            or hashlib.blake2b(body, digest_size=16).digest() != header[len(_CACHE_MAGIC):]):
         return b""
     return body
 
