@@ -291,18 +291,17 @@ def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _digest_cache_here(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The source digest cache of every deploy a test makes (in-process or through the CLI,
-    which copies this environment) goes to a folder of the test run, never the user's own."""
-    from atomic_deploy import _manifest
-
-    old = os.environ.get(_manifest.CACHE_ENV)
-    os.environ[_manifest.CACHE_ENV] = str(tmp_path_factory.mktemp("digest-cache"))
+def _user_cache_here(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What deploys keep in the user's cache (the source digest cache) goes to a folder of the
+    test run, never the user's own: in-process, and through the CLI, which copies this
+    environment."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
     yield
     if old is None:
-        os.environ.pop(_manifest.CACHE_ENV, None)
+        os.environ.pop("XDG_CACHE_HOME", None)
     else:
-        os.environ[_manifest.CACHE_ENV] = old
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 def error_line(r: subprocess.CompletedProcess[str]) -> str:
