@@ -290,6 +290,20 @@ def _no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_signals, "_fired", set())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache_here(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What deploys keep in the user's cache (the source digest cache) goes to a folder of the
+    test run, never the user's own: in-process, and through the CLI, which copies this
+    environment."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 def error_line(r: subprocess.CompletedProcess[str]) -> str:
     """The process printed exactly one line on stderr, an atomic-deploy error; return it."""
     lines = r.stderr.splitlines()

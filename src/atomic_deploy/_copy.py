@@ -12,7 +12,8 @@ How a file's data gets there, per file, cheapest first (docs/benchmarks.md has t
    previous release (same size, mtime, mode, owner, xattrs, and the same content) is reused
    instead of copied: cloned from it where the filesystem clones (a clone cannot be written
    through to the previous release), else hard-linked to it (one link(2), no data). The content
-   is compared by digest: the source's blake2b against the one the previous release's manifest
+   is compared by digest: the source's blake2b (from the source digest cache while the file's
+   lstat is unchanged, _manifest.source_digest) against the one the previous release's manifest
    recorded (``prev_digests``, trusted only while that file's size and mtime still match it),
    else against the previous file's own, read now; ``checksum`` always reads both. Only with
    ``trust_mtime`` is the size+mtime check alone enough (the risk: a file changed without
@@ -67,7 +68,7 @@ from dataclasses import dataclass, field
 
 from . import _platform
 from ._layout import show
-from ._manifest import digest_fd, digest_file
+from ._manifest import digest_file, source_digest, source_digests
 from .errors import InvalidInput
 
 TYPE_CHECKING = False  # typing costs start-up time at every deploy
@@ -420,7 +421,7 @@ class _Copier:
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
             if self.opts.digest_all and dpath not in self.digests:
-                self.digests[dpath] = digest_file(spath)
+                self.digests[dpath] = source_digest(spath, st)
             return
         opts = self.opts
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
@@ -439,7 +440,7 @@ class _Copier:
                     _copy_data(sfd, dfd, st.st_size, caps)
                     self.stats.copied += 1
                 if opts.digest_all and dpath not in self.digests:
-                    self.digests[dpath] = digest_fd(sfd)
+                    self.digests[dpath] = source_digest(spath, st, sfd)
                 opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
@@ -499,7 +500,7 @@ class _Copier:
             return None
         if _HAS_XATTR and _xattrs_of(spath) != _xattrs_of(lpath):
             return None
-        if not self.opts.trust_mtime and not self._same_content(spath, dpath, lpath, old):
+        if not self.opts.trust_mtime and not self._same_content(spath, dpath, lpath, old, st):
             return None
         if self.opts.clone_kind is not None and self._caps_for(
                 (self.opts.dst_dev, self.opts.dst_dev)).clone is not False:
@@ -515,11 +516,13 @@ class _Copier:
             raise
         return "link"
 
-    def _same_content(self, spath: str, dpath: str, lpath: str, old: os.stat_result) -> bool:
-        """True if ``spath`` holds the bytes ``lpath`` holds. The source is always read (its
-        digest goes into the new release's manifest); the previous file only where its
-        manifest has no digest for it, it changed since (size or mtime), or ``checksum``."""
-        mine = digest_file(spath)
+    def _same_content(self, spath: str, dpath: str, lpath: str, old: os.stat_result,
+                      st: os.stat_result) -> bool:
+        """True if ``spath`` holds the bytes ``lpath`` holds. The source's digest (it goes into
+        the new release's manifest) is read, or taken from the source digest cache while the
+        file's lstat ``st`` is the one it was read with; the previous file is read only where
+        its manifest has no digest for it, it changed since (size or mtime), or ``checksum``."""
+        mine = source_digest(spath, st)
         self.digests[dpath] = mine
         known = None if self.opts.checksum else self.opts.prev_digests.get(
             lpath[len(self.opts.link_root) + 1:])
@@ -995,4 +998,9 @@ def copy_tree(
         raise InvalidInput("--jobs must be at least 1", "nothing was changed")
     tree = _Tree(src, dst, checkpoint, fsync_each, link_dest, checksum, link_writable, jobs,
                  progress, trust_mtime, digest_all, prev_digests, record)
-    return tree.run()
+    if not tree.opts.digest_all or checksum:  # --checksum: read everything, trust nothing
+        return tree.run()
+    # Source files are hashed: through the source digest cache (_manifest.source_digests),
+    # which is kept out of the source and of ROOT (dst is ROOT/releases/<staging>).
+    with source_digests(src, avoid=(os.path.dirname(os.path.dirname(os.path.abspath(dst))),)):
+        return tree.run()

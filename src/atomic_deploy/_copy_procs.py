@@ -33,7 +33,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from . import _platform
+from . import _manifest, _platform
 from .errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def _worker(copier: _Copier, tasks: int, results: int, parent: int) -> None:
         # What the manifest and the write-through check need, per file (see CopyRecord)
         digests, linked = list(copier.digests.items()), copier.linked
         copier.digests, copier.linked = {}, []
-        _send(results, (bid, done, delta, error, digests, linked))
+        _send(results, (bid, done, delta, error, digests, linked, _manifest.cache_drain()))
         if error is not None:
             return
 
@@ -304,13 +304,14 @@ class ProcPool:
         raise OperationFailed(f"a copy worker process ended unexpectedly{how}")
 
     def _result(self, child: _Child, msg: Any) -> None:
-        bid, done, delta, error, digests, linked = msg
+        bid, done, delta, error, digests, linked, learnt = msg
         child.in_flight -= 1
         node, batch = self.batches.pop(bid)
         for name, value in zip(_STAT_COUNTERS, delta):
             setattr(self.stats, name, getattr(self.stats, name) + value)
         self.sink.digests.update(digests)
         self.sink.linked.extend(linked)
+        _manifest.cache_absorb(learnt)  # the source digests it read or found
         exc = _error_from(tuple(error)) if error is not None else None
         self.ready.append((node, batch[:done], exc))
 

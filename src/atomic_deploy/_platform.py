@@ -27,6 +27,16 @@ IS_LINUX = sys.platform.startswith("linux")
 _F_FULLFSYNC: int | None = getattr(__import__("fcntl"), "F_FULLFSYNC", None)
 
 
+def user_cache_dir() -> str:
+    """atomic-deploy's folder in the user's cache: ``$XDG_CACHE_HOME/atomic-deploy``, else
+    ``~/.cache/atomic-deploy`` (a relative XDG_CACHE_HOME is ignored, as the XDG base directory
+    spec says). Relative only when there is no home to expand ``~`` to: callers check."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "atomic-deploy")
+
+
 def fsync_fd(fd: int) -> None:
     """Flush one open file or folder to stable storage."""
     if _F_FULLFSYNC is not None:

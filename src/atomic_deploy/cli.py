@@ -245,6 +245,10 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--if-changed", action="store_true", default=None,
                    help="do nothing (exit 0; --json: unchanged) when the build is the current "
                         "release, contents compared by manifest (implies --digest; local ROOT)")
+    g.add_argument("--no-digest-cache", action="store_true", default=None,
+                   help="read every file of the build to compare or record its digest, instead "
+                        "of trusting digests cached (in ~/.cache/atomic-deploy) for files whose "
+                        "inode, size, mtime and ctime are unchanged")
     g.add_argument("--jobs", type=int, metavar="N", help="parallel copy threads")
     g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
                    help="skip flushing to disk before the switch (faster, not crash-safe)")
@@ -760,6 +764,10 @@ def _options(args: argparse.Namespace, root: str | None,
         if key in _HOOK_KEYS and key in config and flag is None:
             value = _config.hooks(key, value)  # a list of strings is a list of commands
         values[key] = value
+    if getattr(args, "no_digest_cache", None):
+        from ._manifest import CACHE_ENV
+
+        os.environ[CACHE_ENV] = "0"  # read where the copy hashes the build (_manifest)
     values["command"] = "atomic-deploy " + " ".join(_redacted(sys.argv[1:]))
     if getattr(args, "if_changed", None):
         values["if_changed"] = True

@@ -97,8 +97,9 @@ def build() -> bytes:
 
 
 def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "atomic-deploy")
+    from .._platform import user_cache_dir
+
+    return user_cache_dir()
 
 
 def _fingerprint() -> str:
