@@ -271,6 +271,38 @@ def test_second_deploy_links_by_digest_and_sends_the_rest(web1: Host, tmp_path: 
     assert v["clean"] and v["no_digest"] == 0, v
 
 
+def test_the_build_is_hashed_through_its_digest_cache_and_never_sends_stale_bytes(
+        web1: Host, tmp_path: Path) -> None:
+    from atomic_deploy import _manifest
+
+    cache = tmp_path / "digest-cache"
+    env = {_manifest.CACHE_ENV: str(cache)}
+    build = make_build(tmp_path / "build", {f"f{i}.txt": f"file {i}\n" for i in range(8)})
+    for f in build.iterdir():
+        os.utime(f, (1_577_836_800, 1_577_836_800))  # one mtime for all, as reproducible builds
+    _seeded(build, web1)
+    # The file's last change must be older than the racily-clean margin to be remembered.
+    newest = max(f.lstat().st_ctime_ns for f in build.iterdir())
+    wait_for(lambda: time.time_ns() > newest + _manifest._COARSE_MARGIN_NS,
+             what="the build's files to age")
+    r = cli("deploy", build, web1.dest(), "--json", env=env)
+    assert data(r)["transfer"]["compared"] == "digest" and data(r)["transfer"]["sent"] == 0
+    (entry,) = cache.iterdir()  # one cache file, for this build folder
+    assert (entry.stat().st_size - _manifest._HEADER) // _manifest._REC == 8
+    # Same size, same mtime, new bytes: the cache (keyed by the lstat, ctime included) misses.
+    f = build / "f3.txt"
+    f.write_text("FILE 3\n")
+    os.utime(f, (1_577_836_800, 1_577_836_800))
+    r = cli("deploy", build, web1.dest(), "--json", env=env)
+    assert data(r)["transfer"]["sent"] == 1, r.stderr
+    assert web1.path("/srv/app/current/f3.txt").read_text() == "FILE 3\n"
+    # --no-digest-cache: read again, not remembered
+    before = entry.read_bytes()
+    r = cli("deploy", build, web1.dest(), "--json", "--no-digest-cache", env=env)
+    assert r.returncode == 0 and data(r)["transfer"]["sent"] == 0, r.stderr
+    assert entry.read_bytes() == before
+
+
 def test_a_live_file_written_in_place_is_sent_not_linked(web1: Host, tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {"a.txt": "aaaa\n", "b.txt": "bbbb\n"})
     _seeded(build, web1)

@@ -383,11 +383,12 @@ def source_digests(source: str, avoid: tuple[str, ...] = ()) -> Iterator[DigestC
     cache.save()
 
 
-def source_digest(path: str, st: os.stat_result, fd: int | None = None) -> str:
-    """blake2b-256 (hex) of the source file ``path`` whose lstat is ``st``: from the active
-    digest cache (source_digests) while the file still has that lstat, else read (from ``fd``,
-    open on it, if given) and remembered. Without an active cache: digest_fd/digest_file."""
-    cache = _active
+def source_digest(path: str, st: os.stat_result, fd: int | None = None,
+                  cache: DigestCache | None = None) -> str:
+    """blake2b-256 (hex) of the source file ``path`` whose lstat is ``st``: from ``cache`` or
+    the active digest cache (source_digests) while the file still has that lstat, else read
+    (from ``fd``, open on it, if given) and remembered. Without a cache: digest_fd/digest_file."""
+    cache = cache or _active
     if cache is None:
         return _read_digest(path, fd)
     key = cache.key(path, st)

@@ -1318,7 +1318,8 @@ def _session_build(args: argparse.Namespace,
         front += ["--revision", revision]
     transfer = _client.Transfer(
         progress=not getattr(args, "quiet", False) and sys.stderr is not None
-        and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+        and sys.stderr.isatty() and os.environ.get("TERM") != "dumb",
+        cache_digests=scratch is None and not getattr(args, "no_digest_cache", None))
     return build, scratch, front, transfer
 
 

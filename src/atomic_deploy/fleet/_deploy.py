@@ -326,7 +326,8 @@ class Fleet:
         self.note(h, "connected")
         if (self.build is not None and h.probe is not None and h.probe.digests
                 and self.transfer.method != "pull" and not self.transfer.trust_mtime):
-            build_index(self.build)  # hashing overlaps the other hosts' connects and locks
+            # hashing overlaps the other hosts' connects and locks
+            build_index(self.build, self.transfer.cache_digests)
 
     def _lock(self, h: _Host) -> None:
         assert h.conn is not None and h.probe is not None

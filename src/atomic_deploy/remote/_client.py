@@ -56,6 +56,7 @@ class Transfer:
     sent: int | None = None
     sent_bytes: int = 0
     compared: str = ""  # how unchanged files were found: "digest", "checksum", "mtime", ""
+    cache_digests: bool = True  # False for a scratch build (an extracted tarball, a git export)
 
     def summary(self) -> dict[str, Any]:
         """--json's ``transfer`` (remote.md)."""
@@ -154,7 +155,7 @@ def _run(root: RemoteRoot, argv: Callable[[Probe], list[str]], settings: SshSett
         if t.method != "pull":  # pull: the host reads the build itself (self-sourced)
             t.method = "rsync" if probe.rsync and shutil.which("rsync") else "tar"
             if probe.digests and t.method == "rsync" and not t.trust_mtime:
-                build_index(build)  # hashing starts while the host's session starts
+                build_index(build, t.cache_digests)  # hashing starts as the host's session does
         host = HostSession(conn, proc, t, emit)
         try:
             outcome = _drive(host, build, activate=args[0] == "deploy")
@@ -375,7 +376,7 @@ class HostSession:
         those it holds unchanged and says which to send. Returns rsync's --files-from list
         (NUL-separated: every folder, symlink and other entry, and the files to send), or
         None when the host found nothing to compare with (then rsync --checksum as before)."""
-        pending = build_index(self.build)
+        pending = build_index(self.build, self.transfer.cache_digests)
         for chunk, last in pending.chunks(OFFER_CHUNK):
             more = not last
             if self.transfer.compress:  # a slow link: 2.9 MB of offer for 20,000 files: 1.2
@@ -471,9 +472,6 @@ def _feed(pipe: Any, data: bytes) -> None:
 # -- the build's digests ----------------------------------------------------------------------
 
 
-def _digest(path: str) -> str:
-    """The one place the build's files are hashed (so a digest cache in _manifest serves it)."""
-    return _manifest.digest_file(path)
 
 
 @dataclass
@@ -490,31 +488,38 @@ class _Pending:
     """A build's index being made in a thread (a fleet's hosts share one), readable in chunks
     as it grows: the host links one chunk while the next is hashed here."""
 
-    def __init__(self, build: str) -> None:
+    def __init__(self, build: str, cached: bool) -> None:
         self._index = BuildIndex()
         self._finished = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self.stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(build,), name="build-digests",
+        self._thread = threading.Thread(target=self._run, args=(build, cached),
+                                        name="build-digests",
                                         daemon=True)
         self._thread.start()
 
-    def _run(self, build: str) -> None:
+    def _run(self, build: str, cached: bool) -> None:
         index = self._index
+        # A build folder of the user's is hashed through its digest cache (files whose lstat
+        # is unchanged since are not read again); a scratch extraction has new inodes each time.
+        cache = _manifest.open_cache(build) if cached else None
         try:
             for rel, st, _target in sorted(_manifest.walk(build)):
                 if self.stop.is_set():
                     raise TransferFailed("hashing the build was stopped")
                 if stat.S_ISREG(st.st_mode):
                     item = [rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
-                            st.st_uid, st.st_gid, _digest(os.path.join(build, rel))]
+                            st.st_uid, st.st_gid,
+                            _manifest.source_digest(os.path.join(build, rel), st, cache=cache)]
                     with self._cond:
                         index.offer.append(item)
                         if len(index.offer) % 256 == 0:
                             self._cond.notify_all()
                 else:
                     index.others.append(rel)
+            if cache is not None:
+                cache.save()
         except BaseException as exc:  # raised in the threads that wait for it
             self._error = exc
         finally:
@@ -550,13 +555,13 @@ _pending: dict[str, _Pending] = {}
 _pending_lock = threading.Lock()
 
 
-def build_index(build: str) -> _Pending:
+def build_index(build: str, cached: bool = True) -> _Pending:
     """The build's index, started in a thread on the first call for ``build`` (until
-    forget_index: a fleet's hosts share one)."""
+    forget_index: a fleet's hosts share one); ``cached``: through its digest cache."""
     with _pending_lock:
         found = _pending.get(build)
         if found is None:
-            found = _pending[build] = _Pending(build)
+            found = _pending[build] = _Pending(build, cached)
         return found
 
 
