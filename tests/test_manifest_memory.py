@@ -146,3 +146,56 @@ def test_digests_records_stay_small_too(tmp_path: Path) -> None:
     done = [x for x in lines if x.endswith('"]')]
     assert len(done) == len(record.digests) and all(
         x.endswith(f',"{record.digests[_manifest._json_string()(x, 2)[0]]}"]') for x in done)
+
+
+@pytest.mark.parametrize("run", [1, 2, 16384])
+def test_scan_takes_the_copys_digest_only_for_files_as_copied(
+        run: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After --check hooks the release is walked again; a file keeps the copy's digest while
+    its size and mtime are those it was copied with (merged by path, across runs)."""
+    monkeypatch.setattr(_manifest, "_RUN", run)
+    top = tmp_path / "rel"
+    (top / "d").mkdir(parents=True)
+    for name in ("a", "b", "c", "d/e", "d/f"):
+        (top / name).write_text(name)
+    record = CopyRecord(with_digests=True)
+    for rel, st_, target in _manifest.walk(str(top)):
+        record.add(rel, st_, target)
+    record.digests.update({"a": "aa" * 32, "c": "cc" * 32, "d/e": "ee" * 32})  # not the real ones
+    (top / "c").write_text("changed")  # another size: read again
+    (top / "new").write_text("n")
+    walked = {x.split(",")[0]: x for x in _manifest.scan(str(top), False, record)}
+    assert walked['["a"'].endswith(f',"{"aa" * 32}"]')
+    assert walked['["d/e"'].endswith(f',"{"ee" * 32}"]')
+    assert walked['["c"'].endswith(",null]") and walked['["b"'].endswith(",null]")
+    with_digest = {x.split(",")[0]: x for x in _manifest.scan(str(top), True, record)}
+    assert with_digest['["a"'] == walked['["a"']  # the copy's, not read again
+    assert with_digest['["c"'].endswith(f',"{_manifest.digest_file(str(top / "c"))}"]')
+    assert with_digest['["new"'].endswith(f',"{_manifest.digest_file(str(top / "new"))}"]')
+    assert list(_manifest.scan(str(top), True, record)) == sorted(with_digest.values())
+
+
+@pytest.mark.parametrize("run", [1, 3, 16384])
+def test_refresh_replaces_the_paths_the_deploy_changed(
+        run: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_manifest, "_RUN", run)
+    top = tmp_path / "rel"
+    for name in ("app/x", "app/y/z", "logs/old", "logsa", "conf/keep"):
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_text(name)
+    record = CopyRecord()
+    for rel, st_, target in _manifest.walk(str(top)):
+        record.add(rel, st_, target)
+    # what link_shared and REVISION do after the copy
+    for p in sorted((top / "logs").rglob("*"), reverse=True):
+        p.unlink()
+    (top / "logs").rmdir()
+    os.symlink("../../shared/logs", top / "logs")
+    (top / "var" / "run").mkdir(parents=True)
+    os.symlink("../../../shared/var/run/sock", top / "var" / "run" / "sock")
+    os.symlink("../../shared/conf/env", top / "conf" / "env")
+    (top / "REVISION").write_text("abc\n")
+    rels = ["logs", "var/run/sock", "conf/env", "REVISION"]
+    got = list(_manifest.refresh(_manifest.from_record(record), str(top), rels, False))
+    assert got == sorted(_manifest.scan(str(top), False))  # as a fresh walk sees it
+    assert len(_manifest.refresh(_manifest.from_record(record), str(top), rels, False)) == len(got)
