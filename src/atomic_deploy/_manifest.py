@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from ._layout import Layout, release_dirs, show
@@ -423,31 +423,205 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_in_forked_child)
 
 
+_RUN = 16384  # lines per sorted run of a Lines: a few MB as str while it fills
+_BLOCK = 1 << 16  # bytes of a run decompressed at a time
+
+
+class Lines:
+    """Manifest lines, kept compact: a manifest of 200,000 entries is about 30 MB of text, 50 MB
+    as Python str, where the copy itself needs about 20 MB. So lines are gathered in runs of
+    ``_RUN``, and each full run is sorted and kept zlib-compressed (paths compress about
+    tenfold); iterating merges the runs lazily, giving every line in sorted order (by text, so
+    by path) with only a small piece of each run decompressed at a time.
+    """
+
+    __slots__ = ("pending", "runs")
+
+    def __init__(self, items: Iterable[str] = ()) -> None:
+        self.runs: list[tuple[int, bool, bytes]] = []  # (lines, any digest, sorted lines)
+        self.pending: list[str] = []
+        for x in items:
+            self.add(x)
+
+    def add(self, x: str) -> None:
+        pending = self.pending
+        pending.append(x)
+        if len(pending) >= _RUN:
+            self.seal()
+
+    def seal(self) -> None:
+        """Compress the pending lines into a run (add() does it once there are enough)."""
+        from zlib import compressobj
+
+        run, self.pending = self.pending, []
+        run.sort()
+        z = compressobj(1)
+        out, digested = [], False
+        for i in range(0, len(run), 1024):  # in pieces: never the whole text at once
+            text = "\n".join(run[i:i + 1024]) + "\n"
+            digested = digested or _any_digest(text)
+            out.append(z.compress(text.encode("ascii")))
+        out.append(z.flush())
+        self.runs.append((len(run), digested, b"".join(out)))
+
+    def __len__(self) -> int:
+        return sum(r[0] for r in self.runs) + len(self.pending)
+
+    @property
+    def has_digest(self) -> bool:
+        """Whether any file's line has its content digest."""
+        return any(r[1] for r in self.runs) or _any_digest("\n".join(self.pending) + "\n")
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces():
+            yield from piece
+
+    def pieces(self) -> Iterator[list[str]]:
+        """Every line in sorted order, a piece at a time.
+
+        Merged a block at a time, not line by line: every line up to the smallest of the
+        blocks' last lines can go, and sorting those (pieces already sorted: a merge, in C)
+        costs a fraction of heapq.merge's Python steps per line."""
+        from bisect import bisect_right
+
+        self.pending.sort()
+        if not self.runs:
+            yield self.pending
+            return
+        # (block, position in it, the rest of its run)
+        heads: list[tuple[list[str], int, Iterator[list[str]]]] = []
+        for blocks in [*[_unpack(r[2]) for r in self.runs], iter([self.pending])]:
+            first = next(blocks, None)
+            if first:
+                heads.append((first, 0, blocks))
+        while heads:
+            bound = min(h[0][-1] for h in heads)
+            piece: list[str] = []
+            left = []
+            for block, i, blocks in heads:
+                end = bisect_right(block, bound, i)
+                piece += block[i:end]
+                if end < len(block):
+                    left.append((block, end, blocks))
+                else:
+                    more = next(blocks, None)
+                    if more:
+                        left.append((more, 0, blocks))
+            heads = left
+            piece.sort()
+            yield piece
+
+    def copy(self) -> Lines:
+        out = Lines()
+        out.runs, out.pending = list(self.runs), list(self.pending)
+        return out
+
+    def unsorted(self) -> Iterator[str]:
+        """Every line, run by run: cheaper than in order."""
+        for _, _, data in self.runs:
+            for block in _unpack(data):
+                yield from block
+        yield from self.pending
+
+    def keep(self, prefixes: tuple[str, ...], wanted: Callable[[str], bool]) -> Lines:
+        """Every line but those starting with one of ``prefixes`` that ``wanted`` refuses.
+        Runs without such a line stay as they are, compressed."""
+        out = Lines()
+        marks = tuple(("\n" + p).encode("ascii") for p in prefixes)
+        for n, digested, data in self.runs:
+            if not _holds(data, marks):
+                out.runs.append((n, digested, data))
+                continue
+            out.pending = [x for block in _unpack(data) for x in block
+                           if not x.startswith(prefixes) or wanted(x)]
+            if out.pending:
+                out.seal()
+        out.pending = [x for x in self.pending if not x.startswith(prefixes) or wanted(x)]
+        return out
+
+
+def _json_string() -> Callable[[str, int], tuple[str, int]]:
+    """json's (C) reader of a JSON string: ``read(text, i)`` is (the string whose text begins
+    at ``text[i]``, after its quote; the index after its closing quote). A manifest line's path
+    is ``read(line, 2)[0]``."""
+    import json.decoder
+
+    read: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+    return read
+
+
+def _any_digest(text: str) -> bool:
+    """Whether a file's line in ``text`` (lines, each ending in a newline) has a digest. Lines
+    that end in a JSON string are a symlink's (its text) or a file's with its digest, and only
+    a type field holds ``,"symlink",`` unescaped: two counts in C, not a loop over lines."""
+    return text.count('"]\n') != text.count(',"symlink",')
+
+
+def _chunks(data: bytes) -> Iterator[bytes]:
+    """A compressed run's text, decompressed ``_BLOCK`` bytes at a time."""
+    from zlib import decompressobj
+
+    d = decompressobj()
+    while not d.eof:
+        chunk = d.decompress(data, _BLOCK)
+        data = d.unconsumed_tail
+        if not chunk and not data:
+            raise ValueError("truncated run")  # cannot happen: compressed here
+        yield chunk
+
+
+def _unpack(data: bytes) -> Iterator[list[str]]:
+    """The lines of one compressed run, in blocks (about ``_BLOCK`` bytes)."""
+    rest = ""
+    for chunk in _chunks(data):
+        parts = (rest + chunk.decode("ascii")).split("\n")
+        rest = parts.pop()
+        if parts:
+            yield parts
+
+
+def _holds(data: bytes, marks: tuple[bytes, ...]) -> bool:
+    """Whether a compressed run's text (after a newline) holds one of ``marks``."""
+    overlap = max(map(len, marks), default=1) - 1  # a mark split between two chunks
+    tail = b"\n"
+    for chunk in _chunks(data):
+        text = tail + chunk
+        if any(m in text for m in marks):
+            return True
+        tail = text[-overlap:] if overlap else b""
+    return False
+
+
 class CopyRecord:
     """What copy_tree saw and did per entry, for the manifest and the write-through check.
 
     Kept compact (the manifest of 200,000 files must not cost more memory than the copy): each
-    entry as its manifest line (line() above), built from the lstat the walk already made
-    (the release's copy gets the same type, mode, size and mtime). ``lines``: complete lines;
-    with ``with_digests``, regular files go to ``files`` instead, as (path, line without its
-    digest), completed from ``digests`` (path -> blake2b hex of the files whose content was
-    read) when the manifest is written. ``linked``: paths of files hard-linked to link_dest.
+    entry as its manifest line (line() above) in a Lines, built from the lstat the walk already
+    made (the release's copy gets the same type, mode, size and mtime). ``lines``: complete
+    lines; with ``with_digests``, regular files' lines go to ``files`` instead, without their
+    digest (``null]``), completed from ``digests`` (path -> blake2b hex of the files whose
+    content was read) when the manifest is written. ``linked``: paths of files hard-linked to
+    link_dest.
     """
 
     __slots__ = ("digests", "files", "lines", "linked", "with_digests")
 
     def __init__(self, with_digests: bool = False) -> None:
         self.with_digests = with_digests
-        self.lines: list[str] = []
-        self.files: list[tuple[str, str]] = []
+        self.lines = Lines()
+        self.files = Lines()
         self.digests: dict[str, str] = {}
         self.linked: list[str] = []
 
     def add(self, rel: str, st: os.stat_result, target: str | None) -> None:
         if self.with_digests and stat.S_ISREG(st.st_mode):
-            self.files.append((rel, line(rel, st, target, None)[:-5]))  # drops "null]"
+            to = self.files
+            to.pending.append(line(rel, st, target, None)[:-5])  # drops "null]"
         else:
-            self.lines.append(line(rel, st, target, None))
+            to = self.lines
+            to.pending.append(line(rel, st, target, None))
+        if len(to.pending) >= _RUN:  # Lines.add, inline: once per entry of the build
+            to.seal()
 
 
 def _entry(rel: str, st: os.stat_result, target: str | None) -> Entry:
@@ -461,12 +635,20 @@ def _entry(rel: str, st: os.stat_result, target: str | None) -> Entry:
     return [rel, "other", stat.S_IMODE(mode), None, None, None]
 
 
-def from_record(record: CopyRecord) -> list[str]:
+def from_record(record: CopyRecord) -> Lines:
     """The manifest lines of what copy_tree copied."""
+    if not len(record.files):
+        return record.lines
     digests = record.digests
     enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
-    return record.lines + [head + (enc(digests[rel]) if rel in digests else "null") + "]"
-                           for rel, head in record.files]
+    out = record.lines.copy()
+    path = _json_string()
+    for head in record.files.unsorted():
+        value = digests.get(path(head, 2)[0])  # the path: the line's first JSON string
+        out.pending.append(head + (enc(value) if value is not None else "null") + "]")
+        if len(out.pending) >= _RUN:
+            out.seal()
+    return out
 
 
 def walk(top: str, rel: str | None = None) -> Iterator[tuple[str, os.stat_result, str | None]]:
@@ -504,51 +686,87 @@ def _lines(items: Iterator[tuple[str, os.stat_result, str | None]], top: str, di
         yield line(rel, st, target, value)
 
 
-def scan(top: str, digest: bool, record: CopyRecord | None = None) -> list[str]:
+def scan(top: str, digest: bool, record: CopyRecord | None = None) -> Lines:
     """The manifest lines of the tree at ``top``, walked (after checks wrote into it, or for a
     tarball or git source). A file's digest is the copy's (``record``) while its size and mtime
     are those it was copied with, else computed if ``digest``."""
-    known = None
-    if record is not None:
-        known = {rel: (head, record.digests[rel]) for rel, head in record.files
-                 if rel in record.digests}
-    return list(_lines(walk(top), top, digest, known))
+    if record is None or not len(record.files):
+        return Lines(_lines(walk(top), top, digest, None))
+    # The walk's lines and the copy's, both sorted, side by side: no table of every path.
+    return Lines(_recorded(Lines(_lines(walk(top), top, False, None)), record, top, digest))
 
 
-def refresh(lines: list[str], top: str, rels: list[str], digest: bool) -> list[str]:
+def _recorded(walked: Lines, record: CopyRecord, top: str,
+              digest: bool) -> Iterator[str]:
+    enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
+    path = _json_string()
+    digests = record.digests
+    copied = iter(record.files)
+    head = next(copied, None)
+    for x in walked:
+        if ',"file",' not in x:  # only a type field has it unescaped
+            yield x
+            continue
+        while head is not None and head + "null]" < x:
+            head = next(copied, None)
+        rel = path(x, 2)[0]
+        value = digests.get(rel) if head is not None and head + "null]" == x else None
+        if value is None and digest:
+            value = digest_file(os.path.join(top, rel))
+        yield x if value is None else x[:-5] + enc(value) + "]"
+
+
+def refresh(lines: Lines, top: str, rels: list[str], digest: bool) -> Lines:
     """Read again the paths the deploy changed after the copy (shared links, REVISION), and
     the folders it may have created above them."""
     if not rels:
         return lines
     enc = _encode_str or __import__("json").encoder.encode_basestring_ascii
     drop = tuple(p for rel in rels for p in (f"[{enc(rel)},", f"[{enc(rel)[:-1]}/"))
-    out = [x for x in lines if not x.startswith(drop)]
-    have = set()
+    parents = tuple({f"[{enc(rel.rsplit('/', i)[0])},"
+                     for rel in rels for i in range(1, rel.count("/") + 1)})
+    present: set[str] = set()  # those of parents that have a line
+    path = _json_string()
+
+    def note(x: str) -> None:
+        if x.startswith(parents):
+            present.add(x[:path(x, 2)[1] + 1])
+
+    def wanted(x: str) -> bool:
+        if x.startswith(drop):
+            return False
+        note(x)
+        return True
+
+    out = lines.keep(drop + parents, wanted)
     for rel in rels:
         parts = rel.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            if parent not in have and not any(x.startswith(f"[{enc(parent)},") for x in out):
-                have.add(parent)
-                out.append(line(parent, os.lstat(os.path.join(top, parent)), None, None))
+            if f"[{enc(parent)}," not in present:
+                present.add(f"[{enc(parent)},")
+                out.add(line(parent, os.lstat(os.path.join(top, parent)), None, None))
         if os.path.lexists(os.path.join(top, rel)):
-            out.extend(_lines(walk(top, rel), top, digest, None))
+            for x in _lines(walk(top, rel), top, digest, None):
+                note(x)
+                out.add(x)
     return out
 
 
-def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
+def write(layout: Layout, release: str, lines: Lines | list[str], durable: bool) -> str:
     """Write the release's manifest atomically; returns the manifest's own digest (hex).
 
     Lines are sorted (by their text, so by path): the same tree gives the same file."""
     import json
+    from itertools import chain
 
     from . import _platform
     from ._jsonfile import random_suffix
 
-    lines.sort()
-    has_digest = any(not x.endswith(",null]") and ',"file",' in x for x in lines)
+    if not isinstance(lines, Lines):
+        lines = Lines(lines)
     header = json.dumps({"v": VERSION, "entries": len(lines),
-                         "digest": ALGORITHM if has_digest else None}, separators=(",", ":"))
+                         "digest": ALGORITHM if lines.has_digest else None}, separators=(",", ":"))
     h = blake2b(digest_size=32)
     folder = layout.manifests
     os.makedirs(folder, exist_ok=True)
@@ -557,8 +775,7 @@ def write(layout: Layout, release: str, lines: list[str], durable: bool) -> str:
     try:
         try:
             # in pieces: never the whole file in memory at once
-            parts = [[header]] + [lines[i:i + 4096] for i in range(0, len(lines), 4096)]
-            for part in parts:
+            for part in chain([[header]], lines.pieces()):
                 data = ("\n".join(part) + "\n").encode("ascii")
                 h.update(data)
                 view = memoryview(data)
