@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pytest
 
 if TYPE_CHECKING:
-    from sshlab import SSHLab
+    from sshlab import Host, SSHLab
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -437,3 +437,18 @@ def ssh_lab() -> Iterator[SSHLab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def lab(ssh_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHLab:
+    """ssh_lab, with this test's own tool cache and the lab's ssh command in the environment
+    the CLI gets (tests/fleetlab.py: env, cli)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATOMIC_DEPLOY_SSH", ssh_lab.ssh_command)
+    return ssh_lab
+
+
+@pytest.fixture
+def hosts(lab: SSHLab) -> list[Host]:
+    """Three test hosts, web1 to web3."""
+    return [lab.add_host(f"web{i}") for i in (1, 2, 3)]

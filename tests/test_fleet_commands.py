@@ -20,41 +20,10 @@ from typing import Any
 import pytest
 
 from conftest import cli_env, make_build, run_cli
+from fleetlab import APP, cli, current, dests, env
 from sshlab import Host, SSHLab
 
-APP = "/srv/app"
 SRC = str(Path(__file__).resolve().parent.parent / "src")
-
-
-@pytest.fixture
-def lab(ssh_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHLab:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("ATOMIC_DEPLOY_SSH", ssh_lab.ssh_command)
-    return ssh_lab
-
-
-@pytest.fixture
-def hosts(lab: SSHLab) -> list[Host]:
-    return [lab.add_host(f"web{i}") for i in (1, 2, 3)]
-
-
-def env() -> dict[str, str]:
-    return {k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")}
-
-
-def cli(*args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("timeout", 180)
-    kw.setdefault("env", env())
-    return run_cli(*args, **kw)
-
-
-def dests(hosts: list[Host]) -> list[str]:
-    return [h.dest(APP) for h in hosts]
-
-
-def current(h: Host) -> str | None:
-    link = h.path(APP) / "current"
-    return os.readlink(link) if os.path.islink(link) else None
 
 
 def releases(h: Host) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +13,11 @@ import pytest
 
 from atomic_deploy.fleet import FleetOptions
 from conftest import make_build, run_cli, wait_for
+from fleetlab import APP, cli, current, dests, env
 from sshlab import Host, SSHLab
 
-APP = "/srv/app"
 TOLD = "echo $ATOMIC_DEPLOY_RELEASE >> /srv/told"
 UNHEALTHY = ("--health-check", "test ! -e /srv/unhealthy", "--health-retries", "0")
-
-
-@pytest.fixture
-def lab(ssh_lab: SSHLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHLab:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("ATOMIC_DEPLOY_SSH", ssh_lab.ssh_command)
-    return ssh_lab
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {**{k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")}, **extra}
-
-
-def cli(*args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("timeout", 180)
-    kw.setdefault("env", env())
-    return run_cli(*args, **kw)
-
-
-def dests(hosts: list[Host]) -> list[str]:
-    return [h.dest(APP) for h in hosts]
-
-
-def current(h: Host) -> str | None:
-    link = h.path(APP) / "current"
-    return os.readlink(link) if os.path.islink(link) else None
 
 
 def told(h: Host) -> list[str]:

@@ -1503,24 +1503,10 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     roots: list[tuple[Any, str]]) -> int:
     """Every host to one release, two-phase like a deploy: ``--to``, or the newest release
     that is good on every host and older than the one they all serve."""
-    import concurrent.futures
-
     from .fleet import FleetOptions
-    from .remote import _client
 
     settings, config = _remote_setup(args, roots[0][1])
-
-    def listing(item: tuple[Any, str]) -> dict[str, str]:
-        remote, text = item
-        out = _client.run(remote, lambda probe: ["list", "--json", "--", remote.path],
-                          settings, lambda line: None, mutating=False)
-        if out.exit_code != 0:
-            raise InvalidInput(f"{text}: cannot list its releases (exit {out.exit_code})",
-                               "nothing was changed")
-        return {r["id"]: r["state"] for r in json.loads(out.stdout)["releases"]}
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
-        lists = list(ex.map(listing, roots))
+    lists = _fleet_listings(args, settings, roots)
     currents = {next((i for i, st in rel.items() if st == "current"), None) for rel in lists}
     if args.to is not None:
         missing = [text for (_, text), rel in zip(roots, lists) if args.to not in rel]
