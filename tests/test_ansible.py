@@ -231,3 +231,51 @@ def test_two_phase_playbook(ssh_lab: SSHLab, collection: Path, tmp_path: Path) -
         log = fleet.switches(h.alias)
         assert log[-2:] == [r2, r1[h.alias]], (h.alias, log)  # it had switched, and was switched back
     assert f"-current: {r1[h.alias]}\n+current: {r2}" in r.stdout  # --diff: the activation
+
+
+def test_a_url_build_fetched_by_the_host_and_checked(ssh_lab: SSHLab, collection: Path,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``src`` a URL with ``sha256``: the host fetches and checks it; the same URL again is
+    ``changed: false``; a wrong sha256 fails the task with the tool's line, nothing deployed."""
+    import threading
+
+    from test_url_source import _Server, sha, tarball
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    srv = _Server()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        data = tarball()
+        srv.routes["/app.tar.gz"] = lambda h: h.body(data)
+        fleet = Fleet(ssh_lab, collection, tmp_path)
+        fleet.hosts = fleet.hosts[:1]
+        web1 = fleet.hosts[0]
+        play = tmp_path / "url.yml"
+
+        def run(digest: str) -> subprocess.CompletedProcess[str]:
+            play.write_text(
+                "- hosts: web\n  gather_facts: false\n  tasks:\n"
+                "    - atomic_deploy.core.atomic_deploy:\n"
+                "        root: '{{ app_root }}'\n"
+                f"        src: '{srv.url}/app.tar.gz'\n"
+                f"        sha256: '{digest}'\n")
+            return subprocess.run([str(BIN / "ansible-playbook"), "-i",
+                                   str(fleet.inventory({})), "--limit", "web1", str(play)],
+                                  capture_output=True, text=True, cwd=tmp_path, env=fleet.env,
+                                  timeout=600)
+
+        r = run("0" * 64)
+        assert r.returncode != 0 and "sha256" in r.stdout, r.stdout + r.stderr
+        assert not release_names(web1.path("/srv/app"))
+        r = run(sha(data))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (web1.path("/srv/app/current") / "version.txt").read_text() == "v1\n"
+        assert re.search(r"web1\s*:.*changed=1", r.stdout), r.stdout
+        r = run(sha(data))
+        assert r.returncode == 0 and re.search(r"web1\s*:.*changed=0", r.stdout), r.stdout
+        assert len(release_names(web1.path("/srv/app"))) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

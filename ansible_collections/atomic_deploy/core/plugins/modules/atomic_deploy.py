@@ -90,6 +90,12 @@ options:
     description: Files of C(root/shared/) linked into each release.
     type: list
     elements: str
+  sha256:
+    description:
+      - The build's sha256 (hex) when I(src) is an C(https://) or C(http://) URL, or C(auto) for the
+        C(.sha256) file next to it; the host fetches the URL and checks it before anything can become a
+        release.
+    type: str
   link_unchanged:
     description: Reuse the current release's files that are identical to the build's.
     type: bool
@@ -332,6 +338,8 @@ def stage_args(p):
         argv += ["--message", p["comment"]]
     if p["link_unchanged"]:
         argv.append("--link-unchanged")
+    if p["sha256"] is not None:
+        argv += ["--sha256", p["sha256"]]
     return argv
 
 
@@ -357,6 +365,7 @@ def main():
             shared_dirs=dict(type="list", elements="str"),
             shared_files=dict(type="list", elements="str"),
             link_unchanged=dict(type="bool", default=False),
+            sha256=dict(type="str"),
             wait=dict(type="float"),
             _tool=dict(type="str"),
             _tool_name=dict(type="str"),
