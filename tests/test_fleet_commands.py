@@ -153,6 +153,13 @@ def test_activate_over_a_fleet_is_all_or_nothing(hosts: list[Host], tmp_path: Pa
     for h in hosts:
         assert current(h) == f"releases/{v2}"
         assert h.path("/srv/told").read_text().split() == [v1, v2]
+    for h in hosts[:2]:  # switched back because another host failed: v1 is not bad here
+        states = {x["id"]: x["state"] for x in
+                  json.loads(cli("list", h.dest(APP), "--json").stdout)["releases"]}
+        assert states[v1] != "bad", (h.alias, states)
+    states = {x["id"]: x["state"] for x in  # where it failed: bad, as a single-host activate
+              json.loads(cli("list", hosts[2].dest(APP), "--json").stdout)["releases"]}
+    assert states[v1] == "bad", states
     hosts[2].path("/srv/unhealthy").unlink()
     r = cli("activate", *dests(hosts), "--to", v1)
     assert r.returncode == 0, r.stderr
@@ -251,6 +258,14 @@ def test_a_live_table_on_a_terminal_and_lines_elsewhere(hosts: list[Host], tmp_p
     # The hosts' lines stay, above the table.
     assert shown.index(heads[0]) > max(i for i, ln in enumerate(shown)
                                        if ln.startswith(fleet[1] + ": prepared "))
+
+    # A terminal nobody sized (0 columns, as under script(1)): 80, never cut to the host name.
+    code, out, raw = on_a_terminal("deploy", make_build(tmp_path / "v1b", version="v1b"),
+                                   *fleet, columns=0)
+    assert code == 0, raw
+    for host in fleet:
+        rows = [ln for ln in screen(raw) if ln.startswith(host + " ")]
+        assert len(rows) == 1 and rows[0].split()[1] == "committed", screen(raw)
 
     # Not a terminal: one whole line per host per phase, no escape sequences.
     r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *fleet)

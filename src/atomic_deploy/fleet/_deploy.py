@@ -459,7 +459,10 @@ class Fleet:
 
     def _switch_back(self, release: str, failed: list[_Host]) -> FleetResult:
         why = self._names(failed, "failed after the switch")
-        return self._abort_all(release, "switched back", why, bad=True,
+        # A new release that failed on one host is bad everywhere; an existing one that a
+        # rollback or activate went to stays as it was on the hosts where it did not fail
+        # (a host that failed marked it bad itself, as its own health check says).
+        return self._abort_all(release, "switched back", why, bad=self.build is not None,
                                reason=f"another host failed: {why}")
 
     def _interrupted(self, signum: int) -> FleetResult:
