@@ -289,6 +289,10 @@ def test_split_epilog_reads_exit_codes() -> None:
     assert any("SOURCE ROOT" in p for p in rest)
     wrapped = "exit codes:\n  0    fine\n  1    broken in a long way\n         that wraps\n"
     assert split_epilog(wrapped) == ([("0", "fine"), ("1", "broken in a long way that wraps")], [])
+    # a command's own codes are entries of their own, never run into the code above them
+    assert dict(codes)["5"].endswith("--max-fail let hosts fail")
+    assert dict(codes)["status"].startswith("0 current serves a complete release")
+    assert dict(codes)["several roots"].endswith("exit with the highest code any host gave")
 
 
 def test_default_date_honours_source_date_epoch() -> None:

@@ -47,7 +47,8 @@ class FleetTable:
 
     def _width(self) -> int:
         try:
-            return max(20, os.get_terminal_size(self.stream.fileno()).columns)
+            # a pseudo-terminal nobody sized says 0 columns: take the usual 80
+            return max(20, os.get_terminal_size(self.stream.fileno()).columns or 80)
         except (OSError, ValueError, AttributeError):
             return 80
 

@@ -22,6 +22,8 @@ from ._config import FILENAME as CONFIG_FILENAME
 _DEFAULT_GROUPS = ("positional arguments", "optional arguments", "options")
 _EXIT_HEADING = re.compile(r"^\s*exit (codes|status)\s*:?\s*$", re.IGNORECASE)
 _EXIT_LINE = re.compile(r"^\s*(\d+(?:\s*[,/-]\s*\d+)*)\s{2,}(\S.*)$")
+# A command's own codes within the block: "  status: 0 current serves ..."
+_EXIT_FOR = re.compile(r"^\s*([a-z][a-z ]*):\s+(\S.*)$")
 _OPTION_TOKEN = re.compile(r"(?<![\w-])-{1,2}[A-Za-z0-9][\w-]*")
 
 
@@ -112,7 +114,7 @@ def split_epilog(epilog: str | None) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         if _EXIT_HEADING.match(lines[0]):
             for line in lines[1:]:
-                m = _EXIT_LINE.match(line)
+                m = _EXIT_LINE.match(line) or _EXIT_FOR.match(line)
                 if m:
                     codes.append((m.group(1), " ".join(m.group(2).split())))
                 elif codes:

@@ -40,8 +40,10 @@ COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list", "veri
 EPILOG = """\
 exit codes:
   0    success
-  1    the operation failed (current left as it was, or switched back)
+  1    the operation failed (current left as it was, or switched back); a URL source's
+       download failed (no connection, a timeout, cut short, HTTP 5xx)
   2    usage error or invalid input (bad path, unknown release, nothing to roll back to);
+       a URL source refused (HTTP 4xx, a redirect loop) or not matching --sha256;
        a remote host unreachable, refusing the login or its host key, or without python3
   3    another process holds the root's lock (the message names it)
   4    a check, hook or health check failed (release removed, or switched back and marked bad)
@@ -247,8 +249,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                         "release, contents compared by manifest (implies --digest; local ROOT)")
     g.add_argument("--no-digest-cache", action="store_true", default=None,
                    help="read every file of the build to compare or record its digest, instead "
-                        "of trusting digests cached (in ~/.cache/atomic-deploy) for files whose "
-                        "inode, size, mtime and ctime are unchanged")
+                        "of trusting digests cached (in $XDG_CACHE_HOME/atomic-deploy/digests, "
+                        "~/.cache by default) for files whose inode, size, mtime and ctime are "
+                        "unchanged")
     g.add_argument("--jobs", type=int, metavar="N", help="parallel copy threads")
     g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
                    help="skip flushing to disk before the switch (faster, not crash-safe)")
