@@ -407,6 +407,7 @@ class Fleet:
             h.out.phase = "switched"
             at = ev.get("at")
             h.out.switched_at = float(at) if isinstance(at, (int, float)) else None
+            self.say(h, "switched, after-switch hooks and health check passed")
             self.note(h, "switched")
         else:
             self._ended(h, ev)  # it switched back by itself (or never switched)
@@ -425,6 +426,8 @@ class Fleet:
             if h in chosen and h.done is not None and int(h.done.get("exit", 1)) == 0:
                 h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
                 h.out.release = release if self.opts.activate else h.out.previous
+                self.say(h, f"committed: on {h.out.release}" if self.opts.activate
+                         else f"committed: {release} prepared")
                 self.note(h, "committed")
             elif h not in chosen and h.done is not None:
                 h.out.release = h.out.previous  # it switched itself back
@@ -454,6 +457,8 @@ class Fleet:
         for h in self.hosts:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous  # it undid its part (or never started)
+                if id(h) not in culprits and h.session is not None:
+                    self.say(h, f"undone: on {h.out.previous or 'nothing'}")
                 self.note(h, "failed" if id(h) in culprits else "undone")
         return self._settle(release, outcome, self._failure_code(), error)
 
