@@ -11,20 +11,15 @@ import threading
 import time
 from typing import Any, TextIO
 
+from ._render import human_bytes
+
 _TICK = 0.25  # seconds between redraws of the time column while nothing else happens
 # Phases after which a host's clock stops (a failed host may still be undone: "failed" stays).
 _FINAL = ("committed", "failed", "undone")
 
 
 def _size(n: int) -> str:
-    if n <= 0:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
+    return human_bytes(n) if n > 0 else "-"
 
 
 class FleetTable:

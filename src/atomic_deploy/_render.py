@@ -77,3 +77,13 @@ def format_list(rels: list[Any]) -> str:
     if legend:
         lines.append(f"({', '.join(legend)})")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def human_bytes(n: int) -> str:
+    """A byte count as people read it: 512 B, 1.5 KB, 23.4 MB."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover

@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from ._layout import show
-from ._render import JSON_SCHEMA, envelope, format_list, format_status, status_exit_code
+from ._render import (
+    JSON_SCHEMA,
+    envelope,
+    format_list,
+    format_status,
+    human_bytes,
+    status_exit_code,
+)
 from ._stdout import drop_stdout
 from ._version import __version__
 from .errors import AtomicDeployError, InvalidInput
@@ -59,15 +66,6 @@ exit codes:
 
 The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
 """
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 class _Version(argparse.Action):
@@ -894,7 +892,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         linked = f", {r.linked} hard-linked" if r.linked else ""
         text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "
                 f"(previous: {r.previous or 'none'}; {r.files} file{'s' if r.files != 1 else ''}{linked}, "
-                f"{_human_bytes(r.bytes)}, {r.seconds:.2f}s)")
+                f"{human_bytes(r.bytes)}, {r.seconds:.2f}s)")
         if r.pruned:
             text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
         _emit(args, r.to_dict(), text)
