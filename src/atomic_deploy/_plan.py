@@ -37,12 +37,16 @@ def _health_plan(opts: DeployOptions) -> list[str]:
     return steps
 
 
-def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bool) -> list[str]:
-    from .operations import KEEP_ALL, _source_kind, keep_after, plan_prune, validate_options
+def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bool,
+                described: list[str] | None = None) -> list[str]:
+    """``described``: the build's part of the plan, made where the build is (a remote root's
+    dry run: [how it gets into the staging folder, further steps]); None: ``source`` here."""
+    from .operations import KEEP_ALL, keep_after, plan_prune, validate_options
 
     validate_options(opts)
 
-    kind, src = _source_kind(source, root, opts)
+    if described is None:
+        described = _source_steps(source, root, opts)
     layout = Layout(os.path.abspath(root))
     history = History.load(layout)
     rid = new_release_id(set(release_dirs(layout)) | history.used_ids())
@@ -50,20 +54,9 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     check_root_parent(root)
     if not os.path.isdir(layout.root):
         steps.append(f"create ROOT {show(layout.root)}")
-    what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
-            "git": f"export {opts.ref} of git repository {show(src)}",
-            "url": f"fetch {show(src)} (not fetched in a dry run), check its sha256, "
-                   "extract it"}[kind]
-    if kind == "dir":
-        files = sum(len(f) for _d, _s, f in os.walk(src))
-        what += f" ({files} files)"
-    steps.append(f"{what} into a hidden staging folder, flush it, rename it to releases/{rid}")
-    if kind == "tar" and not opts.strip_components:
-        from ._sources import one_folder_hint, single_top_folder
-
-        folder = single_top_folder(src)
-        if folder is not None:
-            steps.append(f"warning: {one_folder_hint(src, folder)}")
+    steps.append(f"{described[0]} into a hidden staging folder, flush it, rename it to "
+                 f"releases/{rid}")
+    steps += described[1:]
     if opts.revision:
         steps.append(f"write REVISION {opts.revision}")
     check_shared(layout, opts.shared_dirs, opts.shared_files, create_missing=True)
@@ -95,6 +88,55 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
         steps.append(f"prune to {keep}{default}: delete {', '.join(victims) or 'nothing'}")
     elif opts.keep == KEEP_ALL:
         steps.append("prune nothing (keep = all)")
+    return steps
+
+
+def _source_steps(source: str | None, root: str | None, opts: DeployOptions) -> list[str]:
+    """What filling the staging folder from ``source`` takes (validated, nothing read but
+    the folder's listing or the archive's member list), then any warning about it. ``root``:
+    None when the root is on another machine."""
+    from .operations import _source_kind
+
+    if (root is None and source is not None and opts.git is None and opts.fetch is None
+            and os.path.isdir(source)):
+        from ._copy import check_source
+
+        kind, src = "dir", check_source(source, None)
+    else:
+        kind, src = _source_kind(source, root or "", opts)
+    what = {"dir": f"copy {show(src)}", "tar": f"extract {show(src)}",
+            "git": f"export {opts.ref} of git repository {show(src)}",
+            "url": f"fetch {show(src)} (not fetched in a dry run), check its sha256, "
+                   "extract it"}[kind]
+    if kind == "dir":
+        files = sum(len(f) for _d, _s, f in os.walk(src))
+        what += f" ({files} files)"
+    steps = [what]
+    if kind == "tar" and not opts.strip_components:
+        from ._sources import one_folder_hint, single_top_folder
+
+        folder = single_top_folder(src)
+        if folder is not None:
+            steps.append(f"warning: {one_folder_hint(src, folder)}")
+    return steps
+
+
+def remote_source_steps(source: str | None, opts: DeployOptions, pull: bool,
+                        here: str) -> list[str]:
+    """The build's part of a remote root's dry-run plan, made on the deploying machine
+    (``here``: its name): what it reads here, or with ``pull`` what the host fetches."""
+    if pull:
+        from ._fetch import redact
+
+        assert source is not None
+        return [f"have the host fetch {show(redact(source))} (not fetched in a dry run), "
+                "check its sha256 there, extract it"]
+    steps = _source_steps(source, None, opts)
+    verb, _, rest = steps[0].partition(" ")
+    if verb == "copy":
+        steps[0] = f"send {rest} from {here}"
+    else:
+        steps[0] = f"{steps[0]} on {here}, and send the result"
     return steps
 
 

@@ -611,7 +611,7 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
                "config", "source", "root", "session", "config_json", "more_roots", "hosts",
-               "parallel", "host_timeout", "release_opt", "pull")
+               "parallel", "host_timeout", "release_opt", "pull", "plan_source")
 # A URL source's options: used where the URL is fetched (here, or on the host with --pull).
 _FETCH_ONLY = ("sha256", "header", "fetch_timeout", "insecure_no_checksum")
 
@@ -639,6 +639,10 @@ def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
         # The host's side of a remote deploy or a fleet's switch: the session protocol on
         # stdin and stdout.
         p.add_argument("--session", metavar="LABEL", help=argparse.SUPPRESS)
+    if stage:
+        # The host's side of a remote root's --dry-run: the build's part of the plan, made
+        # where the build is (a JSON list of steps).
+        p.add_argument("--plan-source", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
 
 
@@ -859,6 +863,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from . import query
     elif cmd in ("deploy", "prepare", "activate", "rollback", "prune", "recover", "adopt"):
         from . import operations
+    if cmd in ("deploy", "prepare") and getattr(args, "plan_source", None) is not None:
+        return _host_stage_plan(args)
     if cmd in ("deploy", "prepare"):
         source, root = _stage_paths(args, lambda m: _usage(cmd, m))
         opts = _options(args, root)
@@ -1290,10 +1296,6 @@ def _remote_setup(args: argparse.Namespace, where: str) -> tuple[Any, dict[str, 
         from . import _config
 
         config = _config.load(".", args.config)
-    if getattr(args, "dry_run", False):
-        raise InvalidInput(f"{args.command} --dry-run on a remote root is not supported yet; "
-                           f"run atomic-deploy status {where} to see where it stands",
-                           "nothing was changed")
     timeout = args.connect_timeout if args.connect_timeout is not None \
         else float(config.get("connect_timeout", 10.0))
     settings = SshSettings.from_text(
@@ -1346,6 +1348,8 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
 
     cmd = args.command
     settings, config = _remote_setup(args, str(remote))
+    if getattr(args, "dry_run", False):
+        return _remote_dry_run(args, parser, remote, settings, config)
     front: list[str] = []  # the host's tool's own options, before the user's
     if cmd == "doctor":
         front.append("--json")  # this side adds its own checks, then prints the report
@@ -1424,6 +1428,9 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
 
             remote = local_root(text)
         roots.append((remote, text))
+    if getattr(args, "dry_run", False) and args.command in ("deploy", "prepare"):
+        # Each host's own plan (docs/fleet.md#dry-runs): nothing is done, so nothing together.
+        return _fleet_each(args, parser, roots)
     if args.command == "status":
         return _fleet_status(args, parser, roots)
     if args.command == "rollback":
@@ -1539,6 +1546,9 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
               f"every host is already on {target}")
         return EXIT_OK
+    if args.dry_run:  # each host's plan of going to the fleet's target
+        args.to = target
+        return _fleet_each(args, parser, roots)
     front = ["--session", "fleet", "--json"]
     base = _argv_maker(args, parser, config, front, None)
 
@@ -1718,6 +1728,8 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
               f"every host is already on {target}")
         return EXIT_OK
+    if args.dry_run:  # each host's plan
+        return _fleet_each(args, parser, roots)
     argv_for = _argv_maker(args, parser, config, ["--session", "fleet", "--json"], None)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait))
@@ -1762,7 +1774,9 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
         args.id = new_release_id(set())  # one id on every host, as a fleet deploy gives
     as_json = bool(getattr(args, "json", False))
     front = ["--json"] if as_json or cmd == "doctor" else []
-    argv_for = _argv_maker(args, parser, config, front, None)
+    dry_run = bool(getattr(args, "dry_run", False))
+    argv_for = _dry_run_argv(args, parser, config, front, _fleet_source(args)) if dry_run \
+        else _argv_maker(args, parser, config, front, None)
     lock = threading.Lock()
 
     def one(item: tuple[Any, str]) -> dict[str, Any]:
@@ -1776,7 +1790,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
                                 "result": None}
         try:
             out = _client.run(remote, lambda probe: argv_for(remote, probe), settings, say,
-                              mutating=cmd not in _READ_ONLY)
+                              mutating=cmd not in _READ_ONLY and not dry_run)
         except AtomicDeployError as exc:
             say(f"error: {exc.message}")
             return {**host, "exit_code": exc.exit_code, "ok": False, "error": exc.message,
@@ -1809,7 +1823,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
               f"{len(hosts)} hosts: {show(what)}", file=sys.stderr)
     if as_json:
         _out_line(json.dumps({**envelope(cmd, {
-            "exit_code": code,
+            **({"dry_run": True} if dry_run else {}), "exit_code": code,
             "hosts": [{k: v for k, v in h.items() if k != "text"} for h in hosts]}),
             "ok": not failed}, sort_keys=True))
         return code
@@ -2017,3 +2031,132 @@ def _self_sourced(args: argparse.Namespace, argv_for: Any, build: str) -> Any:
         return [*made[:-2], *extra, "--", src, made[-1]]
 
     return argv
+
+
+# -- --dry-run on remote roots (docs/remote.md#dry-runs) ------------------------------------
+
+def _remote_dry_run(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any,
+                    settings: Any, config: dict[str, Any]) -> int:
+    """The plan of the command on one remote root, made by the host's tool run as a read-only
+    command: from ROOT/.atomic-deploy/bin when that holds this exact tool, else from memory
+    (nothing uploaded, nothing written on the host)."""
+    from .remote import _client
+
+    source = None
+    if args.command in ("deploy", "prepare"):
+        source, _ = _stage_paths(args, lambda m: _usage(args.command, m))
+    argv_for = _dry_run_argv(args, parser, config, [], source)
+    outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings, _err_line,
+                          mutating=False)
+    if outcome.stdout:
+        _out_line(_host_named(args, outcome.stdout, str(remote)), end="")
+    return outcome.exit_code
+
+
+def _host_named(args: argparse.Namespace, out: str, host: str) -> str:
+    """A remote dry run's output, the host named: ``host`` in --json, in the first line else."""
+    if getattr(args, "json", False):
+        try:
+            payload = json.loads(out)
+        except ValueError:
+            return out
+        if isinstance(payload, dict):
+            payload["host"] = host
+            return json.dumps(payload, sort_keys=True) + "\n"
+        return out
+    local = "dry run, nothing changed"
+    if out.startswith(local):
+        return f"dry run on {host}, nothing changed" + out[len(local):]
+    return f"dry run on {host}: {out}"  # recover's one line: "would ..." or "nothing to ..."
+
+
+def _fleet_source(args: argparse.Namespace) -> str | None:
+    """A fleet deploy's SOURCE (None with --git: every positional argument is a root)."""
+    if args.command not in ("deploy", "prepare") or args.git is not None:
+        return None
+    if args.source is None:
+        _usage(args.command, "SOURCE and ROOT are required")
+    return str(args.source)
+
+
+def _dry_run_argv(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  config: dict[str, Any], front: list[str], source: str | None) -> Any:
+    """The host command lines of a dry run. For deploy and prepare the build is here: its
+    part of the plan is made here (the source checked, nothing fetched, extracted or sent)
+    and given to the host's tool, which adds the root's part."""
+    base = _argv_maker(args, parser, config, front, None)
+    if args.command not in ("deploy", "prepare"):
+        return base
+    import socket
+
+    from ._plan import remote_source_steps
+    from .operations import DeployOptions
+
+    pull = bool(getattr(args, "pull", False))
+    fetch = _fetch_options(args, source)
+    if fetch is not None:
+        fetch.progress = None  # nothing is fetched
+    if pull:
+        from . import _fetch
+
+        if source is None or not _fetch.is_url(source):
+            _usage(args.command, "--pull needs a URL as SOURCE (https://, http://, file://): "
+                                 "each host fetches it itself")
+        _fetch.check(source, fetch)
+    opts = DeployOptions(git=args.git, ref=args.ref or "HEAD",
+                         strip_components=args.strip_components or 0, fetch=fetch)
+    described = remote_source_steps(source, opts, pull, socket.gethostname())
+
+    def argv_for(remote: Any, probe: Any) -> list[str]:
+        argv: list[str] = base(remote, probe)
+        steps = list(described)
+        how = _transfer_step(args, remote, probe, pull)
+        if how is not None:
+            steps.insert(1, how)
+        return [argv[0], "--plan-source", json.dumps(steps), *argv[1:]]
+
+    return argv_for
+
+
+def _transfer_step(args: argparse.Namespace, remote: Any, probe: Any, pull: bool) -> str | None:
+    """How the build would travel to this host, as far as its probe says (no file is hashed
+    or compared in a dry run)."""
+    import shutil
+
+    from .remote._local import LocalRoot
+
+    if pull or isinstance(remote, LocalRoot):
+        return None  # the host (a local root: this machine) reads the build itself
+    if not (probe.rsync and shutil.which("rsync")):
+        where = "on the host" if not probe.rsync else "here"
+        return f"send every file as a tar stream (no rsync {where})"
+    if args.trust_mtime:
+        return ("send it by rsync: files of the host's current release with the same size "
+                "and mtime (--trust-mtime) are hard-linked there, not sent")
+    if probe.digests:
+        return ("send it by rsync: files the host's current release holds unchanged (content "
+                "digests of its manifest compared with the build's) are hard-linked there, "
+                "not sent")
+    return ("send it by rsync: files the host's current release (if any) holds with the same "
+            "contents (--checksum) are hard-linked there, not sent")
+
+
+def _host_stage_plan(args: argparse.Namespace) -> int:
+    """The host's side of a remote deploy's or prepare's --dry-run: the plan for ROOT, with
+    the build's part as the deploying machine described it (--plan-source)."""
+    from ._plan import plan_deploy
+
+    if not args.dry_run:
+        raise UsageError("--plan-source is for --dry-run")
+    try:
+        described = json.loads(args.plan_source)
+    except ValueError:
+        described = None
+    if not (isinstance(described, list) and described
+            and all(isinstance(step, str) for step in described)):
+        raise UsageError("--plan-source takes a JSON list of steps")
+    root = args.root if args.root is not None else args.source
+    if root is None:
+        raise UsageError("ROOT is required")
+    opts = _options(args, root)
+    return _plan(args, plan_deploy(None, root, opts, args.command == "deploy", described))
