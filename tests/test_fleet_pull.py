@@ -147,9 +147,9 @@ def test_pull_fleet_one_host_gets_a_mismatch_nobody_switches(hosts: list[Host],
     server.routes["/app.tar.gz"] = one_is_tampered
     r = cli("deploy", server.url + "/app.tar.gz", "--pull", *[h.dest(APP) for h in hosts],
             "--sha256", sha(data), "--json")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # as for one root: the server's bytes are wrong
     d = json.loads(r.stdout)
-    assert d["outcome"] == "nothing switched"
+    assert d["outcome"] == "nothing switched" and d["exit_code"] == 2
     assert "does not match its sha256" in d["error"]
     assert served[0] == 3
     for root in roots:

@@ -31,7 +31,7 @@ class FleetTable:
         self.started = time.monotonic()
         # host -> [phase, bytes, seconds when its clock stopped or None, release, error]
         self.rows: dict[str, list[Any]] = {h: ["waiting", 0, None, None, None]
-                                           for h in sorted(hosts)}
+                                           for h in hosts}  # the order given
         self._drawn = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()

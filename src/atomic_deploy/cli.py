@@ -1484,11 +1484,11 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     verb = "deployed" if cmd == "deploy" else "prepared"
     if r.exit_code == 0:
         skew = f"switch skew {r.skew * 1000:.1f} ms; " if r.skew is not None else ""
-        head = f"{verb} {r.release} to {len(r.hosts)} hosts ({skew}{r.seconds:.2f}s)"
+        head = f"{verb} {r.release} to {_n_hosts(len(r.hosts))} ({skew}{r.seconds:.2f}s)"
         if len(r.batches) > 1:
             head = _rolling_head(r, verb)
     else:
-        head = f"{r.outcome}: {len(r.hosts)} hosts"
+        head = f"{r.outcome}: {_n_hosts(len(r.hosts))}"
     width = max(len(h.host) for h in r.hosts)
     rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
             f"{h.files} files, {h.linked} linked" + (f"  ({h.error})" if h.error else "")
@@ -1497,13 +1497,17 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return r.exit_code
 
 
+def _n_hosts(n: int) -> str:
+    return f"{n} host" if n == 1 else f"{n} hosts"
+
+
 def _rolling_head(r: Any, verb: str) -> str:
     """A rolling deploy's summary: the worst skew within a batch, and how long the fleet was
     mixed (from the first host's switch to the last's)."""
     worst = max((b.skew for b in r.batches if b.skew is not None), default=None)
     skew = f"switch skew {worst * 1000:.1f} ms at most in a batch; " if worst is not None else ""
     mixed = f"mixed for {r.skew:.2f}s; " if r.skew is not None else ""
-    return (f"{verb} {r.release} to {len(r.hosts)} hosts in {len(r.batches)} batches "
+    return (f"{verb} {r.release} to {_n_hosts(len(r.hosts))} in {len(r.batches)} batches "
             f"({skew}{mixed}{r.seconds:.2f}s)")
 
 
@@ -1568,8 +1572,8 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"rolled back {len(r.hosts)} hosts to {r.release}" if r.exit_code == 0
-            else f"{r.outcome}: {len(r.hosts)} hosts")
+    head = (f"rolled back {_n_hosts(len(r.hosts))} to {r.release}" if r.exit_code == 0
+            else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
             + (f"  ({h.error})" if h.error else "") for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
@@ -1661,7 +1665,7 @@ def _fleet_table_close(table: Any, r: FleetResult | None) -> None:
         table.close(None)
         return
     skew = f"; switch skew {r.skew * 1000:.1f} ms" if r.skew is not None else ""
-    table.close(f"{r.outcome}: {len(r.hosts)} hosts", f"{skew}; {r.seconds:.2f}s")
+    table.close(f"{r.outcome}: {_n_hosts(len(r.hosts))}", f"{skew}; {r.seconds:.2f}s")
 
 
 def _fleet_switch(args: argparse.Namespace, roots: list[tuple[Any, str]], argv_for: Any,
@@ -1741,8 +1745,8 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("activate", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"activated {r.release} on {len(r.hosts)} hosts ({r.seconds:.2f}s)"
-            if r.exit_code == 0 else f"{r.outcome}: {len(r.hosts)} hosts")
+    head = (f"activated {r.release} on {_n_hosts(len(r.hosts))} ({r.seconds:.2f}s)"
+            if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
             + (f"  ({h.error})" if h.error else "") for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
@@ -1820,7 +1824,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if failed:
         what = "; ".join(f"{h['host']} (exit {h['exit_code']})" for h in failed)
         print(f"atomic-deploy: {_err('red', 'error:')} {cmd} failed on {len(failed)} of "
-              f"{len(hosts)} hosts: {show(what)}", file=sys.stderr)
+              f"{_n_hosts(len(hosts))}: {show(what)}", file=sys.stderr)
     if as_json:
         _out_line(json.dumps({**envelope(cmd, {
             **({"dry_run": True} if dry_run else {}), "exit_code": code,

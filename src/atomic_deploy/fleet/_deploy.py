@@ -188,8 +188,9 @@ class Fleet:
                  argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> None:
-        self.hosts = sorted((_Host(r, text, i, self.note) for i, (r, text) in enumerate(roots)),
-                            key=lambda h: h.out.host)
+        # The order given (command line, --hosts FILE lines): output, --json and batches
+        # follow it; only locks taken with --wait go in a sorted order (_phases).
+        self.hosts = [_Host(r, text, i, self.note) for i, (r, text) in enumerate(roots)]
         self.batches: list[Batch] = []
         self.build, self.argv_for, self.settings = build, argv_for, settings
         self.transfer, self.opts = transfer, opts
@@ -219,6 +220,9 @@ class Fleet:
             result = self._interrupted(stop.signum)
         finally:
             self._close()
+        for h in self.hosts:
+            if h.out.error and not h.out.ok and h.out.phase != "undone":
+                h.out.phase = "failed"  # not the last phase it reached (fleet.md, Output)
         result.hosts = [h.out for h in self.hosts]
         result.batches = self.batches
         result.seconds = time.monotonic() - started
@@ -238,7 +242,7 @@ class Fleet:
             return self._result(None, "nothing changed", 2, self._names(down, "unreachable"))
         # 2. lock
         if self.opts.ordered_locking:
-            for h in self.hosts:
+            for h in sorted(self.hosts, key=lambda h: h.out.host):
                 self._lock(h)
                 if h.ready is None:
                     break
@@ -282,7 +286,7 @@ class Fleet:
         times = [h.out.switched_at for h in survivors if h.out.switched_at is not None]
         skew = _spread(times) if len(times) == len(survivors) else None
         if failed:
-            why = self._names(failed, f"{len(failed)} of {len(self.hosts)} hosts failed after "
+            why = self._names(failed, f"{len(failed)} of {_hosts(len(self.hosts))} failed after "
                               f"the switch and switched back (--max-fail {self.opts.max_fail})")
             return self._commit(release, "deployed", skew, survivors, why)
         return self._commit(release, "deployed", skew)
@@ -306,7 +310,7 @@ class Fleet:
         batch.skew = _spread([h.out.switched_at for h in ok if h.out.switched_at is not None])
         if count > 1:  # one line per batch, as each ends
             skew = f"skew {batch.skew * 1000:.1f} ms, " if batch.skew is not None else ""
-            line = (f"batch {number}/{count}: {len(ok)} of {len(hosts)} hosts switched and "
+            line = (f"batch {number}/{count}: {len(ok)} of {_hosts(len(hosts))} switched and "
                     f"healthy ({skew}{batch.seconds:.2f}s)")
             if failed:
                 line += "; failed: " + ", ".join(batch.failed)
@@ -357,14 +361,18 @@ class Fleet:
         else:
             self._ended(h, ev)
 
-    def _next(self, h: _Host) -> dict[str, Any] | None:
+    def _next(self, h: _Host, switching: bool = False) -> dict[str, Any] | None:
+        """``switching``: the host was told to switch, so silence may come after its switch
+        (the reply lost or late): it is told to undo as a switched host failing is, a
+        deploy's new release kept there marked bad, as on the hosts switched back with it."""
         assert h.session is not None
         try:
             return h.session.next_event(self.opts.host_timeout)
         except HostTimeout as exc:
             h.fail(1, exc.message)
             self.say(h, f"error: {exc.message}")
-            h.session.send("abort", reason="it did not answer in time")
+            h.session.send("abort", reason="it did not answer in time",
+                           bad=switching and self.build is not None)
             return None
 
     def _ended(self, h: _Host, ev: dict[str, Any] | None) -> None:
@@ -402,7 +410,7 @@ class Fleet:
             self._ended(h, ev)
 
     def _await_switch(self, h: _Host) -> None:
-        ev = self._next(h)
+        ev = self._next(h, switching=True)
         if ev is not None and ev["event"] == "switched":
             h.out.phase = "switched"
             at = ev.get("at")
@@ -458,6 +466,7 @@ class Fleet:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous  # it undid its part (or never started)
                 if id(h) not in culprits and h.session is not None:
+                    h.out.phase = "undone"
                     self.say(h, f"undone: on {h.out.previous or 'nothing'}")
                 self.note(h, "failed" if id(h) in culprits else "undone")
         return self._settle(release, outcome, self._failure_code(), error)
@@ -479,6 +488,8 @@ class Fleet:
         for h in self.hosts:
             if h.done is not None or h.session is None:
                 h.out.release = h.out.previous
+                if h.session is not None:
+                    h.out.phase = "undone"
                 self.note(h, "undone")
         exc = InterruptedBySignal(signum)
         return self._settle(None, "interrupted", exc.exit_code, exc.message)
@@ -525,9 +536,9 @@ class Fleet:
 
     def _failure_code(self) -> int:
         codes = [h.out.exit_code for h in self.hosts if h.out.exit_code]
-        if 4 in codes:
-            return 4
-        return 3 if 3 in codes else 1
+        # As on one root: a failed check 4, a lock held 3, bad input or a URL source refused
+        # (its bytes not matching --sha256) 2; anything else 1.
+        return next((code for code in (4, 3, 2) if code in codes), 1)
 
     def _result(self, release: str | None, outcome: str, code: int, error: str | None,
                 skew: float | None = None) -> FleetResult:
@@ -548,6 +559,10 @@ class Fleet:
                 h.conn.close()
         for h in self.hosts:
             h.out.seconds = round(time.monotonic() - h.started, 3)
+
+
+def _hosts(n: int) -> str:
+    return f"{n} host" if n == 1 else f"{n} hosts"
 
 
 def _error_of(done: dict[str, Any]) -> str | None:

@@ -1,0 +1,72 @@
+"""What a two-phase fleet command reports: each host's phase (failed, undone), hosts in the
+order given, "1 host", and a host silent past --host-timeout after its switch treated as
+switched. Against real sshd test hosts (tests/sshlab.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import make_build
+from fleetlab import APP, cli, current, dests
+from sshlab import Host
+from test_fleet import first_deploy, idle, states
+
+
+def test_phases_say_failed_and_undone_hosts_in_the_order_given(hosts: list[Host],
+                                                               tmp_path: Path) -> None:
+    v1 = first_deploy(hosts, tmp_path)
+    given = [hosts[2], hosts[0], hosts[1]]  # web3 web1 web2: not sorted
+    hosts[1].path("/srv/unhealthy").write_text("")
+    v2 = make_build(tmp_path / "v2", version="v2")
+    r = cli("deploy", v2, *dests(given), "--json", "--health-check",
+            "test ! -e /srv/unhealthy", "--health-retries", "0")
+    assert r.returncode == 4, r.stderr
+    d = json.loads(r.stdout)
+    assert d["outcome"] == "switched back"
+    assert [h["host"] for h in d["hosts"]] == dests(given)
+    assert [h["phase"] for h in d["hosts"]] == ["undone", "undone", "failed"]
+    assert [h["release"] for h in d["hosts"]] == [v1] * 3
+    assert all(current(h) == f"releases/{v1}" for h in hosts)
+
+    r = cli("deploy", v2, *dests(given), "--health-check", "test ! -e /srv/unhealthy",
+            "--health-retries", "0")
+    assert r.returncode == 4, r.stderr
+    rows = r.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == dests(given)
+    assert [row.split()[1] for row in rows] == ["undone", "undone", "failed"]
+
+
+def test_a_fleet_of_one_host_says_1_host(hosts: list[Host], tmp_path: Path) -> None:
+    listing = tmp_path / "hosts.txt"
+    listing.write_text("web1\n")
+    r = cli("deploy", make_build(tmp_path / "b"), "--hosts", listing, APP)
+    assert r.returncode == 0, r.stderr
+    assert " to 1 host (" in r.stdout.splitlines()[0], r.stdout
+    r = cli("deploy", make_build(tmp_path / "c"), "--hosts", listing, APP, "--check", "false")
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.splitlines()[0] == "nothing switched: 1 host", r.stdout
+
+
+def test_a_host_silent_past_host_timeout_after_its_switch_is_switched_back_as_switched(
+        hosts: list[Host], tmp_path: Path) -> None:
+    """web2 switches, then its after-switch hook outlasts --host-timeout (its answer comes
+    too late): it is switched back with the others, and the new release is kept marked bad
+    there as everywhere, not dropped as a release that never served."""
+    v1 = first_deploy(hosts, tmp_path)
+    hosts[1].path("/srv/slow").write_text("")
+    hook = "if [ -e /srv/slow ]; then rm /srv/slow; sleep 5; fi"
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(hosts), "--json",
+            "--after-switch", hook, "--host-timeout", "3")
+    assert r.returncode == 1, r.stderr
+    d = json.loads(r.stdout)
+    v2 = d["release"]
+    assert d["outcome"] == "switched back", d
+    by_host = {h["host"]: h for h in d["hosts"]}
+    slow = by_host[hosts[1].dest(APP)]
+    assert slow["phase"] == "failed" and "--host-timeout" in slow["error"]
+    assert all(h["release"] == v1 for h in d["hosts"])
+    for h in hosts:
+        assert current(h) == f"releases/{v1}"
+        assert states(h)[v2] == "bad"  # kept as evidence on every host, web2 too
+        assert idle(h)
