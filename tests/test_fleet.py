@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from atomic_deploy._signals import FLEET_STEPS
-from conftest import make_build, start_cli, wait_for
+from conftest import error_line, make_build, start_cli, wait_for
 from fleetlab import APP, cli, current, dests, env
 from sshlab import Host, SSHLab
 
@@ -205,6 +205,38 @@ def test_status_of_a_mixed_fleet(hosts: list[Host], tmp_path: Path) -> None:
     r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(hosts))
     assert r.returncode == 0, r.stderr
     assert len({current(h) for h in hosts}) == 1
+
+
+def test_status_of_a_fleet_with_a_host_that_cannot_be_asked(lab: SSHLab, hosts: list[Host],
+                                                           tmp_path: Path) -> None:
+    """A host that cannot be asked serves a release not known here: named unknown, never "on
+    nothing", and the hosts that answered alike are not called mixed; exit 2, ok false."""
+    v1 = first_deploy(hosts, tmp_path)
+    lab.add_alias("dead", lab.unused_port())
+    roots = [*dests(hosts), "dead:/srv/app"]
+    r = cli("status", *roots)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout.splitlines()[0] == f"every other host on {v1}; unknown: dead:/srv/app"
+    assert "nothing listens for ssh on dead" in r.stdout.splitlines()[4]
+    d = json.loads(cli("status", *roots, "--json").stdout)
+    assert d["ok"] is False and d["exit_code"] == 2 and d["mixed"] is False
+    assert [h["current"] for h in d["hosts"]] == [v1, v1, v1, None]
+
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), hosts[0].dest(APP), "--json")
+    v2 = json.loads(r.stdout)["release"]
+    r = cli("status", *roots)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout.splitlines()[0] == (f"mixed: web1:{APP} on {v2}; web2:{APP} on {v1}; "
+                                        f"web3:{APP} on {v1}; dead:/srv/app unknown")
+    r = cli("status", hosts[0].dest("/srv/nope"), "dead:/srv/app")
+    assert r.returncode == 2
+    assert r.stdout.splitlines()[0] == "no host's release is known: web1:/srv/nope, dead:/srv/app"
+    # A fleet rollback names why a host's releases could not be listed.
+    r = cli("rollback", hosts[1].dest(APP), hosts[2].dest("/srv/nope"))
+    assert r.returncode == 2
+    assert error_line(r) == ("atomic-deploy: error: web3:/srv/nope: cannot list its releases: "
+                             "ROOT /srv/nope does not exist; nothing was changed")
+    assert current(hosts[1]) == f"releases/{v1}"
 
 
 def test_a_locked_host_is_named_and_nothing_changes(hosts: list[Host], tmp_path: Path) -> None:

@@ -174,6 +174,14 @@ def test_fleet_dry_run_gives_each_hosts_plan(lab: SSHLab, hosts: list[Host],
     assert [h["exit_code"] for h in d["hosts"]] == [0, 0, 2]
     assert "nothing listens for ssh on dead" in d["hosts"][2]["error"]
     assert "dead:/srv/app: error: nothing listens" in r.stderr
+    # A fleet rollback's or activate's target needs every host's releases: one line, no plan.
+    for args in (("rollback",), ("activate", "--to", ids[0])):
+        r = cli(*args, *dests(hosts[:2]), "dead:/srv/app", "--dry-run")
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert "nothing listens for ssh on dead" in error_line(r)
+        r = cli(*args, *dests(hosts[:2]), "dead:/srv/app", "--dry-run", "--json")
+        d = json.loads(r.stdout)
+        assert r.returncode == 2 and d["ok"] is False and "dead" in d["error"]
     assert [listing(h.path("/srv")) for h in hosts] == before
 
 

@@ -1604,19 +1604,39 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
         hosts = list(ex.map(one, roots))
-    currents = {h.get("current") for h in hosts}
-    mixed = len(currents) > 1
-    code = 2 if any(h["exit_code"] == 2 for h in hosts) else \
-        1 if mixed or any(h["exit_code"] != 0 for h in hosts) else 0
+    code, mixed, head = _fleet_status_head(hosts)
     width = max(len(h["host"]) for h in hosts)
-    head = ("mixed: " + "; ".join(f"{h['host']} on {h.get('current') or 'nothing'}"
-                                  for h in hosts)) if mixed else \
-        f"every host on {next(iter(currents)) or 'nothing'}"
     rows = [f"  {h['host']:<{width}}  {h.get('current') or '-':<14}  "
             f"rollback target {h.get('rollback_target') or '-'}"
             + (f"  ({h['error']})" if h.get("error") else "") for h in hosts]
-    _emit(args, {"mixed": mixed, "hosts": hosts}, "\n".join([head, *rows]))
+    # Exit 1 (mixed, or a host not serving) is a finding: ok stays true, as for one root.
+    _emit(args, {"mixed": mixed, "hosts": hosts, "exit_code": code, "ok": code != 2},
+          "\n".join([head, *rows]))
     return code
+
+
+def _fleet_status_head(hosts: list[dict[str, Any]]) -> tuple[int, bool, str]:
+    """The exit code, whether the fleet is mixed, and the head line of a fleet's status. A
+    host whose status failed (unreachable, not a deploy root: exit 2) serves a release not
+    known here: it is named as unknown, never said to be on nothing, and does not make the
+    hosts that answered alike a mixed fleet."""
+    asked = [h for h in hosts if h["exit_code"] != 2]
+    unasked = [h for h in hosts if h["exit_code"] == 2]
+    currents = {h.get("current") for h in asked}
+    mixed = len(currents) > 1
+    code = 2 if unasked else 1 if mixed or any(h["exit_code"] != 0 for h in asked) else 0
+    names = ", ".join(h["host"] for h in unasked)
+    if mixed:
+        head = "mixed: " + "; ".join(
+            f"{h['host']} on {h.get('current') or 'nothing'}" if h["exit_code"] != 2
+            else f"{h['host']} unknown" for h in hosts)
+    elif not asked:
+        head = f"no host's release is known: {names}"
+    elif unasked:
+        head = f"every other host on {next(iter(currents)) or 'nothing'}; unknown: {names}"
+    else:
+        head = f"every host on {next(iter(currents)) or 'nothing'}"
+    return code, mixed, head
 
 
 def _release_argument(args: argparse.Namespace) -> None:
@@ -1700,12 +1720,21 @@ def _fleet_listings(args: argparse.Namespace, settings: Any,
         out = _client.run(remote, lambda probe: ["list", "--json", "--", remote.path],
                           settings, lambda line: None, mutating=False)
         if out.exit_code != 0:
-            raise InvalidInput(f"{text}: cannot list its releases (exit {out.exit_code})",
+            raise InvalidInput(f"{text}: cannot list its releases: {_host_error(out)}",
                                "nothing was changed")
         return {r["id"]: r["state"] for r in json.loads(out.stdout)["releases"]}
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel or 10) as ex:
         return list(ex.map(listing, roots))
+
+
+def _host_error(out: Any) -> str:
+    """The error a host's ``--json`` command gave (its object's ``error``), else its exit code."""
+    try:
+        error = json.loads(out.stdout).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return str(error) if error else f"exit {out.exit_code}"
 
 
 def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
