@@ -70,3 +70,25 @@ def test_a_host_silent_past_host_timeout_after_its_switch_is_switched_back_as_sw
         assert current(h) == f"releases/{v1}"
         assert states(h)[v2] == "bad"  # kept as evidence on every host, web2 too
         assert idle(h)
+
+
+def test_the_switched_line_names_only_what_ran_after_the_switch(hosts: list[Host],
+                                                                tmp_path: Path) -> None:
+    first_deploy(hosts, tmp_path)
+    two = hosts[:2]
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two))
+    assert r.returncode == 0, r.stderr
+    for h in two:
+        assert f"{h.dest(APP)}: switched\n" in r.stderr, r.stderr
+    assert "passed" not in r.stderr, r.stderr
+    r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(two),
+            "--health-check", "true")
+    assert r.returncode == 0, r.stderr
+    for h in two:
+        assert f"{h.dest(APP)}: switched, health check passed\n" in r.stderr, r.stderr
+    r = cli("deploy", make_build(tmp_path / "v4", version="v4"), *dests(two),
+            "--after-switch", "true", "--health-check", "true")
+    assert r.returncode == 0, r.stderr
+    for h in two:
+        assert f"{h.dest(APP)}: switched, after-switch hooks and health check passed\n" \
+            in r.stderr, r.stderr

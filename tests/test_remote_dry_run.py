@@ -174,6 +174,8 @@ def test_fleet_dry_run_gives_each_hosts_plan(lab: SSHLab, hosts: list[Host],
     assert [h["exit_code"] for h in d["hosts"]] == [0, 0, 2]
     assert "nothing listens for ssh on dead" in d["hosts"][2]["error"]
     assert "dead:/srv/app: error: nothing listens" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith(
+        "atomic-deploy: error: deploy --dry-run gave no plan on 1 of 3 hosts"), r.stderr
     # A fleet rollback's or activate's target needs every host's releases: one line, no plan.
     for args in (("rollback",), ("activate", "--to", ids[0])):
         r = cli(*args, *dests(hosts[:2]), "dead:/srv/app", "--dry-run")

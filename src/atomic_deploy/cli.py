@@ -1852,7 +1852,8 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
     failed = [h for h in hosts if not h["ok"]]
     if failed:
         what = "; ".join(f"{h['host']} (exit {h['exit_code']})" for h in failed)
-        print(f"atomic-deploy: {_err('red', 'error:')} {cmd} failed on {len(failed)} of "
+        did = f"{cmd} --dry-run gave no plan" if dry_run else f"{cmd} failed"
+        print(f"atomic-deploy: {_err('red', 'error:')} {did} on {len(failed)} of "
               f"{_n_hosts(len(hosts))}: {show(what)}", file=sys.stderr)
     if as_json:
         _out_line(json.dumps({**envelope(cmd, {

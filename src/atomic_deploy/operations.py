@@ -456,6 +456,11 @@ def _flush_tree(path: str, opts: DeployOptions, written_by_us: bool) -> None:
         _platform.fsync_tree(path)
 
 
+def _ran_after_switch(hooks: list[dict[str, Any]]) -> list[str]:
+    """Which of after-switch and health-check ran (and passed): a fleet says only those."""
+    return [p for p in ("after-switch", "health-check") if any(h.get("phase") == p for h in hooks)]
+
+
 def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
                       hooks: list[dict[str, Any]]) -> None:
     """After-switch hooks, then the health check; raise _Unhealthy (after noting why)."""
@@ -845,7 +850,8 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                         {"source": src, "message": opts.message, "revision": revision},
                     ) from None
                 if opts.session is not None:
-                    opts.session.gate("switched", "commit", release=rid, at=switched_at)
+                    opts.session.gate("switched", "commit", release=rid, at=switched_at,
+                                      ran=_ran_after_switch(hooks))
             fields["hooks"] = hooks or None
             return (stats, revision), fields
 
@@ -1001,7 +1007,8 @@ def _switch_op(s: _Session, op: str, release: str, previous: str | None,
             raise _switch_back_unhealthy(s, op, op_id, opts, release, previous,
                                          previous_target, exc.message, hooks, {}) from None
         if opts.session is not None:
-            opts.session.gate("switched", "commit", release=release, at=switched_at)
+            opts.session.gate("switched", "commit", release=release, at=switched_at,
+                              ran=_ran_after_switch(hooks))
         states = {release: SERVED}
         if op == "rollback" and previous is not None and previous != release:
             states = {previous: BAD, release: SERVED}  # the release rolled away from

@@ -159,6 +159,15 @@ class FleetOptions:
     on_event: OnEvent | None = None
 
 
+def _switched_line(ran: object) -> str:
+    """The host's switched line, naming only what it ran after the switch (and so passed)."""
+    names = {"after-switch": "after-switch hooks", "health-check": "health check"}
+    done = [names[r] for r in ran if r in names] if isinstance(ran, list) else []
+    if not done:
+        return "switched"
+    return f"switched, {' and '.join(done)} passed"
+
+
 class _Host:
     def __init__(self, root: RemoteRoot, text: str, order: int,
                  note: Callable[[_Host, str], None] | None = None) -> None:
@@ -415,7 +424,7 @@ class Fleet:
             h.out.phase = "switched"
             at = ev.get("at")
             h.out.switched_at = float(at) if isinstance(at, (int, float)) else None
-            self.say(h, "switched, after-switch hooks and health check passed")
+            self.say(h, _switched_line(ev.get("ran")))
             self.note(h, "switched")
         else:
             self._ended(h, ev)  # it switched back by itself (or never switched)

@@ -22,8 +22,9 @@ writes commands to stdin::
       "source": "self", and ``seal`` means: fill the staging folder from SOURCE now
     host:  {"event": "sealed", "release": ID, "files": N, "bytes": N, "linked": N}
     local: {"cmd": "switch"}           (deploy; prepare goes straight to commit)
-    host:  {"event": "switched", "release": ID, "at": T}   after-switch hooks and health check
-           passed; T: the host's clock when current was switched (a fleet's skew)
+    host:  {"event": "switched", "release": ID, "at": T, "ran": [...]}   after-switch hooks and
+           health check passed; T: the host's clock when current was switched (a fleet's skew);
+           ran: which of "after-switch" and "health-check" were given and ran
     local: {"cmd": "commit"}
     local: {"cmd": "ping", "interval": N}   every N seconds meanwhile (see SILENT_PINGS)
     host:  {"event": "done", "exit": CODE, "stdout": TEXT}   and the process exits
