@@ -272,9 +272,9 @@ def test_a_live_table_on_a_terminal_and_lines_elsewhere(hosts: list[Host], tmp_p
     assert r.returncode == 0, r.stderr
     assert "\x1b" not in r.stderr and r.stderr
     assert all(line.split(": ", 1)[0] in fleet for line in r.stderr.splitlines())
-    for phase in (": prepared ", ": switched, ", ": committed: on "):
+    for phase in (": prepared ", ": switched\n", ": committed: on "):
         assert {line.split(": ", 1)[0] for line in r.stderr.splitlines()
-                if phase in line} == set(fleet), (phase, r.stderr)
+                if phase in line + "\n"} == set(fleet), (phase, r.stderr)
 
     # A failure: the table ends on it.
     hosts[1].path("/srv/broken").write_text("")

@@ -35,6 +35,14 @@ def test_phases_say_failed_and_undone_hosts_in_the_order_given(hosts: list[Host]
     rows = r.stdout.splitlines()[1:]
     assert [row.split()[0] for row in rows] == dests(given)
     assert [row.split()[1] for row in rows] == ["undone", "undone", "failed"]
+    # An undone host names the host that failed, not its whole error again, and says that
+    # the new release stays there marked bad.
+    v3 = json.loads(cli("list", hosts[0].dest(APP), "--json").stdout)["releases"][-1]["id"]
+    for h in (hosts[2], hosts[0]):
+        line = next(x for x in r.stderr.splitlines() if x.startswith(f"{h.dest(APP)}: atomic"))
+        assert f"({hosts[1].dest(APP)} failed after the switch); switched back" in line, line
+        assert line.endswith(f"; {v3} kept and marked bad"), line
+        assert "health-check command" not in line, line
 
 
 def test_a_fleet_of_one_host_says_1_host(hosts: list[Host], tmp_path: Path) -> None:

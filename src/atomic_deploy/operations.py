@@ -345,6 +345,8 @@ class _Session:
                                           mark_bad=bool(getattr(exc, "mark_bad", False)),
                                           reason=str(exc) or type(exc).__name__, tell=self.tell)
                 state = f"switched back, {after}"
+                if getattr(exc, "mark_bad", False) and journal.get("release"):
+                    state += f"; {journal.get('release')} kept and marked bad"
                 if told:
                     state += f"; after-switch hook on the restored release failed: {told}"
             elif switched:

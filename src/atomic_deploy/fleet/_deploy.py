@@ -260,7 +260,8 @@ class Fleet:
         refused = [h for h in self.hosts if h.ready is None and h.out.error]
         if refused or any(h.ready is None for h in self.hosts):
             return self._abort_all(None, "nothing changed",
-                                   self._names(refused, "could not start"))
+                                   self._names(refused, "could not start"),
+                                   reason=self._which(refused, "could not start"))
         release = max(str(h.ready["release"]) for h in self.hosts if h.ready)
         fault_point("fleet-locked")
         if self.build is not None:
@@ -269,7 +270,8 @@ class Fleet:
             unprepared = [h for h in self.hosts if h.out.phase != "prepared"]
             if unprepared:
                 return self._abort_all(release, "nothing switched",
-                                       self._names(unprepared, "failed to prepare"))
+                                       self._names(unprepared, "failed to prepare"),
+                                       reason=self._which(unprepared, "failed to prepare"))
             fault_point("fleet-prepared")
         if not activate:
             return self._commit(release, "prepared", None)
@@ -486,7 +488,7 @@ class Fleet:
         # rollback or activate went to stays as it was on the hosts where it did not fail
         # (a host that failed marked it bad itself, as its own health check says).
         return self._abort_all(release, "switched back", why, bad=self.build is not None,
-                               reason=f"another host failed: {why}")
+                               reason=self._which(failed, "failed after the switch"))
 
     def _interrupted(self, signum: int) -> FleetResult:
         for h in self.hosts:
@@ -552,6 +554,12 @@ class Fleet:
     def _result(self, release: str | None, outcome: str, code: int, error: str | None,
                 skew: float | None = None) -> FleetResult:
         return FleetResult(release, self.opts.activate, outcome, code, skew=skew, error=error)
+
+    @staticmethod
+    def _which(hosts: list[_Host], what: str) -> str:
+        """What another host's undo says: the hosts' names only (their errors are on their
+        own lines), so a fleet's output does not repeat one error on every host."""
+        return f"{', '.join(h.out.host for h in hosts) or 'another host'} {what}"
 
     @staticmethod
     def _names(hosts: list[_Host], what: str) -> str:
