@@ -750,9 +750,9 @@ class _Tree:
             self.pool = ProcPool(workers, lambda: _Copier(self.opts, self.caps), self.proc_stats,
                                  self.proc_sink)
         except OSError as exc:  # fork or pipe refused (process or memory limits): copy here
-            import logging
+            from . import _log
 
-            logging.getLogger("atomic_deploy").debug("no copy worker processes: %s", exc)
+            _log.debug("no copy worker processes: %s", exc)
             self.procs = "0"
             return
         self.stats.jobs = workers + 1

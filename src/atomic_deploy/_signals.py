@@ -14,17 +14,16 @@ until ``FILE`` exists.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import threading
 import time
 from types import FrameType
 
+from . import _log
 from .errors import InterruptedBySignal
 
 FAULT_ENV = "ATOMIC_DEPLOY_FAULT"
-_log = logging.getLogger("atomic_deploy")
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Every checkpoint name, in the order a deploy passes them (activate and rollback pass the

@@ -7,12 +7,12 @@ import argparse
 import contextlib
 import errno
 import json
-import logging
 import math
 import os
 import sys
 from collections.abc import Sequence
 
+from . import _log
 from ._layout import show
 from ._render import (
     JSON_SCHEMA,
@@ -658,14 +658,13 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
-class _StderrHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            msg = _err("yellow", msg)
-        elif record.levelno < logging.INFO:
-            msg = _err("dim", msg)
-        _err_line(f"atomic-deploy: {msg}")
+def _log_line(level: int, msg: str) -> None:
+    """The library's log messages while a command runs (the sink of _log)."""
+    if level >= _log.WARNING:
+        msg = _err("yellow", msg)
+    elif level < _log.INFO:
+        msg = _err("dim", msg)
+    _err_line(f"atomic-deploy: {msg}")
 
 
 def _err_line(text: str) -> None:
@@ -1123,23 +1122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     global _out, _err
     _out, _err = _Style(sys.stdout, args), _Style(sys.stderr, args)
-    # The library logs; for the length of this command its messages go to stderr. Restored
-    # afterwards so that main() called in-process leaves the caller's logging as it was.
-    log = logging.getLogger("atomic_deploy")
-    saved = (log.level, log.propagate)
-    handler = _StderrHandler()
-    log.addHandler(handler)
-    log.propagate = False
-    log.setLevel(logging.DEBUG if getattr(args, "verbose", False)
-                 else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    # The library logs; for the length of this command its messages go to stderr only (not
+    # to `logging`, which is not even imported). Restored afterwards so that main() called
+    # in-process leaves the caller's logging as it was.
+    level = (_log.DEBUG if getattr(args, "verbose", False)
+             else _log.WARNING if getattr(args, "quiet", False) else _log.INFO)
+    saved = _log.set_sink((level, _log_line))
     try:
         if getattr(args, "session", None) is not None:
             return _session_main(args, parser)
         return _main(args, parser)
     finally:
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+        _log.set_sink(saved)
 
 
 def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

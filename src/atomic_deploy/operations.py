@@ -8,12 +8,12 @@ history record; any failure or signal before that undoes the operation from the 
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+from . import _log as log
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
 from ._history import (
@@ -74,7 +74,6 @@ if TYPE_CHECKING:
     T = TypeVar("T")
     Hook = Union[str, list[str]]
 
-log = logging.getLogger("atomic_deploy")
 
 # Releases a deploy keeps when not told otherwise (Capistrano's keep_releases is 5 too);
 # ``keep="all"`` turns pruning off.
