@@ -115,6 +115,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's signature says NoReturn
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # The width argparse gives itself, without the import of shutil it makes for it (2 ms
+        # of every command: add_argument() makes a formatter to check each option's metavar).
+        make: Any = self.formatter_class  # typeshed's protocol for it lists prog= alone
+        return make(prog=self.prog, width=_terminal_columns() - 2)  # type: ignore[no-any-return]
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout: Any = sys.__stdout__  # None when started without one: AttributeError
+            columns = os.get_terminal_size(stdout.fileno()).columns or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns
+
 
 class _CommandParser(_Parser):
     """A command's parser: options may stand between its positional arguments
