@@ -428,7 +428,8 @@ DEPLOY_MODULES = {
     "atomic_deploy.operations"}
 # What a deploy without hooks, sources other than a folder, or --digest never needs (the parser,
 # json, datetime and ctypes for syncfs it does need).
-NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil", "typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
+NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil",
+                  "typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
                   "subprocess", "tempfile", "shlex", "urllib", "urllib.request", "http.client",
                   "socket", "ssl", "selectors", "tarfile", "zipfile", "pickle",
                   "multiprocessing", "concurrent.futures", "uuid", "random", "secrets",
