@@ -428,7 +428,7 @@ DEPLOY_MODULES = {
     "atomic_deploy.operations"}
 # What a deploy without hooks, sources other than a folder, or --digest never needs (the parser,
 # json, datetime and ctypes for syncfs it does need).
-NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil",
+NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil", "threading", "queue",
                   "typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
                   "subprocess", "tempfile", "shlex", "urllib", "urllib.request", "http.client",
                   "socket", "ssl", "selectors", "tarfile", "zipfile", "pickle",

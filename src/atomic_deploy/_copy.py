@@ -59,9 +59,7 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
-import threading
 import time
 from collections.abc import Mapping
 
@@ -608,6 +606,11 @@ class _Pool:
     """Worker threads fed through a bounded queue; results come back on an unbounded one."""
 
     def __init__(self, jobs: int, make: Callable[[], _Copier]) -> None:
+        # Imported here: a deploy copied by its own thread alone (most small ones) never
+        # needs them (1 ms at start-up).
+        import queue
+        import threading
+
         self.tasks: queue.Queue[_Batch | None] = queue.Queue(maxsize=jobs * 2)
         self.done: queue.Queue[_Done] = queue.Queue()
         self.stop = False  # set by the calling thread on abort; workers skip remaining work
@@ -641,6 +644,8 @@ class _Pool:
             self.done.put((node, done, error))
 
     def put(self, item: _Batch, timeout: float) -> bool:
+        import queue
+
         try:
             self.tasks.put(item, timeout=timeout)
         except queue.Full:
@@ -652,6 +657,8 @@ class _Pool:
 
     def get(self, timeout: float | None) -> _Done | None:
         """A finished batch, or None; ``timeout`` None: do not wait."""
+        import queue
+
         try:
             return self.done.get(timeout=timeout) if timeout is not None else self.done.get_nowait()
         except queue.Empty:
@@ -659,6 +666,8 @@ class _Pool:
 
     def close(self) -> None:
         """Stop and join every worker (after an error: abandon queued work first)."""
+        import queue
+
         if self.stop:
             while True:
                 try:
