@@ -421,14 +421,15 @@ def test_version_is_answered_without_the_parser(capsys: pytest.CaptureFixture[st
 DEPLOY_MODULES = {
     "atomic_deploy", "atomic_deploy._config", "atomic_deploy._copy", "atomic_deploy._fastcli",
     "atomic_deploy._history", "atomic_deploy._jsonfile", "atomic_deploy._layout",
-    "atomic_deploy._lock", "atomic_deploy._manifest", "atomic_deploy._platform",
+    "atomic_deploy._lock", "atomic_deploy._log", "atomic_deploy._manifest", "atomic_deploy._platform",
     "atomic_deploy._recovery", "atomic_deploy._render", "atomic_deploy._shared",
     "atomic_deploy._signals", "atomic_deploy._stdout", "atomic_deploy._switch",
     "atomic_deploy._version", "atomic_deploy.cli", "atomic_deploy.errors",
     "atomic_deploy.operations"}
 # What a deploy without hooks, sources other than a folder, or --digest never needs (the parser,
-# logging, dataclasses, json, datetime and ctypes for syncfs it does need).
-NOT_FOR_DEPLOY = {"typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
+# json, datetime and ctypes for syncfs it does need).
+NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil", "threading", "queue",
+                  "typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
                   "subprocess", "tempfile", "shlex", "urllib", "urllib.request", "http.client",
                   "socket", "ssl", "selectors", "tarfile", "zipfile", "pickle",
                   "multiprocessing", "concurrent.futures", "uuid", "random", "secrets",

@@ -59,14 +59,13 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from . import _platform
+from ._jsonfile import FACTORY as _FACTORY
+from ._jsonfile import Record
 from ._layout import show
 from ._manifest import digest_file, source_digest, source_digests
 from .errors import InvalidInput
@@ -108,20 +107,37 @@ _LINK_FALLBACK = frozenset((errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES
                             errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)))
 
 
-@dataclass
-class CopyStats:
-    files: int = 0  # regular files in the release, extra names of hard links included
-    dirs: int = 0
-    symlinks: int = 0
-    bytes: int = 0  # content of distinct regular files (each hard-linked file counted once)
-    copied: int = 0  # files whose data was written (copy_file_range or read/write)
-    cloned: int = 0  # files cloned copy-on-write (FICLONE, clonefile)
-    linked: int = 0  # files hard-linked to the identical file in link_dest
-    linked_bytes: int = 0
-    hardlinks: int = 0  # extra names of files hard-linked inside the source
-    jobs: int = 1  # copy threads used (or worker processes, this one included)
+class CopyStats(Record):
+    __slots__ = ("files", "dirs", "symlinks", "bytes", "copied", "cloned", "linked", "linked_bytes",  # noqa: RUF023
+                 "hardlinks", "jobs", "external_links")
+
+    files: int  # regular files in the release, extra names of hard links included
+    dirs: int
+    symlinks: int
+    bytes: int  # content of distinct regular files (each hard-linked file counted once)
+    copied: int  # files whose data was written (copy_file_range or read/write)
+    cloned: int  # files cloned copy-on-write (FICLONE, clonefile)
+    linked: int  # files hard-linked to the identical file in link_dest
+    linked_bytes: int
+    hardlinks: int  # extra names of files hard-linked inside the source
+    jobs: int  # copy threads used (or worker processes, this one included)
     # (path, target) of each symlink copied that leads out of the tree (symlink_escape)
-    external_links: list[tuple[str, str]] = field(default_factory=list)
+    external_links: list[tuple[str, str]]
+
+    def __init__(self, files: int = 0, dirs: int = 0, symlinks: int = 0, bytes: int = 0, copied: int = 0,
+                 cloned: int = 0, linked: int = 0, linked_bytes: int = 0, hardlinks: int = 0, jobs: int = 1,
+                 external_links: list[tuple[str, str]] = _FACTORY) -> None:
+        self.files = files
+        self.dirs = dirs
+        self.symlinks = symlinks
+        self.bytes = bytes
+        self.copied = copied
+        self.cloned = cloned
+        self.linked = linked
+        self.linked_bytes = linked_bytes
+        self.hardlinks = hardlinks
+        self.jobs = jobs
+        self.external_links = [] if external_links is _FACTORY else external_links
 
     def add(self, other: CopyStats) -> None:
         for name in ("copied", "cloned", "linked", "linked_bytes"):
@@ -590,6 +606,11 @@ class _Pool:
     """Worker threads fed through a bounded queue; results come back on an unbounded one."""
 
     def __init__(self, jobs: int, make: Callable[[], _Copier]) -> None:
+        # Imported here: a deploy copied by its own thread alone (most small ones) never
+        # needs them (1 ms at start-up).
+        import queue
+        import threading
+
         self.tasks: queue.Queue[_Batch | None] = queue.Queue(maxsize=jobs * 2)
         self.done: queue.Queue[_Done] = queue.Queue()
         self.stop = False  # set by the calling thread on abort; workers skip remaining work
@@ -623,6 +644,8 @@ class _Pool:
             self.done.put((node, done, error))
 
     def put(self, item: _Batch, timeout: float) -> bool:
+        import queue
+
         try:
             self.tasks.put(item, timeout=timeout)
         except queue.Full:
@@ -634,6 +657,8 @@ class _Pool:
 
     def get(self, timeout: float | None) -> _Done | None:
         """A finished batch, or None; ``timeout`` None: do not wait."""
+        import queue
+
         try:
             return self.done.get(timeout=timeout) if timeout is not None else self.done.get_nowait()
         except queue.Empty:
@@ -641,6 +666,8 @@ class _Pool:
 
     def close(self) -> None:
         """Stop and join every worker (after an error: abandon queued work first)."""
+        import queue
+
         if self.stop:
             while True:
                 try:
@@ -750,9 +777,9 @@ class _Tree:
             self.pool = ProcPool(workers, lambda: _Copier(self.opts, self.caps), self.proc_stats,
                                  self.proc_sink)
         except OSError as exc:  # fork or pipe refused (process or memory limits): copy here
-            import logging
+            from . import _log
 
-            logging.getLogger("atomic_deploy").debug("no copy worker processes: %s", exc)
+            _log.debug("no copy worker processes: %s", exc)
             self.procs = "0"
             return
         self.stats.jobs = workers + 1

@@ -35,7 +35,7 @@ def run() -> NoReturn:
     one by one takes about 10 ms (measured with strace: no system call in that time), which is
     all the work left. Safe because nothing is left to it: files, locks, worker threads and
     processes are closed, joined and reaped by the operations themselves, the CLI's log
-    handler is removed, and the output streams are flushed here.
+    sink is reset, and the output streams are flushed here.
     """
     import contextlib
     import gc

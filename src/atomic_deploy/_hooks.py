@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import logging
 import os
 import re
 import selectors
@@ -32,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
+from . import _log as log
 from ._layout import RELEASES
 from ._signals import pending_signal
 from ._version import __version__
@@ -40,7 +40,6 @@ from .errors import CheckFailed, InvalidInput
 if TYPE_CHECKING:
     import urllib.request
 
-log = logging.getLogger("atomic_deploy")
 
 Hook = Union[str, Sequence[str]]
 OutputCallback = Callable[[str], None]

@@ -98,6 +98,28 @@ class Record:
         return f"{type(self).__name__}({fields})"
 
 
+# The default of a parameter that stands for a new empty list (a dataclass's
+# ``field(default_factory=list)``): None would be a value a caller could mean.
+FACTORY: Any = object()
+
+
+def as_plain_dict(record: Record) -> dict[str, Any]:
+    """What dataclasses.asdict() gives: the fields in order, lists, tuples and dicts in them
+    (and Records) copied at any depth, so the result can be changed without changing
+    ``record``."""
+    return {k: _copied(getattr(record, k)) for k in record.__slots__}
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, Record):
+        return as_plain_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((_copied(k), _copied(v)) for k, v in value.items())
+    return value
+
+
 def random_suffix() -> str:
     """64 random bits from the OS (what secrets.token_hex does, without its import cost): the
     hidden temp names of files written by rename, here and elsewhere."""

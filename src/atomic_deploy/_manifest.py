@@ -27,8 +27,9 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 
+from ._jsonfile import FACTORY as _FACTORY
+from ._jsonfile import Record, as_plain_dict
 from ._layout import Layout, release_dirs, show
 from .errors import CheckFailed, InvalidInput
 
@@ -830,17 +831,28 @@ def file_digests(layout: Layout, release: str) -> dict[str, tuple[int, int, str]
 # --------------------------------------------------------------------------- verify
 
 
-@dataclass
-class VerifyResult:
+class VerifyResult(Record):
+    __slots__ = ("release", "entries", "clean", "differences", "content_checked", "no_digest")  # noqa: RUF023
+
     release: str
     entries: int  # in the manifest
-    clean: bool = True
-    differences: list[dict[str, Any]] = field(default_factory=list)
-    content_checked: int = 0  # files whose content was compared (--content)
-    no_digest: int = 0  # files --content could not check: no digest recorded
+    clean: bool
+    differences: list[dict[str, Any]]
+    content_checked: int  # files whose content was compared (--content)
+    no_digest: int  # files --content could not check: no digest recorded
+
+    def __init__(self, release: str, entries: int, clean: bool = True,
+                 differences: list[dict[str, Any]] = _FACTORY, content_checked: int = 0,
+                 no_digest: int = 0) -> None:
+        self.release = release
+        self.entries = entries
+        self.clean = clean
+        self.differences = [] if differences is _FACTORY else differences
+        self.content_checked = content_checked
+        self.no_digest = no_digest
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
 _FIELDS = (("mode", 2), ("size", 3), ("mtime", 4))

@@ -8,10 +8,10 @@ journal: committed work is kept, anything else is undone, and leftovers are remo
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
+from . import _log as log
 from . import _platform
 from ._history import BAD, SERVED, History, record
 from ._jsonfile import write_json_atomic
@@ -34,8 +34,6 @@ from ._layout import (
 from ._signals import checkpoint, fault_point
 from ._switch import link_text, point_current
 from .errors import AtomicDeployError, InterruptedBySignal, OperationFailed
-
-log = logging.getLogger("atomic_deploy")
 
 TYPE_CHECKING = False  # typing costs start-up time at every deploy
 if TYPE_CHECKING:

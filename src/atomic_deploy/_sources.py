@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import importlib
-import logging
 import os
 import stat
 import subprocess
@@ -37,12 +36,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, Callable, Protocol, cast
 
+from . import _log as log
 from . import _platform
 from ._copy import symlink_escape
 from ._layout import show
 from .errors import InvalidInput, OperationFailed
-
-log = logging.getLogger("atomic_deploy")
 
 # Kinds of deploy source; ``tarball_kind`` says which archive flavour a "tar" source is.
 SOURCE_KINDS = ("dir", "tar", "git")

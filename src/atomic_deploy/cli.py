@@ -7,12 +7,12 @@ import argparse
 import contextlib
 import errno
 import json
-import logging
 import math
 import os
 import sys
 from collections.abc import Sequence
 
+from . import _log
 from ._layout import show
 from ._render import (
     JSON_SCHEMA,
@@ -114,6 +114,27 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's signature says NoReturn
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # The width argparse gives itself, without the import of shutil it makes for it (2 ms
+        # of every command: add_argument() makes a formatter to check each option's metavar).
+        make: Any = self.formatter_class  # typeshed's protocol for it lists prog= alone
+        return make(prog=self.prog, width=_terminal_columns() - 2)  # type: ignore[no-any-return]
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout: Any = sys.__stdout__  # None when started without one: AttributeError
+            columns = os.get_terminal_size(stdout.fileno()).columns or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns
 
 
 class _CommandParser(_Parser):
@@ -662,14 +683,13 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
-class _StderrHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            msg = _err("yellow", msg)
-        elif record.levelno < logging.INFO:
-            msg = _err("dim", msg)
-        _err_line(f"atomic-deploy: {msg}")
+def _log_line(level: int, msg: str) -> None:
+    """The library's log messages while a command runs (the sink of _log)."""
+    if level >= _log.WARNING:
+        msg = _err("yellow", msg)
+    elif level < _log.INFO:
+        msg = _err("dim", msg)
+    _err_line(f"atomic-deploy: {msg}")
 
 
 def _err_line(text: str) -> None:
@@ -1129,23 +1149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     global _out, _err
     _out, _err = _Style(sys.stdout, args), _Style(sys.stderr, args)
-    # The library logs; for the length of this command its messages go to stderr. Restored
-    # afterwards so that main() called in-process leaves the caller's logging as it was.
-    log = logging.getLogger("atomic_deploy")
-    saved = (log.level, log.propagate)
-    handler = _StderrHandler()
-    log.addHandler(handler)
-    log.propagate = False
-    log.setLevel(logging.DEBUG if getattr(args, "verbose", False)
-                 else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    # The library logs; for the length of this command its messages go to stderr only (not
+    # to `logging`, which is not even imported). Restored afterwards so that main() called
+    # in-process leaves the caller's logging as it was.
+    level = (_log.DEBUG if getattr(args, "verbose", False)
+             else _log.WARNING if getattr(args, "quiet", False) else _log.INFO)
+    saved = _log.set_sink((level, _log_line))
     try:
         if getattr(args, "session", None) is not None:
             return _session_main(args, parser)
         return _main(args, parser)
     finally:
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+        _log.set_sink(saved)
 
 
 def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -8,12 +8,11 @@ history record; any failure or signal before that undoes the operation from the 
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
 
+from . import _log as log
 from . import _platform
 from ._copy import CopyStats, check_source, copy_tree
 from ._history import (
@@ -27,7 +26,8 @@ from ._history import (
     release_states,
     rollback_target,
 )
-from ._jsonfile import random_suffix
+from ._jsonfile import FACTORY as _FACTORY
+from ._jsonfile import Record, as_plain_dict, random_suffix
 from ._layout import (
     STAGING_PREFIX,
     SWITCH_OPS,
@@ -74,132 +74,246 @@ if TYPE_CHECKING:
     T = TypeVar("T")
     Hook = Union[str, list[str]]
 
-log = logging.getLogger("atomic_deploy")
 
 # Releases a deploy keeps when not told otherwise (Capistrano's keep_releases is 5 too);
 # ``keep="all"`` turns pruning off.
 DEFAULT_KEEP = 5
 KEEP_ALL = "all"
 
+# The options and results below were dataclasses; plain classes spare a deploy's start-up the
+# import of dataclasses (with inspect: 4 ms) and building them (2 ms). Same constructors,
+# attributes, equality and repr (fields in their order: hence the unsorted __slots__), and
+# to_dict() copies as dataclasses.asdict() did.
 
-@dataclass
-class DeployOptions:
+
+class DeployOptions(Record):
     """Everything a deploy can be told; the CLI, the config file and the API all fill this."""
 
-    # None: the command's default (deploy: DEFAULT_KEEP; prepare: no pruning); KEEP_ALL: none
-    keep: int | str | None = None
-    wait: float = 0.0
-    message: str | None = None
-    command: str | None = None
+    __slots__ = ("keep", "wait", "message", "command", "git", "ref", "strip_components", "revision",  # noqa: RUF023
+                 "refuse_external_links", "session", "fetch", "shared_dirs", "shared_files",
+                 "create_missing", "check", "after_switch", "on_failure", "health_check", "health_url",
+                 "health_timeout", "health_retries", "health_interval", "hook_timeout", "on_output",
+                 "link_unchanged", "checksum", "trust_mtime", "link_writable", "digest", "if_changed",
+                 "jobs", "fsync", "progress")
+
+    keep: int | str | None
+    wait: float
+    message: str | None
+    command: str | None
     # sources
-    git: str | None = None  # repository; SOURCE is then not used
-    ref: str = "HEAD"
-    strip_components: int = 0
-    revision: str | None = None
-    refuse_external_links: bool = False  # a folder build's symlinks out of it: error, not warning
+    git: str | None  # repository; SOURCE is then not used
+    ref: str
+    strip_components: int
+    revision: str | None
+    refuse_external_links: bool  # a folder build's symlinks out of it: error, not warning
     # The build comes from a deploying machine over a remote session (remote/_session.py):
     # it fills the staging folder, and says when to seal, switch and commit.
-    session: Any = None
+    session: Any
     # A URL source: how to fetch and check it (_fetch.FetchOptions; None: the defaults)
-    fetch: Any = None
+    fetch: Any
     # shared data
-    shared_dirs: list[str] = field(default_factory=list)
-    shared_files: list[str] = field(default_factory=list)
-    create_missing: bool = False
+    shared_dirs: list[str]
+    shared_files: list[str]
+    create_missing: bool
     # hooks and checks
-    check: list[Hook] = field(default_factory=list)
-    after_switch: list[Hook] = field(default_factory=list)
-    on_failure: list[Hook] = field(default_factory=list)
-    health_check: Hook | None = None
-    health_url: str | None = None
-    health_timeout: float = 10.0
-    health_retries: int = 3
-    health_interval: float = 1.0
-    hook_timeout: float | None = 600.0
-    on_output: Callable[[str], None] | None = None
+    check: list[Hook]
+    after_switch: list[Hook]
+    on_failure: list[Hook]
+    health_check: Hook | None
+    health_url: str | None
+    health_timeout: float
+    health_retries: int
+    health_interval: float
+    hook_timeout: float | None
+    on_output: Callable[[str], None] | None
     # copying
-    link_unchanged: bool = False
-    checksum: bool = False
-    trust_mtime: bool = False  # link on size+mtime alone, without reading contents
-    link_writable: bool = False
-    digest: bool = False  # record every file's content digest in the manifest
+    link_unchanged: bool
+    checksum: bool
+    trust_mtime: bool  # link on size+mtime alone, without reading contents
+    link_writable: bool
+    digest: bool  # record every file's content digest in the manifest
     # Keep nothing when the build's manifest (content digests included) is the current
     # release's: the staged copy is removed, nothing is switched or recorded (--if-changed).
-    if_changed: bool = False
-    jobs: int | None = None
-    fsync: bool = True
-    progress: Callable[[int, int], None] | None = None
+    if_changed: bool
+    jobs: int | None
+    fsync: bool
+    progress: Callable[[int, int], None] | None
+
+    def __init__(self, keep: int | str | None = None, wait: float = 0.0, message: str | None = None,
+                 command: str | None = None, git: str | None = None, ref: str = "HEAD",
+                 strip_components: int = 0, revision: str | None = None, refuse_external_links: bool = False,
+                 session: Any = None, fetch: Any = None, shared_dirs: list[str] = _FACTORY,
+                 shared_files: list[str] = _FACTORY, create_missing: bool = False,
+                 check: list[Hook] = _FACTORY, after_switch: list[Hook] = _FACTORY,
+                 on_failure: list[Hook] = _FACTORY, health_check: Hook | None = None,
+                 health_url: str | None = None, health_timeout: float = 10.0, health_retries: int = 3,
+                 health_interval: float = 1.0, hook_timeout: float | None = 600.0,
+                 on_output: Callable[[str], None] | None = None, link_unchanged: bool = False,
+                 checksum: bool = False, trust_mtime: bool = False, link_writable: bool = False,
+                 digest: bool = False, if_changed: bool = False, jobs: int | None = None, fsync: bool = True,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.keep = keep
+        self.wait = wait
+        self.message = message
+        self.command = command
+        self.git = git
+        self.ref = ref
+        self.strip_components = strip_components
+        self.revision = revision
+        self.refuse_external_links = refuse_external_links
+        self.session = session
+        self.fetch = fetch
+        self.shared_dirs = [] if shared_dirs is _FACTORY else shared_dirs
+        self.shared_files = [] if shared_files is _FACTORY else shared_files
+        self.create_missing = create_missing
+        self.check = [] if check is _FACTORY else check
+        self.after_switch = [] if after_switch is _FACTORY else after_switch
+        self.on_failure = [] if on_failure is _FACTORY else on_failure
+        self.health_check = health_check
+        self.health_url = health_url
+        self.health_timeout = health_timeout
+        self.health_retries = health_retries
+        self.health_interval = health_interval
+        self.hook_timeout = hook_timeout
+        self.on_output = on_output
+        self.link_unchanged = link_unchanged
+        self.checksum = checksum
+        self.trust_mtime = trust_mtime
+        self.link_writable = link_writable
+        self.digest = digest
+        self.if_changed = if_changed
+        self.jobs = jobs
+        self.fsync = fsync
+        self.progress = progress
 
 
-@dataclass
-class DeployResult:
+class DeployResult(Record):
+    __slots__ = ("release", "path", "previous", "activated", "files", "bytes", "linked", "manifest",  # noqa: RUF023
+                 "seconds", "revision", "shared", "hooks", "pruned", "recovered", "unchanged",
+                 "external_links", "warnings")
+
     release: str
     path: str
     previous: str | None
     activated: bool
-    files: int = 0
-    bytes: int = 0
-    linked: int = 0
-    manifest: str | None = None  # digest of the release's manifest file
-    seconds: float = 0.0
-    revision: str | None = None
-    shared: list[str] = field(default_factory=list)
-    hooks: list[dict[str, Any]] = field(default_factory=list)
-    pruned: list[str] = field(default_factory=list)
-    recovered: str | None = None
-    unchanged: bool = False  # --if-changed found the build already current: nothing was done
+    files: int
+    bytes: int
+    linked: int
+    manifest: str | None  # digest of the release's manifest file
+    seconds: float
+    revision: str | None
+    shared: list[str]
+    hooks: list[dict[str, Any]]
+    pruned: list[str]
+    recovered: str | None
+    unchanged: bool  # --if-changed found the build already current: nothing was done
     # Symlinks of a folder build that lead out of it: {"path": ..., "target": ...} each.
-    external_links: list[dict[str, str]] = field(default_factory=list)
+    external_links: list[dict[str, str]]
     # Problems after the commit point (pruning), and what looks like a mistake in the build
     # (one folder wrapping a tarball's contents, symlinks out of it): the deploy completed.
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str]
+
+    def __init__(self, release: str, path: str, previous: str | None, activated: bool, files: int = 0,
+                 bytes: int = 0, linked: int = 0, manifest: str | None = None, seconds: float = 0.0,
+                 revision: str | None = None, shared: list[str] = _FACTORY,
+                 hooks: list[dict[str, Any]] = _FACTORY, pruned: list[str] = _FACTORY,
+                 recovered: str | None = None, unchanged: bool = False,
+                 external_links: list[dict[str, str]] = _FACTORY, warnings: list[str] = _FACTORY) -> None:
+        self.release = release
+        self.path = path
+        self.previous = previous
+        self.activated = activated
+        self.files = files
+        self.bytes = bytes
+        self.linked = linked
+        self.manifest = manifest
+        self.seconds = seconds
+        self.revision = revision
+        self.shared = [] if shared is _FACTORY else shared
+        self.hooks = [] if hooks is _FACTORY else hooks
+        self.pruned = [] if pruned is _FACTORY else pruned
+        self.recovered = recovered
+        self.unchanged = unchanged
+        self.external_links = [] if external_links is _FACTORY else external_links
+        self.warnings = [] if warnings is _FACTORY else warnings
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
-@dataclass
-class ActivateResult:
+class ActivateResult(Record):
+    __slots__ = ("release", "previous", "marked_bad", "hooks", "recovered")  # noqa: RUF023
+
     release: str
     previous: str | None
-    marked_bad: str | None = None
-    hooks: list[dict[str, Any]] = field(default_factory=list)
-    recovered: str | None = None
+    marked_bad: str | None
+    hooks: list[dict[str, Any]]
+    recovered: str | None
+
+    def __init__(self, release: str, previous: str | None, marked_bad: str | None = None,
+                 hooks: list[dict[str, Any]] = _FACTORY, recovered: str | None = None) -> None:
+        self.release = release
+        self.previous = previous
+        self.marked_bad = marked_bad
+        self.hooks = [] if hooks is _FACTORY else hooks
+        self.recovered = recovered
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
-@dataclass
-class PruneResult:
+class PruneResult(Record):
+    __slots__ = ("deleted", "kept", "recovered", "warnings")
+
     deleted: list[str]
     kept: list[str]
-    recovered: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    recovered: str | None
+    warnings: list[str]
+
+    def __init__(self, deleted: list[str], kept: list[str], recovered: str | None = None,
+                 warnings: list[str] = _FACTORY) -> None:
+        self.deleted = deleted
+        self.kept = kept
+        self.recovered = recovered
+        self.warnings = [] if warnings is _FACTORY else warnings
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
-@dataclass
-class RecoverResult:
+class RecoverResult(Record):
+    __slots__ = ("action", "leftovers", "warnings", "dry_run")  # noqa: RUF023
+
     action: str | None  # what was done (or, for a dry run, would be done); None: nothing
-    leftovers: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    dry_run: bool = False
+    leftovers: list[str]
+    warnings: list[str]
+    dry_run: bool
+
+    def __init__(self, action: str | None, leftovers: list[str] = _FACTORY, warnings: list[str] = _FACTORY,
+                 dry_run: bool = False) -> None:
+        self.action = action
+        self.leftovers = [] if leftovers is _FACTORY else leftovers
+        self.warnings = [] if warnings is _FACTORY else warnings
+        self.dry_run = dry_run
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
-@dataclass
-class AdoptResult:
+class AdoptResult(Record):
+    __slots__ = ("release", "method", "recovered")  # noqa: RUF023
+
     release: str
     method: str
-    recovered: str | None = None
+    recovered: str | None
+
+    def __init__(self, release: str, method: str, recovered: str | None = None) -> None:
+        self.release = release
+        self.method = method
+        self.recovered = recovered
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_plain_dict(self)
 
 
 class _Unhealthy(Exception):
@@ -752,10 +866,17 @@ def _check_hook(flag: str, cmd: Any) -> None:
         raise bad("command contains a NUL character")
 
 
+def _replaced(opts: DeployOptions, **changes: Any) -> DeployOptions:
+    """A copy of ``opts`` with ``changes`` (what dataclasses.replace() did)."""
+    values = {k: getattr(opts, k) for k in DeployOptions.__slots__}
+    values.update(changes)
+    return DeployOptions(**values)
+
+
 def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool) -> DeployResult:
     validate_options(opts)
     if opts.if_changed and not opts.digest:
-        opts = replace(opts, digest=True)  # equal manifests then mean equal contents
+        opts = _replaced(opts, digest=True)  # equal manifests then mean equal contents
     from ._shared import check_shared, link_shared
 
     kind, src = _source_kind(source, root, opts)
