@@ -54,6 +54,8 @@ def test_a_fleet_of_one_host_says_1_host(hosts: list[Host], tmp_path: Path) -> N
     r = cli("deploy", make_build(tmp_path / "c"), "--hosts", listing, APP, "--check", "false")
     assert r.returncode == 4, r.stderr
     assert r.stdout.splitlines()[0] == "nothing switched: 1 host", r.stdout
+    # Its check failed before the release was sealed: nothing counted, so no "0 files".
+    assert r.stdout.splitlines()[1].split()[3] == "-", r.stdout
 
 
 def test_a_host_silent_past_host_timeout_after_its_switch_is_switched_back_as_switched(

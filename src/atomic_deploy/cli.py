@@ -1506,7 +1506,9 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
         head = f"{r.outcome}: {_n_hosts(len(r.hosts))}"
     width = max(len(h.host) for h in r.hosts)
     rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
-            f"{h.files} files, {h.linked} linked" + (f"  ({h.error})" if h.error else "")
+            # "-": it never got as far as sealing a release, so nothing was counted
+            + (f"{h.files} files, {h.linked} linked" if h.files or h.linked else "-")
+            + (f"  ({h.error})" if h.error else "")
             for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
