@@ -294,3 +294,32 @@ def test_linked_files_under_a_shared_path_are_not_checked_through_the_shared_lin
                 "--check", "echo more >> storage/log.txt")
     assert r.returncode == 0, r.stderr
     assert (root / "shared" / "storage" / "log.txt").read_text() == "seed\nmore\n"
+
+
+def test_file_digests_gives_each_recorded_file_and_nothing_else(tmp_path: Path) -> None:
+    """The previous release's digests as --link-unchanged looks them up (kept compact, not as
+    a dict): every file's (size, mtime, digest) of its manifest, None for anything else; an
+    unreadable manifest gives none (the files are then read)."""
+    from atomic_deploy import _manifest, operations
+
+    build = tmp_path / "b"
+    (build / "sub dir").mkdir(parents=True)
+    names = ["a.txt", "sub dir/é \"q\".js", "sub dir/tab\tname", "empty"]
+    for i, name in enumerate(names):
+        (build / name).write_bytes(b"z" * (i * 1000))
+    os.symlink("a.txt", build / "link")
+    root = str(tmp_path / "R")
+    result = operations.deploy(str(build), root, digest=True)
+    layout = _manifest.Layout(root)
+    found = _manifest.load(layout, result.release)
+    assert found is not None
+    got = _manifest.file_digests(layout, result.release)
+    assert len(got) == len(names)
+    for name in names:
+        e = found[1][name]
+        assert got.get(name) == (e[3], e[4], e[5]) and e[5]
+    for other in ("sub dir", "link", "missing", ""):
+        assert got.get(other) is None
+    Path(layout.manifest(result.release)).write_text('{"v": 1, "digest": "blake2b-256"}\n[x\n')
+    broken = _manifest.file_digests(layout, result.release)
+    assert len(broken) == 0 and broken.get("a.txt") is None

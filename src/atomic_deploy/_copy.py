@@ -68,7 +68,13 @@ from dataclasses import dataclass, field
 
 from . import _platform
 from ._layout import show
-from ._manifest import digest_file, source_digest, source_digests
+from ._manifest import (
+    cached_source_digest,
+    copy_source_digest,
+    digest_file,
+    source_digest,
+    source_digests,
+)
 from .errors import InvalidInput
 
 TYPE_CHECKING = False  # typing costs start-up time at every deploy
@@ -76,7 +82,9 @@ if TYPE_CHECKING:
     from typing import Callable, Optional
 
     from ._copy_procs import ProcPool
-    from ._manifest import CopyRecord
+    from ._manifest import CopyRecord, PrevDigests
+
+    Known = dict[str, tuple[int, int, str]] | PrevDigests  # path -> size, mtime_ns, digest
 
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -343,7 +351,7 @@ class _Options:
 
     def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int,
                  trust_mtime: bool = False, digest_all: bool = False, link_root: str = "",
-                 prev_digests: dict[str, tuple[int, int, str]] | None = None) -> None:
+                 prev_digests: Known | None = None) -> None:
         self.fsync = fsync
         self.checksum = checksum
         self.link_writable = link_writable
@@ -388,6 +396,7 @@ class _Copier:
         self.stats = CopyStats()
         self.digests: dict[str, str] = {}  # destination path -> digest (CopyRecord.digests)
         self.linked: list[str] = []  # destination paths hard-linked to link_dest
+        self._buf: bytearray | None = None  # for copy_digest_fd, made at its first use
 
     def _caps(self, st: os.stat_result) -> _Caps:
         return self._caps_for((st.st_dev, self.opts.dst_dev))
@@ -424,6 +433,10 @@ class _Copier:
                 self.digests[dpath] = source_digest(spath, st)
             return
         opts = self.opts
+        # The digest, where one is wanted and not known yet (a file --link-unchanged compared
+        # was hashed then): from the source digest cache, else computed below.
+        need = opts.digest_all and dpath not in self.digests
+        known, key = cached_source_digest(spath, st) if need else (None, None)
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         try:
             # Final permission bits at once (staging is private to us: mode 0o700); the setuid,
@@ -436,11 +449,19 @@ class _Copier:
                     opts.learn(dfd, asked)
                 if self._clone_fd(sfd, dfd, st, caps):
                     self.stats.cloned += 1
+                elif need and known is None:
+                    # Hashed while copied: its bytes are read once (and the digest is that of
+                    # exactly the bytes the release got).
+                    if self._buf is None:
+                        self._buf = bytearray(_CHUNK)
+                    known = copy_source_digest(spath, st, key, sfd, dfd, self._buf)
+                    self.stats.copied += 1
                 else:
                     _copy_data(sfd, dfd, st.st_size, caps)
                     self.stats.copied += 1
-                if opts.digest_all and dpath not in self.digests:
-                    self.digests[dpath] = source_digest(spath, st, sfd)
+                if need:
+                    # cloned: read (and remembered) now
+                    self.digests[dpath] = known or source_digest(spath, st, sfd)
                 opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
@@ -658,7 +679,7 @@ class _Tree:
                  link_dest: str | None, checksum: bool, link_writable: bool, jobs: int | None,
                  progress: Callable[[int, int], None] | None, trust_mtime: bool = False,
                  digest_all: bool = False,
-                 prev_digests: dict[str, tuple[int, int, str]] | None = None,
+                 prev_digests: Known | None = None,
                  record: CopyRecord | None = None) -> None:
         self.src_root = src
         self.dst_root = dst
@@ -974,7 +995,7 @@ def copy_tree(
     progress: Callable[[int, int], None] | None = None,
     trust_mtime: bool = False,
     digest_all: bool = False,
-    prev_digests: dict[str, tuple[int, int, str]] | None = None,
+    prev_digests: Known | None = None,
     record: CopyRecord | None = None,
 ) -> CopyStats:
     """Copy the contents of ``src`` into the existing, empty folder ``dst``.
