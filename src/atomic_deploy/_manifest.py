@@ -138,6 +138,40 @@ def _margin(st: os.stat_result) -> int:
     return _COARSE_MARGIN_NS if st.st_ctime_ns % _SECOND == 0 else _FINE_MARGIN_NS
 
 
+_WIDE = 32768  # records from which lookups index by a key's first two bytes, not one
+
+
+def _prefix_index(data: bytes | bytearray, rec: int) -> list[int]:
+    """Where each key prefix starts in ``data`` (records of ``rec`` bytes sorted by key), as
+    byte offsets, for a search in C through one prefix's records (_find): by a key's first
+    byte (257 entries), or its first two (65537) once a bucket of one byte would hold more
+    than about a hundred records."""
+    n = len(data) // rec
+    if n < _WIDE:
+        import bisect
+
+        first = data[0::rec]
+        return [bisect.bisect_left(first, b) * rec for b in range(257)]
+    counts = [0] * 65536
+    for a, b in zip(data[0::rec], data[1::rec]):
+        counts[a << 8 | b] += 1
+    out, acc = [0], 0
+    for c in counts:
+        acc += c * rec
+        out.append(acc)
+    return out
+
+
+def _find(data: bytes | bytearray, index: list[int], key: bytes, rec: int) -> int:
+    """The offset of the record whose key is ``key``, or -1 (index: _prefix_index)."""
+    p = key[0] if len(index) == 257 else key[0] << 8 | key[1]
+    end = index[p + 1]
+    off = data.find(key, index[p], end)
+    while off > 0 and off % rec:  # only a match at a record's start counts
+        off = data.find(key, off + 1, end)
+    return off
+
+
 class _FirstBytes:
     """The cache's records seen as the sequence of their keys' first bytes, for bisect."""
 
@@ -158,7 +192,7 @@ class DigestCache:
     """The source digests of one source folder: those read from the cache file, and what this
     deploy looked up (``hits``) or hashed (``new``, bucketed by the key's first byte)."""
 
-    __slots__ = ("child", "data", "hits", "new", "path", "prefix", "ref_ns", "table")
+    __slots__ = ("child", "data", "hits", "index", "new", "path", "prefix", "ref_ns", "table")
 
     def __init__(self, path: str | None, source: str, ref_ns: int,
                  data: bytes | bytearray = b"") -> None:
@@ -173,6 +207,7 @@ class DigestCache:
         self.child = False  # in a forked copy worker: hits go to ``new``, sent back (drain)
         first = _FirstBytes(data)
         self.table = [bisect.bisect_left(first, b) for b in range(257)]
+        self.index = _prefix_index(data, _REC)
 
     def key(self, path: str, st: os.stat_result) -> bytes:
         rel = path[len(self.prefix):] if path.startswith(self.prefix) else path
@@ -181,12 +216,8 @@ class DigestCache:
 
     def get(self, key: bytes) -> str | None:
         data = self.data
-        # A search in C through the key's bucket (its first byte), not a bisection in Python:
-        # about 80 records at 20,000 files. Only a match at a record's start counts.
-        start, end = self.table[key[0]] * _REC, self.table[key[0] + 1] * _REC
-        off = data.find(key, start, end)
-        while off > 0 and off % _REC:
-            off = data.find(key, off + 1, end)
+        # A search in C through the records of the key's prefix, not a bisection in Python.
+        off = _find(data, self.index, key, _REC)
         if off < 0:
             return None
         if self.child:
@@ -864,10 +895,9 @@ class PrevDigests:
     A path whose key matched another's would also need the same size and mtime to be trusted,
     and a 128-bit collision among a build's paths is not a practical concern."""
 
-    __slots__ = ("data", "table")
+    __slots__ = ("data", "index")
 
     def __init__(self, buckets: list[bytearray] | None = None) -> None:
-        table = [0]
         parts: list[bytes] = []
         for bucket in buckets or ():
             if len(bucket) > _PREC:  # sorted by key: a match can only be at a record's start
@@ -876,20 +906,16 @@ class PrevDigests:
                 parts.append(b"".join(recs))
             else:
                 parts.append(bytes(bucket))
-            table.append(table[-1] + len(bucket) // _PREC)
         self.data = b"".join(parts)
-        self.table = [n * _PREC for n in table] if buckets else [0] * 257  # byte offsets
+        self.index = _prefix_index(self.data, _PREC)
 
     def __len__(self) -> int:
         return len(self.data) // _PREC
 
     def get(self, rel: str) -> tuple[int, int, str] | None:
         key = blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=_PKEY).digest()
-        data, table = self.data, self.table
-        end = table[key[0] + 1]
-        off = data.find(key, table[key[0]], end)
-        while off > 0 and off % _PREC:
-            off = data.find(key, off + 1, end)
+        data = self.data
+        off = _find(data, self.index, key, _PREC)
         if off < 0:
             return None
         return (int.from_bytes(data[off + 16:off + 24], "little"),
