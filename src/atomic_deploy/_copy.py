@@ -345,14 +345,15 @@ class _Options:
     ACLs, BSD group rules) is learnt from the first file created, not assumed.
     """
 
-    __slots__ = ("checksum", "clone_kind", "created_owner", "digest_all", "dst_dev", "fsync",
+    __slots__ = ("checksum", "clone_kind", "created_owner", "cut", "digest_all", "dst_dev", "fsync",
                  "keep_mode", "link_root", "link_writable", "prev_digests", "root",
                  "trust_mtime", "umask")
 
     def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int,
                  trust_mtime: bool = False, digest_all: bool = False, link_root: str = "",
-                 prev_digests: Known | None = None) -> None:
+                 prev_digests: Known | None = None, dst_root: str = "") -> None:
         self.fsync = fsync
+        self.cut = len(dst_root) + 1 if dst_root else 0  # destination path -> relative path
         self.checksum = checksum
         self.link_writable = link_writable
         self.trust_mtime = trust_mtime
@@ -394,8 +395,10 @@ class _Copier:
         self.opts = opts
         self.caps = caps
         self.stats = CopyStats()
-        self.digests: dict[str, str] = {}  # destination path -> digest (CopyRecord.digests)
-        self.linked: list[str] = []  # destination paths hard-linked to link_dest
+        # Both by path relative to the destination (as CopyRecord keeps them): a 200,000-file
+        # build's full destination paths alone took 30 MB.
+        self.digests: dict[str, str] = {}  # path -> digest (CopyRecord.digests)
+        self.linked: list[str] = []  # paths hard-linked to link_dest
         self._buf: bytearray | None = None  # for copy_digest_fd, made at its first use
 
     def _caps(self, st: os.stat_result) -> _Caps:
@@ -417,7 +420,7 @@ class _Copier:
         if how == "link":
             self.stats.linked += 1
             self.stats.linked_bytes += st.st_size
-            self.linked.append(dpath)
+            self.linked.append(dpath[self.opts.cut:])
             return True
         if how == "clone":
             self.stats.cloned += 1
@@ -429,13 +432,14 @@ class _Copier:
         if (self.opts.clone_kind == "clonefile" and caps.clone is not False and st.st_size
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
-            if self.opts.digest_all and dpath not in self.digests:
-                self.digests[dpath] = source_digest(spath, st)
+            if self.opts.digest_all and dpath[self.opts.cut:] not in self.digests:
+                self.digests[dpath[self.opts.cut:]] = source_digest(spath, st)
             return
         opts = self.opts
         # The digest, where one is wanted and not known yet (a file --link-unchanged compared
         # was hashed then): from the source digest cache, else computed below.
-        need = opts.digest_all and dpath not in self.digests
+        rel = dpath[opts.cut:]
+        need = opts.digest_all and rel not in self.digests
         known, key = cached_source_digest(spath, st) if need else (None, None)
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         try:
@@ -461,7 +465,7 @@ class _Copier:
                     self.stats.copied += 1
                 if need:
                     # cloned: read (and remembered) now
-                    self.digests[dpath] = known or source_digest(spath, st, sfd)
+                    self.digests[rel] = known or source_digest(spath, st, sfd)
                 opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
@@ -544,7 +548,7 @@ class _Copier:
         file's lstat ``st`` is the one it was read with; the previous file is read only where
         its manifest has no digest for it, it changed since (size or mtime), or ``checksum``."""
         mine = source_digest(spath, st)
-        self.digests[dpath] = mine
+        self.digests[dpath[self.opts.cut:]] = mine
         known = None if self.opts.checksum else self.opts.prev_digests.get(
             lpath[len(self.opts.link_root) + 1:])
         if known is not None and known[0] == old.st_size and known[1] == old.st_mtime_ns:
@@ -702,7 +706,8 @@ class _Tree:
         self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev,
                              trust_mtime=trust_mtime,
                              digest_all=digest_all or (link_dest is not None and not trust_mtime),
-                             link_root=link_dest or "", prev_digests=prev_digests)
+                             link_root=link_dest or "", prev_digests=prev_digests,
+                             dst_root=dst)
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
         self.pool: _Pool | ProcPool | None = None
@@ -899,14 +904,18 @@ class _Tree:
     def _fill_record(self, record: CopyRecord) -> None:
         """Destination paths -> paths relative to the release, from every copier."""
         cut = len(self.dst_root) + 1
-        digests: dict[str, str] = {}
-        for c in [*self.copiers, self.proc_sink]:
-            digests.update(c.digests)
-            record.linked.extend(p[cut:] for p in c.linked)
+        digests = record.digests
+        for c in [*self.copiers, self.proc_sink]:  # moved, never held twice
+            if not digests:
+                digests = record.digests = c.digests
+            else:
+                digests.update(c.digests)
+            c.digests = {}
+            record.linked.extend(c.linked)
+            c.linked = []
         for first, dpath, _node in self.later_names:  # the same inode as their first name
-            if first in digests:
-                digests[dpath] = digests[first]
-        record.digests.update((p[cut:], h) for p, h in digests.items())
+            if first[cut:] in digests:
+                digests[dpath[cut:]] = digests[first[cut:]]
 
     def _walk(self) -> None:
         st = os.stat(self.src_root)
