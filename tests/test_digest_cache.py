@@ -63,9 +63,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     got: list[str] = []
     real = _manifest._read_digest
 
-    def read_digest(path: str, fd: int | None) -> str:
-        got.append(path)
-        return real(path, fd)
+    def read_digest(path: str, fd: int | None, *copy_to: tuple[int, bytearray] | None) -> str:
+        got.append(path)  # hashed alone, or while copied (copy_to)
+        return real(path, fd, *copy_to)
 
     monkeypatch.setattr(_manifest, "_read_digest", read_digest)
     monkeypatch.setenv("ATOMIC_DEPLOY_COPY_PROCESSES", "0")
@@ -388,3 +388,66 @@ def test_copy_worker_processes_share_what_they_read_and_found(
     for _ in range(2):  # cold (read), then warm (found)
         assert operations.deploy(str(build), root, link_unchanged=True).linked == 300
         assert entries(cache_file(cache, build)) == 300
+
+
+# --------------------------------------------------------------------------- hashed while copied
+
+
+def test_a_changed_file_is_hashed_while_copied_read_once(
+        tmp_path: Path, cache: Path, reads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that cannot be linked and whose digest is not cached is copied by reading it and
+    hashing what was read (no copy_file_range, no second read); the digest is the new bytes'
+    in the manifest and in the cache."""
+    from atomic_deploy import _platform
+
+    build, root = build_of(tmp_path / "b"), str(tmp_path / "R")
+    operations.deploy(str(build), root)
+    settle(*files_of(build))
+    operations.deploy(str(build), root, link_unchanged=True)  # every digest cached
+    f = build / "f07.txt"
+    f.write_bytes(b"a longer and new content\n" * 300)  # another size: cannot be linked
+    os.utime(f, (EPOCH, EPOCH))
+    settle(f)
+    ranged: list[int] = []
+    real_range = _platform.copy_range
+    monkeypatch.setattr(_platform, "copy_range",
+                        lambda s, d, n: ranged.append(n) or real_range(s, d, n))
+    reads.clear()
+    result = operations.deploy(str(build), root, link_unchanged=True)
+    assert result.linked == 19
+    assert reads == [str(f)] and ranged == []  # read once, to copy and hash it
+    want = hashlib.blake2b(f.read_bytes(), digest_size=32).hexdigest()
+    assert (tmp_path / "R" / "current" / "f07.txt").read_bytes() == f.read_bytes()
+    layout = _manifest.Layout(root)
+    found = _manifest.load(layout, result.release)
+    assert found is not None and found[1]["f07.txt"][5] == want
+    assert _manifest.file_digests(layout, result.release).get("f07.txt") == (
+        f.stat().st_size, f.stat().st_mtime_ns, want)
+    reads.clear()  # the cache has it: the next deploy reads nothing and links it
+    assert operations.deploy(str(build), root, link_unchanged=True).linked == 20
+    assert reads == []
+
+
+@pytest.mark.parametrize("procs", ["0", "1"])
+def test_digests_hashed_while_copied_are_right_in_the_manifest(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, procs: str) -> None:
+    """Cold cache, every file changed (in this process or in copy worker processes): every
+    digest in the new manifest is that of the file's bytes, and the next deploy links all."""
+    monkeypatch.setenv("ATOMIC_DEPLOY_COPY_PROCESSES", procs)
+    build, root = tmp_path / "b", str(tmp_path / "R")
+    build.mkdir()
+    for i in range(300):
+        (build / f"d{i % 7}").mkdir(exist_ok=True)
+        (build / f"d{i % 7}" / f"f{i}").write_bytes(b"x" * (i * 97 % 5000))
+    operations.deploy(str(build), root, digest=True)
+    for p in files_of(build):
+        p.write_bytes(p.read_bytes() + b"changed" * (1 + len(p.name) % 3) * 20000)
+    settle(*files_of(build))
+    result = operations.deploy(str(build), root, link_unchanged=True)
+    assert result.linked == 0
+    found = _manifest.load(_manifest.Layout(root), result.release)
+    assert found is not None
+    for p in files_of(build):
+        rel = p.relative_to(build).as_posix()
+        assert found[1][rel][5] == hashlib.blake2b(p.read_bytes(), digest_size=32).hexdigest()
+    assert operations.deploy(str(build), root, link_unchanged=True).linked == 300

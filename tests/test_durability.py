@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 
 import atomic_deploy
-from atomic_deploy import _history, _platform
+from atomic_deploy import _history, _platform, operations
 from atomic_deploy._layout import STAGING_PREFIX
 from atomic_deploy.cli import main
 from conftest import Builds, current_target, hidden_entries, history, make_build, release_names
@@ -155,8 +155,17 @@ def check_publish_order(rec: Recorder, root: Path, rid: str) -> dict[str, int]:
             "commit": i_commit, "sync_rel": i_sync_rel, "sync_root": i_sync_root}
 
 
+@pytest.fixture(params=["manifest after the flush", "manifest during the flush"])
+def overlap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways a deploy makes its manifest around the syncfs: after it (small builds) and
+    on this thread while another thread flushes (large ones; forced here for a small one)."""
+    during = request.param == "manifest during the flush"
+    monkeypatch.setattr(operations, "_FLUSH_OVERLAP_ENTRIES", 0 if during else 10**9)
+    return during
+
+
 def test_deploy_flush_order_with_syncfs(builds: Builds, root: Path, rec: Recorder,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        monkeypatch: pytest.MonkeyPatch, overlap: bool) -> None:
     if not _platform.can_sync_filesystem():
         # Exercise the same path elsewhere: record the call, flush with plain sync.
         monkeypatch.setattr(_platform, "can_sync_filesystem", lambda: True)
@@ -357,7 +366,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("where", sorted(FAULTS))
 def test_fsync_error_aborts_deploy(builds: Builds, root: Path, monkeypatch: pytest.MonkeyPatch,
-                                   where: str) -> None:
+                                   where: str, overlap: bool) -> None:
     first = atomic_deploy.deploy(str(builds("v1")), str(root)).release
     FAULTS[where](monkeypatch, root)
     with pytest.raises(atomic_deploy.OperationFailed) as info:

@@ -294,3 +294,75 @@ def test_linked_files_under_a_shared_path_are_not_checked_through_the_shared_lin
                 "--check", "echo more >> storage/log.txt")
     assert r.returncode == 0, r.stderr
     assert (root / "shared" / "storage" / "log.txt").read_text() == "seed\nmore\n"
+
+
+def test_file_digests_gives_each_recorded_file_and_nothing_else(tmp_path: Path) -> None:
+    """The previous release's digests as --link-unchanged looks them up (kept compact, not as
+    a dict): every file's (size, mtime, digest) of its manifest, None for anything else; an
+    unreadable manifest gives none (the files are then read)."""
+    from atomic_deploy import _manifest, operations
+
+    build = tmp_path / "b"
+    (build / "sub dir").mkdir(parents=True)
+    names = ["a.txt", "sub dir/é \"q\".js", "sub dir/tab\tname", "empty"]
+    for i, name in enumerate(names):
+        (build / name).write_bytes(b"z" * (i * 1000))
+    os.symlink("a.txt", build / "link")
+    root = str(tmp_path / "R")
+    result = operations.deploy(str(build), root, digest=True)
+    layout = _manifest.Layout(root)
+    found = _manifest.load(layout, result.release)
+    assert found is not None
+    got = _manifest.file_digests(layout, result.release)
+    assert len(got) == len(names)
+    for name in names:
+        e = found[1][name]
+        assert got.get(name) == (e[3], e[4], e[5]) and e[5]
+    for other in ("sub dir", "link", "missing", ""):
+        assert got.get(other) is None
+    Path(layout.manifest(result.release)).write_text('{"v": 1, "digest": "blake2b-256"}\n[x\n')
+    broken = _manifest.file_digests(layout, result.release)
+    assert len(broken) == 0 and broken.get("a.txt") is None
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_compact_digest_lookups_find_only_whole_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
+    """PrevDigests and the source digest cache search their sorted records in C: a key found
+    inside another record (here: in a digest) is not a match; with many records (``wide``)
+    they are indexed by two bytes of the key, with the same answers."""
+    from atomic_deploy import _manifest
+
+    if wide:
+        monkeypatch.setattr(_manifest, "_WIDE", 1)
+
+    def key(rel: str) -> bytes:
+        return _manifest.blake2b(rel.encode(), digest_size=16).digest()
+
+    # "b" is absent, but its key sits in the digest of "a<i>", in the same bucket
+    a = next(f"a{i}" for i in range(2_000_000)
+             if key(f"a{i}")[:2 if wide else 1] == key("b")[:2 if wide else 1])
+    rows = {a: (10, 20, (key("b") * 2).hex())}
+    rows.update({f"f{i}": (i, -i, _manifest.blake2b(str(i).encode(), digest_size=32).hexdigest())
+                 for i in range(300)})
+    header = {"v": 1, "digest": "blake2b-256", "entries": len(rows)}
+    text = json.dumps(header) + "\n" + "".join(
+        json.dumps([rel, "file", 420, size, mtime, d], separators=(",", ":")) + "\n"
+        for rel, (size, mtime, d) in sorted(rows.items()))
+    layout = _manifest.Layout(str(tmp_path))
+    os.makedirs(layout.manifests)
+    Path(layout.manifest("r1")).write_text(text)
+    got = _manifest.file_digests(layout, "r1")
+    assert len(got) == len(rows)
+    assert len(got.index) == (65537 if wide else 257)
+    for rel, want in rows.items():
+        assert got.get(rel) == want
+    assert got.get("b") is None and got.get("f300") is None
+
+    records = sorted(key(rel) + key(rel) * 2 for rel in rows)  # key, digest (its key twice)
+    records.append(key(a) + key("b") * 2)  # (a's twice, replaced: sorted order kept)
+    records = sorted({r[:16]: r for r in records}.values())
+    cache = _manifest.DigestCache(None, str(tmp_path), 0, b"".join(records))
+    for r in records:
+        assert cache.get(r[:16]) == r[16:].hex()
+    assert cache.get(key("b")) is None

@@ -67,7 +67,13 @@ from . import _platform
 from ._jsonfile import FACTORY as _FACTORY
 from ._jsonfile import Record
 from ._layout import show
-from ._manifest import digest_file, source_digest, source_digests
+from ._manifest import (
+    cached_source_digest,
+    copy_source_digest,
+    digest_file,
+    source_digest,
+    source_digests,
+)
 from .errors import InvalidInput
 
 TYPE_CHECKING = False  # typing costs start-up time at every deploy
@@ -75,7 +81,9 @@ if TYPE_CHECKING:
     from typing import Callable, Optional
 
     from ._copy_procs import ProcPool
-    from ._manifest import CopyRecord
+    from ._manifest import CopyRecord, PrevDigests
+
+    Known = dict[str, tuple[int, int, str]] | PrevDigests  # path -> size, mtime_ns, digest
 
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -353,14 +361,15 @@ class _Options:
     ACLs, BSD group rules) is learnt from the first file created, not assumed.
     """
 
-    __slots__ = ("checksum", "clone_kind", "created_owner", "digest_all", "dst_dev", "fsync",
+    __slots__ = ("checksum", "clone_kind", "created_owner", "cut", "digest_all", "dst_dev", "fsync",
                  "keep_mode", "link_root", "link_writable", "prev_digests", "root",
                  "trust_mtime", "umask")
 
     def __init__(self, fsync: bool, checksum: bool, link_writable: bool, dst_dev: int,
                  trust_mtime: bool = False, digest_all: bool = False, link_root: str = "",
-                 prev_digests: dict[str, tuple[int, int, str]] | None = None) -> None:
+                 prev_digests: Known | None = None, dst_root: str = "") -> None:
         self.fsync = fsync
+        self.cut = len(dst_root) + 1 if dst_root else 0  # destination path -> relative path
         self.checksum = checksum
         self.link_writable = link_writable
         self.trust_mtime = trust_mtime
@@ -402,8 +411,11 @@ class _Copier:
         self.opts = opts
         self.caps = caps
         self.stats = CopyStats()
-        self.digests: dict[str, str] = {}  # destination path -> digest (CopyRecord.digests)
-        self.linked: list[str] = []  # destination paths hard-linked to link_dest
+        # Both by path relative to the destination (as CopyRecord keeps them): a 200,000-file
+        # build's full destination paths alone took 30 MB.
+        self.digests: dict[str, str] = {}  # path -> digest (CopyRecord.digests)
+        self.linked: list[str] = []  # paths hard-linked to link_dest
+        self._buf: bytearray | None = None  # for copy_digest_fd, made at its first use
 
     def _caps(self, st: os.stat_result) -> _Caps:
         return self._caps_for((st.st_dev, self.opts.dst_dev))
@@ -424,7 +436,7 @@ class _Copier:
         if how == "link":
             self.stats.linked += 1
             self.stats.linked_bytes += st.st_size
-            self.linked.append(dpath)
+            self.linked.append(dpath[self.opts.cut:])
             return True
         if how == "clone":
             self.stats.cloned += 1
@@ -436,10 +448,15 @@ class _Copier:
         if (self.opts.clone_kind == "clonefile" and caps.clone is not False and st.st_size
                 and self._clonefile(spath, dpath, st, caps)):
             self.stats.cloned += 1
-            if self.opts.digest_all and dpath not in self.digests:
-                self.digests[dpath] = source_digest(spath, st)
+            if self.opts.digest_all and dpath[self.opts.cut:] not in self.digests:
+                self.digests[dpath[self.opts.cut:]] = source_digest(spath, st)
             return
         opts = self.opts
+        # The digest, where one is wanted and not known yet (a file --link-unchanged compared
+        # was hashed then): from the source digest cache, else computed below.
+        rel = dpath[opts.cut:]
+        need = opts.digest_all and rel not in self.digests
+        known, key = cached_source_digest(spath, st) if need else (None, None)
         sfd = os.open(spath, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         try:
             # Final permission bits at once (staging is private to us: mode 0o700); the setuid,
@@ -452,11 +469,19 @@ class _Copier:
                     opts.learn(dfd, asked)
                 if self._clone_fd(sfd, dfd, st, caps):
                     self.stats.cloned += 1
+                elif need and known is None:
+                    # Hashed while copied: its bytes are read once (and the digest is that of
+                    # exactly the bytes the release got).
+                    if self._buf is None:
+                        self._buf = bytearray(_CHUNK)
+                    known = copy_source_digest(spath, st, key, sfd, dfd, self._buf)
+                    self.stats.copied += 1
                 else:
                     _copy_data(sfd, dfd, st.st_size, caps)
                     self.stats.copied += 1
-                if opts.digest_all and dpath not in self.digests:
-                    self.digests[dpath] = source_digest(spath, st, sfd)
+                if need:
+                    # cloned: read (and remembered) now
+                    self.digests[rel] = known or source_digest(spath, st, sfd)
                 opts.finish(dfd, sfd, st)
             finally:
                 os.close(dfd)
@@ -539,7 +564,7 @@ class _Copier:
         file's lstat ``st`` is the one it was read with; the previous file is read only where
         its manifest has no digest for it, it changed since (size or mtime), or ``checksum``."""
         mine = source_digest(spath, st)
-        self.digests[dpath] = mine
+        self.digests[dpath[self.opts.cut:]] = mine
         known = None if self.opts.checksum else self.opts.prev_digests.get(
             lpath[len(self.opts.link_root) + 1:])
         if known is not None and known[0] == old.st_size and known[1] == old.st_mtime_ns:
@@ -685,7 +710,7 @@ class _Tree:
                  link_dest: str | None, checksum: bool, link_writable: bool, jobs: int | None,
                  progress: Callable[[int, int], None] | None, trust_mtime: bool = False,
                  digest_all: bool = False,
-                 prev_digests: dict[str, tuple[int, int, str]] | None = None,
+                 prev_digests: Known | None = None,
                  record: CopyRecord | None = None) -> None:
         self.src_root = src
         self.dst_root = dst
@@ -708,7 +733,8 @@ class _Tree:
         self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev,
                              trust_mtime=trust_mtime,
                              digest_all=digest_all or (link_dest is not None and not trust_mtime),
-                             link_root=link_dest or "", prev_digests=prev_digests)
+                             link_root=link_dest or "", prev_digests=prev_digests,
+                             dst_root=dst)
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
         self.pool: _Pool | ProcPool | None = None
@@ -905,14 +931,18 @@ class _Tree:
     def _fill_record(self, record: CopyRecord) -> None:
         """Destination paths -> paths relative to the release, from every copier."""
         cut = len(self.dst_root) + 1
-        digests: dict[str, str] = {}
-        for c in [*self.copiers, self.proc_sink]:
-            digests.update(c.digests)
-            record.linked.extend(p[cut:] for p in c.linked)
+        digests = record.digests
+        for c in [*self.copiers, self.proc_sink]:  # moved, never held twice
+            if not digests:
+                digests = record.digests = c.digests
+            else:
+                digests.update(c.digests)
+            c.digests = {}
+            record.linked.extend(c.linked)
+            c.linked = []
         for first, dpath, _node in self.later_names:  # the same inode as their first name
-            if first in digests:
-                digests[dpath] = digests[first]
-        record.digests.update((p[cut:], h) for p, h in digests.items())
+            if first[cut:] in digests:
+                digests[dpath[cut:]] = digests[first[cut:]]
 
     def _walk(self) -> None:
         st = os.stat(self.src_root)
@@ -1001,7 +1031,7 @@ def copy_tree(
     progress: Callable[[int, int], None] | None = None,
     trust_mtime: bool = False,
     digest_all: bool = False,
-    prev_digests: dict[str, tuple[int, int, str]] | None = None,
+    prev_digests: Known | None = None,
     record: CopyRecord | None = None,
 ) -> CopyStats:
     """Copy the contents of ``src`` into the existing, empty folder ``dst``.

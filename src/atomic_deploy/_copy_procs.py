@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     _Done = tuple[Any, _Files, Optional[BaseException]]  # folder, files done, what stopped them
 
     class _Copier(Protocol):
-        digests: dict[str, str]  # destination path -> content digest
-        linked: list[str]  # destination paths hard-linked to link_dest
+        digests: dict[str, str]  # path (relative to the destination) -> content digest
+        linked: list[str]  # paths (relative to the destination) hard-linked to link_dest
 
         @property
         def stats(self) -> object: ...  # _STAT_COUNTERS among its attributes

@@ -69,6 +69,7 @@ TYPE_CHECKING = False  # typing costs start-up time at every deploy
 if TYPE_CHECKING:
     from typing import Any, Callable, TypeVar, Union
 
+    from ._manifest import Lines
     from ._recovery import Journal
 
     T = TypeVar("T")
@@ -577,6 +578,48 @@ def _ran_after_switch(hooks: list[dict[str, Any]]) -> list[str]:
     return [p for p in ("after-switch", "health-check") if any(h.get("phase") == p for h in hooks)]
 
 
+# Below this many entries the manifest's lines cost less than starting a thread (and a small
+# deploy does not import threading at all: start-up time).
+_FLUSH_OVERLAP_ENTRIES = 2000
+
+
+def _flush_tree_and(path: str, opts: DeployOptions, written_by_us: bool,
+                    record: CopyRecord | None) -> Lines | None:
+    """_flush_tree, and meanwhile the manifest's lines from the copy's record (pure CPU work,
+    written only later, after the rename): the flush is the kernel's work, waited for without
+    the GIL, so a large incremental deploy gets its manifest's lines for free. Returns them,
+    or None where the manifest will be made otherwise (check hooks may write into the
+    release: it is walked then)."""
+    if record is None or opts.check:
+        _flush_tree(path, opts, written_by_us)
+        return None
+    from . import _manifest
+
+    if not (opts.fsync and _platform.can_sync_filesystem()) \
+            or len(record.lines) + len(record.files) < _FLUSH_OVERLAP_ENTRIES:
+        _flush_tree(path, opts, written_by_us)
+        return _manifest.from_record(record)
+    import threading
+
+    failed: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            _flush_tree(path, opts, written_by_us)
+        except BaseException as exc:  # raised on the calling thread, below
+            failed.append(exc)
+
+    worker = threading.Thread(target=flush, name="atomic-deploy-flush", daemon=True)
+    worker.start()
+    try:
+        lines = _manifest.from_record(record)
+    finally:
+        worker.join()  # nothing is renamed before the flush is done, even on an interrupt
+    if failed:
+        raise failed[0]
+    return lines
+
+
 def _healthy_or_raise(s: _Session, opts: DeployOptions, cwd: str,
                       hooks: list[dict[str, Any]]) -> None:
     """After-switch hooks, then the health check; raise _Unhealthy (after noting why)."""
@@ -938,7 +981,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
                     _platform.fsync_dir(os.path.dirname(os.path.join(spath, rel)) or spath)
                 _platform.fsync_dir(spath)
             checkpoint("copied")
-            _flush_tree(spath, opts, written_by_us=kind != "session")
+            premade = _flush_tree_and(spath, opts, kind != "session", record)
             checkpoint("flushed")
             if os.path.lexists(layout.release(rid)):  # cannot happen under the lock; never merge
                 raise OperationFailed(f"release {rid} appeared while staging")
@@ -950,7 +993,7 @@ def _stage(source: str | None, root: str, opts: DeployOptions, *, activate: bool
             if opts.check:
                 _run_checks(s, opts, rid, previous, linked, hooks)
                 _flush_tree(layout.release(rid), opts, written_by_us=False)  # checks may write
-            manifest[0] = _write_manifest(layout, rid, opts, record, revision)
+            manifest[0] = _write_manifest(layout, rid, opts, record, revision, premade)
             if opts.if_changed and previous is not None and manifest[0] is not None:
                 made = s.history.created().get(previous)
                 if made is not None and s.history.records[made].get("manifest") == manifest[0]:
@@ -1087,9 +1130,10 @@ def _run_checks(s: _Session, opts: DeployOptions, rid: str, previous: str | None
 
 
 def _write_manifest(layout: Layout, rid: str, opts: DeployOptions, record: CopyRecord | None,
-                    revision: str | None) -> str:
+                    revision: str | None, premade: Lines | None = None) -> str:
     """Record what the release holds now; returns the manifest's digest. From the copy's own
-    record where nothing else wrote into the release, else by walking it."""
+    record where nothing else wrote into the release (its lines ``premade`` if made already,
+    _flush_tree_and), else by walking it."""
     from . import _manifest
     from ._shared import normalize
 
@@ -1098,7 +1142,8 @@ def _write_manifest(layout: Layout, rid: str, opts: DeployOptions, record: CopyR
         lines = _manifest.scan(top, opts.digest, record)
     else:
         touched = [normalize(p) for p in opts.shared_dirs + opts.shared_files]
-        lines = _manifest.refresh(_manifest.from_record(record), top,
+        lines = _manifest.refresh(premade if premade is not None
+                                  else _manifest.from_record(record), top,
                                   touched + (["REVISION"] if revision else []), opts.digest)
     return _manifest.write(layout, rid, lines, durable=opts.fsync)
 
