@@ -505,7 +505,9 @@ class _Pending:
         # is unchanged since are not read again); a scratch extraction has new inodes each time.
         cache = _manifest.open_cache(build) if cached else None
         try:
-            for rel, st, _target in sorted(_manifest.walk(build)):
+            # In the walk's order, not sorted: the first chunk goes to the host (which links
+            # it while the rest is hashed) without waiting for the whole walk.
+            for rel, st, _target in _manifest.walk(build):
                 if self.stop.is_set():
                     raise TransferFailed("hashing the build was stopped")
                 if stat.S_ISREG(st.st_mode):
