@@ -179,8 +179,8 @@ class Connection:
                 break
         if not chunk:  # the bootstrap (or ssh) ended: why
             self._held = None
-            code = proc.wait()
-            err = proc.stderr.read() if proc.stderr is not None else b""
+            _, err = proc.communicate()  # (stderr read to its end, however long)
+            code = proc.returncode
             _close_all(proc)
             if code != 0:
                 raise self.failure(code, err.decode("utf-8", "replace"))
