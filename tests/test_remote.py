@@ -357,6 +357,48 @@ def test_a_current_release_without_digests_falls_back_to_checksum(web1: Host,
     assert data(r)["transfer"]["compared"] == "digest" and data(r)["transfer"]["sent"] == 0
 
 
+def test_a_folder_of_the_live_release_turned_symlink_is_never_linked_through(
+        web1: Host, tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build", {"d/a.txt": "a\n", "d/b.txt": "b\n", "c.txt": "c\n"})
+    _seeded(build, web1)
+    cur = web1.path("/srv/app/current")
+    elsewhere = web1.path("/srv/elsewhere")
+    os.rename(cur / "d", elsewhere)  # the same files, the same inodes, reached by a symlink
+    os.symlink(str(web1.remote_path("/srv/elsewhere")), cur / "d")
+    names = os.stat(elsewhere / "a.txt").st_nlink
+    r = cli("deploy", build, web1.dest(), "--json")
+    assert r.returncode == 0, r.stderr
+    d = data(r)
+    assert d["transfer"]["compared"] == "digest" and d["transfer"]["sent"] == 2, d
+    new = web1.path("/srv/app/current")
+    assert not (new / "d").is_symlink() and (new / "d/a.txt").read_text() == "a\n"
+    assert _inode(new / "d/a.txt") != _inode(elsewhere / "a.txt")
+    assert os.stat(elsewhere / "a.txt").st_nlink == names  # never given another name
+
+
+def test_the_probe_upload_and_session_share_one_ssh_session(lab: SSHLab, web1: Host,
+                                                           tmp_path: Path) -> None:
+    """One ssh session runs the bootstrap for the probe, the tool's upload and its run (only
+    rsync opens another)."""
+    log = tmp_path / "ssh.log"
+    wrapper = tmp_path / "ssh-logged"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"for a; do case $a in *'python3 -c'*) echo bootstrap >> {log};; esac; done\n"
+                       'exec ssh "$@"\n')
+    wrapper.chmod(0o755)
+    ssh = lab.ssh_command.replace("ssh", str(wrapper), 1)
+    assert ssh.startswith(str(wrapper))
+    build = make_build(tmp_path / "build", {"a.txt": "a\n"})
+    env = {"ATOMIC_DEPLOY_SSH": ssh, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    r = cli("deploy", build, web1.dest(), env=env)  # the tool is uploaded: probe, install, run
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == ["bootstrap"]
+    log.unlink()
+    r = cli("status", web1.dest(), env=env)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == ["bootstrap"]
+
+
 def test_a_host_failing_while_it_links_says_why(web1: Host, tmp_path: Path) -> None:
     build = make_build(tmp_path / "build", {"a.txt": "a\n", "b.txt": "b\n"})
     _seeded(build, web1)

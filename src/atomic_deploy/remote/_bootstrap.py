@@ -3,6 +3,9 @@
 Nothing the user typed is in the command line ssh hands to the remote shell: the bootstrap is a
 constant, and its request (root, the tool's name and digest, the arguments) arrives as the first
 line of stdin, as JSON. So no path, message or option ever meets a remote shell's quoting.
+``probe`` and ``install`` answer with one line and wait for the next request on the same
+channel (end of input ends it), so the probe, an upload and the tool's run share one ssh
+session: one remote shell and one Python start instead of three.
 
 It must parse on any Python so that an old one gets a clear line rather than a SyntaxError: no
 f-strings, no annotations, nothing newer than Python 2.7's grammar. Requests:
@@ -59,13 +62,6 @@ def readn(n):
         parts.append(c)
         n -= len(c)
     return b"".join(parts)
-req = json.loads(readline().decode("utf-8", "surrogateescape") or "null")
-if not isinstance(req, dict):
-    fail("no request on stdin", 97)
-root = os.path.abspath(req["root"])
-state = os.path.join(root, ".atomic-deploy")
-tools = os.path.join(state, "bin")
-tool = os.path.join(tools, req["name"])
 def digest(path):
     h = hashlib.sha256()
     try:
@@ -126,93 +122,110 @@ def make_compiled(path):
             os.unlink(tmp)
         except OSError:
             pass
-mode = req["mode"]
-if mode == "probe":
-    rsync = shutil.which("rsync")
-    out = {"python": list(sys.version_info[:3]), "executable": sys.executable,
-           "have": digest(tool) == req["sha256"], "rsync": rsync is not None,
-           "root": os.path.isdir(root), "config": None}
-    # Whether the current release's manifest records content digests: the deploying
-    # machine then starts hashing the build while the session starts (a hint; the session
-    # decides under the lock).
-    out["digests"] = False
-    try:
-        cur = os.path.basename(os.readlink(os.path.join(root, "current")).rstrip("/"))
-        with open(os.path.join(state, "manifests", cur + ".jsonl"), "rb") as f:
-            out["digests"] = bool(json.loads(f.readline().decode("ascii")).get("digest"))
-    except (OSError, ValueError, AttributeError):
-        pass
-    conf = os.path.join(root, "atomic-deploy.toml")
-    if os.path.isfile(conf) and os.path.getsize(conf) < (1 << 20):
-        import base64
+served = 0
+while True:
+    line = readline()
+    if not line and served:
+        break  # the deploying machine asked what it needed (probe, install) and went
+    req = json.loads(line.decode("utf-8", "surrogateescape") or "null")
+    if not isinstance(req, dict):
+        fail("no request on stdin", 97)
+    served += 1
+    root = os.path.abspath(req["root"])
+    state = os.path.join(root, ".atomic-deploy")
+    tools = os.path.join(state, "bin")
+    tool = os.path.join(tools, req["name"])
+    mode = req["mode"]
+    if mode == "probe":
+        rsync = shutil.which("rsync")
+        out = {"python": list(sys.version_info[:3]), "executable": sys.executable,
+               "have": digest(tool) == req["sha256"], "rsync": rsync is not None,
+               "root": os.path.isdir(root), "config": None}
+        # Whether the current release's manifest records content digests: the deploying
+        # machine then starts hashing the build while the session starts (a hint; the session
+        # decides under the lock).
+        out["digests"] = False
         try:
-            with open(conf, "rb") as f:
-                out["config"] = base64.b64encode(f.read()).decode("ascii")
-        except OSError as e:
-            out["config_error"] = e.strerror
-    sys.stdout.write(json.dumps(out) + "\n")
-elif mode == "install":
-    data = readn(int(req["size"]))
-    if hashlib.sha256(data).hexdigest() != req["sha256"]:
-        fail("the tool's upload arrived damaged (digest mismatch)", 97)
-    if not os.path.isdir(root):
-        if not req.get("create"):
-            fail("ROOT %r does not exist" % root, 2)
-        if not os.path.isdir(os.path.dirname(root)):
-            fail("cannot create ROOT %r: its parent folder does not exist" % root, 2)
-    for d, dmode in ((root, 0o755), (state, 0o755), (tools, 0o700)):
+            cur = os.path.basename(os.readlink(os.path.join(root, "current")).rstrip("/"))
+            with open(os.path.join(state, "manifests", cur + ".jsonl"), "rb") as f:
+                out["digests"] = bool(json.loads(f.readline().decode("ascii")).get("digest"))
+        except (OSError, ValueError, AttributeError):
+            pass
+        conf = os.path.join(root, "atomic-deploy.toml")
+        if os.path.isfile(conf) and os.path.getsize(conf) < (1 << 20):
+            import base64
+            try:
+                with open(conf, "rb") as f:
+                    out["config"] = base64.b64encode(f.read()).decode("ascii")
+            except OSError as e:
+                out["config_error"] = e.strerror
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    elif mode == "install":
+        data = readn(int(req["size"]))
+        if hashlib.sha256(data).hexdigest() != req["sha256"]:
+            fail("the tool's upload arrived damaged (digest mismatch)", 97)
+        if not os.path.isdir(root):
+            if not req.get("create"):
+                fail("ROOT %r does not exist" % root, 2)
+            if not os.path.isdir(os.path.dirname(root)):
+                fail("cannot create ROOT %r: its parent folder does not exist" % root, 2)
+        for d, dmode in ((root, 0o755), (state, 0o755), (tools, 0o700)):
+            try:
+                os.mkdir(d, dmode)
+            except OSError as e:
+                if not os.path.isdir(d):
+                    fail("cannot create %r: %s" % (d, e.strerror), 2)
+            st = os.lstat(d)
+            if d != root and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
+                fail("%r is not a folder (a symlink?); refusing to use it" % d, 2)
+            if d != root and (st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022):
+                fail("%r is writable by other users or owned by another user; refusing to use "
+                     "it" % d, 2)
+        tmp = os.path.join(tools, ".%s.%d.tmp" % (req["name"], os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o700)
         try:
-            os.mkdir(d, dmode)
-        except OSError as e:
-            if not os.path.isdir(d):
-                fail("cannot create %r: %s" % (d, e.strerror), 2)
-        st = os.lstat(d)
-        if d != root and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
-            fail("%r is not a folder (a symlink?); refusing to use it" % d, 2)
-        if d != root and (st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022):
-            fail("%r is writable by other users or owned by another user; refusing to use "
-                 "it" % d, 2)
-    tmp = os.path.join(tools, ".%s.%d.tmp" % (req["name"], os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o700)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, tool)
-    make_compiled(tool)
-    dfd = os.open(tools, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    old = []
-    for name in os.listdir(tools):
-        p = os.path.join(tools, name)
-        if name.startswith("atomic-deploy-") and name.endswith(".pyz") and p != tool and \
-                not name.startswith(".") and os.path.isfile(p):
-            old.append((os.lstat(p).st_mtime, p))
-    for _, p in sorted(old)[:max(0, len(old) - KEEPN + 1)]:
-        for q in [p] + [os.path.join(tools, n) for n in os.listdir(tools)
-                        if n.startswith(os.path.basename(p) + ".")]:
-            os.unlink(q)
-    sys.stdout.write(json.dumps({"installed": tool}) + "\n")
-elif mode == "run":
-    if digest(tool) != req["sha256"]:
-        fail("%r is missing or is not the tool it should be (its sha256 differs); "
-             "refusing to run it" % tool, 97)
-    fast = compiled(tool)
-    if not os.path.isfile(fast) and req.get("mutating"):
-        make_compiled(tool)  # another python3 than the one that installed it
-    run(fast if os.path.isfile(fast) else tool, req["argv"])
-elif mode == "memrun":
-    data = readn(int(req["size"]))
-    if hashlib.sha256(data).hexdigest() != req["sha256"]:
-        fail("the tool's upload arrived damaged (digest mismatch)", 97)
-    run(data, req["argv"])
-else:
-    fail("unknown request %r" % mode, 97)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, tool)
+        make_compiled(tool)
+        dfd = os.open(tools, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        old = []
+        for name in os.listdir(tools):
+            p = os.path.join(tools, name)
+            if name.startswith("atomic-deploy-") and name.endswith(".pyz") and p != tool and \
+                    not name.startswith(".") and os.path.isfile(p):
+                old.append((os.lstat(p).st_mtime, p))
+        for _, p in sorted(old)[:max(0, len(old) - KEEPN + 1)]:
+            for q in [p] + [os.path.join(tools, n) for n in os.listdir(tools)
+                            if n.startswith(os.path.basename(p) + ".")]:
+                os.unlink(q)
+        sys.stdout.write(json.dumps({"installed": tool}) + "\n")
+        sys.stdout.flush()
+    elif mode == "run":
+        if digest(tool) != req["sha256"]:
+            fail("%r is missing or is not the tool it should be (its sha256 differs); "
+                 "refusing to run it" % tool, 97)
+        fast = compiled(tool)
+        if not os.path.isfile(fast) and req.get("mutating"):
+            make_compiled(tool)  # another python3 than the one that installed it
+        run(fast if os.path.isfile(fast) else tool, req["argv"])
+        break
+    elif mode == "memrun":
+        data = readn(int(req["size"]))
+        if hashlib.sha256(data).hexdigest() != req["sha256"]:
+            fail("the tool's upload arrived damaged (digest mismatch)", 97)
+        run(data, req["argv"])
+        break
+    else:
+        fail("unknown request %r" % mode, 97)
 '''.replace("KEEPN", str(KEEP_TOOLS))

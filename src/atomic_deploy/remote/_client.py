@@ -230,6 +230,7 @@ class HostSession:
         self.conn, self.proc, self.transfer, self.emit = conn, proc, transfer, emit
         self.events: list[dict[str, Any]] = []
         self.child: subprocess.Popen[bytes] | None = None
+        self._rsync_started = 0.0
         self._send_lock = threading.Lock()
         self._done = threading.Event()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -335,9 +336,16 @@ class HostSession:
         why = f"ssh exit status {code}" if code else "the host's tool ended without a result"
         return ConnectionLost(f"lost the connection to {root.label} ({why})", state)
 
-    def stop_child(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
+    def stop_child(self, wait: bool = False) -> None:
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.terminate()
+        if wait and child is not None:
+            self.child = None
+            child.wait()
+            for stream in (child.stdin, child.stdout, child.stderr):
+                if stream is not None:
+                    _close_quietly(stream)
 
     def close(self) -> None:
         self._done.set()
@@ -359,10 +367,19 @@ class HostSession:
         if t.method == "rsync":
             if ready.get("digests") and not t.trust_mtime:
                 started = time.monotonic()
-                listed = self._by_digest()
-                if listed is not None:
+                # rsync starts now: its ssh channel, the host's shell and rsync start while
+                # the host links; it reads the list of files to send once the plan says it.
+                self._start_rsync(staging, None, listing=True)
+                try:
+                    listed = self._by_digest()
+                except BaseException:
+                    self.stop_child(wait=True)
+                    raise
+                if listed is None:  # the host compares by --checksum instead: another rsync
+                    self.stop_child(wait=True)
+                else:
                     t.compared = "digest"
-                    self._rsync(staging, None, listed)
+                    self._end_rsync(listed)
                     t.seconds = time.monotonic() - started  # the offer and plan included
                     return
             if isinstance(link_dest, str):  # else nothing to compare with: all is sent
@@ -400,10 +417,17 @@ class HostSession:
         names = [".", *index.others, *(str(index.offer[i][0]) for i in send)]
         return b"".join(os.fsencode(n) + b"\0" for n in names)
 
-    def _rsync(self, staging: str, link_dest: str | None, listed: bytes | None = None) -> None:
+    def _rsync(self, staging: str, link_dest: str | None) -> None:
+        self._start_rsync(staging, link_dest)
+        self._end_rsync(None)
+
+    def _start_rsync(self, staging: str, link_dest: str | None, *,
+                     listing: bool = False) -> subprocess.Popen[bytes]:
+        """rsync into the staging folder, started; with ``listing``, it waits for the list
+        of files to send on its stdin (_end_rsync gives it)."""
         t = self.transfer
         argv = ["rsync", "-a", "--protect-args", "-e", self.conn.rsh()]
-        if listed is not None:
+        if listing:
             # Only these (no recursion: -a does not imply -r with --files-from), into the
             # staging folder that holds the hard links the host made: every file listed is
             # new there, so no content comparison is needed.
@@ -424,23 +448,29 @@ class HostSession:
         # the deploy meanwhile (the connection dropped), the cd fails and nothing is written.
         argv += ["--rsync-path", f"cd -- {shlex.quote(staging)} && exec rsync",
                  "--", self.build.rstrip("/") + "/", f"{dest}:./"]
-        started = time.monotonic()
+        self._rsync_started = time.monotonic()
         # rsync's progress line is redrawn with \r: straight to the terminal (stderr).
         out = 2 if t.progress else subprocess.PIPE
         self.child = subprocess.Popen(argv,
-                                      stdin=subprocess.DEVNULL if listed is None
-                                      else subprocess.PIPE, stdout=out,
+                                      stdin=subprocess.PIPE if listing else subprocess.DEVNULL,
+                                      stdout=out,
                                       stderr=subprocess.PIPE if t.progress else subprocess.STDOUT,
                                       start_new_session=True)
+        return self.child
+
+    def _end_rsync(self, listed: bytes | None) -> None:
+        """Give the started rsync its list (if it waits for one), and wait for it to end."""
+        t, child = self.transfer, self.child
+        assert child is not None
         if listed is not None:
-            threading.Thread(target=_feed, args=(self.child.stdin, listed), daemon=True).start()
+            threading.Thread(target=_feed, args=(child.stdin, listed), daemon=True).start()
         said: list[str] = []
-        pipe = self.child.stdout or self.child.stderr
+        pipe = child.stdout or child.stderr
         if pipe is not None:
             pump_lines(pipe, said.append)
-        code = self.child.wait()
+        code = child.wait()
         self.child = None
-        t.seconds = time.monotonic() - started
+        t.seconds = time.monotonic() - self._rsync_started
         if code != 0:
             raise TransferFailed(f"rsync to {self.conn.root.label} failed: "
                                   f"{_rsync_reason(said, code)}")
@@ -505,7 +535,9 @@ class _Pending:
         # is unchanged since are not read again); a scratch extraction has new inodes each time.
         cache = _manifest.open_cache(build) if cached else None
         try:
-            for rel, st, _target in sorted(_manifest.walk(build)):
+            # In the walk's order, not sorted: the first chunk goes to the host (which links
+            # it while the rest is hashed) without waiting for the whole walk.
+            for rel, st, _target in _manifest.walk(build):
                 if self.stop.is_set():
                     raise TransferFailed("hashing the build was stopped")
                 if stat.S_ISREG(st.st_mode):

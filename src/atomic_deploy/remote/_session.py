@@ -263,8 +263,11 @@ def _entries(layout: Layout, release: str) -> dict[str, Entry]:
 
 
 def _safe_rel(rel: Any) -> bool:
-    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/") and "\0" not in rel
-            and all(part not in ("", ".", "..") for part in rel.split("/")))
+    if not isinstance(rel, str) or not rel or rel[0] == "/" or rel[-1] == "/" or \
+            "//" in rel or "\0" in rel:
+        return False  # (no empty part)
+    # A "." or ".." part starts with "/." (or "." at the start): most paths have none.
+    return "/." not in "/" + rel or all(part not in (".", "..") for part in rel.split("/"))
 
 
 def _offered(msg: dict[str, Any]) -> list[Any]:
@@ -288,23 +291,56 @@ class Linker:
     and touches no metadata of the live file), and the live file still has the size, mtime
     and mode the manifest recorded (not written in place since: write-through) and, where
     this process could set owners (root), the offered owner. Its parents in the current
-    release must be real folders (never a path through a symlink)."""
+    release must be real folders (never a path through a symlink): each is opened one
+    component at a time with O_NOFOLLOW, and the file is looked at and linked relative to
+    that open folder (linkat: no path is resolved again)."""
+
+    _FDS = 64  # open folders kept (the offer comes in walk order: a folder's files together)
 
     def __init__(self, old: dict[str, Entry], current: str, staging: str) -> None:
         self.old, self.current, self.staging = old, current, staging
         self.root = os.geteuid() == 0
-        self.checked: dict[str, bool] = {"": True}  # folder of the current release: real
         self.made: set[str] = {""}  # folders created in staging
+        self._src: dict[str, int | None] = {}  # folder of the current release: an open fd
+        self._dst: dict[str, int] = {}  # folder of staging: an open fd
 
-    def _real_dir(self, rel: str) -> bool:
-        if rel not in self.checked:
+    def close(self) -> None:
+        for fd in [*self._src.values(), *self._dst.values()]:
+            if fd is not None:
+                os.close(fd)
+        self._src.clear()
+        self._dst.clear()
+
+    def _open(self, top: str, rel: str) -> int:
+        """``top/rel``, a real folder, opened without following a symlink anywhere below
+        ``top``; OSError when a part is missing, a symlink or not a folder."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(top, flags)
+        for part in rel.split("/") if rel else ():
             try:
-                ok = self._real_dir(rel.rpartition("/")[0]) and stat.S_ISDIR(
-                    os.lstat(os.path.join(self.current, rel)).st_mode)
+                nxt = os.open(part, flags, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = nxt
+        return fd
+
+    def _src_dir(self, rel: str) -> int | None:
+        if rel not in self._src:
+            if len(self._src) + len(self._dst) >= self._FDS:
+                self.close()
+            try:
+                self._src[rel] = self._open(self.current, rel)
             except OSError:
-                ok = False
-            self.checked[rel] = ok
-        return self.checked[rel]
+                self._src[rel] = None  # not a real folder there: nothing below it is linked
+        return self._src[rel]
+
+    def _dst_dir(self, rel: str) -> int:
+        if rel not in self._dst:
+            self._make(rel)
+            if len(self._src) + len(self._dst) >= self._FDS:
+                self.close()
+            self._dst[rel] = self._open(self.staging, rel)  # made by us, mode 0700
+        return self._dst[rel]
 
     def _make(self, rel: str) -> None:
         if rel not in self.made:
@@ -316,31 +352,37 @@ class Linker:
     def add(self, files: list[Any]) -> list[int]:
         """Link what can be; returns the indexes (into ``files``) of those to send."""
         send: list[int] = []
-        for i, item in enumerate(files):
-            if i % 256 == 0:
-                checkpoint("session-link")
-            try:
-                rel, size, mode, mtime, uid, gid, digest = item
-            except (TypeError, ValueError):
-                raise OperationFailed("session protocol error: a malformed offer") from None
-            entry = self.old.get(rel) if _safe_rel(rel) else None
-            if entry is None or entry[1] != "file" or entry[5] != digest or \
-                    (entry[2], entry[3], entry[4]) != (mode, size, mtime):
-                send.append(i)
-                continue
-            parent = rel.rpartition("/")[0]
-            src = os.path.join(self.current, rel)
-            try:
-                st = os.lstat(src) if self._real_dir(parent) else None
-            except OSError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size or \
-                    st.st_mtime_ns != mtime or stat.S_IMODE(st.st_mode) != mode or \
-                    (self.root and (st.st_uid, st.st_gid) != (uid, gid)):
-                send.append(i)
-                continue
-            self._make(parent)
-            os.link(src, os.path.join(self.staging, rel), follow_symlinks=False)
+        old, root = self.old, self.root
+        S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE
+        try:
+            for i, item in enumerate(files):
+                if i % 256 == 0:
+                    checkpoint("session-link")
+                try:
+                    rel, size, mode, mtime, uid, gid, digest = item
+                except (TypeError, ValueError):
+                    raise OperationFailed("session protocol error: a malformed offer") from None
+                entry = old.get(rel) if isinstance(rel, str) else None
+                if entry is None or entry[1] != "file" or entry[5] != digest or \
+                        (entry[2], entry[3], entry[4]) != (mode, size, mtime) or \
+                        not _safe_rel(rel):
+                    send.append(i)
+                    continue
+                parent, _, name = rel.rpartition("/")
+                src = self._src_dir(parent)
+                try:
+                    st = os.lstat(name, dir_fd=src) if src is not None else None
+                except OSError:
+                    st = None
+                if st is None or not S_ISREG(st.st_mode) or st.st_size != size or \
+                        st.st_mtime_ns != mtime or S_IMODE(st.st_mode) != mode or \
+                        (root and (st.st_uid, st.st_gid) != (uid, gid)):
+                    send.append(i)
+                    continue
+                os.link(name, name, src_dir_fd=src, dst_dir_fd=self._dst_dir(parent),
+                        follow_symlinks=False)
+        finally:
+            self.close()
         return send
 
 

@@ -16,10 +16,12 @@ import contextlib
 import json
 import math
 import os
+import select
 import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -72,6 +74,7 @@ class Connection:
         self.settings = settings
         self._dir: str | None = None
         self.master = False
+        self._held: subprocess.Popen[bytes] | None = None  # the bootstrap waiting for a request
 
     # -- command lines ----------------------------------------------------------------------
     def ssh_options(self) -> list[str]:
@@ -110,9 +113,12 @@ class Connection:
 
     # -- the connection ---------------------------------------------------------------------
     def connect(self, tool: Tool) -> Probe:
-        """Open the master connection and ask the host what it has, in one round trip."""
+        """Open the master connection and ask the host what it has, in one round trip. The
+        bootstrap that answered stays, waiting for the next request (an upload, the tool's
+        run): the command that follows needs no channel, shell or Python start of its own."""
         self._dir = tempfile.mkdtemp(prefix="atomic-deploy-ssh-")  # 0700
-        out = self._call(self.request("probe", self.root.path, tool), master=True)
+        self._held = self._open(master=True)
+        out = self._ask(self.request("probe", self.root.path, tool))
         self.master = True
         try:
             info = json.loads(out.splitlines()[-1])
@@ -128,8 +134,69 @@ class Connection:
 
     def install(self, tool: Tool, create_root: bool) -> None:
         """Upload the tool into ROOT/.atomic-deploy/bin (see _bootstrap)."""
-        self._call(self.request("install", self.root.path, tool, size=len(tool.data),
-                                create=create_root) + tool.data)
+        req = self.request("install", self.root.path, tool, size=len(tool.data),
+                           create=create_root) + tool.data
+        if self._held is not None:
+            self._ask(req)
+        else:
+            self._call(req)
+
+    def _open(self, *, master: bool = False) -> subprocess.Popen[bytes]:
+        """The bootstrap on the host, stdin, stdout and stderr pipes. Its own session: a
+        Ctrl-C on the terminal reaches only this process, which tells the host why it stops
+        instead of just vanishing."""
+        try:
+            return subprocess.Popen(self.ssh_argv(self._bootstrap_command(), master=master),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise ConnectFailed(f"cannot run {show(self.settings.command[0])}: "
+                                f"{exc.strerror or exc}", "nothing was changed") from None
+
+    def _ask(self, data: bytes) -> str:
+        """Send a request to the waiting bootstrap (``_held``); its answer line (and whatever
+        a login script printed before it). Failures as _call's."""
+        proc = self._held
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        timeout = self.settings.connect_timeout + 60
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.write(data)
+            proc.stdin.flush()  # (a dead ssh: its exit status and stderr say why, below)
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        got = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self._drop_held()
+                raise ConnectFailed(f"{self.root.label} did not answer within {timeout:g} s",
+                                    "nothing was changed")
+            # Unbuffered, and the bootstrap writes nothing after its answer until it is asked
+            # again: nothing of what follows is read here.
+            chunk = os.read(fd, 65536)
+            got += chunk
+            if not chunk or (got.endswith(b"\n") and _answered(got)):
+                break
+        if not chunk:  # the bootstrap (or ssh) ended: why
+            self._held = None
+            _, err = proc.communicate()  # (stderr read to its end, however long)
+            code = proc.returncode
+            _close_all(proc)
+            if code != 0:
+                raise self.failure(code, err.decode("utf-8", "replace"))
+        return got.decode("utf-8", "replace")
+
+    def _drop_held(self) -> None:
+        """End the waiting bootstrap: its input closed (it exits), the ssh reaped."""
+        proc, self._held = self._held, None
+        if proc is None:
+            return
+        _close_all(proc)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def _call(self, stdin: bytes, *, master: bool = False) -> str:
         timeout = self.settings.connect_timeout + 60
@@ -150,17 +217,18 @@ class Connection:
     def start(self, argv: list[str], tool: Tool, *, installed: bool,
               mutating: bool = False) -> subprocess.Popen[bytes]:
         """The tool running on the host with ``argv``: stdin, stdout and stderr are pipes,
-        stdin already past the request (and, from memory, the tool's bytes)."""
+        stdin already past the request (and, from memory, the tool's bytes). Run by the
+        bootstrap that answered the probe when it still waits, else over a new channel."""
         if installed:
             head = self.request("run", self.root.path, tool, argv=argv, mutating=mutating)
         else:
             head = self.request("memrun", self.root.path, tool, argv=argv,
                                 size=len(tool.data)) + tool.data
-        # Its own session: a Ctrl-C on the terminal reaches only this process, which tells
-        # the host why it stops instead of just vanishing.
-        proc = subprocess.Popen(self.ssh_argv(self._bootstrap_command()), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc, self._held = self._held, None
+        if proc is None or proc.poll() is not None:
+            if proc is not None:
+                _close_all(proc)
+            proc = self._open()
         assert proc.stdin is not None
         try:
             proc.stdin.write(head)
@@ -175,6 +243,7 @@ class Connection:
         folder = self._dir
         if folder is None:
             return
+        self._drop_held()  # asked nothing more (an error here before the command started)
         if self.master:
             cmd = [*self.settings.command, *self.ssh_options(), "-O", "exit", "--",
                    self.root.destination]
@@ -243,6 +312,23 @@ class Connection:
         if code == EXIT_OLD_PYTHON:
             return ConnectFailed(f"{label}: {why}", nothing)
         return ConnectFailed(f"{label}: {why}", nothing)
+
+
+def _answered(out: bytes) -> bool:
+    """Whether ``out`` ends with the bootstrap's answer (a JSON object line), not only with
+    what a login script printed before it."""
+    last = out.rstrip(b"\n").rpartition(b"\n")[2]
+    try:
+        return isinstance(json.loads(last), dict)
+    except ValueError:
+        return False
+
+
+def _close_all(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
 
 
 def pump_lines(stream: IO[bytes], emit: Any) -> None:
