@@ -65,6 +65,13 @@ class ReleaseInfo(Record):
         self.managed = managed  # False: not in the history (made by hand or by another tool)
         self.manifest = manifest  # digest of its manifest file, as recorded when deployed
 
+    def to_dict(self) -> dict[str, Any]:
+        # Record.to_dict's fields, spelled out: `list --json` calls this once per release.
+        return {"current": self.current, "deployed_at": self.deployed_at, "id": self.id,
+                "managed": self.managed, "manifest": self.manifest, "message": self.message,
+                "rollback_target": self.rollback_target, "source": self.source,
+                "state": self.state, "user": self.user}
+
 
 class Status(Record):
     __slots__ = (
@@ -205,12 +212,17 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     created = history.created()
     records = history.records
     out = []
-    for name in ordered:  # positional arguments: this loop runs once per release
+    empty: dict[str, Any] = {}
+    for name in ordered:  # positional arguments, _list_state inlined: runs once per release
         i = created.get(name)
-        rec = records[i] if i is not None else {}
+        rec = records[i] if i is not None else empty
+        if name == current:
+            state = "current"
+        else:
+            state = states.get(name)
+            state = "bad" if state == BAD else "prepared" if state == COMPLETE else "good"
         out.append(ReleaseInfo(
-            name, _list_state(name, current, states),
-            name == current, name == target, rec.get("time"), rec.get("user"),
+            name, state, name == current, name == target, rec.get("time"), rec.get("user"),
             rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
     return out
 
