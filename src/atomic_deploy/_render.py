@@ -80,8 +80,8 @@ def format_list(rels: list[Any]) -> str:
         ids.append(r.id)
         whens.append((r.deployed_at or "-")[:19].replace("T", " "))
         messages.append((r.message or "").replace("\n", " "))
-    fmt = "%%-%ds  %%-%ds  %%-%ds  %%-%ds  %%s" % tuple(
-        max(map(len, column)) for column in (marks, ids, states, whens))
+    w0, w1, w2, w3 = (max(map(len, column)) for column in (marks, ids, states, whens))
+    fmt = f"%-{w0}s  %-{w1}s  %-{w2}s  %-{w3}s  %s"  # padded as f"{a:<{w0}}" pads
     lines = [(fmt % row).rstrip() for row in zip(marks, ids, states, whens, messages)]
     legend = [t for t, on in (("* current", any_current), ("< rollback target", any_target),
                               ("prepared: never live, so never a rollback target",

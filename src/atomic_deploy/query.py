@@ -194,15 +194,6 @@ def _view(layout: Layout, history: History, current: str | None,
     return ordered, states, target
 
 
-def _list_state(name: str, current: str | None, states: dict[str, str]) -> str:
-    """What ``list`` calls a release: current, bad, prepared (complete, never current, so never
-    a rollback target) or good (has served, or another tool's folder)."""
-    if name == current:
-        return "current"
-    state = states.get(name)
-    return "bad" if state == BAD else "prepared" if state == COMPLETE else "good"
-
-
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     current, _, state = _current_state(layout)
     if state != "ok":
@@ -213,14 +204,16 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     records = history.records
     out = []
     empty: dict[str, Any] = {}
-    for name in ordered:  # positional arguments, _list_state inlined: runs once per release
+    for name in ordered:  # runs once per release: positional arguments, nothing called
         i = created.get(name)
         rec = records[i] if i is not None else empty
+        # What list calls a release: current, bad, prepared (complete, never current, so never
+        # a rollback target) or good (has served, or another tool's folder).
         if name == current:
             state = "current"
         else:
-            state = states.get(name)
-            state = "bad" if state == BAD else "prepared" if state == COMPLETE else "good"
+            known = states.get(name)
+            state = "bad" if known == BAD else "prepared" if known == COMPLETE else "good"
         out.append(ReleaseInfo(
             name, state, name == current, name == target, rec.get("time"), rec.get("user"),
             rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
