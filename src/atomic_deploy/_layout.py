@@ -140,6 +140,27 @@ def looks_generated(name: str) -> bool:
     return release_kind(name) != "name"
 
 
+def all_generated(names: list[str]) -> bool:
+    """``all(map(looks_generated, names))``, at a third of the cost for our ids: status and list
+    ask it of every release. A 14-digit name's time of day is checked by comparing digits, and
+    each day (most releases share one with others) is checked once."""
+    days: dict[str, bool] = {}
+    for n in names:
+        if len(n) == 14 and n.isdigit() and n.isascii():
+            # The digits of a real second: hour < 24, minute and second < 60.
+            if n[8:10] > "23" or n[10] > "5" or n[12] > "5":
+                return False
+            day = n[:8]
+            ok = days.get(day)
+            if ok is None:
+                ok = days[day] = _is_timestamp(day + "000000")
+            if not ok:
+                return False
+        elif release_kind(n) == "name":
+            return False
+    return True
+
+
 def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     """UTC timestamp, bumped a second past the newest id so ids stay unique and in deploy order.
 
@@ -259,9 +280,10 @@ def release_dirs(layout: Layout, entries: list[os.DirEntry[str]] | None = None) 
     """Names of real folders in releases/; hidden entries, files and symlinks are not releases."""
     if entries is None:
         entries = list_releases_dir(layout)
-    return sorted(
-        e.name for e in entries if valid_release_name(e.name) and e.is_dir(follow_symlinks=False)
-    )
+    # A directory entry's name is never empty, ".", "..", nor holds "/" or NUL: of
+    # valid_release_name's rules only the leading dot is left to check.
+    return sorted([e.name for e in entries
+                   if e.name[0] != "." and e.is_dir(follow_symlinks=False)])
 
 
 def leftovers(layout: Layout, entries: list[os.DirEntry[str]] | None = None) -> list[str]:

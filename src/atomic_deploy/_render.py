@@ -62,21 +62,33 @@ def format_status(s: Any) -> str:
 def format_list(rels: list[Any]) -> str:
     if not rels:
         return "no releases"
-    rows = [("", "RELEASE", "STATE", "DEPLOYED", "MESSAGE")]
+    # Column by column in one pass, then one %-format per row: `list` prints every release.
+    marks, ids, states, whens, messages = [""], ["RELEASE"], ["STATE"], ["DEPLOYED"], ["MESSAGE"]
+    any_current = any_target = any_prepared = False
     for r in rels:
-        mark = "*" if r.current else "<" if r.rollback_target else ""
-        state = r.state + ("" if r.managed else " (unmanaged)")
-        when = (r.deployed_at or "-")[:19].replace("T", " ")
-        rows.append((mark, r.id, state, when, (r.message or "").replace("\n", " ")))
-    w0, w1, w2, w3 = (max(map(len, column)) for column in list(zip(*rows))[:4])
-    lines = [f"{a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d:<{w3}}  {e}" for a, b, c, d, e in rows]
-    legend = [t for t, on in (("* current", any(r.current for r in rels)),
-                              ("< rollback target", any(r.rollback_target for r in rels)),
+        if r.current:
+            marks.append("*")
+            any_current = True
+        else:
+            marks.append("<" if r.rollback_target else "")
+        if r.rollback_target:
+            any_target = True
+        state = r.state
+        if state == "prepared":
+            any_prepared = True
+        states.append(state if r.managed else state + " (unmanaged)")
+        ids.append(r.id)
+        whens.append((r.deployed_at or "-")[:19].replace("T", " "))
+        messages.append((r.message or "").replace("\n", " "))
+    w0, w1, w2, w3 = (max(map(len, column)) for column in (marks, ids, states, whens))
+    fmt = f"%-{w0}s  %-{w1}s  %-{w2}s  %-{w3}s  %s"  # padded as f"{a:<{w0}}" pads
+    lines = [(fmt % row).rstrip() for row in zip(marks, ids, states, whens, messages)]
+    legend = [t for t, on in (("* current", any_current), ("< rollback target", any_target),
                               ("prepared: never live, so never a rollback target",
-                               any(r.state == "prepared" for r in rels))) if on]
+                               any_prepared)) if on]
     if legend:
         lines.append(f"({', '.join(legend)})")
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(lines)
 
 
 def human_bytes(n: int) -> str:

@@ -65,6 +65,13 @@ class ReleaseInfo(Record):
         self.managed = managed  # False: not in the history (made by hand or by another tool)
         self.manifest = manifest  # digest of its manifest file, as recorded when deployed
 
+    def to_dict(self) -> dict[str, Any]:
+        # Record.to_dict's fields, spelled out: `list --json` calls this once per release.
+        return {"current": self.current, "deployed_at": self.deployed_at, "id": self.id,
+                "managed": self.managed, "manifest": self.manifest, "message": self.message,
+                "rollback_target": self.rollback_target, "source": self.source,
+                "state": self.state, "user": self.user}
+
 
 class Status(Record):
     __slots__ = (
@@ -187,15 +194,6 @@ def _view(layout: Layout, history: History, current: str | None,
     return ordered, states, target
 
 
-def _list_state(name: str, current: str | None, states: dict[str, str]) -> str:
-    """What ``list`` calls a release: current, bad, prepared (complete, never current, so never
-    a rollback target) or good (has served, or another tool's folder)."""
-    if name == current:
-        return "current"
-    state = states.get(name)
-    return "bad" if state == BAD else "prepared" if state == COMPLETE else "good"
-
-
 def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     current, _, state = _current_state(layout)
     if state != "ok":
@@ -205,12 +203,19 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     created = history.created()
     records = history.records
     out = []
-    for name in ordered:  # positional arguments: this loop runs once per release
+    empty: dict[str, Any] = {}
+    for name in ordered:  # runs once per release: positional arguments, nothing called
         i = created.get(name)
-        rec = records[i] if i is not None else {}
+        rec = records[i] if i is not None else empty
+        # What list calls a release: current, bad, prepared (complete, never current, so never
+        # a rollback target) or good (has served, or another tool's folder).
+        if name == current:
+            state = "current"
+        else:
+            known = states.get(name)
+            state = "bad" if known == BAD else "prepared" if known == COMPLETE else "good"
         out.append(ReleaseInfo(
-            name, _list_state(name, current, states),
-            name == current, name == target, rec.get("time"), rec.get("user"),
+            name, state, name == current, name == target, rec.get("time"), rec.get("user"),
             rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
     return out
 
