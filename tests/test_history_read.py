@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from atomic_deploy._history import History, read_records
@@ -53,6 +53,8 @@ def test_read_records_bad_utf8_and_missing(tmp_path: Path) -> None:
 
 @given(st.lists(st.sampled_from([REC, REC2, "", " ", "{", "}", "{}", "[", "]", ",", "\"",
                                  REC[:25], REC2[10:], "1", "{\"a\": [", "]}"]), max_size=8))
+@example(["{", "}"])  # one object over two lines: the line reader sees none
+@example([REC, "{", "}", REC2])
 def test_read_records_any_lines(tmp_path_factory: pytest.TempPathFactory,
                                 lines: list[str]) -> None:
     path = tmp_path_factory.mktemp("h") / "history.jsonl"

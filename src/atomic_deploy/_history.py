@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ._jsonfile import _scan, append_json_line, loads
+from ._jsonfile import _scan, append_json_line, json_records
 from ._layout import Layout, all_generated, looks_generated
 
 TYPE_CHECKING = False  # status and list import this: no typing, re, datetime or dataclasses
@@ -118,20 +118,15 @@ def read_records(path: str) -> list[dict[str, Any]]:
         try:
             while i < n:  # runs once per record
                 rec, end = _scan(text, i)
-                if type(rec) is not dict or (end < n and text[end] != "\n"):
+                # one record a line: not followed by more on its line, nor spread over lines
+                if type(rec) is not dict or (end < n and text[end] != "\n") \
+                        or text.find("\n", i, end) >= 0:
                     break
                 append(rec)
                 i = end + 1
-        except Exception:  # not JSON from here on: json.loads (below) has its say
+        except Exception:  # not JSON from here on: json_records (below) has its say
             pass
-    for line in text[i:].split("\n") if i < n else ():
-        try:
-            rec = loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    return json_records(text[i:].split("\n") if i < n else (), records)
 
 
 class History:

@@ -6,6 +6,7 @@ import os
 
 TYPE_CHECKING = False  # not typing's: importing typing costs more than all of `status` does
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any, Callable, ClassVar
 
 # Readers (status, list) import only os and the decoder's C scanner: `import json` pulls in `re`
@@ -196,18 +197,22 @@ def append_json_line(path: str, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def json_records(lines: Iterable[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append each line that is a JSON object to ``records``; skip the rest (a torn line)."""
+    for line in lines:
+        try:
+            rec = loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
 def read_json_lines(path: str) -> list[dict[str, Any]]:
     """All well-formed records; a torn last line (power cut mid-append) is skipped, not fatal."""
-    records: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    records.append(rec)
+            return json_records(f, [])
     except FileNotFoundError:
-        pass
-    return records
+        return []
