@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,16 +141,20 @@ class Budget:
     part_deadline = float("inf")
 
 
-def timed_rusage(cmd: list[str], cwd: str | None = None, timeout: float = 600) -> Sample:
+def timed_rusage(cmd: list[str], cwd: str | None = None, timeout: float = 600,
+                 memory: bool = True) -> Sample:
     """Run ``cmd``: wall time, CPU (user+sys, children included, from wait4) and peak RSS.
 
     Peak RSS comes from GNU time's %M when it is installed: the kernel's ru_maxrss of a child
     that this process started also counts this process's own memory (inherited up to exec).
-    Output goes to temp files, so nothing blocks on a pipe.
+    ``memory=False`` runs the command bare, for the start-up suites: GNU time's own exec and
+    fork would add the same 3-4 ms to every variant, which pulls every ratio toward 1.
+    The wait blocks in wait4 (a timer kills the command at ``timeout``), so the wall time has
+    no polling granularity. Output goes to temp files, so nothing blocks on a pipe.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r") as rss:
-        if GNU_TIME:
+        if GNU_TIME and memory:
             cmd = [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd]
         prog = shutil.which(cmd[0]) or cmd[0]
         actions = [(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)]
@@ -158,25 +163,29 @@ def timed_rusage(cmd: list[str], cwd: str | None = None, timeout: float = 600) -
             cmd, prog = ["sh", "-c", 'cd "$0" && exec "$@"', cwd, *cmd], "/bin/sh"
         t0 = time.perf_counter()
         pid = os.posix_spawn(prog, cmd, env, file_actions=actions)
-        deadline = t0 + timeout
-        while True:
-            got, status, ru = os.wait4(pid, os.WNOHANG)
-            if got:
-                break
-            if time.perf_counter() > deadline:
-                os.kill(pid, 9)
-                os.wait4(pid, 0)
-                raise RuntimeError(f"timed out after {timeout}s: {' '.join(cmd)}")
-            time.sleep(0.001)
+        killed: list[bool] = []
+        timer = threading.Timer(timeout, lambda: (killed.append(True), os.kill(pid, 9)))
+        timer.start()
+        try:
+            _, status, ru = os.wait4(pid, 0)
+        finally:
+            timer.cancel()
         wall = time.perf_counter() - t0
+        if killed:
+            raise RuntimeError(f"timed out after {timeout}s: {' '.join(cmd)}")
         code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         text = out.read().decode()
         if code != 0:
             raise RuntimeError(f"failed ({code}): {' '.join(cmd)}\n{err.read().decode()[-2000:]}")
-        peak = rss.read().strip().splitlines()
+        peak = rss.read().strip().splitlines() if memory else []
     return Sample(wall, ru.ru_utime + ru.ru_stime, int(peak[-1]) if peak else 0, text)
+
+
+def quick(cmd: list[str]) -> Sample:
+    """A start-up measurement: the command bare (see timed_rusage), no peak memory."""
+    return timed_rusage(cmd, memory=False)
 
 
 def sync() -> None:
@@ -610,13 +619,13 @@ def suite_releases(scratch: Path, repeats: int, budget: Budget,
         print(f"making a root with {count:,} releases ...", flush=True)
         make_many_releases(template, count)
     vs = [
-        Variant("python3 -c pass", lambda: timed_rusage([PY, "-c", "pass"])),
-        Variant("atomic-deploy status", lambda: timed_rusage([*CLI, "status", str(template)])),
-        Variant("atomic-deploy list", lambda: timed_rusage([*CLI, "list", str(template)])),
+        Variant("python3 -c pass", lambda: quick([PY, "-c", "pass"])),
+        Variant("atomic-deploy status", lambda: quick([*CLI, "status", str(template)])),
+        Variant("atomic-deploy list", lambda: quick([*CLI, "list", str(template)])),
         Variant("atomic-deploy status --json",
-                lambda: timed_rusage([*CLI, "status", str(template), "--json"])),
+                lambda: quick([*CLI, "status", str(template), "--json"])),
         Variant("atomic-deploy list --json",
-                lambda: timed_rusage([*CLI, "list", str(template), "--json"])),
+                lambda: quick([*CLI, "list", str(template), "--json"])),
     ]
     budget.part(0, 3)  # status/list are quick; prune (and its copies) gets the rest
     results = [run_suite(f"{count:,} releases: status and list", vs, repeats, budget,
@@ -656,15 +665,15 @@ def suite_startup(scratch: Path, repeats: int, budget: Budget) -> dict[str, Any]
     subprocess.run([*CLI, "deploy", str(one), str(deploy_root), "-q"], env=ENV, check=True)
     vs = [
         Variant("atomic-deploy deploy (one file)",
-                lambda: timed_rusage([*CLI, "deploy", str(one), str(deploy_root)])),
-        Variant("python3 -c pass", lambda: timed_rusage([PY, "-c", "pass"])),
-        Variant("python3 -S -c pass", lambda: timed_rusage([PY, "-S", "-c", "pass"])),
-        Variant("atomic-deploy --version", lambda: timed_rusage([*CLI, "--version"])),
-        Variant("atomic-deploy status", lambda: timed_rusage([*CLI, "status", str(root)])),
+                lambda: quick([*CLI, "deploy", str(one), str(deploy_root)])),
+        Variant("python3 -c pass", lambda: quick([PY, "-c", "pass"])),
+        Variant("python3 -S -c pass", lambda: quick([PY, "-S", "-c", "pass"])),
+        Variant("atomic-deploy --version", lambda: quick([*CLI, "--version"])),
+        Variant("atomic-deploy status", lambda: quick([*CLI, "status", str(root)])),
         # What pip's `atomic-deploy` script runs: its wrapper imports re before our code.
         Variant("atomic-deploy status (pip's script)",
-                lambda: timed_rusage([PY, "-c", PIP_SCRIPT, "status", str(root)])),
-        Variant("import atomic_deploy", lambda: timed_rusage([PY, "-c", "import atomic_deploy"])),
+                lambda: quick([PY, "-c", PIP_SCRIPT, "status", str(root)])),
+        Variant("import atomic_deploy", lambda: quick([PY, "-c", "import atomic_deploy"])),
     ]
     res = run_suite("start-up", vs, max(repeats, 10), budget, "python3 -c pass")
     res["imports"] = biggest_imports([*CLI, "status", str(root)])
@@ -776,9 +785,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown suites: {', '.join(sorted(unknown))}")
     repeats = args.repeats or (2 if args.quick else 3)
     budget = Budget(args.max_minutes if args.max_minutes else (1.6 if args.quick else 13))
-    work = Path(args.workdir)
+    work = Path(args.workdir).resolve()
     scratch = work / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
+    for name in ("json", "markdown", "chart"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    # `python -c` and `-m` search the current folder first on every import: every variant
+    # runs from the same small folder, not from wherever this script was started.
+    os.chdir(scratch)
     global DIGEST_CACHE
     DIGEST_CACHE = str(scratch / "digest-cache")  # never the user's own
     ENV["ATOMIC_DEPLOY_DIGEST_CACHE"] = DIGEST_CACHE
