@@ -164,7 +164,12 @@ def timed_rusage(cmd: list[str], cwd: str | None = None, timeout: float = 600,
         t0 = time.perf_counter()
         pid = os.posix_spawn(prog, cmd, env, file_actions=actions)
         killed: list[bool] = []
-        timer = threading.Timer(timeout, lambda: (killed.append(True), os.kill(pid, 9)))
+
+        def kill() -> None:
+            killed.append(True)
+            os.kill(pid, 9)
+
+        timer = threading.Timer(timeout, kill)
         timer.start()
         try:
             _, status, ru = os.wait4(pid, 0)
