@@ -419,7 +419,8 @@ def test_version_is_answered_without_the_parser(capsys: pytest.CaptureFixture[st
 # The atomic_deploy modules an everyday deploy (`deploy BUILD ROOT`, a previous release there,
 # one pruned) runs on; a new one here is a new cost at every deploy, so it is added on purpose.
 DEPLOY_MODULES = {
-    "atomic_deploy", "atomic_deploy._config", "atomic_deploy._copy", "atomic_deploy._fastcli",
+    "atomic_deploy", "atomic_deploy._clicore", "atomic_deploy._config", "atomic_deploy._copy",
+    "atomic_deploy._fastcli",
     "atomic_deploy._history", "atomic_deploy._jsonfile", "atomic_deploy._layout",
     "atomic_deploy._lock", "atomic_deploy._log", "atomic_deploy._manifest", "atomic_deploy._platform",
     "atomic_deploy._recovery", "atomic_deploy._render", "atomic_deploy._shared",
