@@ -984,38 +984,47 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if remote is not None:
             return _remote(args, parser, remote)
         return _run(args, parser)
-    except UsageError as exc:  # parser.error() for combinations argparse cannot express
+    except (UsageError, SystemExit, AtomicDeployError, KeyboardInterrupt, _OutputError,
+            OSError) as exc:
+        return _failure(args, exc)
+
+
+def _failure(args: Any, exc: BaseException) -> int:
+    """What a command that raised ``exc`` prints, and its exit code (also for the quick deploy
+    in _fastcli, whose ``args`` has the attributes of argparse's)."""
+    if isinstance(exc, UsageError):  # parser.error() for combinations argparse cannot express
         return _usage_error(str(exc), getattr(args, "json", False))
-    except SystemExit as exc:
+    if isinstance(exc, SystemExit):
         return int(exc.code or 0)
-    except AtomicDeployError as exc:
+    if isinstance(exc, AtomicDeployError):
         return _report(args, exc)
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130
-    except _OutputError as exc:
+    if isinstance(exc, _OutputError):
         done = ("nothing was changed" if args.command in _READ_ONLY
                 else f"the {args.command} itself completed (see: atomic-deploy list)")
         print(f"atomic-deploy: {_err('red', 'error:')} could not write the output ({exc}); "
               f"{done}", file=sys.stderr)
         return EXIT_FAILED
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         # Reader went away (`| head`): nothing to report; avoid a second error at exit.
         drop_stdout()
         return EXIT_FAILED
-    except OSError as exc:
-        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
-        if args.command not in _READ_ONLY:
-            print(f"atomic-deploy: {_err('red', 'error:')} {show(f'{exc.strerror or exc}{where}')}",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        # A root whose state is not what it should be (releases/ a file, the history a
-        # folder, unreadable): nothing was changed, and for these it is the input that is bad.
-        from .errors import OperationFailed
+    if not isinstance(exc, OSError):
+        raise exc
+    where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+    if args.command not in _READ_ONLY:
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(f'{exc.strerror or exc}{where}')}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    # A root whose state is not what it should be (releases/ a file, the history a
+    # folder, unreadable): nothing was changed, and for these it is the input that is bad.
+    from .errors import OperationFailed
 
-        message = f"cannot read the root: {exc.strerror or exc}{where}"
-        kind = InvalidInput if exc.errno in _BAD_ROOT_ERRNOS else OperationFailed
-        return _report(args, kind(message, "nothing was changed"))
+    message = f"cannot read the root: {exc.strerror or exc}{where}"
+    kind = InvalidInput if exc.errno in _BAD_ROOT_ERRNOS else OperationFailed
+    return _report(args, kind(message, "nothing was changed"))
 
 
 def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:
