@@ -700,8 +700,8 @@ def test_json_output_of_status_and_list_imports_no_json(tmp_path: Path) -> None:
 
 
 def test_collector_is_off_only_for_the_start_up(tmp_path: Path) -> None:
-    """run() turns the garbage collector off while the program starts; a command the full CLI
-    runs (a deploy of any size) runs with it on again, the quick path's answers without it."""
+    """run() turns the garbage collector off while the program starts; a deploy (of any size,
+    quick path or not) runs with it on again, the quick answers of status and list without it."""
     root, build = tmp_path / "root", tmp_path / "build"
     _deploy(root, build, 1)
     probe = (
@@ -711,10 +711,13 @@ def test_collector_is_off_only_for_the_start_up(tmp_path: Path) -> None:
         f"main(['list', {str(root)!r}, '-q'])\n"
         "quick = gc.isenabled()\n"
         f"main(['deploy', {str(build)!r}, {str(root)!r}, '-q'])\n"
-        "print(quick, gc.isenabled())\n"
+        "deployed = gc.isenabled()\n"
+        "gc.disable()\n"
+        f"main(['deploy', {str(build)!r}, {str(root)!r}, '-q', '--wait', '0'])\n"  # the full CLI
+        "print(quick, deployed, gc.isenabled())\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "True"]
-    assert len(_released(root)) == 2
+    assert out.stdout.split() == ["False", "True", "True"]
+    assert len(_released(root)) == 3

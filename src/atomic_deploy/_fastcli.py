@@ -53,7 +53,7 @@ def run() -> NoReturn:
 
     # Start-up allocates only what lives until exit (modules, functions, parsers, the parsed
     # history), so collections during it find nothing to free: about 1 ms of `status` and 3 ms
-    # of a deploy. main() turns them back on before the full CLI runs a command.
+    # of a deploy. main() turns them back on before the full CLI or the quick deploy runs one.
     gc.disable()
     code = main()
     for stream in (sys.stdout, sys.stderr):
