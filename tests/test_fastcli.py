@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -419,16 +421,19 @@ def test_version_is_answered_without_the_parser(capsys: pytest.CaptureFixture[st
 # The atomic_deploy modules an everyday deploy (`deploy BUILD ROOT`, a previous release there,
 # one pruned) runs on; a new one here is a new cost at every deploy, so it is added on purpose.
 DEPLOY_MODULES = {
-    "atomic_deploy", "atomic_deploy._config", "atomic_deploy._copy", "atomic_deploy._fastcli",
+    "atomic_deploy", "atomic_deploy._clicore", "atomic_deploy._config", "atomic_deploy._copy",
+    "atomic_deploy._fastcli",
     "atomic_deploy._history", "atomic_deploy._jsonfile", "atomic_deploy._layout",
     "atomic_deploy._lock", "atomic_deploy._log", "atomic_deploy._manifest", "atomic_deploy._platform",
     "atomic_deploy._recovery", "atomic_deploy._render", "atomic_deploy._shared",
     "atomic_deploy._signals", "atomic_deploy._stdout", "atomic_deploy._switch",
-    "atomic_deploy._version", "atomic_deploy.cli", "atomic_deploy.errors",
-    "atomic_deploy.operations"}
-# What a deploy without hooks, sources other than a folder, or --digest never needs (the parser,
-# json, datetime and ctypes for syncfs it does need).
-NOT_FOR_DEPLOY = {"logging", "traceback", "dataclasses", "inspect", "shutil", "threading", "queue",
+    "atomic_deploy.errors", "atomic_deploy.operations"}
+# What a deploy without hooks, sources other than a folder, or --digest never needs (ctypes, for
+# syncfs, it does need): no parser (argparse, and re, gettext, locale with it), no json (the C
+# encoder and scanner of _json are used), no datetime (time gives the same timestamps), no
+# signal (its C module _signal, without the IntEnum classes) and so no enum.
+NOT_FOR_DEPLOY = {"argparse", "re", "gettext", "locale", "json", "datetime", "signal", "enum",
+                  "logging", "traceback", "dataclasses", "inspect", "shutil", "threading", "queue",
                   "typing", "hashlib", "_hashlib", "_strptime", "calendar", "platform",
                   "subprocess", "tempfile", "shlex", "urllib", "urllib.request", "http.client",
                   "socket", "ssl", "selectors", "tarfile", "zipfile", "pickle",
@@ -447,6 +452,216 @@ def test_one_file_deploy_imports_only_what_it_runs_on(tmp_path: Path) -> None:
     assert {m for m in loaded if m.startswith("atomic_deploy")} == DEPLOY_MODULES
     assert loaded & NOT_FOR_DEPLOY == set(), loaded & NOT_FOR_DEPLOY
     assert (root / "current" / "index.html").read_text() == "x\n"
+
+
+
+# --- the quick deploy: exactly what the full CLI says and does ---------------------------------
+
+def _root_with_releases(tmp_path: Path, n: int = 5) -> tuple[Path, Path]:
+    root, build = tmp_path / "root", tmp_path / "build"
+    _deploy(root, build, n)
+    make_build(build, {"index.html": "new\n"})
+    return root, build
+
+
+def _normalized(result: tuple[int, str, str], root: Path,
+                before: set[str]) -> tuple[int, str, str, list[str], str | None]:
+    """The outcome without what differs between two runs of one deploy: the new release's id
+    and the seconds it took. With what is on disk afterwards (releases, current)."""
+    code, out, err = result
+    releases = sorted(os.listdir(root / "releases")) if (root / "releases").is_dir() else []
+    new = sorted(set(releases) - before)
+    for rid in new:
+        out, err = out.replace(rid, "NEW"), err.replace(rid, "NEW")
+    out = re.sub(r"\d+\.\d\ds\)", "T)", out)
+    out = re.sub(r'"seconds": [0-9.e-]+', '"seconds": T', out)
+    current = os.readlink(root / "current") if (root / "current").is_symlink() else None
+    return (code, out, err, ["NEW" if r in new else r for r in releases],
+            current and current.replace(new[0] if new else "\0", "NEW"))
+
+
+def _both(tmp_path: Path, root: Path, argv: list[str], capsys: pytest.CaptureFixture[str],
+          monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, bool]:
+    """Run argv through the quick path and, on a copy of the root as it was, through the full
+    CLI: (quick outcome, full outcome, whether the quick path handed it over)."""
+    saved, on_disk = tmp_path / "saved", snapshot(root)
+    if root.is_dir():
+        shutil.copytree(root, saved, symlinks=True)
+    before = set(os.listdir(root / "releases")) if (root / "releases").is_dir() else set()
+    real_full = cli.main
+    handed: list[list[str]] = []
+    monkeypatch.setattr(cli, "main", lambda a: handed.append(list(a)) or real_full(a))
+    quick = _normalized(_run(_fastcli.main, argv, capsys), root, before)
+    monkeypatch.setattr(cli, "main", real_full)
+    if snapshot(root) == on_disk:  # a failure that changed nothing (a held lock stays held)
+        pass
+    elif saved.exists():
+        shutil.rmtree(root)
+        shutil.copytree(saved, root, symlinks=True)
+    else:  # made by the quick run (a first deploy)
+        shutil.rmtree(root)
+    if saved.exists():
+        shutil.rmtree(saved)
+    full = _normalized(_run(real_full, argv, capsys), root, before)
+    return quick, full, bool(handed)
+
+
+DEPLOY_FLAGS = ([], ["-q"], ["--quiet"], ["--json"], ["--no-color"], ["--json", "-q"],
+                ["--no-fsync"], ["--keep", "2"], ["--keep", "all"], ["-m", "a note"],
+                ["--message", ""], ["--keep", "3", "--json", "-m", "x", "--no-color"])
+
+
+@pytest.mark.parametrize("flags", DEPLOY_FLAGS, ids=" ".join)
+def test_quick_deploy_says_and_does_what_the_full_cli_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        flags: list[str]) -> None:
+    root, build = _root_with_releases(tmp_path)
+    for argv in (["deploy", str(build), str(root), *flags],
+                 ["deploy", *flags, str(build), str(root)]):
+        quick, full, handed = _both(tmp_path, root, argv, capsys, monkeypatch)
+        assert quick == full, argv
+        assert not handed, "deployed without argparse"
+        assert quick[0] == 0 and "NEW" in quick[3] and quick[4] == "releases/NEW"
+        if ("-q" not in flags and "--quiet" not in flags) or "--json" in flags:
+            assert "NEW" in quick[1]
+
+
+def _locked(root: Path) -> Any:
+    from atomic_deploy._layout import Layout
+    from atomic_deploy._lock import RootLock
+
+    lock = RootLock(Layout(str(root)))
+    lock.__enter__()
+    (root / ".atomic-deploy" / "holder.json").write_text(json.dumps(
+        {"pid": 4242, "host": "h", "started": "2026-01-01T00:00:00Z", "command": "deploy x"}))
+    return lock
+
+
+@pytest.mark.parametrize("case", ["no-source", "source-is-a-file", "root-is-a-file", "locked",
+                                  "keep-0", "first-deploy", "io-error"])
+@pytest.mark.parametrize("flags", [[], ["--json"], ["-q"]], ids=" ".join)
+def test_quick_deploy_fails_as_the_full_cli_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        case: str, flags: list[str]) -> None:
+    root, build = _root_with_releases(tmp_path, 2)
+    source, extra = str(build), []
+    lock = None
+    if case == "no-source":
+        source = str(tmp_path / "nowhere")
+    elif case == "source-is-a-file":
+        source = str(build / "index.html")
+    elif case == "root-is-a-file":
+        root = tmp_path / "a-file"
+        root.write_text("x\n")
+    elif case == "locked":
+        lock = _locked(root)
+    elif case == "keep-0":
+        extra = ["--keep", "0"]
+    elif case == "first-deploy":
+        root = tmp_path / "new-root"
+    elif case == "io-error":  # after the copy, in each of the two runs: undone, exit 1
+        from atomic_deploy import _signals
+
+        monkeypatch.setenv("ATOMIC_DEPLOY_FAULT", "copied:EIO")
+        monkeypatch.setattr(_signals, "_fired", type("Forgetful", (set,), {"add": lambda self, step: None})())
+    try:
+        quick, full, handed = _both(tmp_path, root, ["deploy", source, str(root), *flags, *extra],
+                                    capsys, monkeypatch)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+    assert quick == full
+    assert not handed
+    expected = {"no-source": 2, "source-is-a-file": 2, "root-is-a-file": 2, "locked": 3,
+                "keep-0": 2, "first-deploy": 0, "io-error": 1}[case]
+    assert quick[0] == expected, quick
+    if expected:
+        assert len(quick[2].splitlines()) == 1 and quick[2].startswith("atomic-deploy: error: ")
+        if "--json" in flags:
+            assert json.loads(quick[1])["exit_code"] == expected
+    if case == "locked":
+        assert "4242" in quick[2]
+
+
+@pytest.mark.parametrize("argv", [
+    ["deploy", "{build}", "{root}", "--keep", "x"], ["deploy", "{build}", "{root}", "--keep", "-1"],
+    ["deploy", "{build}", "{root}", "--keep", "3", "--keep", "4"],
+    ["deploy", "{build}", "{root}", "--keep"], ["deploy", "{build}", "{root}", "-m"],
+    ["deploy", "{build}", "{root}", "-m", "-x"], ["deploy", "{build}", "{root}", "--keep=3"],
+    ["deploy", "{build}", "{root}", "-v"], ["deploy", "{build}", "{root}", "--dry-run"],
+    ["deploy", "{build}", "{root}", "--after-switch", "true"], ["deploy", "{build}", "--", "{root}"],
+    ["deploy", "{build}"], ["deploy", "{build}", "{root}", "{root}2"],
+    ["deploy", "{build}", "--keep", "3", "{root}"], ["deploy", "{build}", "{root}", "--no-fs"],
+    ["deploy", "{build}", "host:{root}"], ["deploy", "file://{build}", "{root}"],
+    ["deploy", "{build}", "{root}", "--help"], ["{build}", "{root}"],
+])
+def test_any_other_deploy_goes_to_the_full_cli(tmp_path: Path, argv: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root, build = _root_with_releases(tmp_path, 1)
+    argv = [a.format(root=root, build=build) for a in argv]
+    before = snapshot(root)
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "main", lambda a: seen.append(list(a)) or 7)
+    assert _fastcli.main(argv) == 7
+    assert seen == [argv]
+    assert snapshot(root) == before, "nothing done before handing over"
+
+
+@pytest.mark.parametrize("config", ["keep = 2\n", "keep = 0\n", "not toml [\n"])
+def test_a_config_file_is_read_by_the_full_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        config: str) -> None:
+    root, build = _root_with_releases(tmp_path)
+    (root / "atomic-deploy.toml").write_text(config)
+    quick, full, handed = _both(tmp_path, root, ["deploy", str(build), str(root)], capsys,
+                                monkeypatch)
+    assert quick == full and handed
+    assert quick[0] == (0 if config == "keep = 2\n" else 2)
+
+
+def test_quick_deploy_in_a_fresh_process(tmp_path: Path) -> None:
+    """The entry point as installed: the message in the history, the command line in the
+    lock holder's record (what status shows of a running deploy)."""
+    root, build = _root_with_releases(tmp_path, 2)
+    r = subprocess.run([sys.executable, "-m", "atomic_deploy", "deploy", str(build), str(root),
+                        "-m", "quick"], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.startswith("deployed ")
+    last = history(root)[-1]
+    assert (last["op"], last["outcome"], last["message"]) == ("deploy", "ok", "quick")
+    holder = json.loads((root / ".atomic-deploy" / "holder.json").read_text())
+    assert holder["command"] == f"atomic-deploy deploy {build} {root} -m quick"
+
+
+# --- timestamps without datetime ---------------------------------------------------------------
+
+def test_timestamps_agree_with_datetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    import random
+    import time
+
+    from atomic_deploy import _layout, operations
+
+    rng = random.Random(7)
+    samples = [0, 999, 1000, 999_999_999, 1_000_000_000, 951_782_400 * 10 ** 9 - 1]
+    samples += [rng.randrange(0, 4_000_000_000 * 10 ** 9) for _ in range(300)]
+    samples += [s // 10 ** 9 * 10 ** 9 for s in samples[:50]]  # whole seconds: no microseconds
+    for ns in samples:
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        when = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000)
+        assert _history.now_iso() == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert operations._started() == when.isoformat()
+    names = ["20261231235959", "20240228235959", "20230228235959", "20000228235959",
+             "19000228235959", "20261130235959", "20260101000000", "20261201235900"]
+    names += [time.strftime("%Y%m%d%H%M%S", time.gmtime(rng.randrange(0, 4_000_000_000)))
+              for _ in range(300)]
+    for name in names:
+        want = (dt.datetime.strptime(name, "%Y%m%d%H%M%S") + dt.timedelta(seconds=1))
+        assert _layout._next_second(name) == want.strftime("%Y%m%d%H%M%S"), name
+    from atomic_deploy.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="last possible"):
+        _layout._next_second("99991231235959")
 
 
 # --- the JSON writer that spares `import json` ------------------------------------------------
@@ -485,8 +700,8 @@ def test_json_output_of_status_and_list_imports_no_json(tmp_path: Path) -> None:
 
 
 def test_collector_is_off_only_for_the_start_up(tmp_path: Path) -> None:
-    """run() turns the garbage collector off while the program starts; a command the full CLI
-    runs (a deploy of any size) runs with it on again, the quick path's answers without it."""
+    """run() turns the garbage collector off while the program starts; a deploy (of any size,
+    quick path or not) runs with it on again, the quick answers of status and list without it."""
     root, build = tmp_path / "root", tmp_path / "build"
     _deploy(root, build, 1)
     probe = (
@@ -496,10 +711,13 @@ def test_collector_is_off_only_for_the_start_up(tmp_path: Path) -> None:
         f"main(['list', {str(root)!r}, '-q'])\n"
         "quick = gc.isenabled()\n"
         f"main(['deploy', {str(build)!r}, {str(root)!r}, '-q'])\n"
-        "print(quick, gc.isenabled())\n"
+        "deployed = gc.isenabled()\n"
+        "gc.disable()\n"
+        f"main(['deploy', {str(build)!r}, {str(root)!r}, '-q', '--wait', '0'])\n"  # the full CLI
+        "print(quick, deployed, gc.isenabled())\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "True"]
-    assert len(_released(root)) == 2
+    assert out.stdout.split() == ["False", "True", "True"]
+    assert len(_released(root)) == 3

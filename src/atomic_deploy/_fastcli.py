@@ -1,5 +1,5 @@
-"""The command line's entry point: answers ``status``, ``list`` and ``--version`` before argparse
-is loaded.
+"""The command line's entry point: answers ``status``, ``list``, ``--version`` and a plain
+``deploy`` before argparse is loaded.
 
 Building the full parser (argparse, logging, every subcommand's options) costs several times
 what an empty interpreter does, so the two read-only commands run from here when given in
@@ -13,6 +13,17 @@ Everything else (other commands, other options, any spelling argparse would read
 and every error) goes to ``cli.main``, which is the one parser and the one error handler: an
 error here only means the command is run again there, which is safe because these commands only
 read. The output is the same either way; tests/test_fastcli.py compares the two.
+
+A deploy changes the root, so it is never run twice: whether it runs here is decided from the
+arguments alone, before anything is done::
+
+    atomic-deploy deploy SOURCE ROOT [-q] [--json] [--no-color] [--no-fsync] [--keep N|all]
+                                     [-m TEXT]
+
+with SOURCE a local path, ROOT a local root without a config file, and each option given once
+in exactly that spelling (what argparse would read the same way). The options, the output and
+every error's message and exit code then come from the same code as cli.main's (``_clicore``,
+and ``cli._failure`` for errors, imported only when one happens).
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ def run() -> NoReturn:
 
     # Start-up allocates only what lives until exit (modules, functions, parsers, the parsed
     # history), so collections during it find nothing to free: about 1 ms of `status` and 3 ms
-    # of a deploy. main() turns them back on before the full CLI runs a command.
+    # of a deploy. main() turns them back on before the full CLI or the quick deploy runs one.
     gc.disable()
     code = main()
     for stream in (sys.stdout, sys.stderr):
@@ -92,6 +103,9 @@ def _quick(args: list[str]) -> int | None:
     """The exit code, or None when cli.main must handle the command."""
     if args == ["--version"] and hasattr(os, "uname"):
         return _write(version_text(), 0)
+    if args[:1] == ["deploy"]:
+        deploy = _deploy_args(args)
+        return None if deploy is None else _deploy(deploy)
     if len(args) < 2 or args[0] not in ("status", "list"):
         return None
     roots = [a for a in args[1:] if a not in _FLAGS]
@@ -126,6 +140,102 @@ def _quick(args: list[str]) -> int | None:
     except Exception:
         return None
     return _write(out, code)
+
+
+class _Args:
+    """The attributes of argparse's Namespace that a deploy reads (the others: None)."""
+
+    def __init__(self) -> None:
+        self.command = "deploy"
+        self.source: str | None = None
+        self.root: str | None = None
+
+    def __getattr__(self, name: str) -> Any:  # an option not given
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+# The flags the quick deploy reads as argparse would: store_true ones (--no-fsync stores False
+# in ``fsync``), and the ones taking a value.
+_DEPLOY_FLAGS = {"-q": "quiet", "--quiet": "quiet", "--json": "json", "--no-color": "no_color",
+                 "--no-fsync": "fsync"}
+_DEPLOY_VALUES = {"--keep": "keep", "-m": "message", "--message": "message"}
+
+
+def _deploy_args(args: list[str]) -> _Args | None:
+    """``deploy SOURCE ROOT`` with only the options above, each once, as _Args; None for
+    anything else (cli.main reads it)."""
+    ns = _Args()
+    paths: list[int] = []
+    given: set[str] = set()
+    i = 1
+    while i < len(args):
+        a = args[i]
+        if a in _DEPLOY_FLAGS:
+            setattr(ns, _DEPLOY_FLAGS[a], a != "--no-fsync")
+        elif a in _DEPLOY_VALUES:
+            dest = _DEPLOY_VALUES[a]
+            if dest in given or i + 1 == len(args):
+                return None
+            value = args[i + 1]
+            if value.startswith("-") or (dest == "keep" and not (
+                    value == "all" or (value.isascii() and value.isdigit()))):
+                return None  # argparse's reading (or its error) decides
+            given.add(dest)
+            setattr(ns, dest, value if dest == "message" or value == "all" else int(value))
+            i += 1
+        elif a.startswith("-") or not a:
+            return None  # another option, "--", "-"
+        else:
+            paths.append(i)
+        i += 1
+    if len(paths) != 2 or paths[1] != paths[0] + 1:
+        return None
+    ns.source, ns.root = args[paths[0]], args[paths[1]]
+    if ":" in ns.source or ":" in ns.root.split("/", 1)[0] or ns.root.startswith("ssh://"):
+        return None  # a URL source, a remote root (host:/path)
+    from ._config import FILENAME
+
+    if os.path.lexists(os.path.join(ns.root, FILENAME)):
+        return None  # a config file: whatever it says, cli.main reads it
+    return ns
+
+
+def _deploy(args: _Args) -> int:
+    """What cli.main does for ``deploy SOURCE ROOT``, without the parser."""
+    import gc
+
+    from . import _clicore, _log
+    from .operations import deploy
+
+    if not gc.isenabled():  # as main() does before the full CLI runs a command
+        gc.freeze()
+        gc.enable()
+    if sys.stderr is None:  # started with fd 2 closed: errors and hook output go nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    _clicore._out.reset(sys.stdout, args)
+    _clicore._err.reset(sys.stderr, args)
+    level = _log.WARNING if args.quiet else _log.INFO
+    saved = _log.set_sink((level, _clicore._log_line))
+    try:
+        try:
+            opts = _clicore._options(args, args.root)
+            progress = _clicore._progress_for(args, args.source)
+            opts.progress = progress
+            try:
+                r = deploy(args.source, args.root or "", opts)
+            finally:
+                if progress is not None:
+                    progress.close()
+            _clicore._staged(args, "deploy", r)
+            return 0
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            from .cli import _failure
+
+            return _failure(args, exc)
+    finally:
+        _log.set_sink(saved)
 
 
 def _json_out(command: str, payload: dict[str, Any]) -> str:

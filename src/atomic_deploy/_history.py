@@ -79,9 +79,12 @@ def _host() -> str:
 
 
 def now_iso() -> str:
-    import datetime as _dt
+    """datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), without importing
+    datetime (1 ms of every deploy): the same clock, its microseconds floored as datetime's."""
+    import time
 
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
 
 
 def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable, ClassVar
 
 # Readers (status, list) import only os and the decoder's C scanner: `import json` pulls in `re`
-# and enum, a third of what `atomic-deploy status` may cost in all. Writers import json as usual.
+# and enum, a third of what `atomic-deploy status` may cost in all. Writers use the encoder's C
+# core (dumps, below) the same way.
 _scan: Callable[[str, int], tuple[Any, int]] | None
 try:
     from _json import make_scanner as _make_scanner
@@ -136,7 +137,6 @@ def write_json_atomic(path: str, data: Any, durable: bool = True,
     never a torn or empty new one: for updates where the old content is still good enough.
     """
     import contextlib
-    import json
 
     from . import _platform
 
@@ -152,8 +152,7 @@ def write_json_atomic(path: str, data: Any, durable: bool = True,
                 raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-            f.write("\n")
+            f.write(dumps(data) + "\n")
             f.flush()
             if durable:
                 _platform.fsync_fd(f.fileno())
@@ -178,12 +177,10 @@ def read_json(path: str) -> Any:
 
 def append_json_line(path: str, record: dict[str, Any]) -> None:
     """Append one record durably. O_APPEND writes of one line do not interleave with others."""
-    import json
-
     from . import _platform
 
     # ASCII-escaped: a path or message that is not valid UTF-8 (surrogates) still fits.
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("ascii")
+    line = (dumps(record) + "\n").encode("ascii")
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, 0o644)
     try:

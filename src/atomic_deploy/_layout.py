@@ -168,23 +168,40 @@ def new_release_id(existing: set[str], now: _dt.datetime | None = None) -> str:
     wall clock rather than colliding or sorting before an older release. Only real timestamps
     count: a folder named like no timestamp sorts before every generated id and never crashes this.
     """
-    import datetime as _dt
+    if now is None:  # datetime.now(timezone.utc)'s second, without importing datetime
+        import time
 
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    candidate = now.replace(microsecond=0, tzinfo=None)
+        candidate = time.strftime(ID_FORMAT, time.gmtime())
+    else:
+        candidate = now.replace(microsecond=0, tzinfo=None).strftime(ID_FORMAT)
     newest = max((n for n in existing if release_kind(n) == "timestamp"), default=None)
-    if newest is not None:
-        try:
-            # What strptime(newest, ID_FORMAT) gives (a real second: release_kind checked it),
-            # without strptime's import of _strptime, calendar and locale at every deploy.
-            floor = _dt.datetime(int(newest[:4]), int(newest[4:6]), int(newest[6:8]),
-                                 int(newest[8:10]), int(newest[10:12]), int(newest[12:14])
-                                 ) + _dt.timedelta(seconds=1)
-        except OverflowError:  # 99991231235959: nothing can sort after it
-            raise InvalidInput(f"release {newest} is the last possible timestamp id; rename it",
-                               "nothing was changed") from None
-        candidate = max(candidate, floor)
-    return candidate.strftime(ID_FORMAT)
+    # Ids of real seconds, all 14 digits, sort as their times do: one before the candidate is
+    # at least a second before it, so the candidate is already past it.
+    if newest is None or newest < candidate:
+        return candidate
+    return _next_second(newest)  # past the candidate, which is not past the newest
+
+
+def _next_second(name: str) -> str:
+    """The id of the second after timestamp id ``name`` (a real second: release_kind checked
+    it), as datetime + timedelta(seconds=1) gives it, without importing datetime."""
+    y, mo, d = int(name[:4]), int(name[4:6]), int(name[6:8])
+    h, mi, sec = int(name[8:10]), int(name[10:12]), int(name[12:14]) + 1
+    if sec == 60:
+        sec, mi = 0, mi + 1
+    if mi == 60:
+        mi, h = 0, h + 1
+    if h == 24:
+        h, d = 0, d + 1
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if d > _DAYS[mo - 1] - (mo == 2 and not leap):
+        d, mo = 1, mo + 1
+    if mo == 13:
+        mo, y = 1, y + 1
+    if y > 9999:  # 99991231235959: nothing can sort after it
+        raise InvalidInput(f"release {name} is the last possible timestamp id; rename it",
+                           "nothing was changed")
+    return f"{y:04d}{mo:02d}{d:02d}{h:02d}{mi:02d}{sec:02d}"
 
 
 class CurrentLink:

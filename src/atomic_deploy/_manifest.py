@@ -49,7 +49,10 @@ def line(rel: str, st: os.stat_result, target: str | None, digest: str | None) -
     """One entry's manifest line (JSON, ASCII: any file name fits), without its newline."""
     global _encode_str
     if _encode_str is None:
-        from json.encoder import encode_basestring_ascii
+        try:  # json.encoder's own, without importing json (and re) at every deploy
+            from _json import encode_basestring_ascii
+        except ImportError:  # not CPython
+            from json.encoder import encode_basestring_ascii
 
         _encode_str = encode_basestring_ascii
     enc = _encode_str
@@ -825,7 +828,6 @@ def write(layout: Layout, release: str, lines: Lines | list[str], durable: bool)
     """Write the release's manifest atomically; returns the manifest's own digest (hex).
 
     Lines are sorted (by their text, so by path): the same tree gives the same file."""
-    import json
     from itertools import chain
 
     from . import _platform
@@ -833,8 +835,9 @@ def write(layout: Layout, release: str, lines: Lines | list[str], durable: bool)
 
     if not isinstance(lines, Lines):
         lines = Lines(lines)
-    header = json.dumps({"v": VERSION, "entries": len(lines),
-                         "digest": ALGORITHM if lines.has_digest else None}, separators=(",", ":"))
+    # What json.dumps(..., separators=(",", ":")) writes, keys in this order (no import of json).
+    digest = f'"{ALGORITHM}"' if lines.has_digest else "null"
+    header = f'{{"v":{VERSION},"entries":{len(lines)},"digest":{digest}}}'
     h = blake2b(digest_size=32)
     folder = layout.manifests
     os.makedirs(folder, exist_ok=True)

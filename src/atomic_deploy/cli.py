@@ -13,13 +13,27 @@ import sys
 from collections.abc import Sequence
 
 from . import _log
+from ._clicore import (
+    _config_problem,
+    _emit,
+    _err,
+    _err_line,
+    _log_line,
+    _options,
+    _out,
+    _out_line,
+    _out_quiet,
+    _OutputError,
+    _progress_for,
+    _staged,
+    _warn,
+)
 from ._layout import show
 from ._render import (
     JSON_SCHEMA,
     envelope,
     format_list,
     format_status,
-    human_bytes,
     status_exit_code,
 )
 from ._stdout import drop_stdout
@@ -28,7 +42,7 @@ from .errors import AtomicDeployError, InvalidInput
 
 TYPE_CHECKING = False  # typing costs start-up time at every command
 if TYPE_CHECKING:
-    from typing import Any, ClassVar, NoReturn
+    from typing import Any, NoReturn
 
     from .fleet import FleetOptions, FleetResult
 
@@ -75,36 +89,6 @@ class _Version(argparse.Action):
                  values: Any, option_string: str | None = None) -> None:
         _out_line(version_text())
         parser.exit()
-
-
-class _OutputError(Exception):
-    """The result could not be written to stdout (disk full, I/O error): reported by _main with
-    what the command did, since the operation itself may have completed."""
-
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(exc.strerror or str(exc))
-
-
-def _out_line(text: str, end: str = "\n") -> None:
-    """Write a result to stdout. A reader that went away (`| head`, `| true`) just ends the
-    output: the command's exit code stays what the operation's outcome was. Other write errors
-    raise _OutputError. A closed stdout (None) takes nothing, as print() does."""
-    if sys.stdout is None:
-        return
-    try:
-        sys.stdout.write(text + end)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        drop_stdout()
-    except OSError as exc:
-        raise _OutputError(exc) from None
-
-
-def _out_quiet(text: str) -> None:
-    """For the JSON error object: the error itself is already on stderr, so a failed write of
-    the object adds nothing."""
-    with contextlib.suppress(_OutputError):
-        _out_line(text)
 
 
 class UsageError(Exception):
@@ -324,23 +308,6 @@ def _fetch_options(args: argparse.Namespace, source: str | None) -> Any:
 def _close_progress(fetch: Any) -> None:
     if fetch is not None and fetch.progress is not None:
         fetch.progress.close()
-
-
-def _redacted(argv: list[str]) -> list[str]:
-    """The command line as it may be recorded (history, lock holder): no header values, no
-    credentials in URLs."""
-    out: list[str] = []
-    for i, a in enumerate(argv):
-        if i and argv[i - 1] == "--header":
-            a = "***"
-        elif a.startswith("--header="):
-            a = "--header=***"
-        elif "://" in a and ("@" in a or "?" in a):
-            from ._fetch import redact_safe
-
-            a = redact_safe(a)
-        out.append(a)
-    return out
 
 
 def _common() -> _Parser:
@@ -683,155 +650,9 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
-def _log_line(level: int, msg: str) -> None:
-    """The library's log messages while a command runs (the sink of _log)."""
-    if level >= _log.WARNING:
-        msg = _err("yellow", msg)
-    elif level < _log.INFO:
-        msg = _err("dim", msg)
-    _err_line(f"atomic-deploy: {msg}")
-
-
-def _err_line(text: str) -> None:
-    """Write one line to stderr, for hook output and log messages while an operation runs.
-
-    Output that cannot be written never changes an outcome: a reader that went away, a full
-    disk or an I/O error ends what stderr shows, and the operation goes on. Nothing reports it
-    (the only place to say so is stderr itself). No stderr at all (fd 2 closed, sys.stderr
-    None) takes nothing: print(file=None) would write to stdout instead.
-    """
-    stream = sys.stderr
-    if stream is None:
-        return
-    try:
-        stream.write(text + "\n")
-        stream.flush()
-    except (OSError, ValueError):  # ValueError: the stream was closed
-        _drop_stderr()
-
-
-def _drop_stderr() -> None:
-    """Point stderr at /dev/null: what is still buffered, later lines and the flush at exit
-    then all succeed, so the exit code stays the operation's."""
-    try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(fd, sys.stderr.fileno())
-        finally:
-            os.close(fd)
-    except (OSError, ValueError, AttributeError):
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-
-
-class _Style:
-    """ANSI colour for one stream: only on a terminal, never with NO_COLOR or --no-color."""
-
-    CODES: ClassVar[dict[str, str]] = {
-        "red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
-
-    def __init__(self, stream: Any, args: argparse.Namespace | None) -> None:
-        self.on = (
-            not getattr(args, "no_color", False)
-            and not os.environ.get("NO_COLOR")
-            and os.environ.get("TERM") != "dumb"
-            and hasattr(stream, "isatty") and stream.isatty()
-        )
-
-    def __call__(self, color: str, text: str) -> str:
-        return f"\033[{self.CODES[color]}m{text}\033[0m" if self.on else text
-
-
-_out = _Style(None, None)
-_err = _Style(None, None)
-
-
-def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, *,
-          data: bool = False) -> None:
-    """JSON with --json; else ``text``, which -q silences unless it is the command's data."""
-    if getattr(args, "json", False):
-        _out_line(json.dumps(envelope(args.command, payload), sort_keys=True))
-    elif text and (data or not getattr(args, "quiet", False)):
-        _out_line(text)
-
-
-# Option name -> (config key, default when neither flag nor config gives one).
-_SETTINGS: dict[str, Any] = {
-    "keep": None, "wait": 0.0, "message": None, "git": None, "ref": "HEAD",
-    "strip_components": 0, "revision": None, "refuse_external_links": False,
-    "shared_dirs": [], "shared_files": [],
-    "create_missing": False, "check": [], "after_switch": [], "on_failure": [],
-    "health_check": None, "health_url": None, "health_timeout": 10.0, "health_retries": 3,
-    "health_interval": 1.0, "hook_timeout": 600.0, "link_unchanged": False, "checksum": False,
-    "trust_mtime": False, "link_writable": False, "digest": False, "jobs": None, "fsync": True,
-}
-_HOOK_KEYS = ("check", "after_switch", "on_failure", "health_check")
-
-
-def _options(args: argparse.Namespace, root: str | None,
-             config: dict[str, Any] | None = None) -> Any:
-    """DeployOptions from flags, then the config file (``config``, or read from ROOT), then
-    defaults."""
-    from . import _config
-    from .operations import DeployOptions
-
-    if config is None and getattr(args, "config_json", None):
-        config = _config.from_json(args.config_json)
-    if config is None:
-        config = _config.load(root, getattr(args, "config", None)) \
-            if root and not getattr(args, "no_config", False) else {}
-        bad = _config_problem(args, root, config)
-        if bad:
-            raise bad[1]
-    values: dict[str, Any] = {}
-    for key, default in _SETTINGS.items():
-        flag = getattr(args, key, None)
-        value = flag if flag is not None else config.get(key, default)
-        if key in _HOOK_KEYS and key in config and flag is None:
-            value = _config.hooks(key, value)  # a list of strings is a list of commands
-        values[key] = value
-    if getattr(args, "no_digest_cache", None):
-        from ._manifest import CACHE_ENV
-
-        os.environ[CACHE_ENV] = "0"  # read where the copy hashes the build (_manifest)
-    values["command"] = "atomic-deploy " + " ".join(_redacted(sys.argv[1:]))
-    if getattr(args, "if_changed", None):
-        values["if_changed"] = True
-    if not getattr(args, "quiet", False):
-        values["on_output"] = lambda line: _err_line(_err("dim", "  | ") + line)
-    return DeployOptions(**values)
-
-
 # What rollback takes from the config file; the rest of the file is not its business.
 _ROLLBACK_KEYS = ("wait", "after_switch", "on_failure", "health_check", "health_url",
                   "health_timeout", "health_retries", "health_interval", "hook_timeout")
-
-
-def _warn(message: str) -> None:
-    _err_line(f"atomic-deploy: {_err('yellow', 'warning:')} {show(message)}")
-
-
-def _config_problem(args: argparse.Namespace, root: str | None,
-                    config: dict[str, Any]) -> tuple[str, InvalidInput] | None:
-    """The first config setting whose value the options check refuses, as (key, error naming
-    the file); None when there is none. Flags are checked on their own first: their own
-    mistake is reported as theirs, by the operation."""
-    if not config:
-        return None
-    from . import _config
-    from .operations import validate_options
-
-    try:
-        validate_options(_options(args, root, {}))
-    except InvalidInput:
-        return None
-    path = _config.config_path(root or ".", getattr(args, "config", None))
-    for key in sorted(config):
-        try:
-            validate_options(_options(args, root, {key: config[key]}))
-        except InvalidInput as exc:
-            return key, InvalidInput(f"{show(path or _config.FILENAME)}: {key} = "
-                                     f"{config[key]!r}: {exc.message}", exc.state)
-    return None
 
 
 def _rollback_options(args: argparse.Namespace) -> Any:
@@ -907,23 +728,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if progress is not None:
                 progress.close()
             _close_progress(opts.fetch)
-        if r.unchanged:
-            _emit(args, r.to_dict(), f"unchanged: {r.release} is already this build", data=True)
-            return EXIT_OK
-        if cmd == "prepare":
-            _emit(args, r.to_dict(), r.release, data=True)  # the id is data: -q keeps it
-            for w in r.warnings:
-                _warn(w)
-            return EXIT_OK
-        linked = f", {r.linked} hard-linked" if r.linked else ""
-        text = (f"{_out('green', 'deployed')} {_out('bold', r.release)} "
-                f"(previous: {r.previous or 'none'}; {r.files} file{'s' if r.files != 1 else ''}{linked}, "
-                f"{human_bytes(r.bytes)}, {r.seconds:.2f}s)")
-        if r.pruned:
-            text += f"\npruned {len(r.pruned)}: {', '.join(r.pruned)}"
-        _emit(args, r.to_dict(), text)
-        for w in r.warnings:  # after the commit point: the exit code stays 0
-            _warn(w)
+        _staged(args, cmd, r)
+        return EXIT_OK
     elif cmd == "activate":
         opts = _options(args, args.root)
         opts.session = getattr(args, "channel", None)
@@ -1052,20 +858,6 @@ def _page_man(page: str) -> bool:
     return proc.returncode == 0
 
 
-def _progress_for(args: argparse.Namespace, source: str | None) -> Any:
-    """A progress line on stderr for long copies: only on a terminal, never with -q."""
-    if (getattr(args, "quiet", False) or source is None or not os.path.isdir(source)
-            or not sys.stderr.isatty() or os.environ.get("TERM") == "dumb"):
-        return None
-    from ._progress import Progress, measure
-
-    try:
-        files, size = measure(source)
-    except OSError:
-        return None  # the deploy itself reports unreadable sources
-    return Progress(sys.stderr, files, size)
-
-
 def _verify(args: argparse.Namespace) -> int:
     from ._manifest import verify_root
 
@@ -1147,8 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    global _out, _err
-    _out, _err = _Style(sys.stdout, args), _Style(sys.stderr, args)
+    _out.reset(sys.stdout, args)
+    _err.reset(sys.stderr, args)
     # The library logs; for the length of this command its messages go to stderr only (not
     # to `logging`, which is not even imported). Restored afterwards so that main() called
     # in-process leaves the caller's logging as it was.
@@ -1192,38 +984,47 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if remote is not None:
             return _remote(args, parser, remote)
         return _run(args, parser)
-    except UsageError as exc:  # parser.error() for combinations argparse cannot express
+    except (UsageError, SystemExit, AtomicDeployError, KeyboardInterrupt, _OutputError,
+            OSError) as exc:
+        return _failure(args, exc)
+
+
+def _failure(args: Any, exc: BaseException) -> int:
+    """What a command that raised ``exc`` prints, and its exit code (also for the quick deploy
+    in _fastcli, whose ``args`` has the attributes of argparse's)."""
+    if isinstance(exc, UsageError):  # parser.error() for combinations argparse cannot express
         return _usage_error(str(exc), getattr(args, "json", False))
-    except SystemExit as exc:
+    if isinstance(exc, SystemExit):
         return int(exc.code or 0)
-    except AtomicDeployError as exc:
+    if isinstance(exc, AtomicDeployError):
         return _report(args, exc)
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130
-    except _OutputError as exc:
+    if isinstance(exc, _OutputError):
         done = ("nothing was changed" if args.command in _READ_ONLY
                 else f"the {args.command} itself completed (see: atomic-deploy list)")
         print(f"atomic-deploy: {_err('red', 'error:')} could not write the output ({exc}); "
               f"{done}", file=sys.stderr)
         return EXIT_FAILED
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         # Reader went away (`| head`): nothing to report; avoid a second error at exit.
         drop_stdout()
         return EXIT_FAILED
-    except OSError as exc:
-        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
-        if args.command not in _READ_ONLY:
-            print(f"atomic-deploy: {_err('red', 'error:')} {show(f'{exc.strerror or exc}{where}')}",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        # A root whose state is not what it should be (releases/ a file, the history a
-        # folder, unreadable): nothing was changed, and for these it is the input that is bad.
-        from .errors import OperationFailed
+    if not isinstance(exc, OSError):
+        raise exc
+    where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+    if args.command not in _READ_ONLY:
+        print(f"atomic-deploy: {_err('red', 'error:')} {show(f'{exc.strerror or exc}{where}')}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    # A root whose state is not what it should be (releases/ a file, the history a
+    # folder, unreadable): nothing was changed, and for these it is the input that is bad.
+    from .errors import OperationFailed
 
-        message = f"cannot read the root: {exc.strerror or exc}{where}"
-        kind = InvalidInput if exc.errno in _BAD_ROOT_ERRNOS else OperationFailed
-        return _report(args, kind(message, "nothing was changed"))
+    message = f"cannot read the root: {exc.strerror or exc}{where}"
+    kind = InvalidInput if exc.errno in _BAD_ROOT_ERRNOS else OperationFailed
+    return _report(args, kind(message, "nothing was changed"))
 
 
 def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:

@@ -7,7 +7,6 @@ history record; any failure or signal before that undoes the operation from the 
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import time
@@ -418,7 +417,7 @@ class _Session:
         """Journal, run ``body(op_id)``, commit its history record; undo on failure or signal."""
         op_id = random_suffix()
         journal = {"op": op, "op_id": op_id, "pid": os.getpid(),
-                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), **journal}
+                   "started": _started(), **journal}
         write_journal(self.layout, journal)
         self.journal = journal
         try:
@@ -538,6 +537,15 @@ class _Session:
             self.run_hooks("on-failure", self.on_failure, self.layout.root, error=error)
         except AtomicDeployError as exc:
             log.warning("on-failure hook failed too: %s", exc.message)
+
+
+def _started() -> str:
+    """datetime.now(timezone.utc).isoformat() (microseconds left out when 0, as it does),
+    without importing datetime (1 ms of every deploy)."""
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    micro = ns // 1000
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + (f".{micro:06d}" if micro else "") + "+00:00")
 
 
 def _hooks_spec(opts: DeployOptions) -> dict[str, Any] | None:
