@@ -34,14 +34,15 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_cli(*args: str | os.PathLike[str], fault: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+            env: dict[str, str] | None = None, timeout: float = 60,
+            cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m atomic_deploy ARGS` and return the finished process (text output)."""
     extra = dict(env or {})
     if fault:
         extra["ATOMIC_DEPLOY_FAULT"] = fault
     return subprocess.run(
         [sys.executable, "-m", "atomic_deploy", *map(str, args)],
-        env=cli_env(extra), capture_output=True, text=True, timeout=timeout,
+        env=cli_env(extra), capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )
 
 

@@ -58,9 +58,12 @@ KEYS: dict[str, tuple[type, ...]] = {
     "connect_timeout": (int, float),
     "accept_new_host_keys": (bool,),
     "compress": (bool,),
+    # named fleets, for ROOT given as @NAME: read from the deploying machine's file (fleet.md)
+    "fleets": (dict,),
 }
 # The keys above that only the deploying machine's side uses.
-REMOTE_KEYS = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress")
+REMOTE_KEYS = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
+               "fleets")
 
 
 def _parser(path: str) -> Any:
@@ -143,9 +146,54 @@ def check_value(path: str, key: str, value: Any) -> None:
                            f"({type(value).__name__})", "nothing was changed")
     if key in HOOK_LISTS or key == "health_check":
         _check_hook_shape(path, key, value)
+    elif key == "fleets":
+        check_fleets(path, value)
     elif isinstance(value, list) and not all(isinstance(x, str) for x in value):
         raise InvalidInput(f"{show(path)}: {key} must be a list of strings",
                            "nothing was changed")
+
+
+def is_fleet_name(text: str) -> bool:
+    """``@NAME``: a fleet named in the config file (``./@x`` is the local folder ``@x``)."""
+    return text.startswith("@")
+
+
+def check_fleets(path: str, value: object) -> None:
+    """InvalidInput unless ``value`` (the config file's ``fleets`` table) is a table of fleets,
+    each ``roots = [ROOT, ...]``, or ``hosts = [[user@]host, ...]`` and ``root = PATH``."""
+
+    def bad(what: str) -> InvalidInput:
+        return InvalidInput(f"{show(path)}: {what}", "nothing was changed")
+
+    if not isinstance(value, dict):
+        raise bad("fleets must be a table of fleets: [fleets.NAME] with roots = [...], or "
+                  "hosts = [...] and root = \"/path\"")
+    for name, fleet in value.items():
+        if not isinstance(fleet, dict):
+            raise bad(f"fleets.{name} must be a table: roots = [...], or hosts = [...] and "
+                      "root = \"/path\"")
+        unknown = sorted(set(fleet) - {"roots", "hosts", "root"})
+        if unknown:
+            raise bad(f"fleets.{name}: unknown setting {unknown[0]!r} (known: hosts, root, "
+                      "roots)")
+        for key in ("roots", "hosts"):
+            items = fleet.get(key)
+            if items is not None and (not isinstance(items, list) or not items or not all(
+                    isinstance(x, str) and x.strip() for x in items)):
+                raise bad(f"fleets.{name}.{key} must be a list of one or more non-empty "
+                          "strings")
+        root = fleet.get("root")
+        if "roots" in fleet and ("hosts" in fleet or "root" in fleet):
+            raise bad(f"fleets.{name}: give roots = [...], or hosts = [...] and root, not both")
+        if "roots" not in fleet and ("hosts" not in fleet or not isinstance(root, str)
+                                     or not root):
+            raise bad(f"fleets.{name}: give roots = [\"host:/path\", ...], or hosts = [...] "
+                      "and root = \"/path\"")
+        if isinstance(root, str) and (":" in root.split("/", 1)[0] or root.startswith("ssh://")):
+            raise bad(f"fleets.{name}.root is the path on every host, not {root!r}")
+        for host in fleet.get("hosts") or []:
+            if any(c.isspace() for c in host) or "/" in host or ":" in host:
+                raise bad(f"fleets.{name}.hosts: {host!r} is not one [user@]host")
 
 
 def _check_hook_shape(path: str, key: str, value: Any) -> None:

@@ -111,8 +111,8 @@ def _quick(args: list[str]) -> int | None:
     roots = [a for a in args[1:] if a not in _FLAGS]
     if len(roots) != 1 or roots[0].startswith("-") or not roots[0]:
         return None  # missing or extra arguments, other options, "--": argparse decides
-    if ":" in roots[0].split("/", 1)[0] or roots[0].startswith("ssh://"):
-        return None  # a remote root (host:/path): over ssh, by cli.main
+    if ":" in roots[0].split("/", 1)[0] or roots[0].startswith(("ssh://", "@")):
+        return None  # a remote root (host:/path) or a named fleet (@NAME): by cli.main
     as_json = "--json" in args
     quiet = "-q" in args or "--quiet" in args
     code = 0
@@ -193,8 +193,9 @@ def _deploy_args(args: list[str]) -> _Args | None:
     if len(paths) != 2 or paths[1] != paths[0] + 1:
         return None
     ns.source, ns.root = args[paths[0]], args[paths[1]]
-    if ":" in ns.source or ":" in ns.root.split("/", 1)[0] or ns.root.startswith("ssh://"):
-        return None  # a URL source, a remote root (host:/path)
+    if ":" in ns.source or ":" in ns.root.split("/", 1)[0] or ns.root.startswith(
+            ("ssh://", "@")):
+        return None  # a URL source, a remote root (host:/path), a named fleet (@NAME)
     from ._config import FILENAME
 
     if os.path.lexists(os.path.join(ns.root, FILENAME)):

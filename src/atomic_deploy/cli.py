@@ -522,7 +522,8 @@ def _add_fleet(p: argparse.ArgumentParser, stage: bool) -> None:
     after_release = p.prog.endswith((" activate", " verify"))
     p.add_argument("more_roots", metavar="MORE_ROOT" if after_release else "ROOT", nargs="*",
                    help="more roots: the command acts on all of them as one fleet")
-    g = p.add_argument_group("fleets (several roots: ROOT ROOT..., or --hosts FILE ROOT)")
+    g = p.add_argument_group("fleets (several roots: ROOT ROOT..., --hosts FILE ROOT, or @NAME: "
+                             "[fleets.NAME] in --config FILE or ./atomic-deploy.toml)")
     g.add_argument("--hosts", metavar="FILE",
                    help="one [user@]host per line (# comments); ROOT is then the path on each")
     g.add_argument("--parallel", type=int, metavar="N",
@@ -1207,7 +1208,9 @@ def _with_transfer(args: argparse.Namespace, out: str, transfer: Any) -> str:
 
 
 def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
-    """The roots of a command given several (or --hosts FILE), else None."""
+    """The roots of a command given several (or --hosts FILE, or @NAME), else None."""
+    from . import _config
+
     if args.command in ("activate", "verify"):
         _release_argument(args)
     if args.command not in _FLEET_COMMANDS or getattr(args, "session", None) is not None:
@@ -1215,6 +1218,8 @@ def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
     given = [r for r in (args.root, *(args.more_roots or [])) if r is not None]
     if args.command in ("deploy", "prepare") and args.git is not None and args.source:
         given.insert(0, args.source)
+    if any(_config.is_fleet_name(r) for r in given):
+        return _named_fleet(args, given)
     if args.hosts:
         from .fleet import read_hosts
 
@@ -1224,6 +1229,36 @@ def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
     if len(given) <= 1:
         return None
     return given
+
+
+def _named_fleet(args: argparse.Namespace, given: list[str]) -> list[str] | None:
+    """The roots of ``@NAME``, from the fleets table of the --config file or else of
+    ./atomic-deploy.toml, which then is the command's --config file (docs/fleet.md)."""
+    from . import _config
+    from .fleet import named_fleet
+
+    if len(given) != 1 or args.hosts:
+        raise UsageError(f"a named fleet ({next(r for r in given if r.startswith('@'))}) is "
+                         "given alone: no other ROOT, no --hosts")
+    path = getattr(args, "config", None)
+    if not path:
+        if not os.path.isfile(_config.FILENAME):
+            raise InvalidInput(
+                f"{given[0]} names a fleet, but there is no --config FILE and no "
+                f"{_config.FILENAME} in this folder ({show(os.getcwd())}) to define it",
+                "nothing was changed")
+        path = _config.FILENAME
+        if hasattr(args, "config") and not getattr(args, "no_config", False):
+            args.config = path  # the file that names the fleet sets its options too
+    where, table = _config.read(".", path)
+    roots = named_fleet(where or path, table, given[0][1:])
+    if len(roots) == 1:  # one root: the command as for that root alone
+        if args.command in ("deploy", "prepare") and args.git is not None and args.source:
+            args.source = roots[0]
+        else:
+            args.root = roots[0]
+        return None
+    return roots
 
 
 def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: list[str]) -> int:

@@ -2,7 +2,7 @@
 all-or-nothing ([docs/fleet.md]). Built on the remote package's session protocol."""
 
 from ._deploy import EXIT_MIXED, FleetOptions, FleetResult, HostOutcome, deploy_fleet
-from ._hosts import check_distinct, read_hosts
+from ._hosts import check_distinct, named_fleet, read_hosts
 
 __all__ = ["EXIT_MIXED", "FleetOptions", "FleetResult", "HostOutcome", "check_distinct",
-           "deploy_fleet", "read_hosts"]
+           "deploy_fleet", "named_fleet", "read_hosts"]

@@ -1,8 +1,9 @@
-"""Which roots a fleet command acts on: several ROOT arguments, or ``--hosts FILE`` and one
-ROOT path."""
+"""Which roots a fleet command acts on: several ROOT arguments, ``--hosts FILE`` and one
+ROOT path, or ``@NAME``, a fleet named in the deploying machine's config file."""
 
 from __future__ import annotations
 
+from .._config import check_fleets
 from .._layout import show
 from ..errors import InvalidInput
 
@@ -32,6 +33,25 @@ def read_hosts(path: str, root_path: str) -> list[str]:
         raise InvalidInput(f"with --hosts give ROOT as a path on the hosts, not {root_path!r}",
                            "nothing was changed")
     return [f"{h}:{root_path}" for h in hosts]
+
+
+def named_fleet(path: str, table: dict[str, object], name: str) -> list[str]:
+    """The roots of the fleet ``name`` (without its ``@``) in ``table``, the settings read
+    from the config file ``path``."""
+    fleets = table.get("fleets")
+    if fleets is None:
+        raise InvalidInput(f"no fleet named {name!r}: {show(path)} defines no fleets "
+                           f"([fleets.{name or 'NAME'}] with roots = [...])", "nothing was changed")
+    check_fleets(path, fleets)
+    assert isinstance(fleets, dict)
+    fleet = fleets.get(name)
+    if fleet is None:
+        known = ", ".join(sorted(fleets)) or "none"
+        raise InvalidInput(f"no fleet named {name!r} in {show(path)} (fleets there: {known})",
+                           "nothing was changed")
+    if "roots" in fleet:
+        return list(fleet["roots"])
+    return [f"{host}:{fleet['root']}" for host in fleet["hosts"]]
 
 
 def check_distinct(roots: list[str]) -> None:
