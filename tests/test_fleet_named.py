@@ -70,6 +70,12 @@ def test_a_fleet_named_in_a_config_file_given(hosts: list[Host], tmp_path: Path)
     assert r.returncode == 0, r.stderr
     rel = json.loads(r.stdout)["release"]
     assert [current(h) for h in hosts] == [f"releases/{rel}"] * 2 + [None]
+    # Commands that read no root's settings take --config too (it used to be read as an
+    # abbreviation of the hidden --config-json).
+    for command in ("status", "list"):
+        r = cli(command, "@pair", "--config", conf, "--json", cwd=elsewhere)
+        assert r.returncode == 0, (command, r.stderr)
+        assert len(json.loads(r.stdout)["hosts"]) == 2
 
 
 @pytest.mark.parametrize("args, says", [

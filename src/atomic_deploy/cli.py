@@ -632,6 +632,13 @@ def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
         # The host's side of a remote root's --dry-run: the build's part of the plan, made
         # where the build is (a JSON list of steps).
         p.add_argument("--plan-source", metavar="JSON", help=argparse.SUPPRESS)
+    if "--config" not in p._option_string_actions:
+        # A command that reads no root's settings still takes this machine's file (ssh
+        # settings, the fleets of @NAME); without it, `--config` would be taken for an
+        # abbreviation of the hidden --config-json.
+        g.add_argument("--config", metavar="FILE",
+                       help="this machine's settings file: ssh settings for remote roots, the "
+                            "fleets for @NAME (default for @NAME: ./atomic-deploy.toml)")
     p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
 
 
@@ -1098,7 +1105,7 @@ def _remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, path
             flags += [flag, str(value)]
     from ._config import REMOTE_KEYS
 
-    if config is not None and any(a.dest == "config" for a in actions):
+    if config is not None and any(a.dest == "no_config" for a in actions):
         flags += ["--config-json",
                   json.dumps({k: v for k, v in config.items() if k not in REMOTE_KEYS})]
     return [*flags, "--", *positional]
@@ -1727,8 +1734,8 @@ def _remote_config(args: argparse.Namespace, parser: argparse.ArgumentParser, re
     here (the host's python then needs no TOML parser) with the command's own rules."""
     from . import _config
 
-    if not any(a.dest == "config" for a in _subparser(parser, args.command)._actions):
-        return None
+    if not any(a.dest == "no_config" for a in _subparser(parser, args.command)._actions):
+        return None  # a command that reads no root's settings (its --config is this machine's)
     if getattr(args, "config", None):
         return local
     if getattr(args, "no_config", False) or (probe.config is None and not probe.config_error):
