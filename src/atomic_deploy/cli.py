@@ -1231,9 +1231,11 @@ def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:
     # show(): a newline inside a path or id must not split the one error line.
     print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
     if getattr(args, "json", False):
-        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
-                               "error": exc.message, "state": exc.state,
-                               "exit_code": exc.exit_code}, sort_keys=True))
+        payload = {"schema": JSON_SCHEMA, "command": args.command, "ok": False,
+                   "error": exc.message, "state": exc.state, "exit_code": exc.exit_code}
+        if getattr(args, "remote_host", None):  # a single remote root's (docs/remote.md)
+            payload["host"] = args.remote_host
+        _out_quiet(json.dumps(payload, sort_keys=True))
     return exc.exit_code
 
 
@@ -1360,8 +1362,10 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     import shutil
 
     from .remote import _client
+    from .remote._named import named_output
 
     cmd = args.command
+    args.remote_host = str(remote)  # named in an error's --json object (_report)
     settings, config = _remote_setup(args, str(remote))
     if getattr(args, "dry_run", False):
         return _remote_dry_run(args, parser, remote, settings, config)
@@ -1378,7 +1382,7 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
         argv_for = _self_sourced(args, argv_for, build)
     try:
         outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
-                              _err_line, mutating=cmd not in _READ_ONLY,
+                              _host_err_line(remote), mutating=cmd not in _READ_ONLY,
                               create_root=cmd in ("deploy", "prepare"), build=build,
                               transfer=transfer)
     finally:
@@ -1387,8 +1391,20 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     if cmd == "doctor" and outcome.stdout:
         return _remote_doctor(args, remote, outcome)
     if outcome.stdout:
-        _out_line(_with_transfer(args, outcome.stdout, outcome.transfer), end="")
+        out = _with_transfer(args, outcome.stdout, outcome.transfer)
+        _out_line(named_output(cmd, out, remote, getattr(args, "json", False)), end="")
     return outcome.exit_code
+
+
+def _host_err_line(remote: Any) -> Any:
+    """_err_line for a remote root's stderr: its error line names the host (remote/_named)."""
+    from .remote._named import error_message
+
+    def emit(line: str) -> None:
+        message = error_message(line, remote)
+        _err_line(line if message is None else f"atomic-deploy: {_err('red', 'error:')} {message}")
+
+    return emit
 
 
 def _with_transfer(args: argparse.Namespace, out: str, transfer: Any) -> str:
@@ -1920,7 +1936,10 @@ def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
         _out_line(outcome.stdout, end="")
         return int(outcome.exit_code)
     code, payload, text = report
-    _emit(args, payload, text)
+    from .remote._named import named_checks
+
+    payload["host"] = str(remote)
+    _emit(args, payload, named_checks(text, remote))
     return code
 
 
@@ -2097,24 +2116,20 @@ def _remote_dry_run(args: argparse.Namespace, parser: argparse.ArgumentParser, r
     if args.command in ("deploy", "prepare"):
         source, _ = _stage_paths(args, lambda m: _usage(args.command, m))
     argv_for = _dry_run_argv(args, parser, config, [], source)
-    outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings, _err_line,
-                          mutating=False)
+    outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
+                          _host_err_line(remote), mutating=False)
     if outcome.stdout:
-        _out_line(_host_named(args, outcome.stdout, str(remote)), end="")
+        _out_line(_host_named(args, outcome.stdout, remote), end="")
     return outcome.exit_code
 
 
-def _host_named(args: argparse.Namespace, out: str, host: str) -> str:
+def _host_named(args: argparse.Namespace, out: str, remote: Any) -> str:
     """A remote dry run's output, the host named: ``host`` in --json, in the first line else."""
+    from .remote._named import named_output
+
+    host = str(remote)
     if getattr(args, "json", False):
-        try:
-            payload = json.loads(out)
-        except ValueError:
-            return out
-        if isinstance(payload, dict):
-            payload["host"] = host
-            return json.dumps(payload, sort_keys=True) + "\n"
-        return out
+        return named_output(args.command, out, remote, True)
     local = "dry run, nothing changed"
     if out.startswith(local):
         return f"dry run on {host}, nothing changed" + out[len(local):]
