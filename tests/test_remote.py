@@ -60,6 +60,39 @@ def test_option_injection_through_the_host_is_one_line_exit_2(tmp_path: Path) ->
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["deploy", "BUILD", "-oProxyCommand=touch:/srv/app"],  # before `--`: an unknown option
+    ["deploy", "BUILD", "-oProxyCommand=touch:/srv/app", "--json"],
+    ["deploy", "BUILD", "-l:/srv/app"],
+    ["deploy", "BUILD", "--evil@web1:/srv/app"],
+    ["deploy", "BUILD", "web1:/srv/app", "-oX=y:/srv/app"],  # in a fleet's roots
+    ["status", "-oProxyCommand=touch:/srv/app"],  # argparse says ROOT is missing
+    ["rollback", "-oProxyCommand=touch:/srv/app", "--to", "1"],
+])
+def test_a_dash_host_before_the_double_dash_is_the_same_refusal(tmp_path: Path,
+                                                                 argv: list[str]) -> None:
+    build = make_build(tmp_path / "build")
+    r = run_cli(*[str(build) if a == "BUILD" else a for a in argv])
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert "would be read by ssh as an option; nothing was changed" in line, line
+    if "--json" in argv:
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == 2 and out["command"] == argv[0] and not out["ok"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["deploy", "BUILD", "--after-switch=touch:/srv/app"],  # an option's value: not a root
+    ["deploy", "BUILD", "-m:/srv/app"],
+    ["deploy", "BUILD", "--bogus"],
+])
+def test_options_that_look_like_roots_keep_argparses_line(tmp_path: Path,
+                                                          argv: list[str]) -> None:
+    r = run_cli(*[str(make_build(tmp_path / "build")) if a == "BUILD" else a for a in argv])
+    assert r.returncode == 2
+    assert "read by ssh as an option" not in error_line(r)
+
+
 # -- the lab ---------------------------------------------------------------------------------
 
 

@@ -1140,6 +1140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     except UsageError as exc:
+        refused = _dash_host(parser, argv, str(exc))
+        if refused is not None:  # the line `-- -oProxyCommand=x:/srv` gives (exit 2)
+            return _report(argparse.Namespace(command=argv[0], json="--json" in argv), refused)
         return _usage_error(str(exc), "--json" in argv)
     except _OutputError as exc:  # --version
         print(f"atomic-deploy: error: could not write the output ({exc})", file=sys.stderr)
@@ -1161,6 +1164,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(args, parser)
     finally:
         _log.set_sink(saved)
+
+
+def _dash_host(parser: argparse.ArgumentParser, argv: list[str],
+               message: str) -> AtomicDeployError | None:
+    """A remote root whose host starts with ``-`` (``-oProxyCommand=x:/srv/app``), given
+    before ``--``, is taken by argparse for an unknown option: its complaint (unrecognized
+    arguments, or ROOT missing) is replaced by the refusal such a root gets after ``--``.
+    Only for an argument no option of the command takes (``--message=a:/b`` is a message)."""
+    if not argv or argv[0] not in _ROOT_COMMANDS or not message.startswith(
+            ("unrecognized arguments:", "the following arguments are required:")):
+        return None
+    from .remote._address import dash_host_refusal
+
+    options = [o for a in _subparser(parser, argv[0])._actions for o in a.option_strings]
+    given = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    for arg in given:
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and any(o.startswith(name) for o in options):
+            continue  # an option (argparse takes a prefix of one's name too)
+        if not arg.startswith("--") and arg[:2] in options:
+            continue  # a short option with its value joined: -m:/x is a message
+        refused = dash_host_refusal(arg)
+        if refused is not None:
+            return refused
+    return None
 
 
 def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
