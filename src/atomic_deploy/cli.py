@@ -1549,13 +1549,20 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     else:
         head = f"{r.outcome}: {_n_hosts(len(r.hosts))}"
     width = max(len(h.host) for h in r.hosts)
-    rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
+    phases = max(9, *(len(h.phase) for h in r.hosts))
+    rows = [f"  {h.host:<{width}}  {h.phase:<{phases}}  {h.release or '-':<14}  "
             # "-": it never got as far as sealing a release, so nothing was counted
             + (f"{h.files} files, {h.linked} linked" if h.files or h.linked else "-")
-            + (f"  ({h.error})" if h.error else "")
+            + _host_result(h)
             for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
+
+
+def _host_result(h: Any) -> str:
+    """A fleet host's row ends with its error, or what happened to it (``not started: ...``)."""
+    said = h.error or h.note
+    return f"  ({said})" if said else ""
 
 
 def _n_hosts(n: int) -> str:
@@ -1636,7 +1643,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
     head = (f"rolled back {_n_hosts(len(r.hosts))} to {r.release}" if r.exit_code == 0
             else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
-            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
+            + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
 
@@ -1838,7 +1845,7 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
     head = (f"activated {r.release} on {_n_hosts(len(r.hosts))} ({r.seconds:.2f}s)"
             if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
-            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
+            + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
 
