@@ -1559,6 +1559,35 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return r.exit_code
 
 
+def _already(on_target: list[str]) -> str:
+    """A rollback's or activate's head: how many hosts were already there (left alone)."""
+    return f"; {len(on_target)} already on it" if on_target else ""
+
+
+def _with_already(r: Any, given: list[str], on_target: list[str], target: str) -> int:
+    """Put the hosts left alone (already on ``target``) into a rollback's or activate's
+    result, in the order given, and into the list of a mixed fleet's hosts; returns how many
+    it switched."""
+    from .fleet import with_unchanged
+
+    moved = len(r.hosts)
+    r.hosts = with_unchanged(r.hosts, given, on_target, target)
+    if r.outcome == "mixed" and r.error and on_target:
+        r.error += "".join(f"; {text} on {target}" for text in on_target)
+    return moved
+
+
+def _fleet_unchanged(args: argparse.Namespace, given: list[str], target: str) -> int:
+    """A rollback or activate that found every host already on ``target``: each is in
+    --json's ``hosts``, phase ``unchanged``."""
+    from .fleet import with_unchanged
+
+    hosts = [h.to_dict() for h in with_unchanged([], given, given, target)]
+    _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": hosts},
+          f"every host is already on {target}")
+    return EXIT_OK
+
+
 def _host_result(h: Any) -> str:
     """A fleet host's row ends with its error, or what happened to it (``not started: ...``)."""
     said = h.error or h.note
@@ -1610,14 +1639,13 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
                                "good on every host", "nothing was changed")
         target = older[-1]
     # Hosts already on the target stay as they are (a mixed fleet converging).
+    given = [text for _, text in roots]
     on_target = [text for (_, text), rel in zip(roots, lists) if rel.get(target) == "current"]
     roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
     for text in on_target:
         _err_line(f"{text}: already on {target}")
     if not roots:
-        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
-              f"every host is already on {target}")
-        return EXIT_OK
+        return _fleet_unchanged(args, given, target)
     if args.dry_run:  # each host's plan of going to the fleet's target
         args.to = target
         return _fleet_each(args, parser, roots)
@@ -1633,6 +1661,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait), **_rolling_options(args, []))
     r = _fleet_switch(args, roots, argv_for, settings, opts)
+    moved = _with_already(r, given, on_target, target)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
     payload = r.to_dict()
@@ -1640,8 +1669,8 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"rolled back {_n_hosts(len(r.hosts))} to {r.release}" if r.exit_code == 0
-            else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
+    head = (f"rolled back {_n_hosts(moved)} to {r.release}{_already(on_target)}"
+            if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
             + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
@@ -1821,20 +1850,20 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         raise InvalidInput(f"release {target} is not on {', '.join(missing)}",
                            "nothing was changed")
     # Hosts already on it stay as they are (a mixed fleet converging).
-    for (_, text), rel in zip(roots, lists):
-        if rel.get(target) == "current":
-            _err_line(f"{text}: already on {target}")
+    given = [text for _, text in roots]
+    on_target = [text for (_, text), rel in zip(roots, lists) if rel.get(target) == "current"]
+    for text in on_target:
+        _err_line(f"{text}: already on {target}")
     roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
     if not roots:
-        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
-              f"every host is already on {target}")
-        return EXIT_OK
+        return _fleet_unchanged(args, given, target)
     if args.dry_run:  # each host's plan
         return _fleet_each(args, parser, roots)
     argv_for = _argv_maker(args, parser, config, ["--session", "fleet", "--json"], None)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait))
     r = _fleet_switch(args, roots, argv_for, settings, opts)
+    moved = _with_already(r, given, on_target, target)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
     payload = r.to_dict()
@@ -1842,8 +1871,9 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("activate", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"activated {r.release} on {_n_hosts(len(r.hosts))} ({r.seconds:.2f}s)"
-            if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
+    head = (f"activated {r.release} on {_n_hosts(moved)}{_already(on_target)} "
+            f"({r.seconds:.2f}s)" if r.exit_code == 0
+            else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
             + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))

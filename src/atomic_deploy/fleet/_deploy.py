@@ -611,6 +611,19 @@ def _error_of(done: dict[str, Any]) -> str | None:
     return None
 
 
+def with_unchanged(hosts: list[HostOutcome], given: list[str], already: list[str],
+                   release: str) -> list[HostOutcome]:
+    """A rollback's or activate's hosts, in the order ``given``: those it switched
+    (``hosts``), and those left alone because they were already on ``release`` (``already``),
+    phase ``unchanged``, so that every host of the command is in its result."""
+    left = {text: HostOutcome(text, ok=True, phase="unchanged", release=release,
+                              previous=release,
+                              note=f"already on {release}; nothing changed here")
+            for text in already}
+    moved = {h.host: h for h in hosts}
+    return [moved.get(text) or left[text] for text in given if text in moved or text in left]
+
+
 def deploy_fleet(roots: list[tuple[RemoteRoot, str]], build: str | None, argv_for: ArgvFor,
                  settings: SshSettings, emit: Emit, transfer: Transfer,
                  opts: FleetOptions) -> FleetResult:
