@@ -175,6 +175,36 @@ def test_activate_over_a_fleet_is_all_or_nothing(hosts: list[Host], tmp_path: Pa
     assert {current(h) for h in hosts} == {f"releases/{v2}"}
 
 
+def test_hosts_already_on_the_target_are_in_the_result(hosts: list[Host],
+                                                        tmp_path: Path) -> None:
+    """rollback --to / activate --to over a partly converged fleet: the hosts left alone
+    are in --json's hosts (phase unchanged, where they are), in the order given."""
+    v1 = deploy(hosts, tmp_path / "v1", "v1")
+    v2 = deploy(hosts, tmp_path / "v2", "v2")
+    assert cli("rollback", hosts[1].dest(APP), "--to", v1).returncode == 0
+    r = cli("rollback", *dests(hosts), "--to", v1, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [h["host"] for h in d["hosts"]] == dests(hosts)
+    assert [h["phase"] for h in d["hosts"]] == ["committed", "unchanged", "committed"]
+    assert all(h["release"] == v1 and h["ok"] for h in d["hosts"])
+    assert d["hosts"][1]["note"] == f"already on {v1}; nothing changed here"
+    assert {current(h) for h in hosts} == {f"releases/{v1}"}
+
+    assert cli("activate", hosts[0].dest(APP), v2).returncode == 0
+    r = cli("activate", *dests(hosts), "--to", v2)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"activated {v2} on 2 hosts; 1 already on it ("), r.stdout
+    assert f"(already on {v2}; nothing changed here)" in r.stdout.splitlines()[1]
+    r = cli("rollback", *dests(hosts), "--to", v2, "--json")  # every host already there
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["outcome"] == "unchanged"
+    assert [(h["host"], h["phase"], h["release"]) for h in d["hosts"]] == [
+        (dest, "unchanged", v2) for dest in dests(hosts)]
+    assert {current(h) for h in hosts} == {f"releases/{v2}"}
+
+
 # -- the live table ----------------------------------------------------------------------------
 
 def on_a_terminal(*args: Any, columns: int = 150) -> tuple[int, str, str]:

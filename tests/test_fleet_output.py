@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import make_build
 from fleetlab import APP, cli, current, dests
-from sshlab import Host
+from sshlab import Host, SSHLab
 from test_fleet import first_deploy, idle, states
 
 
@@ -102,3 +102,32 @@ def test_the_switched_line_names_only_what_ran_after_the_switch(hosts: list[Host
     for h in two:
         assert f"{h.dest(APP)}: switched, after-switch hooks and health check passed\n" \
             in r.stderr, r.stderr
+
+
+def test_hosts_never_started_because_one_was_unreachable_say_so(lab: SSHLab,
+                                                                hosts: list[Host],
+                                                                tmp_path: Path) -> None:
+    """The reachable hosts were connected but never locked: their phase is "not started",
+    with why and that nothing changed there, not the "connect" a failed host reached."""
+    v1 = first_deploy(hosts, tmp_path)
+    lab.add_alias("down", lab.unused_port())
+    given = [hosts[0].dest(APP), f"down:{APP}", hosts[1].dest(APP)]
+    v2 = make_build(tmp_path / "v2", version="v2")
+    r = cli("deploy", v2, *given, "--json")
+    assert r.returncode == 2, r.stderr
+    d = json.loads(r.stdout)
+    assert d["outcome"] == "nothing changed"
+    assert [(h["host"], h["phase"]) for h in d["hosts"]] == [
+        (given[0], "not started"), (given[1], "failed"), (given[2], "not started")]
+    why = f"down:{APP} could not be reached; nothing changed here"
+    assert [h["note"] for h in d["hosts"]] == [why, None, why]
+    assert d["hosts"][1]["error"].startswith("nothing listens for ssh on down")
+
+    r = cli("deploy", v2, *given)
+    assert r.returncode == 2
+    rows = r.stdout.splitlines()[1:]
+    assert [row.split("  ")[2] for row in rows] == ["not started", "failed", "not started"]
+    assert rows[0].endswith(f"({why})") and rows[2].endswith(f"({why})"), r.stdout
+    assert f"{given[0]}: not started: {why}" in r.stderr.splitlines()
+    for h in hosts:
+        assert current(h) == f"releases/{v1}" and sorted(states(h)) == [v1]

@@ -60,6 +60,39 @@ def test_option_injection_through_the_host_is_one_line_exit_2(tmp_path: Path) ->
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["deploy", "BUILD", "-oProxyCommand=touch:/srv/app"],  # before `--`: an unknown option
+    ["deploy", "BUILD", "-oProxyCommand=touch:/srv/app", "--json"],
+    ["deploy", "BUILD", "-l:/srv/app"],
+    ["deploy", "BUILD", "--evil@web1:/srv/app"],
+    ["deploy", "BUILD", "web1:/srv/app", "-oX=y:/srv/app"],  # in a fleet's roots
+    ["status", "-oProxyCommand=touch:/srv/app"],  # argparse says ROOT is missing
+    ["rollback", "-oProxyCommand=touch:/srv/app", "--to", "1"],
+])
+def test_a_dash_host_before_the_double_dash_is_the_same_refusal(tmp_path: Path,
+                                                                 argv: list[str]) -> None:
+    build = make_build(tmp_path / "build")
+    r = run_cli(*[str(build) if a == "BUILD" else a for a in argv])
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert "would be read by ssh as an option; nothing was changed" in line, line
+    if "--json" in argv:
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == 2 and out["command"] == argv[0] and not out["ok"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["deploy", "BUILD", "--after-switch=touch:/srv/app"],  # an option's value: not a root
+    ["deploy", "BUILD", "-m:/srv/app"],
+    ["deploy", "BUILD", "--bogus"],
+])
+def test_options_that_look_like_roots_keep_argparses_line(tmp_path: Path,
+                                                          argv: list[str]) -> None:
+    r = run_cli(*[str(make_build(tmp_path / "build")) if a == "BUILD" else a for a in argv])
+    assert r.returncode == 2
+    assert "read by ssh as an option" not in error_line(r)
+
+
 # -- the lab ---------------------------------------------------------------------------------
 
 
@@ -176,6 +209,47 @@ def test_prepare_activate_verify_prune_recover_doctor(web1: Host, tmp_path: Path
     assert "transfer" in r.stdout and r.stdout.rstrip().endswith("ok")
     r = cli("activate", web1.dest(), "20990101000000")
     assert r.returncode == 2 and "unknown release id" in error_line(r)
+
+
+def test_every_commands_error_line_and_header_name_the_host(web1: Host,
+                                                            tmp_path: Path) -> None:
+    """The host's tool knows only its path: what comes back names the host, in text and in
+    --json, for every command (as deploy's own errors, `web1 refused the login`, do)."""
+    missing = "web1:/srv/none"
+    for cmd in ("status", "list", "verify", "activate", "rollback", "prune", "recover",
+                "adopt"):
+        extra = ["20990101000000"] if cmd == "activate" else []
+        r = cli(cmd, missing, *extra)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert error_line(r).startswith("atomic-deploy: error: web1: ROOT "), (cmd, r.stderr)
+        assert "/srv/none" in error_line(r) and error_line(r).count("web1") == 1
+        r = cli(cmd, missing, *extra, "--json")
+        assert r.returncode == 2 and data(r)["host"] == missing, (cmd, r.stdout)
+        assert data(r)["error"].startswith("web1: "), (cmd, r.stdout)
+    r = cli("doctor", missing)
+    assert r.returncode == 1 and "root           web1: ROOT /srv/none does not exist" in r.stdout
+    assert data(cli("doctor", missing, "--json"))["host"] == missing
+
+    v1 = make_build(tmp_path / "v1", version="v1")
+    r = cli("deploy", v1, web1.dest(), "--json")
+    assert r.returncode == 0 and data(r)["host"] == web1.dest(), r.stdout
+    first = data(r)["release"]
+    r = cli("status", web1.dest())
+    assert r.stdout.splitlines()[0] == f"root             {web1.dest()}", r.stdout
+    assert data(cli("status", web1.dest(), "--json"))["host"] == web1.dest()
+    r = cli("list", web1.dest())
+    assert r.stdout.splitlines()[0] == f"releases on {web1.dest()}", r.stdout
+    assert r.stdout.splitlines()[1].split()[0] == "RELEASE"
+    assert data(cli("list", web1.dest(), "--json"))["host"] == web1.dest()
+    for args in (["activate", web1.dest(), "20990101000000"],
+                 ["rollback", web1.dest(), "--to", "20990101000000", "--dry-run"],
+                 ["deploy", v1, web1.dest(), "--health-check", "false", "--health-retries", "0"],
+                 ["prepare", v1, web1.dest(), "--check", "false"]):
+        r = cli(*args)
+        assert r.returncode in (2, 4), (args, r.stderr)
+        line = error_line(r) if args[0] in ("activate", "rollback") else r.stderr.splitlines()[-1]
+        assert line.startswith("atomic-deploy: error: web1: "), (args, r.stderr)
+    assert current(web1) == f"releases/{first}"
 
 
 def test_adopt_over_ssh(web1: Host) -> None:
@@ -521,7 +595,7 @@ def test_disk_full_on_the_host_during_the_transfer(lab: SSHLab, tmp_path: Path) 
     (big / "blob").write_bytes(os.urandom(4 << 20))
     r = cli("deploy", big, host.dest())
     assert r.returncode == 1, r.stderr
-    assert "nothing was switched" in r.stderr
+    assert "atomic-deploy: error: small: " in r.stderr and "nothing was switched" in r.stderr
     assert current(host) == before
     releases = host.path("/srv/app/releases")
     assert not [n for n in os.listdir(releases) if n.startswith(".")]
@@ -558,7 +632,7 @@ def test_deploying_process_interrupted_tells_the_host(web1: Host, tmp_path: Path
     r = cli("deploy", make_build(tmp_path / "v2", version="v2"), web1.dest(),
             fault=f"session-switched:{sig}")
     assert r.returncode == 128 + getattr(signal, f"SIG{sig}")
-    assert f"interrupted by SIG{sig}; switched back" in error_line(r)
+    assert f"error: web1: interrupted by SIG{sig}; switched back" in error_line(r)
     assert current(web1) == before
 
 

@@ -15,7 +15,7 @@ from ._render import human_bytes
 
 _TICK = 0.25  # seconds between redraws of the time column while nothing else happens
 # Phases after which a host's clock stops (a failed host may still be undone: "failed" stays).
-_FINAL = ("committed", "failed", "undone")
+_FINAL = ("committed", "failed", "undone", "not started")
 
 
 def _size(n: int) -> str:
@@ -52,7 +52,9 @@ class FleetTable:
             row = self.rows.setdefault(out.host, ["waiting", 0, None, None, None])
             row[0] = name
             row[1] = int(getattr(out, "bytes", 0) or 0)
-            row[3], row[4] = getattr(out, "release", None), getattr(out, "error", None)
+            # its result: its own error, else what happened to it (not started: why)
+            row[3] = getattr(out, "release", None)
+            row[4] = getattr(out, "error", None) or getattr(out, "note", None)
             row[2] = time.monotonic() - self.started if name in _FINAL else None
             self._redraw()
 

@@ -940,6 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     except UsageError as exc:
+        refused = _dash_host(parser, argv, str(exc))
+        if refused is not None:  # the line `-- -oProxyCommand=x:/srv` gives (exit 2)
+            return _report(argparse.Namespace(command=argv[0], json="--json" in argv), refused)
         return _usage_error(str(exc), "--json" in argv)
     except _OutputError as exc:  # --version
         print(f"atomic-deploy: error: could not write the output ({exc})", file=sys.stderr)
@@ -961,6 +964,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(args, parser)
     finally:
         _log.set_sink(saved)
+
+
+def _dash_host(parser: argparse.ArgumentParser, argv: list[str],
+               message: str) -> AtomicDeployError | None:
+    """A remote root whose host starts with ``-`` (``-oProxyCommand=x:/srv/app``), given
+    before ``--``, is taken by argparse for an unknown option: its complaint (unrecognized
+    arguments, or ROOT missing) is replaced by the refusal such a root gets after ``--``.
+    Only for an argument no option of the command takes (``--message=a:/b`` is a message)."""
+    if not argv or argv[0] not in _ROOT_COMMANDS or not message.startswith(
+            ("unrecognized arguments:", "the following arguments are required:")):
+        return None
+    from .remote._address import dash_host_refusal
+
+    options = [o for a in _subparser(parser, argv[0])._actions for o in a.option_strings]
+    given = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    for arg in given:
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and any(o.startswith(name) for o in options):
+            continue  # an option (argparse takes a prefix of one's name too)
+        if not arg.startswith("--") and arg[:2] in options:
+            continue  # a short option with its value joined: -m:/x is a message
+        refused = dash_host_refusal(arg)
+        if refused is not None:
+            return refused
+    return None
 
 
 def _session_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -1040,9 +1068,11 @@ def _report(args: argparse.Namespace, exc: AtomicDeployError) -> int:
     # show(): a newline inside a path or id must not split the one error line.
     print(f"atomic-deploy: {_err('red', 'error:')} {show(str(exc))}", file=sys.stderr)
     if getattr(args, "json", False):
-        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "command": args.command, "ok": False,
-                               "error": exc.message, "state": exc.state,
-                               "exit_code": exc.exit_code}, sort_keys=True))
+        payload = {"schema": JSON_SCHEMA, "command": args.command, "ok": False,
+                   "error": exc.message, "state": exc.state, "exit_code": exc.exit_code}
+        if getattr(args, "remote_host", None):  # a single remote root's (docs/remote.md)
+            payload["host"] = args.remote_host
+        _out_quiet(json.dumps(payload, sort_keys=True))
     return exc.exit_code
 
 
@@ -1169,8 +1199,10 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     import shutil
 
     from .remote import _client
+    from .remote._named import named_output
 
     cmd = args.command
+    args.remote_host = str(remote)  # named in an error's --json object (_report)
     settings, config = _remote_setup(args, str(remote))
     if getattr(args, "dry_run", False):
         return _remote_dry_run(args, parser, remote, settings, config)
@@ -1187,7 +1219,7 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
         argv_for = _self_sourced(args, argv_for, build)
     try:
         outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
-                              _err_line, mutating=cmd not in _READ_ONLY,
+                              _host_err_line(remote), mutating=cmd not in _READ_ONLY,
                               create_root=cmd in ("deploy", "prepare"), build=build,
                               transfer=transfer)
     finally:
@@ -1196,8 +1228,20 @@ def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: A
     if cmd == "doctor" and outcome.stdout:
         return _remote_doctor(args, remote, outcome)
     if outcome.stdout:
-        _out_line(_with_transfer(args, outcome.stdout, outcome.transfer), end="")
+        out = _with_transfer(args, outcome.stdout, outcome.transfer)
+        _out_line(named_output(cmd, out, remote, getattr(args, "json", False)), end="")
     return outcome.exit_code
+
+
+def _host_err_line(remote: Any) -> Any:
+    """_err_line for a remote root's stderr: its error line names the host (remote/_named)."""
+    from .remote._named import error_message
+
+    def emit(line: str) -> None:
+        message = error_message(line, remote)
+        _err_line(line if message is None else f"atomic-deploy: {_err('red', 'error:')} {message}")
+
+    return emit
 
 
 def _with_transfer(args: argparse.Namespace, out: str, transfer: Any) -> str:
@@ -1348,13 +1392,49 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     else:
         head = f"{r.outcome}: {_n_hosts(len(r.hosts))}"
     width = max(len(h.host) for h in r.hosts)
-    rows = [f"  {h.host:<{width}}  {h.phase:<9}  {h.release or '-':<14}  "
+    phases = max(9, *(len(h.phase) for h in r.hosts))
+    rows = [f"  {h.host:<{width}}  {h.phase:<{phases}}  {h.release or '-':<14}  "
             # "-": it never got as far as sealing a release, so nothing was counted
             + (f"{h.files} files, {h.linked} linked" if h.files or h.linked else "-")
-            + (f"  ({h.error})" if h.error else "")
+            + _host_result(h)
             for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
+
+
+def _already(on_target: list[str]) -> str:
+    """A rollback's or activate's head: how many hosts were already there (left alone)."""
+    return f"; {len(on_target)} already on it" if on_target else ""
+
+
+def _with_already(r: Any, given: list[str], on_target: list[str], target: str) -> int:
+    """Put the hosts left alone (already on ``target``) into a rollback's or activate's
+    result, in the order given, and into the list of a mixed fleet's hosts; returns how many
+    it switched."""
+    from .fleet import with_unchanged
+
+    moved = len(r.hosts)
+    r.hosts = with_unchanged(r.hosts, given, on_target, target)
+    if r.outcome == "mixed" and r.error and on_target:
+        r.error += "".join(f"; {text} on {target}" for text in on_target)
+    return moved
+
+
+def _fleet_unchanged(args: argparse.Namespace, given: list[str], target: str) -> int:
+    """A rollback or activate that found every host already on ``target``: each is in
+    --json's ``hosts``, phase ``unchanged``."""
+    from .fleet import with_unchanged
+
+    hosts = [h.to_dict() for h in with_unchanged([], given, given, target)]
+    _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": hosts},
+          f"every host is already on {target}")
+    return EXIT_OK
+
+
+def _host_result(h: Any) -> str:
+    """A fleet host's row ends with its error, or what happened to it (``not started: ...``)."""
+    said = h.error or h.note
+    return f"  ({said})" if said else ""
 
 
 def _n_hosts(n: int) -> str:
@@ -1402,14 +1482,13 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
                                "good on every host", "nothing was changed")
         target = older[-1]
     # Hosts already on the target stay as they are (a mixed fleet converging).
+    given = [text for _, text in roots]
     on_target = [text for (_, text), rel in zip(roots, lists) if rel.get(target) == "current"]
     roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
     for text in on_target:
         _err_line(f"{text}: already on {target}")
     if not roots:
-        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
-              f"every host is already on {target}")
-        return EXIT_OK
+        return _fleet_unchanged(args, given, target)
     if args.dry_run:  # each host's plan of going to the fleet's target
         args.to = target
         return _fleet_each(args, parser, roots)
@@ -1425,6 +1504,7 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait), **_rolling_options(args, []))
     r = _fleet_switch(args, roots, argv_for, settings, opts)
+    moved = _with_already(r, given, on_target, target)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
     payload = r.to_dict()
@@ -1432,10 +1512,10 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"rolled back {_n_hosts(len(r.hosts))} to {r.release}" if r.exit_code == 0
-            else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
+    head = (f"rolled back {_n_hosts(moved)} to {r.release}{_already(on_target)}"
+            if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
-            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
+            + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
 
@@ -1613,20 +1693,20 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         raise InvalidInput(f"release {target} is not on {', '.join(missing)}",
                            "nothing was changed")
     # Hosts already on it stay as they are (a mixed fleet converging).
-    for (_, text), rel in zip(roots, lists):
-        if rel.get(target) == "current":
-            _err_line(f"{text}: already on {target}")
+    given = [text for _, text in roots]
+    on_target = [text for (_, text), rel in zip(roots, lists) if rel.get(target) == "current"]
+    for text in on_target:
+        _err_line(f"{text}: already on {target}")
     roots = [item for item, rel in zip(roots, lists) if rel.get(target) != "current"]
     if not roots:
-        _emit(args, {"release": target, "outcome": "unchanged", "exit_code": 0, "hosts": []},
-              f"every host is already on {target}")
-        return EXIT_OK
+        return _fleet_unchanged(args, given, target)
     if args.dry_run:  # each host's plan
         return _fleet_each(args, parser, roots)
     argv_for = _argv_maker(args, parser, config, ["--session", "fleet", "--json"], None)
     opts = FleetOptions(parallel=args.parallel or 10, host_timeout=args.host_timeout,
                         ordered_locking=bool(args.wait))
     r = _fleet_switch(args, roots, argv_for, settings, opts)
+    moved = _with_already(r, given, on_target, target)
     if r.exit_code != 0 and r.error:
         print(f"atomic-deploy: {_err('red', 'error:')} {show(r.error)}", file=sys.stderr)
     payload = r.to_dict()
@@ -1634,10 +1714,11 @@ def _fleet_activate(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("activate", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"activated {r.release} on {_n_hosts(len(r.hosts))} ({r.seconds:.2f}s)"
-            if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
+    head = (f"activated {r.release} on {_n_hosts(moved)}{_already(on_target)} "
+            f"({r.seconds:.2f}s)" if r.exit_code == 0
+            else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
     rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
-            + (f"  ({h.error})" if h.error else "") for h in r.hosts]
+            + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
 
@@ -1763,7 +1844,10 @@ def _remote_doctor(args: argparse.Namespace, remote: Any, outcome: Any) -> int:
         _out_line(outcome.stdout, end="")
         return int(outcome.exit_code)
     code, payload, text = report
-    _emit(args, payload, text)
+    from .remote._named import named_checks
+
+    payload["host"] = str(remote)
+    _emit(args, payload, named_checks(text, remote))
     return code
 
 
@@ -1940,24 +2024,20 @@ def _remote_dry_run(args: argparse.Namespace, parser: argparse.ArgumentParser, r
     if args.command in ("deploy", "prepare"):
         source, _ = _stage_paths(args, lambda m: _usage(args.command, m))
     argv_for = _dry_run_argv(args, parser, config, [], source)
-    outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings, _err_line,
-                          mutating=False)
+    outcome = _client.run(remote, lambda probe: argv_for(remote, probe), settings,
+                          _host_err_line(remote), mutating=False)
     if outcome.stdout:
-        _out_line(_host_named(args, outcome.stdout, str(remote)), end="")
+        _out_line(_host_named(args, outcome.stdout, remote), end="")
     return outcome.exit_code
 
 
-def _host_named(args: argparse.Namespace, out: str, host: str) -> str:
+def _host_named(args: argparse.Namespace, out: str, remote: Any) -> str:
     """A remote dry run's output, the host named: ``host`` in --json, in the first line else."""
+    from .remote._named import named_output
+
+    host = str(remote)
     if getattr(args, "json", False):
-        try:
-            payload = json.loads(out)
-        except ValueError:
-            return out
-        if isinstance(payload, dict):
-            payload["host"] = host
-            return json.dumps(payload, sort_keys=True) + "\n"
-        return out
+        return named_output(args.command, out, remote, True)
     local = "dry run, nothing changed"
     if out.startswith(local):
         return f"dry run on {host}, nothing changed" + out[len(local):]

@@ -1,8 +1,15 @@
 """Fleets: one release to many remote roots, prepared everywhere, then switched everywhere,
 all-or-nothing ([docs/fleet.md]). Built on the remote package's session protocol."""
 
-from ._deploy import EXIT_MIXED, FleetOptions, FleetResult, HostOutcome, deploy_fleet
+from ._deploy import (
+    EXIT_MIXED,
+    FleetOptions,
+    FleetResult,
+    HostOutcome,
+    deploy_fleet,
+    with_unchanged,
+)
 from ._hosts import check_distinct, named_fleet, read_hosts
 
 __all__ = ["EXIT_MIXED", "FleetOptions", "FleetResult", "HostOutcome", "check_distinct",
-           "deploy_fleet", "named_fleet", "read_hosts"]
+           "deploy_fleet", "named_fleet", "read_hosts", "with_unchanged"]

@@ -78,7 +78,7 @@ class HostOutcome:
     host: str  # as given: web1:/srv/app
     ok: bool = False
     phase: str = "connect"  # the last phase it reached: connect, locked, prepared, switched,
-    #                         committed
+    #                         committed; "not started": another host stopped the fleet first
     release: str | None = None  # the release it serves at the end, where known
     previous: str | None = None
     exit_code: int = 0
@@ -89,6 +89,9 @@ class HostOutcome:
     switched_at: float | None = None
     seconds: float = 0.0
     batch: int | None = None  # its switch batch (1, 2...); None: never told to switch
+    # Why a host that did not fail itself ended where it did (phase "not started"):
+    # "web2:/srv/app could not be reached; nothing changed here".
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,6 +251,7 @@ class Fleet:
         self._pool(self._connect, self.hosts)
         down = [h for h in self.hosts if h.conn is None]
         if down:
+            self._not_started(self._which(down, "could not be reached"))
             return self._result(None, "nothing changed", 2, self._names(down, "unreachable"))
         # 2. lock
         if self.opts.ordered_locking:
@@ -259,6 +263,7 @@ class Fleet:
             self._pool(self._lock, self.hosts)
         refused = [h for h in self.hosts if h.ready is None and h.out.error]
         if refused or any(h.ready is None for h in self.hosts):
+            self._not_started(self._which(refused, "could not start"))  # --wait: not asked
             return self._abort_all(None, "nothing changed",
                                    self._names(refused, "could not start"),
                                    reason=self._which(refused, "could not start"))
@@ -432,6 +437,16 @@ class Fleet:
             self._ended(h, ev)  # it switched back by itself (or never switched)
 
     # -- endings ------------------------------------------------------------------------------
+    def _not_started(self, why: str) -> None:
+        """The hosts never asked to lock (no session, no error of their own) because ``why``:
+        nothing was changed there, and their phase says so rather than ``connect``."""
+        for h in self.hosts:
+            if h.session is None and not h.out.error:
+                h.out.phase = "not started"
+                h.out.note = f"{why}; nothing changed here"
+                self.say(h, f"not started: {h.out.note}")
+                self.note(h, "not started")
+
     def _commit(self, release: str, outcome: str, skew: float | None,
                 hosts: list[_Host] | None = None, failures: str | None = None) -> FleetResult:
         """Commit ``hosts`` (default: every host); the others failed within --max-fail."""
@@ -479,7 +494,8 @@ class Fleet:
                 if id(h) not in culprits and h.session is not None:
                     h.out.phase = "undone"
                     self.say(h, f"undone: on {h.out.previous or 'nothing'}")
-                self.note(h, "failed" if id(h) in culprits else "undone")
+                if h.out.phase != "not started":
+                    self.note(h, "failed" if id(h) in culprits else "undone")
         return self._settle(release, outcome, self._failure_code(), error)
 
     def _switch_back(self, release: str, failed: list[_Host]) -> FleetResult:
@@ -491,6 +507,7 @@ class Fleet:
                                reason=self._which(failed, "failed after the switch"))
 
     def _interrupted(self, signum: int) -> FleetResult:
+        self._not_started(InterruptedBySignal(signum).message)
         for h in self.hosts:
             if h.session is not None and h.done is None:
                 h.session.stop_child()
@@ -501,7 +518,7 @@ class Fleet:
                 h.out.release = h.out.previous
                 if h.session is not None:
                     h.out.phase = "undone"
-                self.note(h, "undone")
+                    self.note(h, "undone")
         exc = InterruptedBySignal(signum)
         return self._settle(None, "interrupted", exc.exit_code, exc.message)
 
@@ -592,6 +609,19 @@ def _error_of(done: dict[str, Any]) -> str | None:
         err, state = payload.get("error"), payload.get("state")
         return f"{err}; {state}" if state else str(err)
     return None
+
+
+def with_unchanged(hosts: list[HostOutcome], given: list[str], already: list[str],
+                   release: str) -> list[HostOutcome]:
+    """A rollback's or activate's hosts, in the order ``given``: those it switched
+    (``hosts``), and those left alone because they were already on ``release`` (``already``),
+    phase ``unchanged``, so that every host of the command is in its result."""
+    left = {text: HostOutcome(text, ok=True, phase="unchanged", release=release,
+                              previous=release,
+                              note=f"already on {release}; nothing changed here")
+            for text in already}
+    moved = {h.host: h for h in hosts}
+    return [moved.get(text) or left[text] for text in given if text in moved or text in left]
 
 
 def deploy_fleet(roots: list[tuple[RemoteRoot, str]], build: str | None, argv_for: ArgvFor,

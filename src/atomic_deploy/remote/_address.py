@@ -103,3 +103,15 @@ def parse_root(text: str) -> RemoteRoot | None:
         raise _bad(text, "no path after the colon (give host:/srv/app)")
     user, host = _user_host(text, userhost)
     return RemoteRoot(host, path, user)
+
+
+def dash_host_refusal(text: str) -> InvalidInput | None:
+    """The refusal ``parse_root`` gives ``text`` when it names a remote root whose host or
+    user starts with ``-`` (``-oProxyCommand=x:/srv/app``); None for anything else."""
+    if not text.startswith("-"):
+        return None
+    try:
+        parse_root(text)
+    except InvalidInput as exc:
+        return exc if "starting with '-'" in exc.message else None
+    return None
