@@ -117,7 +117,7 @@ def _quick(args: list[str]) -> int | None:
         else:
             rels = query.list_releases(roots[0])
             if as_json:
-                out = _json_out("list", {"releases": [r.to_dict() for r in rels]})
+                out = _render.list_json(rels)
             elif not quiet:
                 out = _render.format_list(rels)
     except KeyboardInterrupt:  # as cli.main says it
