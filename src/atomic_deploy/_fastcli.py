@@ -142,7 +142,8 @@ def _write(text: str | None, code: int) -> int | None:
         return code
     try:
         if text is not None:
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(text)  # not text + "\n": a copy of 1,000 releases' rows
+            sys.stdout.write("\n")
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`| head`): the output just ends
         from ._stdout import drop_stdout

@@ -175,14 +175,15 @@ def _only_readers(fd: int) -> bool:
 
 
 def _record_lock(fd: int, cmd: int, kind: int) -> int:
-    """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns."""
-    import struct
+    """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns.
 
-    fmt = "hhqqi"  # l_type, l_whence, l_start, l_len, l_pid: Linux's layout, native alignment
-    size = struct.calcsize(fmt)
-    arg = struct.pack(fmt, kind, os.SEEK_SET, 0, 0, 0) + bytes(32)  # room for tail padding
+    Linux's struct flock starts with the short l_type; every other field is 0 here (l_whence
+    SEEK_SET, l_start 0, l_len 0: to the end of the file, l_pid 0), so `status` writes the
+    bytes without importing struct: the short, then zeros, more than the struct's 32 bytes on
+    any Linux."""
+    arg = kind.to_bytes(2, sys.byteorder) + bytes(62)
     out = fcntl.fcntl(fd, cmd, arg)
-    return int(struct.unpack(fmt, out[:size])[0])
+    return int.from_bytes(out[:2], sys.byteorder, signed=True)
 
 
 def _mark_held(fd: int) -> None:

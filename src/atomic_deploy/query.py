@@ -26,7 +26,6 @@ from ._layout import (
     release_dirs,
     show,
 )
-from ._lock import probe_holder
 from .errors import InvalidInput
 
 TYPE_CHECKING = False
@@ -235,6 +234,8 @@ def _manifests(history: History, ordered: list[str]) -> dict[str, str]:
 
 
 def status(root: str) -> Status:
+    from ._lock import probe_holder  # here: `list` never looks at the lock
+
     layout = deploy_root(root)
     history = History.load(layout)
     entries = list_releases_dir(layout)
