@@ -141,9 +141,19 @@ def looks_generated(name: str) -> bool:
 
 
 def all_generated(names: list[str]) -> bool:
-    """``all(map(looks_generated, names))``, at a third of the cost for our ids: status and list
-    ask it of every release. A 14-digit name's time of day is checked by comparing digits, and
-    each day (most releases share one with others) is checked once."""
+    """``all(map(looks_generated, names))``, at a fraction of the cost for our ids: status and
+    list ask it of every release. When every name is 14 ASCII digits, their digits are checked
+    a column at a time (hours, minutes and seconds as slices of all the names joined), and
+    each day (most releases share one with others) once."""
+    if names and set(map(len, names)) == {14}:
+        digits = "".join(names)
+        if not (digits.isascii() and digits.encode().isdigit()):  # (bytes check quicker)
+            return all(map(looks_generated, names))
+        # hour < 24, minute and second < 60: compared as digits, column by column
+        if max(zip(digits[8::14], digits[9::14])) > ("2", "3") or max(digits[10::14]) > "5" \
+                or max(digits[12::14]) > "5":
+            return False
+        return all(_is_timestamp(day + "000000") for day in {n[:8] for n in names})
     days: dict[str, bool] = {}
     for n in names:
         if len(n) == 14 and n.isdigit() and n.isascii():
