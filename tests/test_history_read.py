@@ -61,25 +61,27 @@ def test_read_records_bad_utf8_and_missing(tmp_path: Path) -> None:
 REC3 = json.dumps({"op": "deploy", "hooks": [{"a": 1}, {"b": [1, 2]}], "v": 2}, sort_keys=True)
 
 
-@pytest.mark.parametrize("chunk", [1, 60, _history._CHUNK])  # lines decoded at once
+# bytes decoded at once, and read at once
+@pytest.mark.parametrize(("chunk", "block"), [(1, 1), (60, 7), (_history._CHUNK, _history._BLOCK)])
 @given(st.lists(st.sampled_from([REC, REC2, REC3, "", " ", "{", "}", "{}", "[", "]", ",", "\"",
                                  REC[:25], REC2[10:], REC3[:30], REC3[30:], "1", "{\"a\": [",
                                  "]}", "],[", "] , [", "{\"a\": [[1", "2]]}", "{}],[{}",
                                  "{\"a\": 1", "\"b\": 2}", "{}, {}", "{\"a\": [{}", "{}]}",
-                                 "\t", "  {}"]), max_size=8))
+                                 "\t", "  {}", "{}\r", "\r{}", "\u00e9\u2603"]), max_size=8))
 @example(["{", "}"])  # one object over two lines: the line reader sees none
 @example([REC, "{", "}", REC2])
 @example(["{\"a\": [[1", "2]]}", "{}],[{}"])  # spread over lines, and two on one line
 @example(["{\"a\": 1", "\"b\": 2}", "{}, {}"])
 def test_read_records_any_lines(tmp_path_factory: pytest.TempPathFactory, chunk: int,
-                                lines: list[str]) -> None:
+                                block: int, lines: list[str]) -> None:
     path = tmp_path_factory.mktemp("h") / "history.jsonl"
     path.write_text("\n".join(lines))
-    saved, _history._CHUNK = _history._CHUNK, chunk
+    saved = _history._CHUNK, _history._BLOCK
+    _history._CHUNK, _history._BLOCK = chunk, block
     try:
         assert read_records(str(path)) == read_json_lines(str(path))
     finally:
-        _history._CHUNK = saved
+        _history._CHUNK, _history._BLOCK = saved
 
 
 @given(st.lists(st.one_of(

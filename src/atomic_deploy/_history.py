@@ -14,7 +14,7 @@ from ._layout import Layout, all_generated, looks_generated
 
 TYPE_CHECKING = False  # status and list import this: no typing, re, datetime or dataclasses
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, BinaryIO
 
 SCHEMA = 2  # 2: every record that changes a release's state says so in "states"
 CREATING_OPS = ("deploy", "prepare", "adopt")
@@ -101,6 +101,7 @@ def record(layout: Layout, op: str, outcome: str, **fields: Any) -> dict[str, An
 
 
 _CHUNK = 16384  # bytes of history decoded at once by read_records (see there)
+_BLOCK = 65536  # and read at once
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -120,16 +121,37 @@ def read_records(path: str) -> list[dict[str, Any]]:
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return _read_blocks(f)
     except FileNotFoundError:
         return []
-    if b"\r" in data:  # what text mode's universal newlines make of "\r\n" and "\r"
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def _read_blocks(f: BinaryIO) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
+    rest = b""
+    while True:  # a block at a time, not the whole file: its buffer is reused, too
+        block = f.read(_BLOCK)
+        if b"\r" in block:  # what text mode's universal newlines make of "\r\n" and "\r"
+            f.seek(0)
+            data = f.read().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            records.clear()
+            _decode_lines(data, len(data), records)
+            return records
+        data = rest + block if rest else block
+        if not block:
+            _decode_lines(data, len(data), records)
+            return records
+        cut = data.rfind(b"\n") + 1  # whole lines; the rest waits for the next block
+        rest = data[cut:]
+        _decode_lines(data, cut, records)
+
+
+def _decode_lines(data: bytes, n: int, records: list[dict[str, Any]]) -> None:
+    """Add the records of ``data[:n]``, whole lines (the last newline may be left out)."""
     view = memoryview(data)
-    i, n = 0, len(data)
+    i = 0
     while i < n:  # runs once per chunk
-        j = data.find(b"\n", i + _CHUNK) + 1 or n  # whole lines, the last one's newline left out
+        j = data.find(b"\n", i + _CHUNK, n) + 1 or n  # whole lines, the last newline left out
         text = str(view[i:j - 1 if data[j - 1] == 10 else j], "utf-8", "replace")
         i = j
         if _scan is not None and _no_boundary(text):
@@ -146,7 +168,6 @@ def read_records(path: str) -> list[dict[str, Any]]:
                         records += chunk
                         continue
         json_records(text.split("\n"), records)
-    return records
 
 
 def _no_boundary(text: str) -> bool:
