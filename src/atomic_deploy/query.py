@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._history import BAD, COMPLETE, History, bad_of, release_states, rollback_target
+from ._history import BAD, COMPLETE, History, release_states, rollback_target
 from ._jsonfile import Record
 from ._layout import (
     CURRENT,
@@ -172,17 +172,15 @@ def list_releases(root: str) -> list[ReleaseInfo]:
     return _releases(layout, history)
 
 
-def _view(layout: Layout, history: History, current: str | None,
-          entries: list[os.DirEntry[str]], journal: dict[str, Any] | None,
-          ) -> tuple[list[str], dict[str, str], str | None]:
+def _view(layout: Layout, history: History, current: str | None, names: list[str],
+          journal: dict[str, Any] | None) -> tuple[list[str], dict[str, str], str | None]:
     """Releases in deploy order, their states and the rollback target, for ``current`` (the
     release current points to, None unless the link is healthy).
 
     A release whose deploy has not committed (running now, or interrupted before its history
     record: recovery will remove it) is not a release yet and is left out, unless current
-    already points to it (a deploy between its switch and its commit).
+    already points to it (a deploy between its switch and its commit). ``names``: release_dirs().
     """
-    names = release_dirs(layout, entries)
     if journal is not None and journal.get("creates_release"):
         pending = journal.get("release")
         if pending != current and pending not in history.created():
@@ -197,7 +195,7 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
-    ordered, states, target = _view(layout, history, current, list_releases_dir(layout),
+    ordered, states, target = _view(layout, history, current, release_dirs(layout),
                                     read_journal(layout))
     created = history.created()
     records = history.records
@@ -242,13 +240,14 @@ def status(root: str) -> Status:
     journal = read_journal(layout)
     current, target, state = _current_state(layout)
     healthy = current if state == "ok" else None
-    ordered, states, previous = _view(layout, history, healthy, entries, journal)
-    bad = bad_of(states)
+    names = release_dirs(layout, entries)
+    ordered, states, previous = _view(layout, history, healthy, names, journal)
     holder = probe_holder(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
-    stray = [e.name for e in entries
-             if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+    hidden = [e for e in entries if e.name[0] == "."]  # (a name is never empty)
+    stray = [] if len(names) + len(hidden) == len(entries) else [
+        e.name for e in entries if e.name[0] != "." and not e.is_dir(follow_symlinks=False)]
     return Status(
         root=layout.root,
         current=current,
@@ -256,10 +255,10 @@ def status(root: str) -> Status:
         current_state=state,
         previous=previous,
         releases=len(ordered),
-        bad=[n for n in ordered if n in bad and n != healthy],
+        bad=[n for n in ordered if states[n] == BAD and n != healthy],
         lock_holder=holder.to_dict() if holder else None,
         interrupted=journal,
-        leftovers=[] if holder else leftovers(layout, entries),
+        leftovers=[] if holder else leftovers(layout, hidden),  # all of them hidden
         stray=sorted(stray),
         last=history.records[-1] if history.records else None,
         recovery=plan_recovery(journal, layout, history.finished(str(journal.get("op_id")))
