@@ -87,6 +87,22 @@ def _odd_values(root: Path, build: Path) -> None:
                                 "states": {name: "served"}, **fields}) + "\n")
 
 
+def _many_logged(root: Path, build: Path) -> None:
+    """More releases than the quick path writes in one piece, and a log of many chunks."""
+    _deploy(root, build, 1)
+    with open(root / ".atomic-deploy" / "history.jsonl", "a") as f:
+        for i in range(250):
+            name = f"2020010100{i // 60:02d}{i % 60:02d}"
+            (root / "releases" / name).mkdir()
+            if i % 7:  # the others unmanaged
+                state = "bad" if i % 11 == 0 else "complete" if i % 13 == 0 else "served"
+                f.write(json.dumps({"v": 2, "op": "deploy", "outcome": "ok", "release": name,
+                                    "states": {name: state}, "message": f"m{i} \"\u00e9\"",
+                                    "time": f"2020-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+                                    "user": "u", "manifest": "ab" * 32, "pad": "x" * 300},
+                                   sort_keys=True) + "\n")
+
+
 def _outside_releases(root: Path, build: Path) -> None:
     _deploy(root, build, 1)
     os.replace(root / "current", root / "old-current")
@@ -127,8 +143,8 @@ def _not_a_folder(root: Path, build: Path) -> None:
 
 ROOTS: list[Callable[[Path, Path], None]] = [
     _plain, _after_rollback, _odd_entries, _dangling, _current_is_folder, _interrupted,
-    _torn_history, _odd_values, _outside_releases, _current_is_file, _no_current, _only_prepared, _empty,
-    _other_content, _missing, _not_a_folder]
+    _torn_history, _odd_values, _many_logged, _outside_releases, _current_is_file, _no_current,
+    _only_prepared, _empty, _other_content, _missing, _not_a_folder]
 NOT_ROOTS = (_empty, _other_content, _missing, _not_a_folder)  # status and list exit 2
 # status exits 1: current cannot serve a release (list still exits 0)
 NOT_SERVING = (_dangling, _current_is_folder, _outside_releases, _current_is_file, _no_current,

@@ -95,17 +95,19 @@ def format_list(rels: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def list_json(rels: list[Any]) -> str:
-    """What ``list --json`` prints: json.dumps(envelope("list", {"releases": [r.to_dict() for
-    r in rels]}), sort_keys=True), a row at a time with the encoder's own string escaping. At
-    1,000 releases the encoder costs half again as much, and first holds every one of its
-    pieces (some 40 a row) at once."""
+def list_json(rels: list[Any]) -> list[str]:
+    """What ``list --json`` prints, in pieces to write one after the other: json.dumps(envelope(
+    "list", {"releases": [r.to_dict() for r in rels]}), sort_keys=True), a row at a time with
+    the encoder's own string escaping. At 1,000 releases the encoder costs half again as
+    much and holds all of its pieces (some 40 a row) at once; and pieces of 100 rows are
+    written without first making them one string, and its encoded copy, both as long as the
+    whole output."""
     from ._jsonfile import dumps
 
     try:
         from _json import encode_basestring_ascii as escape  # what dumps escapes with
     except ImportError:  # pragma: no cover - not CPython
-        return dumps(envelope("list", {"releases": [r.to_dict() for r in rels]}))
+        return [dumps(envelope("list", {"releases": [r.to_dict() for r in rels]}))]
 
     def text(v: Any) -> str:  # a field from the history: a string or null, unless hand-edited
         return escape(v) if type(v) is str else "null" if v is None else dumps(v)
@@ -114,12 +116,17 @@ def list_json(rels: list[Any]) -> str:
     # marks booleans
     row = ('{"current": %s, "deployed_at": %s, "id": %s, "managed": %s, "manifest": %s, '
            '"message": %s, "rollback_target": %s, "source": %s, "state": %s, "user": %s}')
-    rows = ", ".join([row % (
-        "true" if r.current else "false", text(r.deployed_at), escape(r.id),
-        "true" if r.managed else "false", text(r.manifest), text(r.message),
-        "true" if r.rollback_target else "false", text(r.source), escape(r.state),
-        text(r.user)) for r in rels])
-    return f'{{"command": "list", "ok": true, "releases": [{rows}], "schema": {JSON_SCHEMA}}}'
+    out = ['{"command": "list", "ok": true, "releases": [']
+    for start in range(0, len(rels), 100):
+        if start:
+            out.append(", ")
+        out.append(", ".join([row % (
+            "true" if r.current else "false", text(r.deployed_at), escape(r.id),
+            "true" if r.managed else "false", text(r.manifest), text(r.message),
+            "true" if r.rollback_target else "false", text(r.source), escape(r.state),
+            text(r.user)) for r in rels[start:start + 100]]))
+    out.append(f'], "schema": {JSON_SCHEMA}}}')
+    return out
 
 
 def human_bytes(n: int) -> str:
