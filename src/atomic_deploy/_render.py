@@ -64,26 +64,19 @@ def format_list(rels: list[Any]) -> str:
         return "no releases"
     # Column by column in one pass, then one %-format per row: `list` prints every release.
     marks, ids, states, whens, messages = [""], ["RELEASE"], ["STATE"], ["DEPLOYED"], ["MESSAGE"]
-    any_current = any_target = any_prepared = False
     for r in rels:
-        if r.current:
-            marks.append("*")
-            any_current = True
-        else:
-            marks.append("<" if r.rollback_target else "")
-        if r.rollback_target:
-            any_target = True
-        state = r.state
-        if state == "prepared":
-            any_prepared = True
-        states.append(state if r.managed else state + " (unmanaged)")
+        marks.append("*" if r.current else "<" if r.rollback_target else "")
         ids.append(r.id)
+        states.append(r.state if r.managed else r.state + " (unmanaged)")
         when, message = r.deployed_at, r.message
         if type(when) is not str or type(message) is not str:  # null, or a hand-edited history
             when = "-" if when is None else str(when)
             message = "" if message is None else str(message)
         whens.append((when or "-")[:19].replace("T", " "))
         messages.append(message.replace("\n", " "))
+    any_current = "*" in marks
+    any_target = "<" in marks or any(r.current and r.rollback_target for r in rels)
+    any_prepared = "prepared" in states
     w0, w1, w2, w3 = (max(map(len, column)) for column in (marks, ids, states, whens))
     fmt = f"%-{w0}s  %-{w1}s  %-{w2}s  %-{w3}s  %s"  # padded as f"{a:<{w0}}" pads
     lines = [(fmt % row).rstrip() for row in zip(marks, ids, states, whens, messages)]
