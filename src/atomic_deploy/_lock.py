@@ -22,7 +22,6 @@ import time
 
 from ._jsonfile import Record, read_json, write_json_atomic
 from ._layout import Layout, check_trusted, show
-from .errors import InvalidInput, LockHeld
 
 TYPE_CHECKING = False  # `status` probes the lock: no typing or dataclasses at import time
 if TYPE_CHECKING:
@@ -65,6 +64,8 @@ def read_holder(layout: Layout) -> Holder:
 
 
 def _open_lock_file(layout: Layout) -> int:
+    from .errors import InvalidInput  # here, not above: `status` never needs it
+
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(layout.lock, flags, 0o644)
@@ -103,6 +104,8 @@ class RootLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        from .errors import LockHeld
+
         fd = _open_lock_file(self.layout)
         deadline = time.monotonic() + max(self.wait, 0.0)
         readers_until: float | None = None

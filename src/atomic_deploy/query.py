@@ -26,7 +26,6 @@ from ._layout import (
     release_dirs,
     show,
 )
-from .errors import InvalidInput
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -161,6 +160,8 @@ def deploy_root(root: str) -> Layout:
     layout = existing_root(root)
     if not any(os.path.lexists(os.path.join(layout.root, n)) for n in (CURRENT, RELEASES,
                                                                       STATE_DIR)):
+        from .errors import InvalidInput  # here: what succeeds never loads the error classes
+
         raise InvalidInput(f"ROOT {show(root)} is not a deploy root (it has no {CURRENT}, "
                            f"{RELEASES}/ or {STATE_DIR}/)", "nothing was changed")
     return layout
