@@ -240,6 +240,8 @@ def test_quick_path_imports_nothing_heavy(tmp_path: Path, command: str) -> None:
     loaded = set(ast.literal_eval(out.stdout.splitlines()[-1]))
     assert loaded & HEAVY == set(), loaded & HEAVY
     assert "atomic_deploy.cli" not in loaded
+    # nor what only a failure, a held lock or another command needs
+    assert {"atomic_deploy.errors", "atomic_deploy._lock", "struct"} & loaded == set()
 
 
 # --- the JSON reader that spares `import json` -------------------------------------------------

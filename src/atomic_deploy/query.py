@@ -8,6 +8,7 @@ commands within twice an empty interpreter's start-up (docs/benchmarks.md).
 from __future__ import annotations
 
 import os
+import sys
 
 from ._history import BAD, COMPLETE, History, release_states, rollback_target
 from ._jsonfile import Record
@@ -30,6 +31,8 @@ from ._layout import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ._lock import Holder
 
 
 class ReleaseInfo(Record):
@@ -232,9 +235,32 @@ def _manifests(history: History, ordered: list[str]) -> dict[str, str]:
     return out
 
 
-def status(root: str) -> Status:
-    from ._lock import probe_holder  # here: `list` never looks at the lock
+def _probe_holder(layout: Layout) -> Holder | None:
+    """_lock.probe_holder(layout), without loading the lock module when the lock is free (as
+    it mostly is when `status` runs): the same F_OFD_GETLK test (see _lock), whose answer
+    "free" is final; "held" or no answer goes to probe_holder itself, which looks again."""
+    if sys.platform.startswith("linux"):
+        import fcntl
 
+        try:
+            fd = os.open(layout.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: nobody holds it (as probe_holder says)
+        try:  # struct flock: the short l_type, every other field 0 (_lock._record_lock)
+            arg = fcntl.F_RDLCK.to_bytes(2, sys.byteorder) + bytes(62)
+            out = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg)
+            if int.from_bytes(out[:2], sys.byteorder, signed=True) == fcntl.F_UNLCK:
+                return None
+        except (OSError, AttributeError):  # not supported here: probe_holder knows what to do
+            pass
+        finally:
+            os.close(fd)
+    from ._lock import probe_holder
+
+    return probe_holder(layout)
+
+
+def status(root: str) -> Status:
     layout = deploy_root(root)
     history = History.load(layout)
     entries = list_releases_dir(layout)
@@ -243,7 +269,7 @@ def status(root: str) -> Status:
     healthy = current if state == "ok" else None
     names = release_dirs(layout, entries)
     ordered, states, previous = _view(layout, history, healthy, names, journal)
-    holder = probe_holder(layout)
+    holder = _probe_holder(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
     hidden = [e for e in entries if e.name[0] == "."]  # (a name is never empty)
