@@ -115,11 +115,11 @@ def _quick(args: list[str]) -> int | None:
             elif not quiet:
                 out = _render.format_status(s)
         else:
-            rels = query.list_releases(roots[0])
+            rows = query.release_rows(roots[0])
             if as_json:
-                out = _render.list_json(rels)
+                out = _render.list_json(rows)
             elif not quiet:
-                out = _render.format_list(rels)
+                out = _render.format_rows(rows)
     except KeyboardInterrupt:  # as cli.main says it
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130

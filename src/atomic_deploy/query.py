@@ -171,9 +171,14 @@ def deploy_root(root: str) -> Layout:
 
 
 def list_releases(root: str) -> list[ReleaseInfo]:
+    return [ReleaseInfo(*row) for row in release_rows(root)]
+
+
+def release_rows(root: str) -> list[tuple[Any, ...]]:
+    """What list_releases(root) returns, each release as the tuple of ReleaseInfo's arguments
+    (the command line renders these: at 1,000 releases the objects cost more than the rows)."""
     layout = deploy_root(root)
-    history = History.load(layout)
-    return _releases(layout, history)
+    return _rows(layout, History.load(layout))
 
 
 def _view(layout: Layout, history: History, current: str | None, names: list[str],
@@ -195,7 +200,7 @@ def _view(layout: Layout, history: History, current: str | None, names: list[str
     return ordered, states, target
 
 
-def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
+def _rows(layout: Layout, history: History) -> list[tuple[Any, ...]]:
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
@@ -203,9 +208,9 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
                                     read_journal(layout))
     created = history.created()
     records = history.records
-    out = []
+    out: list[tuple[Any, ...]] = []
     empty: dict[str, Any] = {}
-    for name in ordered:  # runs once per release: positional arguments, nothing called
+    for name in ordered:  # runs once per release
         i = created.get(name)
         rec = records[i] if i is not None else empty
         # What list calls a release: current, bad, prepared (complete, never current, so never
@@ -215,9 +220,9 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
         else:
             known = states.get(name)
             state = "bad" if known == BAD else "prepared" if known == COMPLETE else "good"
-        out.append(ReleaseInfo(
-            name, state, name == current, name == target, rec.get("time"), rec.get("user"),
-            rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
+        out.append((name, state, name == current, name == target, rec.get("time"),
+                    rec.get("user"), rec.get("message"), rec.get("source"), i is not None,
+                    rec.get("manifest")))
     return out
 
 
