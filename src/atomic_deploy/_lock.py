@@ -181,9 +181,9 @@ def _record_lock(fd: int, cmd: int, kind: int) -> int:
     """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns.
 
     Linux's struct flock starts with the short l_type; every other field is 0 here (l_whence
-    SEEK_SET, l_start 0, l_len 0: to the end of the file, l_pid 0), so `status` writes the
-    bytes without importing struct: the short, then zeros, more than the struct's 32 bytes on
-    any Linux."""
+    SEEK_SET, l_start 0, l_len 0: to the end of the file, l_pid 0), so the bytes are written
+    without importing struct: the short, then zeros, more than the struct's 32 bytes on any
+    Linux."""
     arg = kind.to_bytes(2, sys.byteorder) + bytes(62)
     out = fcntl.fcntl(fd, cmd, arg)
     return int.from_bytes(out[:2], sys.byteorder, signed=True)
