@@ -74,6 +74,37 @@ def _torn_history(root: Path, build: Path) -> None:
         f.write('{"op": "deploy", "outcome": "o')  # a power cut mid-append
 
 
+def _odd_values(root: Path, build: Path) -> None:
+    make_build(build)
+    atomic_deploy.deploy(str(build), str(root), message='say "hi"\\ \u00e9\u2603 \U0001f600\nline 2\t')
+    atomic_deploy.deploy(str(build), str(root), message="")
+    for name in ("20200101000000", "20200101000001", "caf\u00e9 \"q\" \\ x"):
+        (root / "releases" / name).mkdir()
+    with open(root / ".atomic-deploy" / "history.jsonl", "a") as f:  # hand-edited records
+        for name, fields in (("20200101000000", {"message": 5, "user": {"b": 1, "a": [1.5, None]},
+                                                 "time": None, "source": "s\u00e9\"\\"}),
+                             ("20200101000001", {"message": ["x"], "manifest": 2.5, "user": True,
+                                                 "time": "2020-01-01T00:00:01Z"})):
+            f.write(json.dumps({"v": 2, "op": "deploy", "outcome": "ok", "release": name,
+                                "states": {name: "served"}, **fields}) + "\n")
+
+
+def _many_logged(root: Path, build: Path) -> None:
+    """More releases than the quick path writes in one piece, and a log of many chunks."""
+    _deploy(root, build, 1)
+    with open(root / ".atomic-deploy" / "history.jsonl", "a") as f:
+        for i in range(250):
+            name = f"2020010100{i // 60:02d}{i % 60:02d}"
+            (root / "releases" / name).mkdir()
+            if i % 7:  # the others unmanaged
+                state = "bad" if i % 11 == 0 else "complete" if i % 13 == 0 else "served"
+                f.write(json.dumps({"v": 2, "op": "deploy", "outcome": "ok", "release": name,
+                                    "states": {name: state}, "message": f"m{i} \"\u00e9\"",
+                                    "time": f"2020-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+                                    "user": "u", "manifest": "ab" * 32, "pad": "x" * 300},
+                                   sort_keys=True) + "\n")
+
+
 def _outside_releases(root: Path, build: Path) -> None:
     _deploy(root, build, 1)
     os.replace(root / "current", root / "old-current")
@@ -114,8 +145,8 @@ def _not_a_folder(root: Path, build: Path) -> None:
 
 ROOTS: list[Callable[[Path, Path], None]] = [
     _plain, _after_rollback, _odd_entries, _dangling, _current_is_folder, _interrupted,
-    _torn_history, _outside_releases, _current_is_file, _no_current, _only_prepared, _empty,
-    _other_content, _missing, _not_a_folder]
+    _torn_history, _odd_values, _many_logged, _outside_releases, _current_is_file, _no_current,
+    _only_prepared, _empty, _other_content, _missing, _not_a_folder]
 NOT_ROOTS = (_empty, _other_content, _missing, _not_a_folder)  # status and list exit 2
 # status exits 1: current cannot serve a release (list still exits 0)
 NOT_SERVING = (_dangling, _current_is_folder, _outside_releases, _current_is_file, _no_current,
@@ -211,6 +242,8 @@ def test_quick_path_imports_nothing_heavy(tmp_path: Path, command: str) -> None:
     loaded = set(ast.literal_eval(out.stdout.splitlines()[-1]))
     assert loaded & HEAVY == set(), loaded & HEAVY
     assert "atomic_deploy.cli" not in loaded
+    # nor what only a failure, a held lock or another command needs
+    assert {"atomic_deploy.errors", "atomic_deploy._lock", "struct"} & loaded == set()
 
 
 # --- the JSON reader that spares `import json` -------------------------------------------------

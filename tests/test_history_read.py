@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from atomic_deploy import _history
 from atomic_deploy._history import History, read_records
 from atomic_deploy._jsonfile import read_json_lines
 from atomic_deploy._layout import all_generated, looks_generated
@@ -36,6 +37,12 @@ REC2 = json.dumps({"op": "deploy", "release": "20250101000001", "v": 2,
     f"{REC},\n{REC2}\n",
     "{\"a\": [{\"x\": 1}\n{\"y\": 2}]}\n{}, {}\n",  # lines that only join into JSON
     "{\"a\": \"\xff\"}\n",
+    # lines that only join into one-element arrays, newlines read as "],[" (read_records)
+    "{\"a\": [[1\n2]]}\n{}],[{}\n",
+    "{\"a\": [[1\n2]]}\n{} ]\t, [ {}\n",
+    f"{REC}\n{{\"m\": \"a],[b\", \"n\": [[1], [2]]}}\n{REC2}\n",  # "],[" inside a record
+    f"{REC}\n{REC2}\n" * 200,  # more than one chunk
+    f"{REC}\n{REC2}\n" * 100 + f"{REC[:30]}\n" + f"{REC}\n{REC2}\n" * 100,  # torn in the middle
 ])
 def test_read_records_is_read_json_lines(tmp_path: Path, text: str) -> None:
     path = tmp_path / "history.jsonl"
@@ -51,15 +58,30 @@ def test_read_records_bad_utf8_and_missing(tmp_path: Path) -> None:
     assert read_records(str(tmp_path / "absent")) == []
 
 
-@given(st.lists(st.sampled_from([REC, REC2, "", " ", "{", "}", "{}", "[", "]", ",", "\"",
-                                 REC[:25], REC2[10:], "1", "{\"a\": [", "]}"]), max_size=8))
+REC3 = json.dumps({"op": "deploy", "hooks": [{"a": 1}, {"b": [1, 2]}], "v": 2}, sort_keys=True)
+
+
+# bytes decoded at once, and read at once
+@pytest.mark.parametrize(("chunk", "block"), [(1, 1), (60, 7), (_history._CHUNK, _history._BLOCK)])
+@given(st.lists(st.sampled_from([REC, REC2, REC3, "", " ", "{", "}", "{}", "[", "]", ",", "\"",
+                                 REC[:25], REC2[10:], REC3[:30], REC3[30:], "1", "{\"a\": [",
+                                 "]}", "],[", "] , [", "{\"a\": [[1", "2]]}", "{}],[{}",
+                                 "{\"a\": 1", "\"b\": 2}", "{}, {}", "{\"a\": [{}", "{}]}",
+                                 "\t", "  {}", "{}\r", "\r{}", "\u00e9\u2603"]), max_size=8))
 @example(["{", "}"])  # one object over two lines: the line reader sees none
 @example([REC, "{", "}", REC2])
-def test_read_records_any_lines(tmp_path_factory: pytest.TempPathFactory,
-                                lines: list[str]) -> None:
+@example(["{\"a\": [[1", "2]]}", "{}],[{}"])  # spread over lines, and two on one line
+@example(["{\"a\": 1", "\"b\": 2}", "{}, {}"])
+def test_read_records_any_lines(tmp_path_factory: pytest.TempPathFactory, chunk: int,
+                                block: int, lines: list[str]) -> None:
     path = tmp_path_factory.mktemp("h") / "history.jsonl"
     path.write_text("\n".join(lines))
-    assert read_records(str(path)) == read_json_lines(str(path))
+    saved = _history._CHUNK, _history._BLOCK
+    _history._CHUNK, _history._BLOCK = chunk, block
+    try:
+        assert read_records(str(path)) == read_json_lines(str(path))
+    finally:
+        _history._CHUNK, _history._BLOCK = saved
 
 
 @given(st.lists(st.one_of(

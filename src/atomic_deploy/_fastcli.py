@@ -120,7 +120,7 @@ def _quick(args: list[str]) -> int | None:
         from . import _render, query
 
         # Only the output that is printed is built: 1,000 rows cost as much as the JSON.
-        out: str | None = None
+        out: str | list[str] | None = None
         if args[0] == "status":
             s = query.status(roots[0])
             code = _render.status_exit_code(s)
@@ -129,11 +129,11 @@ def _quick(args: list[str]) -> int | None:
             elif not quiet:
                 out = _render.format_status(s)
         else:
-            rels = query.list_releases(roots[0])
+            rows = query.release_rows(roots[0])
             if as_json:
-                out = _json_out("list", {"releases": [r.to_dict() for r in rels]})
+                out = _render.list_json(rows)
             elif not quiet:
-                out = _render.format_list(rels)
+                out = _render.format_rows(rows)
     except KeyboardInterrupt:  # as cli.main says it
         print("atomic-deploy: interrupted; nothing was changed", file=sys.stderr)
         return 130
@@ -246,14 +246,16 @@ def _json_out(command: str, payload: dict[str, Any]) -> str:
     return dumps(envelope(command, payload))
 
 
-def _write(text: str | None, code: int) -> int | None:
-    """Write ``text`` and a newline to stdout: ``code``, or None when cli.main must run the
-    command again to report what went wrong in its words."""
+def _write(text: str | list[str] | None, code: int) -> int | None:
+    """Write ``text`` (or its pieces, one after the other) and a newline to stdout: ``code``,
+    or None when cli.main must run the command again to report what went wrong in its words."""
     if sys.stdout is None:  # closed by the caller: nothing to write to, as print() does
         return code
     try:
         if text is not None:
-            sys.stdout.write(text + "\n")
+            for piece in (text,) if isinstance(text, str) else text:
+                sys.stdout.write(piece)  # not text + "\n": a copy of 1,000 releases' rows
+            sys.stdout.write("\n")
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`| head`): the output just ends
         from ._stdout import drop_stdout

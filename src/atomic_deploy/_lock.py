@@ -22,7 +22,6 @@ import time
 
 from ._jsonfile import Record, read_json, write_json_atomic
 from ._layout import Layout, check_trusted, show
-from .errors import InvalidInput, LockHeld
 
 TYPE_CHECKING = False  # `status` probes the lock: no typing or dataclasses at import time
 if TYPE_CHECKING:
@@ -65,6 +64,8 @@ def read_holder(layout: Layout) -> Holder:
 
 
 def _open_lock_file(layout: Layout) -> int:
+    from .errors import InvalidInput  # here, not above: `status` never needs it
+
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(layout.lock, flags, 0o644)
@@ -103,6 +104,8 @@ class RootLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        from .errors import LockHeld
+
         fd = _open_lock_file(self.layout)
         deadline = time.monotonic() + max(self.wait, 0.0)
         readers_until: float | None = None
@@ -175,14 +178,15 @@ def _only_readers(fd: int) -> bool:
 
 
 def _record_lock(fd: int, cmd: int, kind: int) -> int:
-    """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns."""
-    import struct
+    """fcntl(fd, cmd) with a whole-file ``struct flock`` of ``kind``; the l_type it returns.
 
-    fmt = "hhqqi"  # l_type, l_whence, l_start, l_len, l_pid: Linux's layout, native alignment
-    size = struct.calcsize(fmt)
-    arg = struct.pack(fmt, kind, os.SEEK_SET, 0, 0, 0) + bytes(32)  # room for tail padding
+    Linux's struct flock starts with the short l_type; every other field is 0 here (l_whence
+    SEEK_SET, l_start 0, l_len 0: to the end of the file, l_pid 0), so the bytes are written
+    without importing struct: the short, then zeros, more than the struct's 32 bytes on any
+    Linux."""
+    arg = kind.to_bytes(2, sys.byteorder) + bytes(62)
     out = fcntl.fcntl(fd, cmd, arg)
-    return int(struct.unpack(fmt, out[:size])[0])
+    return int.from_bytes(out[:2], sys.byteorder, signed=True)
 
 
 def _mark_held(fd: int) -> None:

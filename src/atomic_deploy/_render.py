@@ -59,27 +59,35 @@ def format_status(s: Any) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _row(r: Any) -> tuple[Any, ...]:
+    """A ReleaseInfo as query.release_rows() gives it."""
+    return (r.id, r.state, r.current, r.rollback_target, r.deployed_at, r.user, r.message,
+            r.source, r.managed, r.manifest)
+
+
 def format_list(rels: list[Any]) -> str:
-    if not rels:
+    """What ``list`` prints for these ReleaseInfos."""
+    return format_rows([_row(r) for r in rels])
+
+
+def format_rows(rows: list[tuple[Any, ...]]) -> str:
+    """What ``list`` prints for these query.release_rows()."""
+    if not rows:
         return "no releases"
     # Column by column in one pass, then one %-format per row: `list` prints every release.
     marks, ids, states, whens, messages = [""], ["RELEASE"], ["STATE"], ["DEPLOYED"], ["MESSAGE"]
-    any_current = any_target = any_prepared = False
-    for r in rels:
-        if r.current:
-            marks.append("*")
-            any_current = True
-        else:
-            marks.append("<" if r.rollback_target else "")
-        if r.rollback_target:
-            any_target = True
-        state = r.state
-        if state == "prepared":
-            any_prepared = True
-        states.append(state if r.managed else state + " (unmanaged)")
-        ids.append(r.id)
-        whens.append((r.deployed_at or "-")[:19].replace("T", " "))
-        messages.append((r.message or "").replace("\n", " "))
+    for rid, state, current, target, when, _user, message, _source, managed, _digest in rows:
+        marks.append("*" if current else "<" if target else "")
+        ids.append(rid)
+        states.append(state if managed else state + " (unmanaged)")
+        if type(when) is not str or type(message) is not str:  # null, or a hand-edited history
+            when = "-" if when is None else str(when)
+            message = "" if message is None else str(message)
+        whens.append((when or "-")[:19].replace("T", " "))
+        messages.append(message.replace("\n", " "))
+    any_current = "*" in marks
+    any_target = "<" in marks or any(row[2] and row[3] for row in rows)
+    any_prepared = "prepared" in states
     w0, w1, w2, w3 = (max(map(len, column)) for column in (marks, ids, states, whens))
     fmt = f"%-{w0}s  %-{w1}s  %-{w2}s  %-{w3}s  %s"  # padded as f"{a:<{w0}}" pads
     lines = [(fmt % row).rstrip() for row in zip(marks, ids, states, whens, messages)]
@@ -89,6 +97,44 @@ def format_list(rels: list[Any]) -> str:
     if legend:
         lines.append(f"({', '.join(legend)})")
     return "\n".join(lines)
+
+
+def list_json(rows: list[tuple[Any, ...]]) -> list[str]:
+    """What ``list --json`` prints for these query.release_rows(), in pieces to write one
+    after the other: json.dumps(envelope("list", {"releases": [r.to_dict() for r in
+    list_releases()]}), sort_keys=True), a row at a time with the encoder's own string
+    escaping. At 1,000 releases the encoder costs half again as much and holds all of its
+    pieces (some 40 a row) at once; and pieces of 100 rows are written without first making
+    them one string, and its encoded copy, both as long as the whole output."""
+    from ._jsonfile import dumps
+
+    try:
+        from _json import encode_basestring_ascii as escape  # what dumps escapes with
+    except ImportError:  # pragma: no cover - not CPython
+        from .query import ReleaseInfo
+
+        return [dumps(envelope("list", {"releases": [ReleaseInfo(*r).to_dict()
+                                                     for r in rows]}))]
+
+    def text(v: Any) -> str:  # a field from the history: a string or null, unless hand-edited
+        return escape(v) if type(v) is str else "null" if v is None else dumps(v)
+
+    # ReleaseInfo.to_dict()'s keys in sorted order, by an f-string (%-formatting costs half
+    # again as much); id and state are always strings, the marks booleans
+    out = ['{"command": "list", "ok": true, "releases": [']
+    for start in range(0, len(rows), 100):
+        if start:
+            out.append(", ")
+        out.append(", ".join([
+            f'{{"current": {"true" if current else "false"}, "deployed_at": {text(when)}, '
+            f'"id": {escape(rid)}, "managed": {"true" if managed else "false"}, '
+            f'"manifest": {text(digest)}, "message": {text(message)}, '
+            f'"rollback_target": {"true" if target else "false"}, "source": {text(source)}, '
+            f'"state": {escape(state)}, "user": {text(user)}}}'
+            for rid, state, current, target, when, user, message, source, managed, digest
+            in rows[start:start + 100]]))
+    out.append(f'], "schema": {JSON_SCHEMA}}}')
+    return out
 
 
 def human_bytes(n: int) -> str:

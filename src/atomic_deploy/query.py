@@ -8,8 +8,9 @@ commands within twice an empty interpreter's start-up (docs/benchmarks.md).
 from __future__ import annotations
 
 import os
+import sys
 
-from ._history import BAD, COMPLETE, History, bad_of, release_states, rollback_target
+from ._history import BAD, COMPLETE, History, release_states, rollback_target
 from ._jsonfile import Record
 from ._layout import (
     CURRENT,
@@ -26,12 +27,12 @@ from ._layout import (
     release_dirs,
     show,
 )
-from ._lock import probe_holder
-from .errors import InvalidInput
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ._lock import Holder
 
 
 class ReleaseInfo(Record):
@@ -162,28 +163,33 @@ def deploy_root(root: str) -> Layout:
     layout = existing_root(root)
     if not any(os.path.lexists(os.path.join(layout.root, n)) for n in (CURRENT, RELEASES,
                                                                       STATE_DIR)):
+        from .errors import InvalidInput  # here: what succeeds never loads the error classes
+
         raise InvalidInput(f"ROOT {show(root)} is not a deploy root (it has no {CURRENT}, "
                            f"{RELEASES}/ or {STATE_DIR}/)", "nothing was changed")
     return layout
 
 
 def list_releases(root: str) -> list[ReleaseInfo]:
+    return [ReleaseInfo(*row) for row in release_rows(root)]
+
+
+def release_rows(root: str) -> list[tuple[Any, ...]]:
+    """What list_releases(root) returns, each release as the tuple of ReleaseInfo's arguments
+    (the command line renders these: at 1,000 releases the objects cost more than the rows)."""
     layout = deploy_root(root)
-    history = History.load(layout)
-    return _releases(layout, history)
+    return _rows(layout, History.load(layout))
 
 
-def _view(layout: Layout, history: History, current: str | None,
-          entries: list[os.DirEntry[str]], journal: dict[str, Any] | None,
-          ) -> tuple[list[str], dict[str, str], str | None]:
+def _view(layout: Layout, history: History, current: str | None, names: list[str],
+          journal: dict[str, Any] | None) -> tuple[list[str], dict[str, str], str | None]:
     """Releases in deploy order, their states and the rollback target, for ``current`` (the
     release current points to, None unless the link is healthy).
 
     A release whose deploy has not committed (running now, or interrupted before its history
     record: recovery will remove it) is not a release yet and is left out, unless current
-    already points to it (a deploy between its switch and its commit).
+    already points to it (a deploy between its switch and its commit). ``names``: release_dirs().
     """
-    names = release_dirs(layout, entries)
     if journal is not None and journal.get("creates_release"):
         pending = journal.get("release")
         if pending != current and pending not in history.created():
@@ -194,17 +200,17 @@ def _view(layout: Layout, history: History, current: str | None,
     return ordered, states, target
 
 
-def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
+def _rows(layout: Layout, history: History) -> list[tuple[Any, ...]]:
     current, _, state = _current_state(layout)
     if state != "ok":
         current = None
-    ordered, states, target = _view(layout, history, current, list_releases_dir(layout),
+    ordered, states, target = _view(layout, history, current, release_dirs(layout),
                                     read_journal(layout))
     created = history.created()
     records = history.records
-    out = []
+    out: list[tuple[Any, ...]] = []
     empty: dict[str, Any] = {}
-    for name in ordered:  # runs once per release: positional arguments, nothing called
+    for name in ordered:  # runs once per release
         i = created.get(name)
         rec = records[i] if i is not None else empty
         # What list calls a release: current, bad, prepared (complete, never current, so never
@@ -214,9 +220,9 @@ def _releases(layout: Layout, history: History) -> list[ReleaseInfo]:
         else:
             known = states.get(name)
             state = "bad" if known == BAD else "prepared" if known == COMPLETE else "good"
-        out.append(ReleaseInfo(
-            name, state, name == current, name == target, rec.get("time"), rec.get("user"),
-            rec.get("message"), rec.get("source"), i is not None, rec.get("manifest")))
+        out.append((name, state, name == current, name == target, rec.get("time"),
+                    rec.get("user"), rec.get("message"), rec.get("source"), i is not None,
+                    rec.get("manifest")))
     return out
 
 
@@ -234,6 +240,31 @@ def _manifests(history: History, ordered: list[str]) -> dict[str, str]:
     return out
 
 
+def _probe_holder(layout: Layout) -> Holder | None:
+    """_lock.probe_holder(layout), without loading the lock module when the lock is free (as
+    it mostly is when `status` runs): the same F_OFD_GETLK test (see _lock), whose answer
+    "free" is final; "held" or no answer goes to probe_holder itself, which looks again."""
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        try:
+            fd = os.open(layout.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: nobody holds it (as probe_holder says)
+        try:  # struct flock: the short l_type, every other field 0 (_lock._record_lock)
+            arg = fcntl.F_RDLCK.to_bytes(2, sys.byteorder) + bytes(62)
+            out = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg)
+            if int.from_bytes(out[:2], sys.byteorder, signed=True) == fcntl.F_UNLCK:
+                return None
+        except (OSError, AttributeError):  # not supported here: probe_holder knows what to do
+            pass
+        finally:
+            os.close(fd)
+    from ._lock import probe_holder
+
+    return probe_holder(layout)
+
+
 def status(root: str) -> Status:
     layout = deploy_root(root)
     history = History.load(layout)
@@ -241,13 +272,14 @@ def status(root: str) -> Status:
     journal = read_journal(layout)
     current, target, state = _current_state(layout)
     healthy = current if state == "ok" else None
-    ordered, states, previous = _view(layout, history, healthy, entries, journal)
-    bad = bad_of(states)
-    holder = probe_holder(layout)
+    names = release_dirs(layout, entries)
+    ordered, states, previous = _view(layout, history, healthy, names, journal)
+    holder = _probe_holder(layout)
     if journal is not None and holder is not None and journal.get("pid") == holder.pid:
         journal = None  # in progress right now, not interrupted
-    stray = [e.name for e in entries
-             if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+    hidden = [e for e in entries if e.name[0] == "."]  # (a name is never empty)
+    stray = [] if len(names) + len(hidden) == len(entries) else [
+        e.name for e in entries if e.name[0] != "." and not e.is_dir(follow_symlinks=False)]
     return Status(
         root=layout.root,
         current=current,
@@ -255,10 +287,10 @@ def status(root: str) -> Status:
         current_state=state,
         previous=previous,
         releases=len(ordered),
-        bad=[n for n in ordered if n in bad and n != healthy],
+        bad=[n for n in ordered if states[n] == BAD and n != healthy],
         lock_holder=holder.to_dict() if holder else None,
         interrupted=journal,
-        leftovers=[] if holder else leftovers(layout, entries),
+        leftovers=[] if holder else leftovers(layout, hidden),  # all of them hidden
         stray=sorted(stray),
         last=history.records[-1] if history.records else None,
         recovery=plan_recovery(journal, layout, history.finished(str(journal.get("op_id")))
