@@ -131,3 +131,18 @@ def test_hosts_never_started_because_one_was_unreachable_say_so(lab: SSHLab,
     assert f"{given[0]}: not started: {why}" in r.stderr.splitlines()
     for h in hosts:
         assert current(h) == f"releases/{v1}" and sorted(states(h)) == [v1]
+
+
+def test_a_one_file_build_says_1_file(hosts: list[Host], tmp_path: Path) -> None:
+    """The hosts' prepared lines, the summary rows and each host's dry-run plan: ``1 file``."""
+    two = dests(hosts[:2])
+    build = make_build(tmp_path / "one", files={"index.html": "x\n"})
+    r = cli("deploy", build, *two, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert all(f"{h}:   send {build} (1 file) from " in r.stdout for h in two), r.stdout
+    r = cli("deploy", build, *two)
+    assert r.returncode == 0, r.stderr
+    release = r.stdout.split()[1]
+    for h in two:
+        assert f"{h}: prepared {release} (1 file, 0 linked)\n" in r.stderr, r.stderr
+    assert [row.split("  ")[-1] for row in r.stdout.splitlines()[1:]] == ["1 file, 0 linked"] * 2

@@ -31,6 +31,7 @@ from ._clicore import (
 from ._layout import show
 from ._render import (
     JSON_SCHEMA,
+    count,
     envelope,
     format_list,
     format_status,
@@ -873,12 +874,13 @@ def _verify(args: argparse.Namespace) -> int:
     lines = [f"{d['change']:8} {show(d['path'])}"
              + (f" ({', '.join(d['fields'])})" if d["fields"] else "") for d in v.differences]
     n = len(v.differences)
-    summary = (f"release {v.release} matches its manifest ({v.entries} entries"
+    entries = count(v.entries, "entry", "entries")
+    summary = (f"release {v.release} matches its manifest ({entries}"
                if v.clean else
-               f"release {v.release} differs from its manifest: {n} path{'s' if n != 1 else ''}"
-               f" ({v.entries} entries")
+               f"release {v.release} differs from its manifest: {count(n, 'path')} ({entries}")
     if args.content:
-        summary += f"; {v.content_checked} files' contents compared"
+        whose = "file's" if v.content_checked == 1 else "files'"
+        summary += f"; {v.content_checked} {whose} contents compared"
         if v.no_digest:
             summary += (f", {v.no_digest} without a recorded digest (deploy with --digest or "
                         "--link-unchanged to record them)")
@@ -1395,7 +1397,7 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     phases = max(9, *(len(h.phase) for h in r.hosts))
     rows = [f"  {h.host:<{width}}  {h.phase:<{phases}}  {h.release or '-':<14}  "
             # "-": it never got as far as sealing a release, so nothing was counted
-            + (f"{h.files} files, {h.linked} linked" if h.files or h.linked else "-")
+            + (f"{count(h.files, 'file')}, {h.linked} linked" if h.files or h.linked else "-")
             + _host_result(h)
             for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
