@@ -146,3 +146,31 @@ def test_a_one_file_build_says_1_file(hosts: list[Host], tmp_path: Path) -> None
     for h in two:
         assert f"{h}: prepared {release} (1 file, 0 linked)\n" in r.stderr, r.stderr
     assert [row.split("  ")[-1] for row in r.stdout.splitlines()[1:]] == ["1 file, 0 linked"] * 2
+
+
+def test_each_host_says_what_its_deploy_pruned(hosts: list[Host], tmp_path: Path) -> None:
+    """--keep (or keep = in the config file) prunes on every host, and each host's deploy
+    says so as one root's does: ``pruned`` in its --json object, a ``pruned N: ...`` line."""
+    two = hosts[:2]
+    ids = [first_deploy(two, tmp_path)]
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two), "--json")
+    assert r.returncode == 0, r.stderr
+    ids.append(json.loads(r.stdout)["release"])
+    assert all(h["pruned"] == [] for h in json.loads(r.stdout)["hosts"])
+
+    r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(two), "--keep", "2",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    ids.append(d["release"])
+    assert [h["pruned"] for h in d["hosts"]] == [[ids[0]]] * 2
+    assert all(sorted(states(h)) == ids[1:] for h in two)
+
+    config = tmp_path / "keep.toml"
+    config.write_text("keep = 2\n")
+    r = cli("deploy", make_build(tmp_path / "v4", version="v4"), *dests(two),
+            "--config", config)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[3:] == [f"{h}: pruned 1: {ids[1]}" for h in dests(two)], \
+        r.stdout
+    assert all(sorted(states(h))[:1] == [ids[2]] and len(states(h)) == 2 for h in two)

@@ -1400,8 +1400,14 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
             + (f"{count(h.files, 'file')}, {h.linked} linked" if h.files or h.linked else "-")
             + _host_result(h)
             for h in r.hosts]
-    _emit(args, payload, "\n".join([head, *rows]))
+    _emit(args, payload, "\n".join([head, *rows, *_fleet_pruned(r.hosts)]))
     return r.exit_code
+
+
+def _fleet_pruned(hosts: list[Any]) -> list[str]:
+    """One line per host whose deploy pruned, worded as one root's deploy says it."""
+    return [f"{h.host}: pruned {len(h.pruned)}: {', '.join(h.pruned)}" for h in hosts
+            if h.pruned]
 
 
 def _already(on_target: list[str]) -> str:

@@ -93,6 +93,10 @@ class HostOutcome:
     # Why a host that did not fail itself ended where it did (phase "not started"):
     # "web2:/srv/app could not be reached; nothing changed here".
     note: str | None = None
+    # What its committed command did besides switching, as its own result says: the releases
+    # its --keep deleted, and (rollback) the release it marked bad.
+    pruned: list[str] = field(default_factory=list)
+    marked_bad: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -460,6 +464,7 @@ class Fleet:
         for h in self.hosts:
             if h in chosen and h.done is not None and int(h.done.get("exit", 1)) == 0:
                 h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
+                _took_result(h.out, h.done)
                 h.out.release = release if self.opts.activate else h.out.previous
                 self.say(h, f"committed: on {h.out.release}" if self.opts.activate
                          else f"committed: {release} prepared")
@@ -598,6 +603,22 @@ class Fleet:
 
 def _hosts(n: int) -> str:
     return f"{n} host" if n == 1 else f"{n} hosts"
+
+
+def _took_result(out: HostOutcome, done: dict[str, Any]) -> None:
+    """What the host's committed command says it did besides switching (its ``--json``
+    object): the releases it pruned, the release it marked bad."""
+    try:
+        payload = json.loads(str(done.get("stdout") or "null"))
+    except ValueError:
+        return
+    if not isinstance(payload, dict):
+        return
+    pruned = payload.get("pruned")
+    if isinstance(pruned, list):
+        out.pruned = [str(p) for p in pruned]
+    bad = payload.get("marked_bad")
+    out.marked_bad = bad if isinstance(bad, str) else None
 
 
 def _error_of(done: dict[str, Any]) -> str | None:
