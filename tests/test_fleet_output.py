@@ -174,3 +174,40 @@ def test_each_host_says_what_its_deploy_pruned(hosts: list[Host], tmp_path: Path
     assert r.stdout.splitlines()[3:] == [f"{h}: pruned 1: {ids[1]}" for h in dests(two)], \
         r.stdout
     assert all(sorted(states(h))[:1] == [ids[2]] and len(states(h)) == 2 for h in two)
+
+
+def test_a_fleet_rollback_says_what_it_marked_bad_and_status_says_none(
+        hosts: list[Host], tmp_path: Path) -> None:
+    """As one root's rollback says ``(X marked bad)`` and its status ``rollback target none``."""
+    two = hosts[:2]
+    v1 = first_deploy(two, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two), "--json")
+    v2 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"rolled back 2 hosts to {v1} ({v2} marked bad)", r.stdout
+    assert all(states(h)[v2] == "bad" for h in two)
+    r = cli("status", *dests(two))
+    assert r.returncode == 0, r.stderr
+    assert [row.split()[1:] for row in r.stdout.splitlines()[1:]] == \
+        [[v1, "rollback", "target", "none"]] * 2, r.stdout
+
+    # Hosts that mark different releases bad: each row says its own.
+    r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(two), "--json")
+    v3 = json.loads(r.stdout)["release"]
+    r = cli("deploy", make_build(tmp_path / "v4", version="v4"), two[0].dest(APP), "--json")
+    v4 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two), "--to", v1, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [h["marked_bad"] for h in json.loads(r.stdout)["hosts"]] == [v4, v3]
+    assert states(two[0])[v4] == "bad" and states(two[1])[v3] == "bad"
+    r = cli("deploy", make_build(tmp_path / "v5", version="v5"), *dests(two), "--json")
+    v5 = json.loads(r.stdout)["release"]
+    r = cli("deploy", make_build(tmp_path / "v6", version="v6"), two[1].dest(APP), "--json")
+    v6 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two), "--to", v1)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"rolled back 2 hosts to {v1}", r.stdout
+    assert [row.split("  ")[1:] for row in r.stdout.splitlines()[1:]] == [
+        [two[0].dest(APP), v1, f"(previous {v5}; {v5} marked bad)"],
+        [two[1].dest(APP), v1, f"(previous {v6}; {v6} marked bad)"]], r.stdout

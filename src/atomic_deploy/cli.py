@@ -1520,12 +1520,23 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"rolled back {_n_hosts(moved)} to {r.release}{_already(on_target)}"
+    bad, each_bad = _marked_bad(r.hosts)
+    head = (f"rolled back {_n_hosts(moved)} to {r.release}{bad}{_already(on_target)}"
             if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
-    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
+    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'}{each_bad.get(h.host, '')})"
             + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
+
+
+def _marked_bad(hosts: list[Any]) -> tuple[str, dict[str, str]]:
+    """What a fleet rollback marked bad, as one root's says it (``(X marked bad)``): in the
+    head when every host that rolled back marked the same release, else on each host's row
+    (host -> what its row adds)."""
+    marked = {h.marked_bad for h in hosts if h.phase == "committed"}
+    if len(marked) == 1 and None not in marked:
+        return f" ({marked.pop()} marked bad)", {}
+    return "", {h.host: f"; {h.marked_bad} marked bad" for h in hosts if h.marked_bad}
 
 
 def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -1554,13 +1565,20 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
         hosts = list(ex.map(one, roots))
     code, mixed, head = _fleet_status_head(hosts)
     width = max(len(h["host"]) for h in hosts)
-    rows = [f"  {h['host']:<{width}}  {h.get('current') or '-':<14}  "
-            f"rollback target {h.get('rollback_target') or '-'}"
-            + (f"  ({h['error']})" if h.get("error") else "") for h in hosts]
+    rows = [_fleet_status_row(h, width) for h in hosts]
     # Exit 1 (mixed, or a host not serving) is a finding: ok stays true, as for one root.
     _emit(args, {"mixed": mixed, "hosts": hosts, "exit_code": code, "ok": code != 2},
           "\n".join([head, *rows]))
     return code
+
+
+def _fleet_status_row(h: dict[str, Any], width: int) -> str:
+    """A host's row: its current release and rollback target, ``none`` as one root's status
+    says; ``unknown`` for a host that could not be asked (its error at the end)."""
+    none = "unknown" if h["exit_code"] == 2 else "none"
+    return (f"  {h['host']:<{width}}  {h.get('current') or none:<14}  "
+            f"rollback target {h.get('rollback_target') or none}"
+            + (f"  ({h['error']})" if h.get("error") else ""))
 
 
 def _fleet_status_head(hosts: list[dict[str, Any]]) -> tuple[int, bool, str]:
