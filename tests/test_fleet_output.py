@@ -39,7 +39,7 @@ def test_phases_say_failed_and_undone_hosts_in_the_order_given(hosts: list[Host]
     # the new release stays there marked bad.
     v3 = json.loads(cli("list", hosts[0].dest(APP), "--json").stdout)["releases"][-1]["id"]
     for h in (hosts[2], hosts[0]):
-        line = next(x for x in r.stderr.splitlines() if x.startswith(f"{h.dest(APP)}: atomic"))
+        line = next(x for x in r.stderr.splitlines() if x.startswith(f"{h.dest(APP)}: error"))
         assert f"({hosts[1].dest(APP)} failed after the switch); switched back" in line, line
         assert line.endswith(f"; {v3} kept and marked bad"), line
         assert "health-check command" not in line, line
@@ -211,3 +211,39 @@ def test_a_fleet_rollback_says_what_it_marked_bad_and_status_says_none(
     assert [row.split("  ")[1:] for row in r.stdout.splitlines()[1:]] == [
         [two[0].dest(APP), v1, f"(previous {v5}; {v5} marked bad)"],
         [two[1].dest(APP), v1, f"(previous {v6}; {v6} marked bad)"]], r.stdout
+
+
+def test_a_failed_check_says_each_host_error_once_in_full_in_one_style(
+        lab: SSHLab, hosts: list[Host], tmp_path: Path) -> None:
+    """Each host's error line (``HOST: error: ...``, whoever found the error) gives its error
+    and its state in full; its row and the one summary line give the error alone, hosts that
+    failed alike together, and where the fleet is."""
+    two = hosts[:2]
+    v1 = first_deploy(two, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two),
+            "--check", "echo why >&2; false")
+    assert r.returncode == 4, r.stderr
+    state = f"nothing was switched, the new release was removed; current -> releases/{v1}"
+    for h in dests(two):
+        assert f"{h}: error: check hook failed: exit status 1; {state} (unchanged)" \
+            in r.stderr.splitlines(), r.stderr
+    assert (r.stdout + r.stderr).count(state) == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"atomic-deploy: error: failed to prepare: {', '.join(dests(two))} (check hook failed: "
+        f"exit status 1); nothing switched: 2 hosts on {v1}")
+    assert [row.rsplit("  ", 1)[1] for row in r.stdout.splitlines()[1:]] == \
+        ["(check hook failed: exit status 1)"] * 2, r.stdout
+    assert all(current(h) == f"releases/{v1}" for h in two)
+
+    # An error found here (a host that cannot be reached) and one a host's tool gave (a
+    # per-host command on a root that is not a deploy root): the same ``HOST: error: ``.
+    lab.add_alias("down", lab.unused_port())
+    r = cli("deploy", make_build(tmp_path / "v3"), two[0].dest(APP), f"down:{APP}")
+    assert r.returncode == 2
+    assert f"down:{APP}: error: nothing listens for ssh on down" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].endswith("; nothing changed on any host"), r.stderr
+    two[1].path("/srv/other").mkdir()
+    r = cli("verify", two[0].dest(APP), two[1].dest("/srv/other"))
+    assert r.returncode == 2
+    assert f"{two[1].dest('/srv/other')}: error: " in r.stderr, r.stderr
+    assert not [line for line in r.stderr.splitlines() if ": atomic-deploy: " in line], r.stderr

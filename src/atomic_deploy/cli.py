@@ -1423,7 +1423,7 @@ def _with_already(r: Any, given: list[str], on_target: list[str], target: str) -
 
     moved = len(r.hosts)
     r.hosts = with_unchanged(r.hosts, given, on_target, target)
-    if r.outcome == "mixed" and r.error and on_target:
+    if r.exit_code != 0 and r.error and on_target:  # the hosts' states: those left alone too
         r.error += "".join(f"; {text} on {target}" for text in on_target)
     return moved
 
@@ -1440,8 +1440,9 @@ def _fleet_unchanged(args: argparse.Namespace, given: list[str], target: str) ->
 
 
 def _host_result(h: Any) -> str:
-    """A fleet host's row ends with its error, or what happened to it (``not started: ...``)."""
-    said = h.error or h.note
+    """A fleet host's row ends with its error (without the state its own line gave: the row
+    says where it is), or what happened to it (``not started: ...``)."""
+    said = getattr(h, "brief", None) or h.error or h.note
     return f"  ({said})" if said else ""
 
 
@@ -1762,6 +1763,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
     import concurrent.futures
     import threading
 
+    from .fleet import host_line
     from .remote import _client
 
     cmd = args.command
@@ -1784,7 +1786,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
         def say(line: str) -> None:
             with lock:  # one whole line at a time: hosts never interleave mid-line
-                _err_line(f"{text}: {line}")
+                _err_line(host_line(text, line))
 
         host: dict[str, Any] = {"host": text, "exit_code": 0, "ok": True, "error": None,
                                 "result": None}
