@@ -218,6 +218,7 @@ def test_status_of_a_fleet_with_a_host_that_cannot_be_asked(lab: SSHLab, hosts: 
     assert r.returncode == 2, r.stderr
     assert r.stdout.splitlines()[0] == f"every other host on {v1}; unknown: dead:/srv/app"
     assert "nothing listens for ssh on dead" in r.stdout.splitlines()[4]
+    assert r.stdout.splitlines()[4].split()[1:5] == ["unknown", "rollback", "target", "unknown"]
     d = json.loads(cli("status", *roots, "--json").stdout)
     assert d["ok"] is False and d["exit_code"] == 2 and d["mixed"] is False
     assert [h["current"] for h in d["hosts"]] == [v1, v1, v1, None]

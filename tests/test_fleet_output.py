@@ -39,7 +39,7 @@ def test_phases_say_failed_and_undone_hosts_in_the_order_given(hosts: list[Host]
     # the new release stays there marked bad.
     v3 = json.loads(cli("list", hosts[0].dest(APP), "--json").stdout)["releases"][-1]["id"]
     for h in (hosts[2], hosts[0]):
-        line = next(x for x in r.stderr.splitlines() if x.startswith(f"{h.dest(APP)}: atomic"))
+        line = next(x for x in r.stderr.splitlines() if x.startswith(f"{h.dest(APP)}: error"))
         assert f"({hosts[1].dest(APP)} failed after the switch); switched back" in line, line
         assert line.endswith(f"; {v3} kept and marked bad"), line
         assert "health-check command" not in line, line
@@ -131,3 +131,119 @@ def test_hosts_never_started_because_one_was_unreachable_say_so(lab: SSHLab,
     assert f"{given[0]}: not started: {why}" in r.stderr.splitlines()
     for h in hosts:
         assert current(h) == f"releases/{v1}" and sorted(states(h)) == [v1]
+
+
+def test_a_one_file_build_says_1_file(hosts: list[Host], tmp_path: Path) -> None:
+    """The hosts' prepared lines, the summary rows and each host's dry-run plan: ``1 file``."""
+    two = dests(hosts[:2])
+    build = make_build(tmp_path / "one", files={"index.html": "x\n"})
+    r = cli("deploy", build, *two, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert all(f"{h}:   send {build} (1 file) from " in r.stdout for h in two), r.stdout
+    r = cli("deploy", build, *two)
+    assert r.returncode == 0, r.stderr
+    release = r.stdout.split()[1]
+    for h in two:
+        assert f"{h}: prepared {release} (1 file, 0 linked)\n" in r.stderr, r.stderr
+    assert [row.split("  ")[-1] for row in r.stdout.splitlines()[1:]] == ["1 file, 0 linked"] * 2
+
+
+def test_each_host_says_what_its_deploy_pruned(hosts: list[Host], tmp_path: Path) -> None:
+    """--keep (or keep = in the config file) prunes on every host, and each host's deploy
+    says so as one root's does: ``pruned`` in its --json object, a ``pruned N: ...`` line."""
+    two = hosts[:2]
+    ids = [first_deploy(two, tmp_path)]
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two), "--json")
+    assert r.returncode == 0, r.stderr
+    ids.append(json.loads(r.stdout)["release"])
+    assert all(h["pruned"] == [] for h in json.loads(r.stdout)["hosts"])
+
+    r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(two), "--keep", "2",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    ids.append(d["release"])
+    assert [h["pruned"] for h in d["hosts"]] == [[ids[0]]] * 2
+    assert all(sorted(states(h)) == ids[1:] for h in two)
+
+    config = tmp_path / "keep.toml"
+    config.write_text("keep = 2\n")
+    r = cli("deploy", make_build(tmp_path / "v4", version="v4"), *dests(two),
+            "--config", config)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[3:] == [f"{h}: pruned 1: {ids[1]}" for h in dests(two)], \
+        r.stdout
+    assert all(sorted(states(h))[:1] == [ids[2]] and len(states(h)) == 2 for h in two)
+
+
+def test_a_fleet_rollback_says_what_it_marked_bad_and_status_says_none(
+        hosts: list[Host], tmp_path: Path) -> None:
+    """As one root's rollback says ``(X marked bad)`` and its status ``rollback target none``."""
+    two = hosts[:2]
+    v1 = first_deploy(two, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two), "--json")
+    v2 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"rolled back 2 hosts to {v1} ({v2} marked bad)", r.stdout
+    assert all(states(h)[v2] == "bad" for h in two)
+    r = cli("status", *dests(two))
+    assert r.returncode == 0, r.stderr
+    assert [row.split()[1:] for row in r.stdout.splitlines()[1:]] == \
+        [[v1, "rollback", "target", "none"]] * 2, r.stdout
+
+    # Hosts that mark different releases bad: each row says its own.
+    r = cli("deploy", make_build(tmp_path / "v3", version="v3"), *dests(two), "--json")
+    v3 = json.loads(r.stdout)["release"]
+    r = cli("deploy", make_build(tmp_path / "v4", version="v4"), two[0].dest(APP), "--json")
+    v4 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two), "--to", v1, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [h["marked_bad"] for h in json.loads(r.stdout)["hosts"]] == [v4, v3]
+    assert states(two[0])[v4] == "bad" and states(two[1])[v3] == "bad"
+    r = cli("deploy", make_build(tmp_path / "v5", version="v5"), *dests(two), "--json")
+    v5 = json.loads(r.stdout)["release"]
+    r = cli("deploy", make_build(tmp_path / "v6", version="v6"), two[1].dest(APP), "--json")
+    v6 = json.loads(r.stdout)["release"]
+    r = cli("rollback", *dests(two), "--to", v1)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"rolled back 2 hosts to {v1}", r.stdout
+    assert [row.split("  ")[1:] for row in r.stdout.splitlines()[1:]] == [
+        [two[0].dest(APP), v1, f"(previous {v5}; {v5} marked bad)"],
+        [two[1].dest(APP), v1, f"(previous {v6}; {v6} marked bad)"]], r.stdout
+
+
+def test_a_failed_check_says_each_host_error_once_in_full_in_one_style(
+        lab: SSHLab, hosts: list[Host], tmp_path: Path) -> None:
+    """Each host's error line (``HOST: error: ...``, whoever found the error) gives its error
+    and its state in full; its row and the one summary line give the error alone, hosts that
+    failed alike together, and where the fleet is."""
+    two = hosts[:2]
+    v1 = first_deploy(two, tmp_path)
+    r = cli("deploy", make_build(tmp_path / "v2", version="v2"), *dests(two),
+            "--check", "echo why >&2; false")
+    assert r.returncode == 4, r.stderr
+    state = f"nothing was switched, the new release was removed; current -> releases/{v1}"
+    for h in dests(two):
+        assert f"{h}: error: check hook failed: exit status 1; {state} (unchanged)" \
+            in r.stderr.splitlines(), r.stderr
+    assert (r.stdout + r.stderr).count(state) == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"atomic-deploy: error: failed to prepare: {', '.join(dests(two))} (check hook failed: "
+        f"exit status 1); nothing switched: 2 hosts on {v1}")
+    assert [row.rsplit("  ", 1)[1] for row in r.stdout.splitlines()[1:]] == \
+        ["(check hook failed: exit status 1)"] * 2, r.stdout
+    assert all(current(h) == f"releases/{v1}" for h in two)
+
+    # An error found here (a host that cannot be reached) and one a host's tool gave (a
+    # per-host command on a root that is not a deploy root): the same ``HOST: error: ``.
+    lab.add_alias("down", lab.unused_port())
+    r = cli("deploy", make_build(tmp_path / "v3"), two[0].dest(APP), f"down:{APP}")
+    assert r.returncode == 2
+    assert f"down:{APP}: error: nothing listens for ssh on down" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].endswith("; nothing changed on any host"), r.stderr
+    two[1].path("/srv/other").mkdir()
+    r = cli("verify", two[0].dest(APP), two[1].dest("/srv/other"))
+    assert r.returncode == 2
+    assert f"{two[1].dest('/srv/other')}: error: " in r.stderr, r.stderr
+    assert not [line for line in r.stderr.splitlines() if ": atomic-deploy: " in line], r.stderr

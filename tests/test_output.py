@@ -149,3 +149,16 @@ def test_every_command_has_json(builds: Builds, root: Path, tmp_path: Path) -> N
         out = json.loads(r.stdout)  # exactly one JSON document
         assert out["schema"] == 1 and out["command"] == cmd and out["ok"] is True
         seen[cmd] = out
+
+
+def test_counts_of_one_are_singular(tmp_path: Path, root: Path) -> None:
+    """``1 file``, ``1 entry`` wherever a count is printed, as a deploy's own line says."""
+    build = make_build(tmp_path / "one", files={"index.html": "x\n"})
+    r = run_cli("deploy", build, root, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert f"copy {build} (1 file)" in r.stdout, r.stdout
+    r = run_cli("deploy", build, root, "--digest")
+    assert r.returncode == 0 and "; 1 file, " in r.stdout, r.stdout
+    r = run_cli("verify", root, "--content")
+    assert r.returncode == 0, r.stderr
+    assert "(1 entry; 1 file's contents compared)" in r.stdout, r.stdout

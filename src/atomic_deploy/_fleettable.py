@@ -54,7 +54,9 @@ class FleetTable:
             row[1] = int(getattr(out, "bytes", 0) or 0)
             # its result: its own error, else what happened to it (not started: why)
             row[3] = getattr(out, "release", None)
-            row[4] = getattr(out, "error", None) or getattr(out, "note", None)
+            # (its error without the state its own line gave: the row says where it is)
+            row[4] = (getattr(out, "brief", None) or getattr(out, "error", None)
+                      or getattr(out, "note", None))
             row[2] = time.monotonic() - self.started if name in _FINAL else None
             self._redraw()
 

@@ -137,6 +137,11 @@ def list_json(rows: list[tuple[Any, ...]]) -> list[str]:
     return out
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun, singular for exactly one: ``1 file``, ``3 files``, ``0 files``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def human_bytes(n: int) -> str:
     """A byte count as people read it: 512 B, 1.5 KB, 23.4 MB."""
     size = float(n)

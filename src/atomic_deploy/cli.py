@@ -31,6 +31,7 @@ from ._clicore import (
 from ._layout import show
 from ._render import (
     JSON_SCHEMA,
+    count,
     envelope,
     format_list,
     format_status,
@@ -873,12 +874,13 @@ def _verify(args: argparse.Namespace) -> int:
     lines = [f"{d['change']:8} {show(d['path'])}"
              + (f" ({', '.join(d['fields'])})" if d["fields"] else "") for d in v.differences]
     n = len(v.differences)
-    summary = (f"release {v.release} matches its manifest ({v.entries} entries"
+    entries = count(v.entries, "entry", "entries")
+    summary = (f"release {v.release} matches its manifest ({entries}"
                if v.clean else
-               f"release {v.release} differs from its manifest: {n} path{'s' if n != 1 else ''}"
-               f" ({v.entries} entries")
+               f"release {v.release} differs from its manifest: {count(n, 'path')} ({entries}")
     if args.content:
-        summary += f"; {v.content_checked} files' contents compared"
+        whose = "file's" if v.content_checked == 1 else "files'"
+        summary += f"; {v.content_checked} {whose} contents compared"
         if v.no_digest:
             summary += (f", {v.no_digest} without a recorded digest (deploy with --digest or "
                         "--link-unchanged to record them)")
@@ -1395,11 +1397,17 @@ def _fleet_deploy(args: argparse.Namespace, parser: argparse.ArgumentParser,
     phases = max(9, *(len(h.phase) for h in r.hosts))
     rows = [f"  {h.host:<{width}}  {h.phase:<{phases}}  {h.release or '-':<14}  "
             # "-": it never got as far as sealing a release, so nothing was counted
-            + (f"{h.files} files, {h.linked} linked" if h.files or h.linked else "-")
+            + (f"{count(h.files, 'file')}, {h.linked} linked" if h.files or h.linked else "-")
             + _host_result(h)
             for h in r.hosts]
-    _emit(args, payload, "\n".join([head, *rows]))
+    _emit(args, payload, "\n".join([head, *rows, *_fleet_pruned(r.hosts)]))
     return r.exit_code
+
+
+def _fleet_pruned(hosts: list[Any]) -> list[str]:
+    """One line per host whose deploy pruned, worded as one root's deploy says it."""
+    return [f"{h.host}: pruned {len(h.pruned)}: {', '.join(h.pruned)}" for h in hosts
+            if h.pruned]
 
 
 def _already(on_target: list[str]) -> str:
@@ -1415,7 +1423,7 @@ def _with_already(r: Any, given: list[str], on_target: list[str], target: str) -
 
     moved = len(r.hosts)
     r.hosts = with_unchanged(r.hosts, given, on_target, target)
-    if r.outcome == "mixed" and r.error and on_target:
+    if r.exit_code != 0 and r.error and on_target:  # the hosts' states: those left alone too
         r.error += "".join(f"; {text} on {target}" for text in on_target)
     return moved
 
@@ -1432,8 +1440,9 @@ def _fleet_unchanged(args: argparse.Namespace, given: list[str], target: str) ->
 
 
 def _host_result(h: Any) -> str:
-    """A fleet host's row ends with its error, or what happened to it (``not started: ...``)."""
-    said = h.error or h.note
+    """A fleet host's row ends with its error (without the state its own line gave: the row
+    says where it is), or what happened to it (``not started: ...``)."""
+    said = getattr(h, "brief", None) or h.error or h.note
     return f"  ({said})" if said else ""
 
 
@@ -1512,12 +1521,23 @@ def _fleet_rollback(args: argparse.Namespace, parser: argparse.ArgumentParser,
         _out_line(json.dumps({**envelope("rollback", payload), "ok": r.exit_code == 0},
                              sort_keys=True))
         return r.exit_code
-    head = (f"rolled back {_n_hosts(moved)} to {r.release}{_already(on_target)}"
+    bad, each_bad = _marked_bad(r.hosts)
+    head = (f"rolled back {_n_hosts(moved)} to {r.release}{bad}{_already(on_target)}"
             if r.exit_code == 0 else f"{r.outcome}: {_n_hosts(len(r.hosts))}")
-    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'})"
+    rows = [f"  {h.host}  {h.release or '-'}  (previous {h.previous or '-'}{each_bad.get(h.host, '')})"
             + _host_result(h) for h in r.hosts]
     _emit(args, payload, "\n".join([head, *rows]))
     return r.exit_code
+
+
+def _marked_bad(hosts: list[Any]) -> tuple[str, dict[str, str]]:
+    """What a fleet rollback marked bad, as one root's says it (``(X marked bad)``): in the
+    head when every host that rolled back marked the same release, else on each host's row
+    (host -> what its row adds)."""
+    marked = {h.marked_bad for h in hosts if h.phase == "committed"}
+    if len(marked) == 1 and None not in marked:
+        return f" ({marked.pop()} marked bad)", {}
+    return "", {h.host: f"; {h.marked_bad} marked bad" for h in hosts if h.marked_bad}
 
 
 def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -1546,13 +1566,20 @@ def _fleet_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
         hosts = list(ex.map(one, roots))
     code, mixed, head = _fleet_status_head(hosts)
     width = max(len(h["host"]) for h in hosts)
-    rows = [f"  {h['host']:<{width}}  {h.get('current') or '-':<14}  "
-            f"rollback target {h.get('rollback_target') or '-'}"
-            + (f"  ({h['error']})" if h.get("error") else "") for h in hosts]
+    rows = [_fleet_status_row(h, width) for h in hosts]
     # Exit 1 (mixed, or a host not serving) is a finding: ok stays true, as for one root.
     _emit(args, {"mixed": mixed, "hosts": hosts, "exit_code": code, "ok": code != 2},
           "\n".join([head, *rows]))
     return code
+
+
+def _fleet_status_row(h: dict[str, Any], width: int) -> str:
+    """A host's row: its current release and rollback target, ``none`` as one root's status
+    says; ``unknown`` for a host that could not be asked (its error at the end)."""
+    none = "unknown" if h["exit_code"] == 2 else "none"
+    return (f"  {h['host']:<{width}}  {h.get('current') or none:<14}  "
+            f"rollback target {h.get('rollback_target') or none}"
+            + (f"  ({h['error']})" if h.get("error") else ""))
 
 
 def _fleet_status_head(hosts: list[dict[str, Any]]) -> tuple[int, bool, str]:
@@ -1736,6 +1763,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
     import concurrent.futures
     import threading
 
+    from .fleet import host_line
     from .remote import _client
 
     cmd = args.command
@@ -1758,7 +1786,7 @@ def _fleet_each(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
         def say(line: str) -> None:
             with lock:  # one whole line at a time: hosts never interleave mid-line
-                _err_line(f"{text}: {line}")
+                _err_line(host_line(text, line))
 
         host: dict[str, Any] = {"host": text, "exit_code": 0, "ok": True, "error": None,
                                 "result": None}

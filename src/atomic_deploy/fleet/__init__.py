@@ -7,9 +7,10 @@ from ._deploy import (
     FleetResult,
     HostOutcome,
     deploy_fleet,
+    host_line,
     with_unchanged,
 )
 from ._hosts import check_distinct, named_fleet, read_hosts
 
 __all__ = ["EXIT_MIXED", "FleetOptions", "FleetResult", "HostOutcome", "check_distinct",
-           "deploy_fleet", "named_fleet", "read_hosts", "with_unchanged"]
+           "deploy_fleet", "host_line", "named_fleet", "read_hosts", "with_unchanged"]

@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from .._render import count
 from .._signals import fault_point
 from ..errors import AtomicDeployError, ConnectFailed, InterruptedBySignal
 from ..remote import _ship
@@ -92,9 +93,18 @@ class HostOutcome:
     # Why a host that did not fail itself ended where it did (phase "not started"):
     # "web2:/srv/app could not be reached; nothing changed here".
     note: str | None = None
+    # What its committed command did besides switching, as its own result says: the releases
+    # its --keep deleted, and (rollback) the release it marked bad.
+    pruned: list[str] = field(default_factory=list)
+    marked_bad: str | None = None
+    # Its error without the state its own error line gave (the row's phase and release say
+    # where it is): what the summary and its row repeat. Not in --json (``error`` is whole).
+    brief: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["brief"]
+        return out
 
 
 @dataclass
@@ -186,10 +196,11 @@ class _Host:
         self.done: dict[str, Any] | None = None
         self.started = time.monotonic()
 
-    def fail(self, code: int, error: str) -> None:
+    def fail(self, code: int, error: str, brief: str | None = None) -> None:
         self.out.ok = False
         if not self.out.error:
             self.out.exit_code, self.out.error = code, error
+            self.out.brief = brief or error
             self.note(self, "failed")
 
 
@@ -214,7 +225,7 @@ class Fleet:
     def say(self, host: _Host, text: str) -> None:
         """One whole line, prefixed with the host: lines of several hosts never interleave."""
         with self._emit_lock:
-            self._emit(f"{host.out.host}: {text}")
+            self._emit(host_line(host.out.host, text))
 
     def note(self, host: _Host, event: str) -> None:
         """Tell the caller's ``on_event`` (if any) what just happened to ``host``."""
@@ -397,7 +408,8 @@ class Fleet:
             h.done = ev
             code = int(ev.get("exit", 1))
             if code != 0:
-                h.fail(code, _error_of(ev) or f"exit status {code}")
+                err, state = _error_of(ev) or (f"exit status {code}", None)
+                h.fail(code, f"{err}; {state}" if state else err, err)
             return
         if h.out.error is None:
             assert h.session is not None
@@ -421,7 +433,7 @@ class Fleet:
             h.out.files, h.out.bytes = int(ev.get("files", 0)), int(ev.get("bytes", 0))
             h.out.linked = int(ev.get("linked", 0))
             self.note(h, "prepared")
-            self.say(h, f"prepared {release} ({h.out.files} files, {h.out.linked} linked)")
+            self.say(h, f"prepared {release} ({count(h.out.files, 'file')}, {h.out.linked} linked)")
         else:
             self._ended(h, ev)
 
@@ -459,6 +471,7 @@ class Fleet:
         for h in self.hosts:
             if h in chosen and h.done is not None and int(h.done.get("exit", 1)) == 0:
                 h.out.ok, h.out.phase, h.out.exit_code = True, "committed", 0
+                _took_result(h.out, h.done)
                 h.out.release = release if self.opts.activate else h.out.previous
                 self.say(h, f"committed: on {h.out.release}" if self.opts.activate
                          else f"committed: {release} prepared")
@@ -539,6 +552,9 @@ class Fleet:
             return self._result(release, "mixed", EXIT_MIXED,
                                 f"{error + '; ' if error else ''}the fleet is mixed: {where}",
                                 skew)
+        if error and code and ends and outcome in ("nothing switched", "switched back"):
+            (end,) = ends  # what the hosts' own states said, for the fleet as a whole
+            error += f"; {outcome}: {_hosts(len(touched))} on {end or 'no release'}"
         return self._result(release, outcome, code, error, skew)
 
     def _verify(self, h: _Host) -> None:
@@ -570,6 +586,8 @@ class Fleet:
 
     def _result(self, release: str | None, outcome: str, code: int, error: str | None,
                 skew: float | None = None) -> FleetResult:
+        if error and code and outcome == "nothing changed":
+            error += "; nothing changed on any host"
         return FleetResult(release, self.opts.activate, outcome, code, skew=skew, error=error)
 
     @staticmethod
@@ -580,8 +598,13 @@ class Fleet:
 
     @staticmethod
     def _names(hosts: list[_Host], what: str) -> str:
-        return f"{what}: " + "; ".join(f"{h.out.host} ({h.out.error or 'no answer'})"
-                                        for h in hosts)
+        """``what: HOST, HOST (error); HOST (another error)``: each host's error without the
+        state (its own line says it in full), hosts that failed alike named together."""
+        why: dict[str, list[str]] = {}
+        for h in hosts:
+            why.setdefault(h.out.brief or h.out.error or "no answer", []).append(h.out.host)
+        return f"{what}: " + "; ".join(f"{', '.join(names)} ({error})"
+                                        for error, names in why.items())
 
     def _close(self) -> None:
         if self.build is not None:
@@ -595,19 +618,45 @@ class Fleet:
             h.out.seconds = round(time.monotonic() - h.started, 3)
 
 
+def host_line(host: str, line: str) -> str:
+    """A line a host's tool wrote (or one said here about the host), prefixed with the host
+    in place of the tool's name: ``web1:/srv/app: error: ...``, whoever said it."""
+    return f"{host}: {line[len(_TOOL):] if line.startswith(_TOOL) else line}"
+
+
+_TOOL = "atomic-deploy: "
+
+
 def _hosts(n: int) -> str:
     return f"{n} host" if n == 1 else f"{n} hosts"
 
 
-def _error_of(done: dict[str, Any]) -> str | None:
-    """The error a host's ``done`` carries (its command ran with --json)."""
+def _took_result(out: HostOutcome, done: dict[str, Any]) -> None:
+    """What the host's committed command says it did besides switching (its ``--json``
+    object): the releases it pruned, the release it marked bad."""
+    try:
+        payload = json.loads(str(done.get("stdout") or "null"))
+    except ValueError:
+        return
+    if not isinstance(payload, dict):
+        return
+    pruned = payload.get("pruned")
+    if isinstance(pruned, list):
+        out.pruned = [str(p) for p in pruned]
+    bad = payload.get("marked_bad")
+    out.marked_bad = bad if isinstance(bad, str) else None
+
+
+def _error_of(done: dict[str, Any]) -> tuple[str, str | None] | None:
+    """The error a host's ``done`` carries (its command ran with --json), and the state it
+    says the root is in."""
     try:
         payload = json.loads(str(done.get("stdout") or "null"))
     except ValueError:
         return None
     if isinstance(payload, dict) and payload.get("ok") is False:
-        err, state = payload.get("error"), payload.get("state")
-        return f"{err}; {state}" if state else str(err)
+        state = payload.get("state")
+        return str(payload.get("error")), str(state) if state else None
     return None
 
 
