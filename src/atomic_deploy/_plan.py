@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from ._history import History
 from ._layout import Layout, check_root_parent, new_release_id, read_current, release_dirs, show
-from ._render import count
 from ._shared import SHARED, check_shared, normalize
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ def _source_steps(source: str | None, root: str | None, opts: DeployOptions) -> 
                    "extract it"}[kind]
     if kind == "dir":
         files = sum(len(f) for _d, _s, f in os.walk(src))
-        what += f" ({count(files, 'file')})"
+        what += f" ({files} file{'' if files == 1 else 's'})"
     steps = [what]
     if kind == "tar" and not opts.strip_components:
         from ._sources import one_folder_hint, single_top_folder
