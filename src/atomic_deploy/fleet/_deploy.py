@@ -43,7 +43,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .._render import count
 from .._signals import fault_point
 from ..errors import AtomicDeployError, ConnectFailed, InterruptedBySignal
 from ..remote import _ship
@@ -433,7 +432,8 @@ class Fleet:
             h.out.files, h.out.bytes = int(ev.get("files", 0)), int(ev.get("bytes", 0))
             h.out.linked = int(ev.get("linked", 0))
             self.note(h, "prepared")
-            self.say(h, f"prepared {release} ({count(h.out.files, 'file')}, {h.out.linked} linked)")
+            files = f"{h.out.files} file{'' if h.out.files == 1 else 's'}"
+            self.say(h, f"prepared {release} ({files}, {h.out.linked} linked)")
         else:
             self._ended(h, ev)
 
