@@ -1089,9 +1089,9 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
     pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats(),  # type: ignore[arg-type,return-value]
                                 Failing())  # type: ignore[arg-type]
     try:
-        assert pool.put((Node(), [("f1", st)], False), timeout=1)
+        assert pool.put([(Node(), [("f1", st)], False)], timeout=1)
         if queued_first:  # a second batch queued while it works: never answered
-            assert pool.put((Node(), [("f2", st)], False), timeout=1)
+            assert pool.put([(Node(), [("f2", st)], False)], timeout=1)
         gate.touch()
         (pid,) = [c.pid for c in pool.children]
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (not reaped yet)
@@ -1099,11 +1099,11 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
             pool._wait(0.0)
             pool._wait(0.0)
         else:  # a batch sent after it exited meets a closed pipe
-            assert not pool.put((Node(), [("f2", st)], False), timeout=0.05)
+            assert not pool.put([(Node(), [("f2", st)], False)], timeout=0.05)
         got = pool.get(1.0)
         assert got is not None
-        _node, done, exc = got
-        assert done == [] and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        _item, done, exc = got
+        assert done == 0 and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
         assert exc.filename == "/x/f1"
     finally:
         pool.stop = True
