@@ -747,12 +747,13 @@ class _Tree:
         self.proc_sink = _Copier(self.opts, self.caps)  # their digests and linked files
         self.in_flight = 0
         # The work item being gathered by the walk: up to _BATCH files, of as many folders as
-        # it takes (each folder in it has one more ``pending``); how many folders without files
-        # were listed since it was started (it is handed on after _BATCH of them even if not
-        # full, so that checkpoints and progress keep moving through a run of empty folders).
+        # it takes (each folder in it has one more ``pending``).
         self.item: _Item = []
         self.item_files = 0
-        self.item_dirs = 0
+        # Folders without files listed since work was last handed on or collected: after
+        # _BATCH of them the item is handed on even if not full, and finished work collected,
+        # so that checkpoints and progress keep moving through a long run of empty folders.
+        self.quiet_dirs = 0
         self.done_files = 0
         self.done_bytes = 0
         self.copiers = [self.inline]
@@ -834,8 +835,16 @@ class _Tree:
         item = self.item
         if item:
             self.item = []
-            self.item_files = self.item_dirs = 0
+            self.item_files = self.quiet_dirs = 0
             self._dispatch(item)
+
+    def _keep_moving(self) -> None:
+        """Hand on the item being gathered, or collect what the workers finished."""
+        self.quiet_dirs = 0
+        if self.item:
+            self._flush()  # which collects too
+        elif self.in_flight:
+            self._collect(block=False)
 
     def _dispatch(self, item: _Item) -> None:
         if self.links_here:
@@ -1037,10 +1046,10 @@ class _Tree:
                         )
             if batch:
                 self._add(node, batch)
-            elif self.item:
-                self.item_dirs += 1
-                if self.item_dirs >= _BATCH:
-                    self._flush()
+            else:
+                self.quiet_dirs += 1
+                if self.quiet_dirs >= _BATCH:
+                    self._keep_moving()
             self._release(node)  # its listing is done
         self._flush()
 
