@@ -166,6 +166,27 @@ def no_stray_threads() -> Any:
 # --------------------------------------------------------------------------- plain paths
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="owners are kept as root only")
+@pytest.mark.parametrize("top_owner", [(0, 4321), (1234, 0)])
+def test_folder_owners_kept_whatever_the_staging_folder_gives(
+        tmp_path: Path, top_owner: tuple[int, int]) -> None:
+    """Folders are chowned only where they do not already have the source's owner: what they
+    get when made (here a setgid staging folder of another group, or of another user) must not
+    be mistaken for it."""
+    src = web(tmp_path, n=30)
+    (src / "d0" / "sub").mkdir()
+    os.chown(src / "d1", 1234, 4321)
+    dst = tmp_path / "dst"
+    dst.mkdir(mode=0o700)
+    os.chown(dst, *top_owner)
+    os.chmod(dst, 0o2700)  # setgid: folders made inside get its group
+    copy_tree(str(src), str(dst), nothing, False, jobs=1)
+    for p in [dst, *dst.rglob("*")]:
+        st, want = os.lstat(p), os.lstat(src / p.relative_to(dst))
+        assert (st.st_uid, st.st_gid) == (want.st_uid, want.st_gid), p
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(want.st_mode), p
+
+
 @pytest.mark.parametrize("jobs", [1, 2, 4])
 @pytest.mark.parametrize("fsync_each", [False, True])
 def test_default_path_keeps_everything(tmp_path: Path, jobs: int, fsync_each: bool) -> None:

@@ -734,11 +734,19 @@ class _Tree:
         self.stats = CopyStats(jobs=1)
         # Files reused from link_dest have their digest computed anyway: recorded for all, so
         # that the next deploy compares against this release's manifest.
-        self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev,
+        top = os.stat(dst)
+        self.opts = _Options(fsync_each, checksum, link_writable, top.st_dev,
                              trust_mtime=trust_mtime,
                              digest_all=digest_all or (link_dest is not None and not trust_mtime),
                              link_root=link_dest or "", prev_digests=prev_digests,
                              dst_root=dst)
+        # The owner a folder has before it is finished, to chown (as root) only those that need
+        # it: the top's, and that of every folder the walk makes, learnt from the first one
+        # finished. They all get the same: each is made inside a folder of ours that is still
+        # private and unfinished, so the same owner, group (setgid, BSD group rules) and setgid
+        # bit carry down from the top.
+        self.top_owner = (top.st_uid, top.st_gid)
+        self.made_owner: tuple[int, int] | None = None
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
         self.pool: _Pool | ProcPool | None = None
@@ -929,8 +937,13 @@ class _Tree:
 
     def _finish_dir(self, node: _Dir) -> None:
         mode, uid, gid, atime, mtime = node.meta
-        if os.geteuid() == 0:
-            os.chown(node.dst, uid, gid)
+        if self.opts.root:
+            made = self.top_owner if node.parent is None else self.made_owner
+            if made is None:
+                made_st = os.lstat(node.dst)
+                made = self.made_owner = (made_st.st_uid, made_st.st_gid)
+            if (uid, gid) != made:
+                os.chown(node.dst, uid, gid)
         _copy_xattrs(node.src, node.dst)
         # Mode and times last: adding entries changes mtime, and a read-only folder would have
         # refused its own children.
