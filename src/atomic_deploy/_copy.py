@@ -910,8 +910,7 @@ class _Tree:
             # Files are done in the item's order: every folder before the one that stopped
             # (error) is complete, that one has its first files done, the rest none.
             for node, batch, _link in item:
-                for _name, st in batch[:done]:
-                    self._file_done(st)
+                self._files_done(batch if done >= len(batch) else batch[:done])
                 if done < len(batch):
                     break
                 done -= len(batch)
@@ -925,6 +924,16 @@ class _Tree:
         self.checkpoint("copy-file")
         if self.progress is not None:
             self.progress(self.done_files, self.done_bytes)
+
+    def _files_done(self, batch: _Files) -> None:
+        """_file_done for each of ``batch``, in one call (one per folder of an item)."""
+        checkpoint, progress = self.checkpoint, self.progress
+        for _name, st in batch:
+            self.done_files += 1
+            self.done_bytes += st.st_size
+            checkpoint("copy-file")
+            if progress is not None:
+                progress(self.done_files, self.done_bytes)
 
     def _release(self, node: _Dir | None) -> None:
         """One piece of work inside ``node`` is done; finish folders that have nothing left."""
@@ -1013,6 +1022,7 @@ class _Tree:
         stats = self.stats
         add = self.record.add if self.record is not None else None
         cut = len(self.dst_root) + 1
+        is_reg, is_dir, is_link = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK  # per entry
         while stack:
             node = stack.pop()
             batch: _Files = []
@@ -1022,9 +1032,9 @@ class _Tree:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
                     mode = st.st_mode
-                    if add is not None and not stat.S_ISLNK(mode):
+                    if add is not None and not is_link(mode):
                         add(prefix + entry.name, st, None)
-                    if stat.S_ISREG(mode):
+                    if is_reg(mode):
                         stats.files += 1
                         if st.st_nlink > 1 and self._later_name(node, entry.name, st):
                             continue
@@ -1034,8 +1044,8 @@ class _Tree:
                             self._add(node, batch)  # and hands the full item on
                             batch = []
                             room = _BATCH
-                    elif stat.S_ISDIR(mode):
-                        dpath = os.path.join(node.dst, entry.name)
+                    elif is_dir(mode):
+                        dpath = f"{node.dst}/{entry.name}"
                         os.mkdir(dpath, 0o700)
                         link = None
                         if node.link is not None:
@@ -1044,8 +1054,8 @@ class _Tree:
                         node.pending += 1
                         stack.append(_Dir(entry.path, dpath, link, st, node))
                         stats.dirs += 1
-                    elif stat.S_ISLNK(mode):
-                        target = _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
+                    elif is_link(mode):
+                        target = _copy_symlink(entry.path, f"{node.dst}/{entry.name}", st)
                         self.links[prefix + entry.name] = target
                         if add is not None:
                             add(prefix + entry.name, st, target)
