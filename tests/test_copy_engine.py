@@ -1131,6 +1131,54 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
         pool.close()
 
 
+def test_item_and_answer_bigger_than_a_pipe_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """An answer (the files' digests) larger than a pipe holds, while the next item (the paths
+    of many folders) is also larger: the worker blocks sending its answer until this process
+    reads it, so sending the item must not block until the worker reads that."""
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+
+    class Chatty:
+        stats = CopyStats()
+
+        def __init__(self) -> None:
+            self.digests: dict[str, str] = {}
+            self.linked: list[str] = []
+
+        def file(self, spath: str, dpath: str, lpath: str | None, st: os.stat_result) -> None:
+            self.digests[dpath + "x" * 200_000 if dpath.endswith("/big") else dpath] = "d"
+
+    class Node:
+        def __init__(self, i: int) -> None:
+            self.src = self.dst = f"{tmp_path}/{'d' * 200}{i}"
+            self.link = None
+
+    st = os.lstat(tmp_path)
+    pool = _copy_procs.ProcPool(1, lambda: Chatty(), CopyStats(),  # type: ignore[arg-type,return-value]
+                                Chatty())  # type: ignore[arg-type]
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("sending the item waited for the worker, which waited for us")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        assert pool.put([(Node(0), [("big", st)], False)], timeout=1)
+        many = [(Node(i), [(f"f{i}", st)], False) for i in range(1, 1001)]  # 600 KB of paths
+        assert pool.put(many, timeout=1)  # type: ignore[arg-type]
+        answers: list[Any] = []
+        while len(answers) < 2:  # an answer may take several reads
+            got = pool.get(1.0)
+            if got is not None:
+                answers.append(got)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        pool.stop = True
+        pool.close()
+    assert [(done, exc) for _item, done, exc in answers] == [(1, None), (1000, None)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_a_worker_asks_the_kernel_to_kill_it_with_its_parent() -> None:
     """The kernel's SIGKILL stops a worker busy with one large file at once, where the closed

@@ -73,9 +73,13 @@ def available() -> bool:
             and threading.active_count() == 1)
 
 
-def _send(fd: int, obj: Any) -> None:
+def _frame(obj: Any) -> memoryview:
     data = marshal.dumps(obj)
-    view = memoryview(len(data).to_bytes(4, "little") + data)
+    return memoryview(len(data).to_bytes(4, "little") + data)
+
+
+def _send(fd: int, obj: Any) -> None:
+    view = _frame(obj)
     while view:
         view = view[os.write(fd, view):]
 
@@ -219,6 +223,9 @@ class ProcPool:
                         os._exit(code)
                 os.close(task_r)
                 os.close(res_w)
+                # Never blocked on a full task pipe: the worker may itself be blocked sending
+                # a result that only we can read (see _send_task).
+                os.set_blocking(task_w, False)
                 self.children.append(_Child(pid, task_w, res_r))
                 fds = []
         except BaseException:
@@ -241,9 +248,9 @@ class ProcPool:
         self.next_id += 1
         self.items[bid] = item
         try:
-            _send(child.tasks, (bid, [(node.src, node.dst, node.link if link else None,
-                                       [(name, _stat_tuple(st)) for name, st in batch])
-                                      for node, batch, link in item]))
+            self._send_task(child, (bid, [(node.src, node.dst, node.link if link else None,
+                                           [(name, _stat_tuple(st)) for name, st in batch])
+                                          for node, batch, link in item]))
         except BrokenPipeError:
             # The worker stopped reading. After an error it sends that error and exits: read
             # what it said, so that the caller raises the error itself (on its next collect)
@@ -257,6 +264,26 @@ class ProcPool:
             return False
         child.in_flight += 1
         return True
+
+    def _send_task(self, child: _Child, obj: Any) -> None:
+        """Write a task; while the pipe is full, read what the worker answers meanwhile.
+
+        An item's message (the paths of all its folders) or an answer (its files' digests)
+        may not fit into a pipe: a blocking write here while the worker blocks writing its
+        answer would wait forever.
+        """
+        view = _frame(obj)
+        while view:
+            try:
+                view = view[os.write(child.tasks, view):]
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(child.tasks, select.POLLOUT)
+                poller.register(child.reader.fd, select.POLLIN)
+                for fd, _ev in poller.poll():
+                    if fd == child.reader.fd:
+                        child.reader.fill()
+                        self._take(child)
 
     def full(self) -> bool:
         """True if every worker has all the items it may queue: then the calling process
