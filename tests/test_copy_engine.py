@@ -27,7 +27,7 @@ from atomic_deploy import _copy, _copy_procs, _manifest, _platform
 from atomic_deploy._copy import CopyStats, copy_tree
 from atomic_deploy._manifest import CopyRecord, digest_file
 from atomic_deploy.errors import InvalidInput, OperationFailed
-from conftest import cli_env, set_distinct_mtimes
+from conftest import cli_env, hidden_entries, release_names, set_distinct_mtimes, wait_for
 
 LINK_MTIME_KEPT = os.utime in os.supports_follow_symlinks
 HAS_XATTR = hasattr(os, "setxattr")
@@ -164,6 +164,27 @@ def no_stray_threads() -> Any:
 
 
 # --------------------------------------------------------------------------- plain paths
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="owners are kept as root only")
+@pytest.mark.parametrize("top_owner", [(0, 4321), (1234, 0)])
+def test_folder_owners_kept_whatever_the_staging_folder_gives(
+        tmp_path: Path, top_owner: tuple[int, int]) -> None:
+    """Folders are chowned only where they do not already have the source's owner: what they
+    get when made (here a setgid staging folder of another group, or of another user) must not
+    be mistaken for it."""
+    src = web(tmp_path, n=30)
+    (src / "d0" / "sub").mkdir()
+    os.chown(src / "d1", 1234, 4321)
+    dst = tmp_path / "dst"
+    dst.mkdir(mode=0o700)
+    os.chown(dst, *top_owner)
+    os.chmod(dst, 0o2700)  # setgid: folders made inside get its group
+    copy_tree(str(src), str(dst), nothing, False, jobs=1)
+    for p in [dst, *dst.rglob("*")]:
+        st, want = os.lstat(p), os.lstat(src / p.relative_to(dst))
+        assert (st.st_uid, st.st_gid) == (want.st_uid, want.st_gid), p
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(want.st_mode), p
 
 
 @pytest.mark.parametrize("jobs", [1, 2, 4])
@@ -1089,9 +1110,9 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
     pool = _copy_procs.ProcPool(1, lambda: Failing(), CopyStats(),  # type: ignore[arg-type,return-value]
                                 Failing())  # type: ignore[arg-type]
     try:
-        assert pool.put((Node(), [("f1", st)], False), timeout=1)
+        assert pool.put([(Node(), [("f1", st)], False)], timeout=1)
         if queued_first:  # a second batch queued while it works: never answered
-            assert pool.put((Node(), [("f2", st)], False), timeout=1)
+            assert pool.put([(Node(), [("f2", st)], False)], timeout=1)
         gate.touch()
         (pid,) = [c.pid for c in pool.children]
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (not reaped yet)
@@ -1099,15 +1120,63 @@ def test_worker_that_stopped_after_an_error_reports_that_error_not_a_broken_pipe
             pool._wait(0.0)
             pool._wait(0.0)
         else:  # a batch sent after it exited meets a closed pipe
-            assert not pool.put((Node(), [("f2", st)], False), timeout=0.05)
+            assert not pool.put([(Node(), [("f2", st)], False)], timeout=0.05)
         got = pool.get(1.0)
         assert got is not None
-        _node, done, exc = got
-        assert done == [] and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        _item, done, exc = got
+        assert done == 0 and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
         assert exc.filename == "/x/f1"
     finally:
         pool.stop = True
         pool.close()
+
+
+def test_item_and_answer_bigger_than_a_pipe_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """An answer (the files' digests) larger than a pipe holds, while the next item (the paths
+    of many folders) is also larger: the worker blocks sending its answer until this process
+    reads it, so sending the item must not block until the worker reads that."""
+    if not _copy_procs.available():
+        pytest.skip("worker processes are not available here")
+
+    class Chatty:
+        stats = CopyStats()
+
+        def __init__(self) -> None:
+            self.digests: dict[str, str] = {}
+            self.linked: list[str] = []
+
+        def file(self, spath: str, dpath: str, lpath: str | None, st: os.stat_result) -> None:
+            self.digests[dpath + "x" * 200_000 if dpath.endswith("/big") else dpath] = "d"
+
+    class Node:
+        def __init__(self, i: int) -> None:
+            self.src = self.dst = f"{tmp_path}/{'d' * 200}{i}"
+            self.link = None
+
+    st = os.lstat(tmp_path)
+    pool = _copy_procs.ProcPool(1, lambda: Chatty(), CopyStats(),  # type: ignore[arg-type,return-value]
+                                Chatty())  # type: ignore[arg-type]
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("sending the item waited for the worker, which waited for us")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        assert pool.put([(Node(0), [("big", st)], False)], timeout=1)
+        many = [(Node(i), [(f"f{i}", st)], False) for i in range(1, 1001)]  # 600 KB of paths
+        assert pool.put(many, timeout=1)  # type: ignore[arg-type]
+        answers: list[Any] = []
+        while len(answers) < 2:  # an answer may take several reads
+            got = pool.get(1.0)
+            if got is not None:
+                answers.append(got)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        pool.stop = True
+        pool.close()
+    assert [(done, exc) for _item, done, exc in answers] == [(1, None), (1000, None)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
@@ -1129,3 +1198,234 @@ def test_a_worker_asks_the_kernel_to_kill_it_with_its_parent() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 10 + signal.SIGKILL
+
+
+# --------------------------------------------------------------------------- items of several folders
+# A deep build (node_modules) has a few files per folder: a work item gathers the files of as
+# many folders as it takes to reach _BATCH, so that handing work on costs a message per
+# _BATCH files, not one per folder. Each folder is still finished (mode, times) only once all
+# of its files are done, and an error inside an item reports exactly the files done before it.
+
+COPY_WAYS = ["in-process", "threads", "processes"]
+
+
+def copy_way(monkeypatch: pytest.MonkeyPatch, how: str) -> int | None:
+    """Set up ``how`` files are copied; the ``jobs`` to pass."""
+    if how == "processes":
+        if not _copy_procs.available():
+            pytest.skip("worker processes are not available here")
+        monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+        return None
+    return 1 if how == "in-process" else 2
+
+
+def small_folders(tmp_path: Path, n: int = 200, per: int = 2) -> Path:
+    """``n`` folders of ``per`` files each; every seventh folder read-only."""
+    src = tmp_path / "small"
+    for d in range(n):
+        folder = src / f"p{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(per):
+            (folder / f"f{i}.js").write_text(f"// {d} {i}\n")
+    set_distinct_mtimes(src)
+    for d in range(0, n, 7):
+        os.chmod(src / f"p{d:03d}", 0o555)
+    return src
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_one_item_carries_the_files_of_several_folders(tmp_path: Path, how: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = copy_way(monkeypatch, how)
+    pool_class: Any = _copy._Pool if how == "threads" else _copy_procs.ProcPool
+    handed: list[list[tuple[str, int]]] = []  # per item handed on: (folder, files)
+    real_put = pool_class.put
+
+    def put(self: Any, item: Any, timeout: float) -> bool:
+        ok: bool = real_put(self, item, timeout)
+        if ok:
+            handed.append([(os.path.basename(node.src), len(batch)) for node, batch, _ in item])
+        return ok
+
+    monkeypatch.setattr(pool_class, "put", put)
+    src = small_folders(tmp_path)
+    steps: list[str] = []
+    seen: list[tuple[int, int]] = []
+    stats = copy(src, tmp_path / "dst", jobs=jobs, checkpoint=steps.append,
+                 progress=lambda f, b: seen.append((f, b)))
+    assert meta(tmp_path / "dst") == meta(src)  # read-only folders finished after their files
+    assert stats.files == stats.copied + stats.cloned == 400
+    assert steps == ["copy-file"] * 400
+    assert seen == sorted(seen) and seen[-1] == (400, stats.bytes)
+    # 400 files: 7 items (one per folder would be 200), each of up to _BATCH files
+    assert handed and len(handed) <= -(-400 // _copy._BATCH)
+    assert all(sum(n for _, n in item) <= _copy._BATCH for item in handed)
+    assert max(len(item) for item in handed) > 1
+    assert {f for item in handed for f, _ in item} <= {f"p{d:03d}" for d in range(200)}
+
+
+@pytest.mark.parametrize("how", COPY_WAYS)
+def test_error_in_the_second_folder_of_an_item_reports_exactly_the_files_done(
+        tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two folders of three files: one item. The second folder's second file fails: the
+    first folder is complete and finished, the second holds its first file only and keeps the
+    staging mode (not finished); four files were checkpointed, in order."""
+    jobs = copy_way(monkeypatch, how)
+    src = small_folders(tmp_path, n=2, per=3)
+    for d in ("p000", "p001"):
+        os.chmod(src / d, 0o750)
+    dst = tmp_path / "dst"
+    real_open: Callable[..., int] = os.open
+    created: list[str] = []  # in the process that copies the item (forked with it)
+
+    def flaky(path: Any, flags: int, *a: Any, **kw: Any) -> int:
+        if flags & os.O_CREAT and str(path).startswith(str(dst) + os.sep):
+            created.append(str(path))
+            if len(created) == 5:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", flaky)
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    steps: list[str] = []
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(OSError) as info:
+        copy(src, dst, jobs=jobs, checkpoint=steps.append,
+             progress=lambda f, b: seen.append((f, b)))
+    assert type(info.value) is OSError and info.value.errno == errno.ENOSPC
+    failed = Path(str(info.value.filename))
+    second = failed.parent.name
+    first = "p001" if second == "p000" else "p000"
+    assert failed.parent.parent == dst and second in ("p000", "p001")
+    assert steps == ["copy-file"] * 4
+    assert [f for f, _ in seen] == [1, 2, 3, 4]
+    assert (len(pids) == 2) == (how == "processes")
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # waited for: nothing writes any more
+            os.waitpid(pid, os.WNOHANG)
+    # The first folder: all its files, and its own mode and mtime (finished).
+    assert sorted(p.name for p in (dst / first).iterdir()) == ["f0.js", "f1.js", "f2.js"]
+    done = {"/".join(p.relative_to(dst).parts): p.read_bytes() for p in dst.rglob("*.js")}
+    want = os.lstat(src / first)
+    got = os.lstat(dst / first)
+    assert (stat.S_IMODE(got.st_mode), got.st_mtime_ns) == (0o750, want.st_mtime_ns)
+    # The second: only the file copied before the failing one; still private (not finished).
+    (kept,) = [p for p in (dst / second).iterdir()]
+    assert kept.name != failed.name
+    assert stat.S_IMODE(os.lstat(dst / second).st_mode) == 0o700
+    assert len(done) == 4
+    assert all(data == (src / rel).read_bytes() for rel, data in done.items())
+
+
+@pytest.mark.parametrize("procs", ["0", "1"])
+def test_deploy_failing_in_the_second_folder_of_an_item_changes_nothing(
+        tmp_path: Path, procs: str) -> None:
+    """The CLI, with a file of an item's second folder failing (ENOSPC) in the process that
+    copies it: exit 1, one error line, and the previous state of ROOT untouched."""
+    src = small_folders(tmp_path, n=2, per=3)
+    root = tmp_path / "root"
+    script = f"""
+import errno, os, runpy, sys
+real_open, created = os.open, []
+def flaky(path, flags, *a, **kw):
+    if flags & os.O_CREAT and "/releases/" in str(path) and str(path).endswith(".js"):
+        created.append(path)
+        if len(created) == 5:  # the second file of the item's second folder
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return real_open(path, flags, *a, **kw)
+os.open = flaky  # worker processes are forked with it
+sys.argv = ["atomic-deploy", "deploy", {str(src)!r}, {str(root)!r}]
+runpy.run_module("atomic_deploy", run_name="__main__", alter_sys=True)
+"""
+    r = subprocess.run([sys.executable, "-c", script], env=cli_env({_copy.PROCESSES_ENV: procs}),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atomic-deploy: error:"), lines
+    assert os.strerror(errno.ENOSPC) in lines[0]
+    assert release_names(root) == [] and hidden_entries(root) == []
+    assert not os.path.lexists(root / "current")
+
+
+@pytest.mark.parametrize("how", COPY_WAYS)
+def test_stop_between_items(tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop (signal) at the checkpoint of the last file of an item: the next item is never
+    started here, workers are stopped and waited for."""
+    jobs = copy_way(monkeypatch, how)
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    src = small_folders(tmp_path, n=200, per=2)
+    stop = StopAt(_copy._BATCH)
+    with pytest.raises(StopAt.Stop):
+        copy(src, tmp_path / "dst", jobs=jobs, checkpoint=stop)
+    assert stop.calls == _copy._BATCH
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    files = len(list((tmp_path / "dst").rglob("*.js")))
+    if how == "in-process":
+        assert files == _copy._BATCH  # exactly the first item
+    else:  # the workers may have had the next items in hand
+        assert _copy._BATCH <= files < 400
+
+
+@pytest.mark.parametrize("how", COPY_WAYS)
+def test_a_run_of_empty_folders_does_not_hold_work_back(
+        tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file, then a chain of 300 folders without files: the file's item is handed on after
+    _BATCH of them, and what a worker finished is collected (the file's checkpoint passed)
+    after _BATCH more, not at the end of the walk."""
+    jobs = copy_way(monkeypatch, how)
+    if how != "in-process":
+        pool_class: Any = _copy._Pool if how == "threads" else _copy_procs.ProcPool
+        real_put, real_get = pool_class.put, pool_class.get
+        gets: list[float | None] = []
+
+        def answered(pool: Any) -> bool:
+            if how == "threads":
+                return not pool.done.empty()
+            return bool(select.select([c.reader.fd for c in pool.children], [], [], 0)[0])
+
+        def put(self: Any, item: Any, timeout: float) -> bool:
+            ok: bool = real_put(self, item, timeout)
+            wait_for(lambda: answered(self), what="the worker's answer")
+            return ok
+
+        def get(self: Any, timeout: float | None) -> Any:
+            gets.append(timeout)
+            if len(gets) == 1:  # as if the worker had not finished yet when the item left
+                return None
+            return real_get(self, timeout)
+
+        monkeypatch.setattr(pool_class, "put", put)
+        monkeypatch.setattr(pool_class, "get", get)
+    src = tmp_path / "src"
+    src.joinpath(*["c"] * 300).mkdir(parents=True)
+    (src / "first.js").write_text("first\n")
+    dst = tmp_path / "dst"
+    folders_then: list[int] = []
+
+    def checkpoint(step: str) -> None:
+        folders_then.append(sum(1 for _ in dst.rglob("c")))
+
+    copy(src, dst, jobs=jobs, checkpoint=checkpoint)
+    assert meta(dst) == meta(src)
+    assert len(folders_then) == 1
+    assert folders_then[0] <= (1 if how == "in-process" else 2) * _copy._BATCH + 2

@@ -44,7 +44,7 @@ NO_JOURNAL_STEPS = ("lock-acquired", "committed")
 AFTER_SWITCH_STEPS = ("switched", "switch-synced")
 # Every deploy step as the copy engine chooses (here: in this process, the build is small), and
 # the per-file checkpoint once more with the files copied by worker processes, as auto mode
-# does on tmpfs and copy-on-write filesystems (forced, in a bigger build: batches in flight).
+# does on tmpfs and copy-on-write filesystems (forced, in a bigger build: work items in flight).
 COPY_PROCESSES = "ATOMIC_DEPLOY_COPY_PROCESSES"
 DEPLOY_STEPS_BOTH_WAYS = [pytest.param(s, "", id=s) for s in DEPLOY_STEPS] + [
     pytest.param("copy-file", "1", id="copy-file-workers")]
@@ -52,11 +52,12 @@ DEPLOY_STEPS_BOTH_WAYS = [pytest.param(s, "", id=s) for s in DEPLOY_STEPS] + [
 
 def for_workers(build: Path, procs: str) -> dict[str, str]:
     """The environment for a deploy of ``build`` copied the ``procs`` way; with worker
-    processes, the build gets 600 more files, so that they have batches in flight."""
+    processes, the build gets 600 more files, so that they have work items in flight: half in
+    four big folders, half in folders of two files (items holding the files of several)."""
     if procs != "1":
         return {}
     for i in range(600):
-        p = build / f"many{i % 4}" / f"f{i:03d}.js"
+        p = build / (f"many{i % 4}" if i < 300 else f"small{i // 2:03d}") / f"f{i:03d}.js"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f"{build.name} {i}\n")
     return {COPY_PROCESSES: "1"}

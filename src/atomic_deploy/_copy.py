@@ -88,8 +88,9 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BATCH = 64  # files per work item: few enough to spread a folder over the workers, enough to
-#              make the queue's locking noise (a few microseconds per item) negligible
+_BATCH = 64  # files per work item (of one folder or several): few enough to spread a folder over
+#              the workers, enough to make the cost of handing an item on (a queue's locking, a
+#              worker process's message and answer) negligible next to copying its files
 _HAS_XATTR = hasattr(os, "listxattr")
 # Measured (docs/benchmarks.md, 2 vCPUs): on ext4 two threads copy the 20k-file build about
 # 1.5x faster than one (creating inodes is kernel work that runs without the GIL); on tmpfs,
@@ -622,9 +623,13 @@ class _Dir:
 
 
 _Files = list[tuple[str, os.stat_result]]  # (name, lstat) of regular files in one folder
-_Batch = tuple[_Dir, _Files, bool]  # folder, files, whether to try linking them first
+_Group = tuple[_Dir, _Files, bool]  # folder, some of its files, whether to try linking them first
+# A work item: the files of one or more folders, in walk order (a deep build has a few files per
+# folder: one item per folder would cost a message and a result per handful of files).
+_Item = list[_Group]
 if TYPE_CHECKING:
-    _Done = tuple[_Dir, _Files, Optional[BaseException]]  # files done, the error that stopped it
+    # the item, how many of its files were done (in its order), the error that stopped it
+    _Done = tuple[_Item, int, Optional[BaseException]]
 
 
 class _Pool:
@@ -636,7 +641,7 @@ class _Pool:
         import queue
         import threading
 
-        self.tasks: queue.Queue[_Batch | None] = queue.Queue(maxsize=jobs * 2)
+        self.tasks: queue.Queue[_Item | None] = queue.Queue(maxsize=jobs * 2)
         self.done: queue.Queue[_Done] = queue.Queue()
         self.stop = False  # set by the calling thread on abort; workers skip remaining work
         self.copiers = [make() for _ in range(jobs)]
@@ -651,24 +656,23 @@ class _Pool:
             item = self.tasks.get()
             if item is None:
                 return
-            node, batch, link = item
-            done: _Files = []
+            done = 0
             error: BaseException | None = None
-            if not self.stop:
-                src, dst, old = node.src, node.dst, node.link if link else None
-                try:
+            try:
+                for node, batch, link in item:
+                    src, dst, old = node.src, node.dst, node.link if link else None
                     for name, st in batch:
                         if self.stop:
                             break
                         copier.file(f"{src}/{name}", f"{dst}/{name}",
                                     f"{old}/{name}" if old is not None else None, st)
-                        done.append((name, st))
-                except BaseException as exc:  # handed to the calling thread, which re-raises
-                    error = exc
-                    self.stop = True
-            self.done.put((node, done, error))
+                        done += 1
+            except BaseException as exc:  # handed to the calling thread, which re-raises
+                error = exc
+                self.stop = True
+            self.done.put((item, done, error))
 
-    def put(self, item: _Batch, timeout: float) -> bool:
+    def put(self, item: _Item, timeout: float) -> bool:
         import queue
 
         try:
@@ -681,7 +685,7 @@ class _Pool:
         return False  # the calling thread walks and checkpoints; the workers copy
 
     def get(self, timeout: float | None) -> _Done | None:
-        """A finished batch, or None; ``timeout`` None: do not wait."""
+        """A finished item, or None; ``timeout`` None: do not wait."""
         import queue
 
         try:
@@ -730,11 +734,19 @@ class _Tree:
         self.stats = CopyStats(jobs=1)
         # Files reused from link_dest have their digest computed anyway: recorded for all, so
         # that the next deploy compares against this release's manifest.
-        self.opts = _Options(fsync_each, checksum, link_writable, os.stat(dst).st_dev,
+        top = os.stat(dst)
+        self.opts = _Options(fsync_each, checksum, link_writable, top.st_dev,
                              trust_mtime=trust_mtime,
                              digest_all=digest_all or (link_dest is not None and not trust_mtime),
                              link_root=link_dest or "", prev_digests=prev_digests,
                              dst_root=dst)
+        # The owner a folder has before it is finished, to chown (as root) only those that need
+        # it: the top's, and that of every folder the walk makes, learnt from the first one
+        # finished. They all get the same: each is made inside a folder of ours that is still
+        # private and unfinished, so the same owner, group (setgid, BSD group rules) and setgid
+        # bit carry down from the top.
+        self.top_owner = (top.st_uid, top.st_gid)
+        self.made_owner: tuple[int, int] | None = None
         self.caps: dict[tuple[int, int], _Caps] = {}
         self.inline = _Copier(self.opts, self.caps)  # jobs == 1, and the deferred hard links
         self.pool: _Pool | ProcPool | None = None
@@ -742,6 +754,14 @@ class _Tree:
         self.proc_stats = CopyStats()  # what worker processes did (they have no copier here)
         self.proc_sink = _Copier(self.opts, self.caps)  # their digests and linked files
         self.in_flight = 0
+        # The work item being gathered by the walk: up to _BATCH files, of as many folders as
+        # it takes (each folder in it has one more ``pending``).
+        self.item: _Item = []
+        self.item_files = 0
+        # Folders without files listed since work was last handed on or collected: after
+        # _BATCH of them the item is handed on even if not full, and finished work collected,
+        # so that checkpoints and progress keep moving through a long run of empty folders.
+        self.quiet_dirs = 0
         self.done_files = 0
         self.done_bytes = 0
         self.copiers = [self.inline]
@@ -810,38 +830,69 @@ class _Tree:
             return
         self.stats.jobs = workers + 1
 
-    def _dispatch(self, node: _Dir, batch: _Files) -> None:
-        node.pending += 1
-        src, dst, old = node.src, node.dst, node.link
-        if old is not None and self.links_here:
-            # Hard links to the previous release are cheap (one lstat, one link): made here,
-            # so that only the files that really need copying are timed and maybe handed on.
-            rest: _Files = []
-            for name, st in batch:
-                if self.inline.try_link(f"{src}/{name}", f"{dst}/{name}", f"{old}/{name}", st):
-                    self._file_done(st)
-                else:
-                    rest.append((name, st))
-            batch, old = rest, None
+    def _add(self, node: _Dir, batch: _Files) -> None:
+        """Put some of ``node``'s files into the item being gathered; hand it on once full."""
+        node.pending += 1  # the folder is not finished before these files are done
+        self.item.append((node, batch, node.link is not None))
+        self.item_files += len(batch)
+        if self.item_files >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand on the item being gathered, if any."""
+        item = self.item
+        if item:
+            self.item = []
+            self.item_files = self.quiet_dirs = 0
+            self._dispatch(item)
+
+    def _keep_moving(self) -> None:
+        """Hand on the item being gathered, or collect what the workers finished."""
+        self.quiet_dirs = 0
+        if self.item:
+            self._flush()  # which collects too
+        elif self.in_flight:
+            self._collect(block=False)
+
+    def _dispatch(self, item: _Item) -> None:
+        if self.links_here:
+            for i, (node, batch, link) in enumerate(item):
+                if not link:
+                    continue
+                # Hard links to the previous release are cheap (one lstat, one link): made
+                # here, so that only the files that really need copying are timed and maybe
+                # handed on.
+                src, dst, old = node.src, node.dst, node.link
+                rest: _Files = []
+                for name, st in batch:
+                    if self.inline.try_link(f"{src}/{name}", f"{dst}/{name}", f"{old}/{name}", st):
+                        self._file_done(st)
+                    else:
+                        rest.append((name, st))
+                item[i] = (node, rest, False)
         if self.pool is None and self.procs != "0" and self._procs_pay():
             self._start_procs()
         if (self.pool is None and (self.jobs <= 1 or not self._threads_pay())) or (
                 self.pool is not None and self.pool.full()):
-            started = time.perf_counter()
-            for name, st in batch:
-                self.inline.file(f"{src}/{name}", f"{dst}/{name}",
-                                 f"{old}/{name}" if old is not None else None, st)
-                self._file_done(st)
-            self.inline_seconds += time.perf_counter() - started
-            self.inline_files += len(batch)
-            self._release(node)
+            copier = self.inline
+            for node, batch, link in item:
+                src, dst = node.src, node.dst
+                old = node.link if link else None
+                started = time.perf_counter()
+                for name, st in batch:
+                    copier.file(f"{src}/{name}", f"{dst}/{name}",
+                                f"{old}/{name}" if old is not None else None, st)
+                    self._file_done(st)
+                self.inline_seconds += time.perf_counter() - started
+                self.inline_files += len(batch)
+                self._release(node)
             return
         if self.pool is None:
             self.pool = _Pool(self.jobs, lambda: _Copier(self.opts, self.caps))
             self.copiers += self.pool.copiers
             self.stats.jobs = self.jobs
         self.in_flight += 1
-        while not self.pool.put((node, batch, old is not None), timeout=0.05):
+        while not self.pool.put(item, timeout=0.05):
             self._collect(block=False)  # keep checkpoints and progress going meanwhile
         self._collect(block=False)
 
@@ -854,13 +905,18 @@ class _Tree:
                 if block:
                     continue
                 return
-            node, done, error = got
+            item, done, error = got
             self.in_flight -= 1
-            for _name, st in done:
-                self._file_done(st)
+            # Files are done in the item's order: every folder before the one that stopped
+            # (error) is complete, that one has its first files done, the rest none.
+            for node, batch, _link in item:
+                self._files_done(batch if done >= len(batch) else batch[:done])
+                if done < len(batch):
+                    break
+                done -= len(batch)
+                self._release(node)
             if error is not None:
                 raise error
-            self._release(node)
 
     def _file_done(self, st: os.stat_result) -> None:
         self.done_files += 1
@@ -868,6 +924,16 @@ class _Tree:
         self.checkpoint("copy-file")
         if self.progress is not None:
             self.progress(self.done_files, self.done_bytes)
+
+    def _files_done(self, batch: _Files) -> None:
+        """_file_done for each of ``batch``, in one call (one per folder of an item)."""
+        checkpoint, progress = self.checkpoint, self.progress
+        for _name, st in batch:
+            self.done_files += 1
+            self.done_bytes += st.st_size
+            checkpoint("copy-file")
+            if progress is not None:
+                progress(self.done_files, self.done_bytes)
 
     def _release(self, node: _Dir | None) -> None:
         """One piece of work inside ``node`` is done; finish folders that have nothing left."""
@@ -880,8 +946,13 @@ class _Tree:
 
     def _finish_dir(self, node: _Dir) -> None:
         mode, uid, gid, atime, mtime = node.meta
-        if os.geteuid() == 0:
-            os.chown(node.dst, uid, gid)
+        if self.opts.root:
+            made = self.top_owner if node.parent is None else self.made_owner
+            if made is None:
+                made_st = os.lstat(node.dst)
+                made = self.made_owner = (made_st.st_uid, made_st.st_gid)
+            if (uid, gid) != made:
+                os.chown(node.dst, uid, gid)
         _copy_xattrs(node.src, node.dst)
         # Mode and times last: adding entries changes mtime, and a read-only folder would have
         # refused its own children.
@@ -951,27 +1022,30 @@ class _Tree:
         stats = self.stats
         add = self.record.add if self.record is not None else None
         cut = len(self.dst_root) + 1
+        is_reg, is_dir, is_link = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK  # per entry
         while stack:
             node = stack.pop()
             batch: _Files = []
+            room = _BATCH - self.item_files  # files that still fit into the item
             prefix = node.dst[cut:] + "/" if len(node.dst) > cut else ""
             with os.scandir(node.src) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
                     mode = st.st_mode
-                    if add is not None and not stat.S_ISLNK(mode):
+                    if add is not None and not is_link(mode):
                         add(prefix + entry.name, st, None)
-                    if stat.S_ISREG(mode):
+                    if is_reg(mode):
                         stats.files += 1
                         if st.st_nlink > 1 and self._later_name(node, entry.name, st):
                             continue
                         stats.bytes += st.st_size
                         batch.append((entry.name, st))
-                        if len(batch) >= _BATCH:
-                            self._dispatch(node, batch)
+                        if len(batch) >= room:
+                            self._add(node, batch)  # and hands the full item on
                             batch = []
-                    elif stat.S_ISDIR(mode):
-                        dpath = os.path.join(node.dst, entry.name)
+                            room = _BATCH
+                    elif is_dir(mode):
+                        dpath = f"{node.dst}/{entry.name}"
                         os.mkdir(dpath, 0o700)
                         link = None
                         if node.link is not None:
@@ -980,8 +1054,8 @@ class _Tree:
                         node.pending += 1
                         stack.append(_Dir(entry.path, dpath, link, st, node))
                         stats.dirs += 1
-                    elif stat.S_ISLNK(mode):
-                        target = _copy_symlink(entry.path, os.path.join(node.dst, entry.name), st)
+                    elif is_link(mode):
+                        target = _copy_symlink(entry.path, f"{node.dst}/{entry.name}", st)
                         self.links[prefix + entry.name] = target
                         if add is not None:
                             add(prefix + entry.name, st, target)
@@ -994,8 +1068,13 @@ class _Tree:
                             "only regular files, folders and symlinks"
                         )
             if batch:
-                self._dispatch(node, batch)
+                self._add(node, batch)
+            else:
+                self.quiet_dirs += 1
+                if self.quiet_dirs >= _BATCH:
+                    self._keep_moving()
             self._release(node)  # its listing is done
+        self._flush()
 
     def _later_name(self, node: _Dir, name: str, st: os.stat_result) -> bool:
         """Remember a hard-linked file; True if it is a later name of one already seen."""

@@ -9,17 +9,18 @@ faster than the calling process alone, and about 1.5x on tmpfs (docs/benchmarks.
 
 The calling process keeps everything but the files' data and metadata: the walk (folders,
 symlinks, refusing special files, hard links inside the source, folders' own metadata), the
-``checkpoint`` after every file and ``progress``; it also copies a batch itself whenever every
-worker has enough queued. Batches of files go to the workers through pipes as plain tuples
-(marshal: no import, no pickle); each worker answers per batch with how many files it finished
-and what its copier did (counts, the files' digests, the files it hard-linked), or the error
-that stopped it, which the calling process raises as its own (an OSError with the same errno,
-message and path as in-process).
+``checkpoint`` after every file and ``progress``; it also copies an item itself whenever every
+worker has enough queued. Work items (up to _copy._BATCH files, of one folder or several) go to
+the workers through pipes as plain tuples (marshal: no import, no pickle); each worker answers
+per item with how many of its files it finished (they are done in order) and what its copier
+did (counts, the files' digests, the files it hard-linked), or the error that stopped it, which
+the calling process raises as its own (an OSError with the same errno, message and path as
+in-process).
 
 Workers are forked from the calling process, so they share its settings and what the first files
 taught it (clone support, created files' owner and mode); they write nothing but files inside the
 destination. They stop when their task pipe closes, when the calling process dies (the kernel
-sends them SIGKILL, and they check their parent before every batch), or on SIGKILL from the
+sends them SIGKILL, and they check their parent before every item), or on SIGKILL from the
 calling process, which waits for them before an error leaves copy_tree: nothing writes into the
 staging folder once copy_tree has returned or raised.
 """
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     # _copy's types, as far as the workers use them. Not imported: _copy imports this module,
     # and hands in its copiers and counters (ProcPool's ``make``, ``stats`` and ``sink``).
     _Files = list[tuple[str, os.stat_result]]  # (name, lstat) of regular files in one folder
-    _Done = tuple[Any, _Files, Optional[BaseException]]  # folder, files done, what stopped them
+    _Item = list[tuple[Any, _Files, bool]]  # (folder, files, whether to link) of one or more
+    _Done = tuple[_Item, int, Optional[BaseException]]  # item, files done, what stopped them
 
     class _Copier(Protocol):
         digests: dict[str, str]  # path (relative to the destination) -> content digest
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
         def file(self, spath: str, dpath: str, lpath: str | None, st: os.stat_result) -> None:
             ...
 
-_IN_FLIGHT = 2  # batches queued per worker; this process copies the next one itself if all are full
+_IN_FLIGHT = 2  # items queued per worker; this process copies the next one itself if all are full
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _STAT_COUNTERS = ("copied", "cloned", "linked", "linked_bytes")
 
@@ -71,9 +73,13 @@ def available() -> bool:
             and threading.active_count() == 1)
 
 
-def _send(fd: int, obj: Any) -> None:
+def _frame(obj: Any) -> memoryview:
     data = marshal.dumps(obj)
-    view = memoryview(len(data).to_bytes(4, "little") + data)
+    return memoryview(len(data).to_bytes(4, "little") + data)
+
+
+def _send(fd: int, obj: Any) -> None:
+    view = _frame(obj)
     while view:
         view = view[os.write(fd, view):]
 
@@ -135,7 +141,7 @@ def _error_from(err: tuple[Any, ...]) -> BaseException:
 
 
 def _worker(copier: _Copier, tasks: int, results: int, parent: int) -> None:
-    """A worker process's whole life: copy batches until the task pipe closes."""
+    """A worker process's whole life: copy items until the task pipe closes."""
     reader = _Reader(tasks)
     stats = copier.stats
     while True:
@@ -147,15 +153,16 @@ def _worker(copier: _Copier, tasks: int, results: int, parent: int) -> None:
             msg = reader.message()
         if msg is None:
             return
-        bid, src, dst, old, items = msg
+        bid, groups = msg
         done = 0
         error: tuple[Any, ...] | None = None
         before = [getattr(stats, n) for n in _STAT_COUNTERS]
         try:
-            for name, st in items:
-                copier.file(f"{src}/{name}", f"{dst}/{name}",
-                            f"{old}/{name}" if old is not None else None, _stat_result(st))
-                done += 1
+            for src, dst, old, items in groups:
+                for name, st in items:
+                    copier.file(f"{src}/{name}", f"{dst}/{name}",
+                                f"{old}/{name}" if old is not None else None, _stat_result(st))
+                    done += 1
         except BaseException as exc:  # sent to the calling process, which raises it
             error = _error_tuple(exc)
         delta = [getattr(stats, n) - b for n, b in zip(_STAT_COUNTERS, before)]
@@ -186,7 +193,7 @@ class ProcPool:
         self.stats = stats  # what the workers' copiers did (copied, cloned, linked)
         self.sink = sink  # and the files' digests and hard links, gathered here
         self.children: list[_Child] = []
-        self.batches: dict[int, tuple[Any, _Files]] = {}
+        self.items: dict[int, _Item] = {}
         self.next_id = 0
         self.ready: list[_Done] = []
         _platform.prepare_exit_with_parent()
@@ -216,6 +223,9 @@ class ProcPool:
                         os._exit(code)
                 os.close(task_r)
                 os.close(res_w)
+                # Never blocked on a full task pipe: the worker may itself be blocked sending
+                # a result that only we can read (see _send_task).
+                os.set_blocking(task_w, False)
                 self.children.append(_Child(pid, task_w, res_r))
                 fds = []
         except BaseException:
@@ -225,26 +235,27 @@ class ProcPool:
             self.close()
             raise
 
-    def put(self, item: tuple[Any, _Files, bool], timeout: float) -> bool:
-        """Hand a batch to the least busy worker; False if all are full (after ``timeout``)."""
+    def put(self, item: _Item, timeout: float) -> bool:
+        """Hand an item (files of one or more folders) to the least busy worker; False if all
+        are full (after ``timeout``)."""
         child = min(self.children, key=lambda c: c.in_flight)
         if child.in_flight >= _IN_FLIGHT:
             self._wait(timeout)
             child = min(self.children, key=lambda c: c.in_flight)
             if child.in_flight >= _IN_FLIGHT:
                 return False
-        node, batch, link = item
         bid = self.next_id
         self.next_id += 1
-        self.batches[bid] = (node, batch)
+        self.items[bid] = item
         try:
-            _send(child.tasks, (bid, node.src, node.dst, node.link if link else None,
-                                [(name, _stat_tuple(st)) for name, st in batch]))
+            self._send_task(child, (bid, [(node.src, node.dst, node.link if link else None,
+                                           [(name, _stat_tuple(st)) for name, st in batch])
+                                          for node, batch, link in item]))
         except BrokenPipeError:
             # The worker stopped reading. After an error it sends that error and exits: read
             # what it said, so that the caller raises the error itself (on its next collect)
             # rather than "ended unexpectedly".
-            del self.batches[bid]
+            del self.items[bid]
             while not child.reader.eof:  # it has exited: its pipe ends after what it sent
                 child.reader.fill()
             self._take(child)
@@ -254,15 +265,36 @@ class ProcPool:
         child.in_flight += 1
         return True
 
+    def _send_task(self, child: _Child, obj: Any) -> None:
+        """Write a task; while the pipe is full, read what the worker answers meanwhile.
+
+        An item's message (the paths of all its folders) or an answer (its files' digests)
+        may not fit into a pipe: a blocking write here while the worker blocks writing its
+        answer would wait forever.
+        """
+        view = _frame(obj)
+        while view:
+            try:
+                view = view[os.write(child.tasks, view):]
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(child.tasks, select.POLLOUT)
+                poller.register(child.reader.fd, select.POLLIN)
+                for fd, _ev in poller.poll():
+                    if fd == child.reader.fd:
+                        child.reader.fill()
+                        self._take(child)
+
     def full(self) -> bool:
-        """True if every worker has all the batches it may queue: then the calling process
-        copies the next batch itself rather than wait."""
+        """True if every worker has all the items it may queue: then the calling process
+        copies the next item itself rather than wait."""
         if min(c.in_flight for c in self.children) >= _IN_FLIGHT:
             self._wait(0.0)
         return min(c.in_flight for c in self.children) >= _IN_FLIGHT
 
     def get(self, timeout: float | None) -> _Done | None:
-        """One finished batch (node, files done, error), or None; waits up to ``timeout``."""
+        """One finished item (the item, how many of its files were done, error), or None; waits
+        up to ``timeout``."""
         if not self.ready and timeout is not None:
             self._wait(timeout)
         elif not self.ready:
@@ -294,7 +326,7 @@ class ProcPool:
                 self._ended(child)
 
     def _error_waiting(self) -> bool:
-        return any(exc is not None for _node, _done, exc in self.ready)
+        return any(exc is not None for _item, _done, exc in self.ready)
 
     def _ended(self, child: _Child) -> NoReturn:
         """A worker is gone with work unfinished (killed from outside, out of memory)."""
@@ -306,14 +338,14 @@ class ProcPool:
     def _result(self, child: _Child, msg: Any) -> None:
         bid, done, delta, error, digests, linked, learnt = msg
         child.in_flight -= 1
-        node, batch = self.batches.pop(bid)
+        item = self.items.pop(bid)
         for name, value in zip(_STAT_COUNTERS, delta):
             setattr(self.stats, name, getattr(self.stats, name) + value)
         self.sink.digests.update(digests)
         self.sink.linked.extend(linked)
         _manifest.cache_absorb(learnt)  # the source digests it read or found
         exc = _error_from(tuple(error)) if error is not None else None
-        self.ready.append((node, batch[:done], exc))
+        self.ready.append((item, done, exc))
 
     def close(self) -> None:
         """Let the workers finish and exit (after an error: kill them); always wait for them."""
