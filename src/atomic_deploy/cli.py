@@ -163,6 +163,15 @@ def _keep(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not a number of releases or 'all': {text!r}") from None
 
 
+def _prune_keep(text: str) -> int | str:
+    """argparse type for prune's --keep: a number of releases (``all`` is read, to be refused
+    in words: it turns pruning off)."""
+    try:
+        return _keep(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a number of releases: {text!r}") from None
+
+
 def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="wait this long for another process's lock (default: fail at once)")
@@ -429,7 +438,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if want("prune"):
         p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
         p.add_argument("root", metavar="ROOT")
-        p.add_argument("--keep", type=_keep, metavar="N",
+        p.add_argument("--keep", type=_prune_keep, metavar="N",
                        help="number of good releases to keep (default 5; bad ones do not count)")
         _add_wait(p)
         _add_config(p)
@@ -757,6 +766,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         a = operations.rollback(args.root, args.to, opts)
         _emit(args, a.to_dict(), f"rolled back to {a.release} ({a.marked_bad} marked bad)")
     elif cmd == "prune":
+        _prune_keep_at_least_1(args)
         opts = _options(args, args.root)
         if opts.keep == operations.KEEP_ALL:
             _usage(cmd, "keep = all turns pruning off; give prune --keep N")
@@ -839,6 +849,26 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
+
+
+def _prune_keep_at_least_1(args: argparse.Namespace) -> None:
+    """prune's --keep (else the config file's keep) below 1, refused in prune's own words:
+    the options check's words for it offer 'all', which prune refuses (it turns pruning off)."""
+    keep, where = args.keep, ""
+    if keep is None and not args.no_config:
+        from . import _config
+
+        if args.config_json:
+            keep = _config.from_json(args.config_json).get("keep")
+            where = f"--config-json: keep = {keep!r}: "
+        else:
+            path, table = _config.read(args.root, args.config)
+            keep = table.get("keep")
+            where = f"{show(path or _config.FILENAME)}: keep = {keep!r}: "
+    if isinstance(keep, int) and not isinstance(keep, bool) and keep < 1:
+        raise InvalidInput(f"{where}--keep must be at least 1 (the number of good releases "
+                           "prune keeps, besides current and the rollback target)",
+                           "nothing was changed")
 
 
 def _page_man(page: str) -> bool:
