@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import _log
 from ._clicore import (
+    _command_line,
     _config_problem,
     _emit,
     _err,
@@ -609,7 +610,8 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
                "config", "source", "root", "session", "config_json", "more_roots", "hosts",
-               "parallel", "host_timeout", "release_opt", "pull", "plan_source")
+               "parallel", "host_timeout", "release_opt", "pull", "plan_source",
+               "command_line")
 # A URL source's options: used where the URL is fetched (here, or on the host with --pull).
 _FETCH_ONLY = ("sha256", "header", "fetch_timeout", "insecure_no_checksum")
 
@@ -649,6 +651,8 @@ def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
                        help="this machine's settings file: ssh settings for remote roots, the "
                             "fleets for @NAME (default for @NAME: ./atomic-deploy.toml)")
     p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
+    # The host's side: the command line typed on the deploying machine, for the lock holder.
+    p.add_argument("--command-line", metavar="TEXT", help=argparse.SUPPRESS)
 
 
 def version_text() -> str:
@@ -798,7 +802,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
             return _plan(args, plan_adopt_steps(args.root, args.id, not args.no_exchange))
         ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
-                              use_exchange=not args.no_exchange)
+                              command=_command_line(args), use_exchange=not args.no_exchange)
         _emit(args, ad.to_dict(), f"adopted the folder as releases/{ad.release} using {ad.method}")
     elif cmd == "status":
         s = query.status(args.root)
@@ -1190,9 +1194,17 @@ def _argv_maker(args: argparse.Namespace, parser: argparse.ArgumentParser,
             transfer.trust_mtime = bool(args.trust_mtime if args.trust_mtime is not None
                                         else settings.get("trust_mtime"))
         argv = _remote_argv(parser, args, remote.path, sent)
-        return [argv[0], *front, *argv[1:]]
+        return [argv[0], *front, "--command-line", _typed_here(args), *argv[1:]]
 
     return argv_for
+
+
+def _typed_here(args: argparse.Namespace) -> str:
+    """What the lock holder on a host shows: the command line typed on this machine, and
+    which machine that is (the holder's own host is the one it runs on)."""
+    import socket
+
+    return f"{_command_line(args)} (from {socket.gethostname()})"
 
 
 def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any) -> int:
