@@ -136,6 +136,25 @@ def test_json_error_object(tmp_path: Path) -> None:
     assert out["ok"] is False and out["exit_code"] == 2
 
 
+@pytest.mark.parametrize(("argv", "command"), [
+    (["deploy", "B", "R", "--keep", "abc"], "deploy"),  # argparse's error
+    (["-q", "prune", "R", "--keep", "x"], "prune"),
+    (["deploy", "B", "R", "--rolling-wait", "1"], "deploy"),  # found after parsing
+    (["rollback", "R", "--to"], "rollback"),
+    (["stauts", "R"], None),  # a typo of a command: which one is not known
+])
+def test_a_usage_error_object_carries_command(builds: Builds, tmp_path: Path,
+                                              argv: list[str], command: str | None) -> None:
+    """json.md: every object carries `command`; the usage error's had none."""
+    subst = {"B": str(builds("v1")), "R": str(tmp_path / "root")}
+    r = run_cli(*[subst.get(a, a) for a in argv], "--json")
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"schema": 1, "command": command, "ok": False, "error": out["error"],
+                   "state": "nothing was changed", "exit_code": 2}
+    assert out["error"] in r.stderr
+
+
 def test_root_can_be_moved_because_current_is_relative(builds: Builds, tmp_path: Path) -> None:
     root = tmp_path / "a"
     run_cli("deploy", builds("v1"), root)

@@ -952,12 +952,13 @@ def _race(args: argparse.Namespace) -> int:
     return EXIT_OK if atomic_errors == 0 else EXIT_FAILED
 
 
-def _usage_error(message: str, as_json: bool) -> int:
+def _usage_error(message: str, as_json: bool, command: str | None) -> int:
+    """``command``: the command's name when known (null in the JSON object otherwise)."""
     print(f"atomic-deploy: {_err('red', 'error:')} {show(message)}", file=sys.stderr)
     if as_json:
-        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "ok": False, "error": message,
-                          "state": "nothing was changed", "exit_code": EXIT_USAGE},
-                         sort_keys=True))
+        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "command": command, "ok": False,
+                               "error": message, "state": "nothing was changed",
+                               "exit_code": EXIT_USAGE}, sort_keys=True))
     return EXIT_USAGE
 
 
@@ -974,7 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     except UsageError as exc:
-        return _usage_error(str(exc), "--json" in argv)
+        word = next((a for a in argv if not a.startswith("-")), None)  # -q etc. take no value
+        return _usage_error(str(exc), "--json" in argv, word if word in COMMANDS else None)
     except _OutputError as exc:  # --version
         print(f"atomic-deploy: error: could not write the output ({exc})", file=sys.stderr)
         return EXIT_FAILED
@@ -1035,7 +1037,8 @@ def _failure(args: Any, exc: BaseException) -> int:
     """What a command that raised ``exc`` prints, and its exit code (also for the quick deploy
     in _fastcli, whose ``args`` has the attributes of argparse's)."""
     if isinstance(exc, UsageError):  # parser.error() for combinations argparse cannot express
-        return _usage_error(str(exc), getattr(args, "json", False))
+        return _usage_error(str(exc), getattr(args, "json", False),
+                            getattr(args, "command", None))
     if isinstance(exc, SystemExit):
         return int(exc.code or 0)
     if isinstance(exc, AtomicDeployError):
