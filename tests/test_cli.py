@@ -271,10 +271,32 @@ def test_adopted_release_is_managed(tmp_path: Path) -> None:
     assert rel["managed"] is True and rel["deployed_at"]
 
 
-def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path) -> None:
-    r = run_cli("histroy", root)
+@pytest.mark.parametrize("word", ["stauts", "lsit", "rollbak", "deplyo"])
+def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path, word: str) -> None:
+    """A first word close to a command's name is a mistyped command (argparse's message)."""
+    r = run_cli(word, root)
     assert r.returncode == 2 and "invalid choice" in r.stderr and r.stderr.count("\n") == 1
     assert not root.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--keep", "3"], ["--json"]])
+def test_original_form_with_a_missing_source_says_the_source_is_missing(
+        tmp_path: Path, root: Path, extra: list[str]) -> None:
+    """`atomic-deploy nosuch ROOT` said "invalid choice: 'nosuch' (choose from 'deploy', ...)":
+    a first word that is no command nor close to one, then ROOT, is deploy's SOURCE ROOT, and
+    deploy's own error says what is wrong, exit 2, nothing made."""
+    for word in ("nosuch", "histroy"):
+        r = run_cli(word, root, *extra, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"atomic-deploy: error: source {word} does not exist; nothing was " \
+                           "changed\n"
+        assert not root.exists()
+        if extra == ["--json"]:
+            assert json.loads(r.stdout)["command"] == "deploy"
+    # One word alone, or more words than SOURCE ROOT, is no deploy: argparse's message.
+    for argv in (["nosuch"], ["nosuch", str(root), "other"]):
+        r = run_cli(*argv, cwd=tmp_path)
+        assert r.returncode == 2 and "invalid choice: 'nosuch'" in r.stderr, r.stderr
 
 
 # --- the parser built for one command -------------------------------------------------------

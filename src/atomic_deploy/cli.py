@@ -79,7 +79,8 @@ exit codes:
         exit with the highest code any host gave
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
-The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
+The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`
+(a first word close to a command's name, and no existing path, is a mistyped command).
 """
 
 
@@ -663,12 +664,19 @@ def version_text() -> str:
 
 
 def _normalize(argv: list[str]) -> list[str]:
-    """Accept the original tool's `atomic-deploy SOURCE ROOT` form (SOURCE must exist, so a
-    mistyped command is reported as one rather than as a missing source)."""
-    if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
-            and (os.path.exists(argv[0]) or "/" in argv[0] or argv[0].startswith("."))):
+    """Accept the original tool's `atomic-deploy SOURCE ROOT` form: a first word that is no
+    command, followed by one more word, is read as deploy's (so a missing SOURCE is reported
+    as one, exit 2). A first word that is close to a command's name (`stauts`) and is no
+    existing path is a mistyped command instead, left to argparse's message."""
+    if len(argv) < 2 or argv[0] in COMMANDS or argv[0].startswith("-"):
+        return argv
+    if os.path.exists(argv[0]) or "/" in argv[0] or argv[0].startswith("."):
         return ["deploy", *argv]
-    return argv
+    if argv[1].startswith("-") or (len(argv) > 2 and not argv[2].startswith("-")):
+        return argv  # not SOURCE ROOT [options]
+    import difflib
+
+    return argv if difflib.get_close_matches(argv[0], COMMANDS, 1, 0.75) else ["deploy", *argv]
 
 
 # What rollback takes from the config file; the rest of the file is not its business.
