@@ -236,3 +236,19 @@ def test_doctor_reports_a_config_file_it_cannot_read(builds: Builds, root: Path,
         (root / "atomic-deploy.toml").write_bytes(body)
         code, check = config_check()
         assert (code, check["status"]) == (1, "fail"), (body, check)
+
+
+@pytest.mark.parametrize(("line", "key"), [("no-fsync = true", "fsync"),
+                                           ("no_link_unchanged = true", "link_unchanged")])
+def test_a_no_x_setting_names_the_key_to_write(builds: Builds, root: Path, line: str,
+                                                key: str) -> None:
+    """`no-fsync = true` (the flag's spelling) was refused as unknown with the whole key list:
+    the message says which key to write."""
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(line + "\n")
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 2 and release_names(root) == []
+    assert error_line(r).endswith(f"unknown setting 'no_{key}': to turn {key} off, write "
+                                  f"{key} = false; nothing was changed")
+    (root / "atomic-deploy.toml").write_text(f"{key} = false\n")
+    assert run_cli("deploy", builds("v1"), root).returncode == 0

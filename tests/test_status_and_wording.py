@@ -233,6 +233,20 @@ def test_activate_dry_run_prints_the_plan_and_changes_nothing(builds: Builds, ro
     assert snapshot(root) == before
 
 
+def test_a_dry_run_with_no_fsync_says_the_release_is_not_flushed(builds: Builds,
+                                                                 root: Path) -> None:
+    """The plan said "flush it" with --no-fsync too."""
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    for how in (["--no-fsync"], ["--no-fsync", "--json"], []):
+        r = run_cli("deploy", builds("v2"), root, "--dry-run", *how)
+        assert r.returncode == 0, r.stderr
+        copy = r.stdout if "--json" not in how else json.loads(r.stdout)["plan"][0]
+        assert ("folder, flush it, rename" in copy) == (how == []), copy
+        assert ("do not flush it to disk" in copy) == (how != []), copy
+    (root / "atomic-deploy.toml").write_text("fsync = false\n")
+    assert "do not flush it to disk" in run_cli("deploy", builds("v2"), root, "--dry-run").stdout
+
+
 def test_adopt_dry_run_prints_the_plan_and_changes_nothing(root: Path) -> None:
     (root / "current").mkdir(parents=True)
     (root / "current" / "index.html").write_text("legacy\n")
