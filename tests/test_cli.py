@@ -155,6 +155,31 @@ def test_a_usage_error_object_carries_command(builds: Builds, tmp_path: Path,
     assert out["error"] in r.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ["deploy", "B", "R", "--bogus"],  # argparse's, reported from the top-level parser
+    ["deploy", "B", "R", "--keep", "abc"],
+    ["deploy", "B", "@web", "web1:/srv/app"],  # a named fleet given with another root
+    ["deploy", "B", "R", "--hosts", "H", "R2"],
+    ["status", "R", "R2"],
+    ["list", "R", "--bogus"],
+    ["-q", "prune", "R", "--bogus", "x"],
+])
+def test_every_usage_error_of_a_command_points_to_its_own_help(
+        builds: Builds, tmp_path: Path, argv: list[str]) -> None:
+    """`deploy ... --bogus` pointed to `atomic-deploy --help`, and the named fleet's error
+    ended with neither its help nor what state the root is in."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("web1\n")
+    subst = {"B": str(builds("v1")), "R": str(tmp_path / "r"), "R2": str(tmp_path / "r2"),
+             "H": str(hosts)}
+    command = next(a for a in argv if not a.startswith("-"))
+    r = run_cli(*[subst.get(a, a) for a in argv], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.endswith(f" (see: atomic-deploy {command} --help)\n"), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["builds", "hosts"]  # no root made
+
+
 def test_root_can_be_moved_because_current_is_relative(builds: Builds, tmp_path: Path) -> None:
     root = tmp_path / "a"
     run_cli("deploy", builds("v1"), root)

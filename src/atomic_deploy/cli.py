@@ -108,6 +108,21 @@ class _Parser(argparse.ArgumentParser):
         return make(prog=self.prog, width=_terminal_columns() - 2)  # type: ignore[no-any-return]
 
 
+class _TopParser(_Parser):
+    """The parser of the whole command line: an option no part of it knows is reported with
+    the command's own help (argparse reports it from here, the top level)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            command = getattr(parsed, "command", None)
+            if command:
+                _usage(command, message)
+            self.error(message)
+        return parsed
+
+
 def _terminal_columns() -> int:
     """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
     try:
@@ -342,7 +357,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return only is None or name == only
 
     common = _common()
-    parser = _Parser(
+    parser = _TopParser(
         prog="atomic-deploy",
         parents=[common],
         description="Zero-downtime, crash-safe release deploys: copy a build into "
@@ -1284,7 +1299,7 @@ def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
         from .fleet import read_hosts
 
         if len(given) != 1:
-            raise UsageError("with --hosts FILE give one ROOT: the path on every host")
+            _usage(args.command, "with --hosts FILE give one ROOT: the path on every host")
         return read_hosts(args.hosts, given[0])
     if len(given) <= 1:
         return None
@@ -1298,8 +1313,8 @@ def _named_fleet(args: argparse.Namespace, given: list[str]) -> list[str] | None
     from .fleet import named_fleet
 
     if len(given) != 1 or args.hosts:
-        raise UsageError(f"a named fleet ({next(r for r in given if r.startswith('@'))}) is "
-                         "given alone: no other ROOT, no --hosts")
+        _usage(args.command, f"a named fleet ({next(r for r in given if r.startswith('@'))}) "
+                             "is given alone: no other ROOT, no --hosts")
     path = getattr(args, "config", None)
     if not path:
         if not os.path.isfile(_config.FILENAME):
@@ -1329,8 +1344,9 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
     if all(parse_root(text) is None for text in texts):
         # A local root joins a fleet of remote ones; several local paths alone are far more
         # likely an extra argument by mistake than a fleet.
-        raise UsageError(f"{len(texts)} local roots given ({', '.join(map(show, texts))}): a "
-                         f"fleet needs at least one remote root (host:/path)")
+        _usage(args.command, f"{len(texts)} local roots given "
+                             f"({', '.join(map(show, texts))}): a fleet needs at least one "
+                             "remote root (host:/path)")
     roots = []
     for text in texts:
         remote = parse_root(text)
