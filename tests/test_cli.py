@@ -136,6 +136,50 @@ def test_json_error_object(tmp_path: Path) -> None:
     assert out["ok"] is False and out["exit_code"] == 2
 
 
+@pytest.mark.parametrize(("argv", "command"), [
+    (["deploy", "B", "R", "--keep", "abc"], "deploy"),  # argparse's error
+    (["-q", "prune", "R", "--keep", "x"], "prune"),
+    (["deploy", "B", "R", "--rolling-wait", "1"], "deploy"),  # found after parsing
+    (["rollback", "R", "--to"], "rollback"),
+    (["stauts", "R"], None),  # a typo of a command: which one is not known
+])
+def test_a_usage_error_object_carries_command(builds: Builds, tmp_path: Path,
+                                              argv: list[str], command: str | None) -> None:
+    """json.md: every object carries `command`; the usage error's had none."""
+    subst = {"B": str(builds("v1")), "R": str(tmp_path / "root")}
+    r = run_cli(*[subst.get(a, a) for a in argv], "--json")
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"schema": 1, "command": command, "ok": False, "error": out["error"],
+                   "state": "nothing was changed", "exit_code": 2}
+    assert out["error"] in r.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["deploy", "B", "R", "--bogus"],  # argparse's, reported from the top-level parser
+    ["deploy", "B", "R", "--keep", "abc"],
+    ["deploy", "B", "@web", "web1:/srv/app"],  # a named fleet given with another root
+    ["deploy", "B", "R", "--hosts", "H", "R2"],
+    ["status", "R", "R2"],
+    ["list", "R", "--bogus"],
+    ["-q", "prune", "R", "--bogus", "x"],
+])
+def test_every_usage_error_of_a_command_points_to_its_own_help(
+        builds: Builds, tmp_path: Path, argv: list[str]) -> None:
+    """`deploy ... --bogus` pointed to `atomic-deploy --help`, and the named fleet's error
+    ended with neither its help nor what state the root is in."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("web1\n")
+    subst = {"B": str(builds("v1")), "R": str(tmp_path / "r"), "R2": str(tmp_path / "r2"),
+             "H": str(hosts)}
+    command = next(a for a in argv if not a.startswith("-"))
+    r = run_cli(*[subst.get(a, a) for a in argv], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.endswith(f" (see: atomic-deploy {command} --help)\n"), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["builds", "hosts"]  # no root made
+
+
 def test_root_can_be_moved_because_current_is_relative(builds: Builds, tmp_path: Path) -> None:
     root = tmp_path / "a"
     run_cli("deploy", builds("v1"), root)
@@ -252,10 +296,32 @@ def test_adopted_release_is_managed(tmp_path: Path) -> None:
     assert rel["managed"] is True and rel["deployed_at"]
 
 
-def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path) -> None:
-    r = run_cli("histroy", root)
+@pytest.mark.parametrize("word", ["stauts", "lsit", "rollbak", "deplyo"])
+def test_mistyped_command_is_a_usage_error_not_a_deploy(root: Path, word: str) -> None:
+    """A first word close to a command's name is a mistyped command (argparse's message)."""
+    r = run_cli(word, root)
     assert r.returncode == 2 and "invalid choice" in r.stderr and r.stderr.count("\n") == 1
     assert not root.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--keep", "3"], ["--json"]])
+def test_original_form_with_a_missing_source_says_the_source_is_missing(
+        tmp_path: Path, root: Path, extra: list[str]) -> None:
+    """`atomic-deploy nosuch ROOT` said "invalid choice: 'nosuch' (choose from 'deploy', ...)":
+    a first word that is no command nor close to one, then ROOT, is deploy's SOURCE ROOT, and
+    deploy's own error says what is wrong, exit 2, nothing made."""
+    for word in ("nosuch", "histroy"):
+        r = run_cli(word, root, *extra, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"atomic-deploy: error: source {word} does not exist; nothing was " \
+                           "changed\n"
+        assert not root.exists()
+        if extra == ["--json"]:
+            assert json.loads(r.stdout)["command"] == "deploy"
+    # One word alone, or more words than SOURCE ROOT, is no deploy: argparse's message.
+    for argv in (["nosuch"], ["nosuch", str(root), "other"]):
+        r = run_cli(*argv, cwd=tmp_path)
+        assert r.returncode == 2 and "invalid choice: 'nosuch'" in r.stderr, r.stderr
 
 
 # --- the parser built for one command -------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -99,6 +100,52 @@ def test_a_bad_config_file_is_one_line_and_exit_2(builds: Builds, root: Path, ki
         assert "UTF-8" in line
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.parametrize("kind", ["bad-keep", "not-toml"])
+def test_the_readme_names_exactly_the_commands_a_bad_config_file_stops(
+        builds: Builds, root: Path, tmp_path: Path, kind: str) -> None:
+    """The reported case: with keep = 0, status, list and verify ran as usual while the README
+    said every command but rollback stops. Each command that takes a ROOT is run against the
+    bad file, and the README's lists must be what the commands do."""
+    first, second = _two_releases(builds, root)
+    folder_root = tmp_path / "folder-root"  # for adopt: current is a real folder
+    (folder_root / "current").mkdir(parents=True)
+    (folder_root / "current" / "index.html").write_text("old\n")
+    for where in (root, folder_root):
+        (where / "atomic-deploy.toml").write_bytes(
+            b"keep = 0\n" if kind == "bad-keep" else BAD_FILES[kind])
+    runs = {
+        "deploy": ["deploy", builds("v3"), root], "prepare": ["prepare", builds("v3"), root],
+        "activate": ["activate", root, first], "rollback": ["rollback", root, "--dry-run"],
+        "prune": ["prune", root], "status": ["status", root],
+        "list": ["list", root], "verify": ["verify", root], "recover": ["recover", root],
+        "adopt": ["adopt", folder_root, "--dry-run"], "doctor": ["doctor", root],
+    }
+    refused, unread, other = set(), set(), {}
+    for cmd, args in runs.items():
+        r = run_cli(*args)
+        if cmd == "rollback":  # reads only its own settings: a warning when one is bad
+            assert r.returncode == 0, r.stderr
+            continue
+        named = "atomic-deploy.toml" in r.stderr + r.stdout
+        if r.returncode == 2 and named:
+            refused.add(cmd)
+        elif r.returncode == 0 and not named:
+            unread.add(cmd)
+        else:
+            other[cmd] = r.returncode
+    assert other == {"doctor": 1}  # a failed check
+    assert current_target(root) == f"releases/{second}"
+    text = " ".join(README.read_text().split())
+    stops = re.search(r"holds a bad value \(.*?\) stops (.*?) with one line", text)
+    reads_not = re.search(r"as a failed check \(exit 1\); (.*?) do not read it", text)
+    assert stops and reads_not, "the README's config paragraph lost its two lists"
+    assert set(re.findall(r"`(\w+)`", stops.group(1))) == refused
+    assert set(re.findall(r"`(\w+)`", reads_not.group(1))) == unread
+
+
 @pytest.mark.parametrize("kind", [*BAD_FILES, "no-toml-module"])
 def test_rollback_warns_and_goes_on(builds: Builds, root: Path, tmp_path: Path,
                                     kind: str) -> None:
@@ -189,3 +236,19 @@ def test_doctor_reports_a_config_file_it_cannot_read(builds: Builds, root: Path,
         (root / "atomic-deploy.toml").write_bytes(body)
         code, check = config_check()
         assert (code, check["status"]) == (1, "fail"), (body, check)
+
+
+@pytest.mark.parametrize(("line", "key"), [("no-fsync = true", "fsync"),
+                                           ("no_link_unchanged = true", "link_unchanged")])
+def test_a_no_x_setting_names_the_key_to_write(builds: Builds, root: Path, line: str,
+                                                key: str) -> None:
+    """`no-fsync = true` (the flag's spelling) was refused as unknown with the whole key list:
+    the message says which key to write."""
+    root.mkdir()
+    (root / "atomic-deploy.toml").write_text(line + "\n")
+    r = run_cli("deploy", builds("v1"), root)
+    assert r.returncode == 2 and release_names(root) == []
+    assert error_line(r).endswith(f"unknown setting 'no_{key}': to turn {key} off, write "
+                                  f"{key} = false; nothing was changed")
+    (root / "atomic-deploy.toml").write_text(f"{key} = false\n")
+    assert run_cli("deploy", builds("v1"), root).returncode == 0

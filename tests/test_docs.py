@@ -106,3 +106,22 @@ def test_ci_script_fails_when_a_tool_cannot_be_installed(tmp_path: Path) -> None
     calls = log.read_text().splitlines()
     assert calls[0] == "update -q" and calls[1].startswith("install -y -q busybox"), calls
     assert "README test command" not in r.stdout  # stopped before running anything
+
+
+def test_design_doc_lists_every_config_key() -> None:
+    """The "Config file" key list left out the deploying machine's keys (ssh, fleets, ...)."""
+    from atomic_deploy._config import KEYS
+
+    text = (DOCS / "design.md").read_text()
+    section = text[text.index("## Config file"):text.index("## Hooks, checks")]
+    assert [k for k in KEYS if f"`{k}`" not in section] == []
+
+
+def test_readme_exit_code_table_is_one_table() -> None:
+    """A blank line cut the 129/130/143 row off the table (rendered as a paragraph)."""
+    text = (DOCS.parent / "README.md").read_text()
+    section = text[text.index("## Exit codes"):]
+    rows = re.match(r"## Exit codes\n\n((?:\|.*\n)+)", section)
+    assert rows, section[:200]
+    codes = [line.split("|")[1].strip() for line in rows.group(1).splitlines()[2:]]
+    assert codes == ["0", "1", "2", "3", "4", "5", "129 / 130 / 143"]

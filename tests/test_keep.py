@@ -8,7 +8,7 @@ from pathlib import Path
 
 import atomic_deploy
 from atomic_deploy import operations
-from conftest import Builds, current_target, history, release_names, run_cli, snapshot
+from conftest import Builds, current_target, error_line, history, release_names, run_cli, snapshot
 
 
 def _deploy(build: Path, root: Path, *extra: str) -> str:
@@ -158,3 +158,27 @@ def test_api_deploy_prunes_by_default_and_prepare_does_not(builds: Builds, root:
     r = atomic_deploy.deploy(str(builds("z")), str(root), keep="all")
     assert release_names(root) == [*ids[1:], *more, r.release]
     assert os.path.isdir(root / "releases" / ids[1])
+
+
+def test_prune_refuses_keep_0_without_offering_all(builds: Builds, root: Path) -> None:
+    """`prune --keep 0` said "(or 'all' to keep every release)", and prune then refused
+    --keep all: prune's own words never offer it, for the flag or the config file's keep."""
+    for i in range(3):
+        _deploy(builds(f"v{i}"), root, "--keep", "all")
+    before = snapshot(root)
+    cases: list[tuple[str, list[str]]] = [
+        ("", ["--keep", "0"]), ("", ["--keep", "-2"]), ("", ["--keep", "abc"]),
+        ("keep = 0\n", []), ("keep = 0\n", ["--dry-run"])]
+    for config, flags in cases:
+        if config:
+            (root / "atomic-deploy.toml").write_text(config)
+        r = run_cli("prune", root, *flags)
+        line = error_line(r)
+        assert r.returncode == 2 and "'all'" not in line and "all " not in line, (flags, line)
+        assert ("at least 1" in line) != (flags == ["--keep", "abc"]), line
+        assert ("atomic-deploy.toml: keep = 0" in line) == bool(config), line
+        (root / "atomic-deploy.toml").unlink(missing_ok=True)
+        assert snapshot(root) == before
+    # deploy's own message still offers it: there 'all' is what turns pruning off.
+    r = run_cli("deploy", builds("v9"), root, "--keep", "0")
+    assert r.returncode == 2 and "'all'" in error_line(r)

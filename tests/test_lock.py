@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -416,3 +417,20 @@ def test_a_shared_hold_that_lasts_refuses_a_writer_after_a_bounded_time(
     assert READERS_GRACE <= waited < READERS_GRACE + 20
     assert {k: v for k, v in snapshot(root).items() if k != ".atomic-deploy/holder.json"} == \
         {k: v for k, v in before.items() if k != ".atomic-deploy/holder.json"}
+
+
+def test_the_holder_command_is_shown_as_typed_with_its_quoting(
+        builds: Builds, root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """`--check 'sleep 5'` was shown as `--check sleep 5`: the words of the holder's command
+    line are shell-quoted, so that it reads (and pastes) back as the same words."""
+    deploy_cli(root, builds("v1"))
+    check = "test -n \"it's\"; true"
+    holder = PausedHolder(procs, builds("v2"), root, tmp_path / "gate",
+                          extra=("--check", check, "-m", "two words"))
+    refused = run_cli("deploy", builds("v3"), root)
+    assert refused.returncode == 3, refused.stderr
+    shown = json.loads(run_cli("status", root, "--json").stdout)["lock_holder"]["command"]
+    assert shlex.split(shown) == ["atomic-deploy", "deploy", str(builds("v2")), str(root),
+                                  "--check", check, "-m", "two words"]
+    assert shlex.quote(check) in refused.stderr and "'two words'" in refused.stderr
+    assert holder.finish()[0] == 0

@@ -776,3 +776,33 @@ def test_a_host_whose_python3_is_the_oldest_supported(web1: Host, tmp_path: Path
     assert len(data(r)["pruned"]) == 1  # current and the rollback target kept
     r = cli("status", web1.dest(), "--remote-python", py)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_lock_holder_on_a_host_shows_the_command_typed_here(web1: Host,
+                                                                tmp_path: Path) -> None:
+    """A second deploy was shown the host's internal command line (`deploy --session
+    vm:/tmp/... --check sleep 6 -- /srv/app`): it is shown the one typed on the deploying
+    machine, shell-quoted, and which machine that is."""
+    import shlex
+    import socket
+
+    assert cli("deploy", make_build(tmp_path / "v1"), web1.dest()).returncode == 0
+    go = tmp_path / "go"
+    build = make_build(tmp_path / "v2", version="v2")
+    holder = start_cli("deploy", build, web1.dest(), "--check", "test -n 'a b'",
+                       fault=f"session-sealed:PAUSE:{go}",
+                       env={k: os.environ[k] for k in ("XDG_CACHE_HOME", "ATOMIC_DEPLOY_SSH")})
+    try:
+        wait_for(lambda: Path(f"{go}.paused").exists(), timeout=120, what="the lock held")
+        r = cli("deploy", make_build(tmp_path / "v3", version="v3"), web1.dest())
+        assert r.returncode == 3, r.stderr
+        typed = shlex.join(["atomic-deploy", "deploy", str(build), web1.dest(), "--check",
+                            "test -n 'a b'"])
+        assert f"running: {typed} (from {socket.gethostname()})" in error_line(r)
+        assert "--session" not in r.stderr and " -- " not in r.stderr
+        shown = data(cli("status", web1.dest(), "--json"))["lock_holder"]["command"]
+        assert shown == f"{typed} (from {socket.gethostname()})"
+    finally:
+        go.touch()
+        holder.communicate(timeout=120)
+    assert holder.returncode == 0

@@ -62,6 +62,41 @@ def test_status_names_the_rollback_target_and_activate_the_release_live_before(
     assert (s["current"], s["rollback_target"]) == (c, b)
 
 
+def _status_rows(root: Path) -> dict[str, str]:
+    text = run_cli("status", root).stdout
+    return {line[:16].strip(): line[16:].strip() for line in text.splitlines()}
+
+
+def test_status_last_shows_the_deploy_with_its_own_prune_folded_in(builds: Builds,
+                                                                    root: Path) -> None:
+    for v in ("v1", "v2", "v3"):
+        assert run_cli("deploy", builds(v), root, "--keep", "1").returncode == 0
+    third = release_names(root)[-1]
+    records = history(root)
+    assert [r["op"] for r in records][-2:] == ["deploy", "prune"]
+    deploy, prune = records[-2:]
+    # The line names the deploy that put current where it is, its prune folded in.
+    assert _status_rows(root)["last"] == (f"deploy {third} ok at {deploy['time']}, "
+                                          f"pruned {len(prune['deleted'])}")
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["last"] == prune  # still the last record, as json.md has always said
+    assert s["last_change"] == deploy
+    # A prune run on its own afterwards is shown after the deploy, with its own time.
+    assert run_cli("deploy", builds("v4"), root, "--keep", "all").returncode == 0
+    fourth = release_names(root)[-1]
+    assert run_cli("prune", root, "--keep", "1").returncode == 0
+    deploy, prune = history(root)[-2:]
+    assert _status_rows(root)["last"] == (f"deploy {fourth} ok at {deploy['time']}; then "
+                                          f"prune ok at {prune['time']} (1 deleted)")
+    # A rollback after it is the last change, with nothing added.
+    assert run_cli("deploy", builds("v5"), root, "--keep", "all").returncode == 0
+    assert run_cli("rollback", root).returncode == 0
+    rollback = history(root)[-1]
+    assert _status_rows(root)["last"] == f"rollback {fourth} ok at {rollback['time']}"
+    s = json.loads(run_cli("status", root, "--json").stdout)
+    assert s["last"] == s["last_change"] == rollback
+
+
 # --- status exit codes --------------------------------------------------------------------
 
 
@@ -196,6 +231,20 @@ def test_activate_dry_run_prints_the_plan_and_changes_nothing(builds: Builds, ro
     bad = run_cli("activate", root, "20000101000000", "--dry-run")
     assert bad.returncode == 2 and "unknown release id" in error_line(bad)
     assert snapshot(root) == before
+
+
+def test_a_dry_run_with_no_fsync_says_the_release_is_not_flushed(builds: Builds,
+                                                                 root: Path) -> None:
+    """The plan said "flush it" with --no-fsync too."""
+    assert run_cli("deploy", builds("v1"), root).returncode == 0
+    for how in (["--no-fsync"], ["--no-fsync", "--json"], []):
+        r = run_cli("deploy", builds("v2"), root, "--dry-run", *how)
+        assert r.returncode == 0, r.stderr
+        copy = r.stdout if "--json" not in how else json.loads(r.stdout)["plan"][0]
+        assert ("folder, flush it, rename" in copy) == (how == []), copy
+        assert ("do not flush it to disk" in copy) == (how != []), copy
+    (root / "atomic-deploy.toml").write_text("fsync = false\n")
+    assert "do not flush it to disk" in run_cli("deploy", builds("v2"), root, "--dry-run").stdout
 
 
 def test_adopt_dry_run_prints_the_plan_and_changes_nothing(root: Path) -> None:

@@ -363,7 +363,7 @@ def test_the_lock_holder_shows_no_header_value(server: _Server, root: Path) -> N
             return bool(holder)
 
         wait_for(locked, what="the deploy to hold the lock")
-        assert "--header ***" in holder["command"] and "s3cr3t" not in holder["command"]
+        assert "--header '***'" in holder["command"] and "s3cr3t" not in holder["command"]
     finally:
         server.release.set()
         _, err = proc.communicate(timeout=60)

@@ -68,6 +68,26 @@ def _redacted(argv: list[str]) -> list[str]:
     return out
 
 
+# What a shell word may hold unquoted (shlex.quote's set; shlex imports re, which a deploy skips).
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./_-")
+
+
+def _shell_join(argv: list[str]) -> str:
+    """``shlex.join(argv)``: each word as a POSIX shell reads it back, quoted only when needed."""
+    return " ".join(a if a and _SAFE.issuperset(a) else "'" + a.replace("'", "'\"'\"'") + "'"
+                    for a in argv)
+
+
+def _command_line(args: Any) -> str:
+    """The command line the lock holder shows: as typed,
+    shell-quoted, redacted; on a remote root's host, the one typed on the deploying machine
+    (given with the hidden ``--command-line``), never the session's internal options."""
+    given = getattr(args, "command_line", None)
+    if given:
+        return str(given)
+    return _shell_join(["atomic-deploy", *_redacted(sys.argv[1:])])
+
+
 def _log_line(level: int, msg: str) -> None:
     """The library's log messages while a command runs (the sink of _log)."""
     if level >= _log.WARNING:
@@ -183,7 +203,7 @@ def _options(args: Any, root: str | None,
         from ._manifest import CACHE_ENV
 
         os.environ[CACHE_ENV] = "0"  # read where the copy hashes the build (_manifest)
-    values["command"] = "atomic-deploy " + " ".join(_redacted(sys.argv[1:]))
+    values["command"] = _command_line(args)
     if getattr(args, "if_changed", None):
         values["if_changed"] = True
     if not getattr(args, "quiet", False):

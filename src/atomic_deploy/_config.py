@@ -138,6 +138,11 @@ def read(root: str, explicit: str | None = None,
 def check_value(path: str, key: str, value: Any) -> None:
     """InvalidInput for an unknown key or a value of the wrong type."""
     if key not in KEYS:
+        flag = key[3:] if key.startswith("no_") else ""
+        if KEYS.get(flag) == (bool,):  # the spelling of a --no-X flag: the key is X
+            raise InvalidInput(f"{show(path)}: unknown setting {key!r}: to turn {flag} off, "
+                               f"write {flag} = false",
+                               "nothing was changed")
         raise InvalidInput(f"{show(path)}: unknown setting {key!r} (known: "
                            f"{', '.join(sorted(KEYS))})", "nothing was changed")
     types = KEYS[key]

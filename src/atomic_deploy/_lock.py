@@ -51,7 +51,7 @@ class Holder(Record):
             return "another process (no holder details recorded)"
         return (
             f"pid {self.pid} on {self.host or '?'} since {self.started or '?'} "
-            f"running {show(self.command or '?')!r}"
+            f"running: {show(self.command or '?')}"  # shell-quoted words (cli's _shell_join)
         )
 
 

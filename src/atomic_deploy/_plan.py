@@ -54,7 +54,8 @@ def plan_deploy(source: str | None, root: str, opts: DeployOptions, activate: bo
     check_root_parent(root)
     if not os.path.isdir(layout.root):
         steps.append(f"create ROOT {show(layout.root)}")
-    steps.append(f"{described[0]} into a hidden staging folder, flush it, rename it to "
+    flush = "flush it" if opts.fsync else "do not flush it to disk (fsync off)"
+    steps.append(f"{described[0]} into a hidden staging folder, {flush}, rename it to "
                  f"releases/{rid}")
     steps += described[1:]
     if opts.revision:

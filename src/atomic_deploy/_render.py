@@ -51,10 +51,7 @@ def format_status(s: Any) -> str:
     if s.stray:
         rows.append(("stray", ", ".join(s.stray) + " (ignored)"))
     if s.last:
-        what = " ".join(str(x) for x in (s.last.get("op"), s.last.get("release"),
-                                         s.last.get("outcome")) if x)
-        when = s.last.get("time")
-        rows.append(("last", f"{what} at {when}" if when else what or "?"))
+        rows.append(("last", _last_line(s.last, s.last_change)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -63,6 +60,26 @@ def _row(r: Any) -> tuple[Any, ...]:
     """A ReleaseInfo as query.release_rows() gives it."""
     return (r.id, r.state, r.current, r.rollback_target, r.deployed_at, r.user, r.message,
             r.source, r.managed, r.manifest)
+
+
+def _last_line(last: dict[str, Any], change: dict[str, Any] | None) -> str:
+    """The last operation that was not a prune (what put current where it is), and a prune
+    after it: folded in when the same run made it (a deploy's own pruning), else after it."""
+    line = _one_record(change or last)
+    if change is None or change is last:
+        return line
+    deleted = len(last.get("deleted") or [])
+    if (last.get("pid"), last.get("host")) == (change.get("pid"), change.get("host")) \
+            and last.get("outcome") == "ok":
+        return f"{line}, pruned {deleted}"
+    return f"{line}; then {_one_record(last)} ({deleted} deleted)"
+
+
+def _one_record(rec: dict[str, Any]) -> str:
+    what = " ".join(str(x) for x in (rec.get("op"), rec.get("release"), rec.get("outcome"))
+                    if x)
+    when = rec.get("time")
+    return f"{what} at {when}" if when else what or "?"
 
 
 def format_list(rels: list[Any]) -> str:

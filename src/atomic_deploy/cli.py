@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import _log
 from ._clicore import (
+    _command_line,
     _config_problem,
     _emit,
     _err,
@@ -79,7 +80,8 @@ exit codes:
         exit with the highest code any host gave
   129  interrupted by SIGHUP, 130 by SIGINT, 143 by SIGTERM, after rolling back
 
-The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`.
+The original tool's form `atomic-deploy SOURCE ROOT` is the same as `deploy SOURCE ROOT`
+(a first word close to a command's name, and no existing path, is a mistyped command).
 """
 
 
@@ -105,6 +107,21 @@ class _Parser(argparse.ArgumentParser):
         # of every command: add_argument() makes a formatter to check each option's metavar).
         make: Any = self.formatter_class  # typeshed's protocol for it lists prog= alone
         return make(prog=self.prog, width=_terminal_columns() - 2)  # type: ignore[no-any-return]
+
+
+class _TopParser(_Parser):
+    """The parser of the whole command line: an option no part of it knows is reported with
+    the command's own help (argparse reports it from here, the top level)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            command = getattr(parsed, "command", None)
+            if command:
+                _usage(command, message)
+            self.error(message)
+        return parsed
 
 
 def _terminal_columns() -> int:
@@ -162,6 +179,15 @@ def _keep(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of releases or 'all': {text!r}") from None
+
+
+def _prune_keep(text: str) -> int | str:
+    """argparse type for prune's --keep: a number of releases (``all`` is read, to be refused
+    in words: it turns pruning off)."""
+    try:
+        return _keep(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a number of releases: {text!r}") from None
 
 
 def _add_wait(p: argparse.ArgumentParser) -> None:
@@ -332,7 +358,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return only is None or name == only
 
     common = _common()
-    parser = _Parser(
+    parser = _TopParser(
         prog="atomic-deploy",
         parents=[common],
         description="Zero-downtime, crash-safe release deploys: copy a build into "
@@ -430,7 +456,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if want("prune"):
         p = sub.add_parser("prune", help="delete old releases, never current or the rollback target")
         p.add_argument("root", metavar="ROOT")
-        p.add_argument("--keep", type=_keep, metavar="N",
+        p.add_argument("--keep", type=_prune_keep, metavar="N",
                        help="number of good releases to keep (default 5; bad ones do not count)")
         _add_wait(p)
         _add_config(p)
@@ -601,7 +627,8 @@ _ROOT_COMMANDS = ("deploy", "prepare", "activate", "rollback", "status", "list",
 # Options of this machine's side only: never passed on to the tool on the host.
 _LOCAL_ONLY = ("ssh", "remote_python", "connect_timeout", "accept_new_host_keys", "compress",
                "config", "source", "root", "session", "config_json", "more_roots", "hosts",
-               "parallel", "host_timeout", "release_opt", "pull", "plan_source")
+               "parallel", "host_timeout", "release_opt", "pull", "plan_source",
+               "command_line")
 # A URL source's options: used where the URL is fetched (here, or on the host with --pull).
 _FETCH_ONLY = ("sha256", "header", "fetch_timeout", "insecure_no_checksum")
 
@@ -641,6 +668,8 @@ def _add_remote(p: argparse.ArgumentParser, stage: bool) -> None:
                        help="this machine's settings file: ssh settings for remote roots, the "
                             "fleets for @NAME (default for @NAME: ./atomic-deploy.toml)")
     p.add_argument("--config-json", metavar="JSON", help=argparse.SUPPRESS)
+    # The host's side: the command line typed on the deploying machine, for the lock holder.
+    p.add_argument("--command-line", metavar="TEXT", help=argparse.SUPPRESS)
 
 
 def version_text() -> str:
@@ -651,12 +680,19 @@ def version_text() -> str:
 
 
 def _normalize(argv: list[str]) -> list[str]:
-    """Accept the original tool's `atomic-deploy SOURCE ROOT` form (SOURCE must exist, so a
-    mistyped command is reported as one rather than as a missing source)."""
-    if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
-            and (os.path.exists(argv[0]) or "/" in argv[0] or argv[0].startswith("."))):
+    """Accept the original tool's `atomic-deploy SOURCE ROOT` form: a first word that is no
+    command, followed by one more word, is read as deploy's (so a missing SOURCE is reported
+    as one, exit 2). A first word that is close to a command's name (`stauts`) and is no
+    existing path is a mistyped command instead, left to argparse's message."""
+    if len(argv) < 2 or argv[0] in COMMANDS or argv[0].startswith("-"):
+        return argv
+    if os.path.exists(argv[0]) or "/" in argv[0] or argv[0].startswith("."):
         return ["deploy", *argv]
-    return argv
+    if argv[1].startswith("-") or (len(argv) > 2 and not argv[2].startswith("-")):
+        return argv  # not SOURCE ROOT [options]
+    import difflib
+
+    return argv if difflib.get_close_matches(argv[0], COMMANDS, 1, 0.75) else ["deploy", *argv]
 
 
 # What rollback takes from the config file; the rest of the file is not its business.
@@ -758,6 +794,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         a = operations.rollback(args.root, args.to, opts)
         _emit(args, a.to_dict(), f"rolled back to {a.release} ({a.marked_bad} marked bad)")
     elif cmd == "prune":
+        _prune_keep_at_least_1(args)
         opts = _options(args, args.root)
         if opts.keep == operations.KEEP_ALL:
             _usage(cmd, "keep = all turns pruning off; give prune --keep N")
@@ -789,7 +826,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
             return _plan(args, plan_adopt_steps(args.root, args.id, not args.no_exchange))
         ad = operations.adopt(args.root, args.id, wait=args.wait or 0.0,
-                              use_exchange=not args.no_exchange)
+                              command=_command_line(args), use_exchange=not args.no_exchange)
         _emit(args, ad.to_dict(), f"adopted the folder as releases/{ad.release} using {ad.method}")
     elif cmd == "status":
         s = query.status(args.root)
@@ -840,6 +877,26 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             _emit(args, summary, "")
     return EXIT_OK
+
+
+def _prune_keep_at_least_1(args: argparse.Namespace) -> None:
+    """prune's --keep (else the config file's keep) below 1, refused in prune's own words:
+    the options check's words for it offer 'all', which prune refuses (it turns pruning off)."""
+    keep, where = args.keep, ""
+    if keep is None and not args.no_config:
+        from . import _config
+
+        if args.config_json:
+            keep = _config.from_json(args.config_json).get("keep")
+            where = f"--config-json: keep = {keep!r}: "
+        else:
+            path, table = _config.read(args.root, args.config)
+            keep = table.get("keep")
+            where = f"{show(path or _config.FILENAME)}: keep = {keep!r}: "
+    if isinstance(keep, int) and not isinstance(keep, bool) and keep < 1:
+        raise InvalidInput(f"{where}--keep must be at least 1 (the number of good releases "
+                           "prune keeps, besides current and the rollback target)",
+                           "nothing was changed")
 
 
 def _page_man(page: str) -> bool:
@@ -920,12 +977,13 @@ def _race(args: argparse.Namespace) -> int:
     return EXIT_OK if atomic_errors == 0 else EXIT_FAILED
 
 
-def _usage_error(message: str, as_json: bool) -> int:
+def _usage_error(message: str, as_json: bool, command: str | None) -> int:
+    """``command``: the command's name when known (null in the JSON object otherwise)."""
     print(f"atomic-deploy: {_err('red', 'error:')} {show(message)}", file=sys.stderr)
     if as_json:
-        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "ok": False, "error": message,
-                          "state": "nothing was changed", "exit_code": EXIT_USAGE},
-                         sort_keys=True))
+        _out_quiet(json.dumps({"schema": JSON_SCHEMA, "command": command, "ok": False,
+                               "error": message, "state": "nothing was changed",
+                               "exit_code": EXIT_USAGE}, sort_keys=True))
     return EXIT_USAGE
 
 
@@ -945,7 +1003,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         refused = _dash_host(parser, argv, str(exc))
         if refused is not None:  # the line `-- -oProxyCommand=x:/srv` gives (exit 2)
             return _report(argparse.Namespace(command=argv[0], json="--json" in argv), refused)
-        return _usage_error(str(exc), "--json" in argv)
+        word = next((a for a in argv if not a.startswith("-")), None)  # -q etc. take no value
+        return _usage_error(str(exc), "--json" in argv, word if word in COMMANDS else None)
     except _OutputError as exc:  # --version
         print(f"atomic-deploy: error: could not write the output ({exc})", file=sys.stderr)
         return EXIT_FAILED
@@ -1031,7 +1090,8 @@ def _failure(args: Any, exc: BaseException) -> int:
     """What a command that raised ``exc`` prints, and its exit code (also for the quick deploy
     in _fastcli, whose ``args`` has the attributes of argparse's)."""
     if isinstance(exc, UsageError):  # parser.error() for combinations argparse cannot express
-        return _usage_error(str(exc), getattr(args, "json", False))
+        return _usage_error(str(exc), getattr(args, "json", False),
+                            getattr(args, "command", None))
     if isinstance(exc, SystemExit):
         return int(exc.code or 0)
     if isinstance(exc, AtomicDeployError):
@@ -1192,9 +1252,17 @@ def _argv_maker(args: argparse.Namespace, parser: argparse.ArgumentParser,
             transfer.trust_mtime = bool(args.trust_mtime if args.trust_mtime is not None
                                         else settings.get("trust_mtime"))
         argv = _remote_argv(parser, args, remote.path, sent)
-        return [argv[0], *front, *argv[1:]]
+        return [argv[0], *front, "--command-line", _typed_here(args), *argv[1:]]
 
     return argv_for
+
+
+def _typed_here(args: argparse.Namespace) -> str:
+    """What the lock holder on a host shows: the command line typed on this machine, and
+    which machine that is (the holder's own host is the one it runs on)."""
+    import socket
+
+    return f"{_command_line(args)} (from {socket.gethostname()})"
 
 
 def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser, remote: Any) -> int:
@@ -1277,7 +1345,7 @@ def _fleet_roots(args: argparse.Namespace) -> list[str] | None:
         from .fleet import read_hosts
 
         if len(given) != 1:
-            raise UsageError("with --hosts FILE give one ROOT: the path on every host")
+            _usage(args.command, "with --hosts FILE give one ROOT: the path on every host")
         return read_hosts(args.hosts, given[0])
     if len(given) <= 1:
         return None
@@ -1291,8 +1359,8 @@ def _named_fleet(args: argparse.Namespace, given: list[str]) -> list[str] | None
     from .fleet import named_fleet
 
     if len(given) != 1 or args.hosts:
-        raise UsageError(f"a named fleet ({next(r for r in given if r.startswith('@'))}) is "
-                         "given alone: no other ROOT, no --hosts")
+        _usage(args.command, f"a named fleet ({next(r for r in given if r.startswith('@'))}) "
+                             "is given alone: no other ROOT, no --hosts")
     path = getattr(args, "config", None)
     if not path:
         if not os.path.isfile(_config.FILENAME):
@@ -1322,8 +1390,9 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, texts: lis
     if all(parse_root(text) is None for text in texts):
         # A local root joins a fleet of remote ones; several local paths alone are far more
         # likely an extra argument by mistake than a fleet.
-        raise UsageError(f"{len(texts)} local roots given ({', '.join(map(show, texts))}): a "
-                         f"fleet needs at least one remote root (host:/path)")
+        _usage(args.command, f"{len(texts)} local roots given "
+                             f"({', '.join(map(show, texts))}): a fleet needs at least one "
+                             "remote root (host:/path)")
     roots = []
     for text in texts:
         remote = parse_root(text)

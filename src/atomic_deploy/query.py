@@ -82,6 +82,7 @@ class Status(Record):
         "current_target",
         "interrupted",
         "last",
+        "last_change",
         "leftovers",
         "lock_holder",
         "manifests",
@@ -99,7 +100,8 @@ class Status(Record):
                  lock_holder: dict[str, Any] | None, interrupted: dict[str, Any] | None,
                  leftovers: list[str] | None = None, stray: list[str] | None = None,
                  last: dict[str, Any] | None = None, recovery: str | None = None,
-                 manifests: dict[str, str] | None = None) -> None:
+                 manifests: dict[str, str] | None = None,
+                 last_change: dict[str, Any] | None = None) -> None:
         self.root = root
         self.current = current
         self.current_target = current_target
@@ -117,7 +119,10 @@ class Status(Record):
         self.interrupted = interrupted
         self.leftovers = [] if leftovers is None else leftovers
         self.stray = [] if stray is None else stray
-        self.last = last
+        self.last = last  # the last history record, whatever its operation
+        # The last one that was not a prune: what put current where it is (or staged a
+        # release); `last` is a prune after it, when the two differ.
+        self.last_change = last_change
         self.recovery = recovery  # what the next mutating command's recovery will do
         self.manifests = {} if manifests is None else manifests  # release -> manifest digest
 
@@ -296,4 +301,6 @@ def status(root: str) -> Status:
         recovery=plan_recovery(journal, layout, history.finished(str(journal.get("op_id")))
                                if journal is not None else False),
         manifests=_manifests(history, ordered),
+        last_change=next((r for r in reversed(history.records) if r.get("op") != "prune"),
+                         None),
     )
