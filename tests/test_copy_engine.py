@@ -729,10 +729,8 @@ def test_auto_mode_links_here_and_copies_changed_files_on_workers(
 # --------------------------------------------------------------------------- worker processes
 
 
-@pytest.fixture
-def forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Force worker processes; returns the pids forked, to check they were all waited for."""
-    monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+def record_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids os.fork gives from now on (the copy workers), to check they were waited for."""
     pids: list[int] = []
     real_fork = os.fork
 
@@ -744,6 +742,13 @@ def forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(os, "fork", fork)
     return pids
+
+
+@pytest.fixture
+def forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Force worker processes; returns the pids forked, to check they were all waited for."""
+    monkeypatch.setenv(_copy.PROCESSES_ENV, "1")
+    return record_forks(monkeypatch)
 
 
 def assert_reaped(pids: list[int]) -> None:
@@ -965,16 +970,7 @@ def auto_forked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(_copy, "_THREADS_WORTH_S", 10.0)
     monkeypatch.setattr(_copy, "DEFAULT_JOBS", 2)
     monkeypatch.setattr(_platform, "clone_kind", lambda: None)  # plain copies, not clones
-    pids: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", fork)
+    pids = record_forks(monkeypatch)
     return pids
 
 
@@ -1286,16 +1282,7 @@ def test_error_in_the_second_folder_of_an_item_reports_exactly_the_files_done(
         return real_open(path, flags, *a, **kw)
 
     monkeypatch.setattr(os, "open", flaky)
-    pids: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", fork)
+    pids = record_forks(monkeypatch)
     steps: list[str] = []
     seen: list[tuple[int, int]] = []
     with pytest.raises(OSError) as info:
@@ -1361,16 +1348,7 @@ def test_stop_between_items(tmp_path: Path, how: str, monkeypatch: pytest.Monkey
     """A stop (signal) at the checkpoint of the last file of an item: the next item is never
     started here, workers are stopped and waited for."""
     jobs = copy_way(monkeypatch, how)
-    pids: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", fork)
+    pids = record_forks(monkeypatch)
     src = small_folders(tmp_path, n=200, per=2)
     stop = StopAt(_copy._BATCH)
     with pytest.raises(StopAt.Stop):
